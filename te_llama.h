@@ -1,0 +1,1927 @@
+/* te_llama.h - v0.1 - HuggingFace Llama checkpoints in C, with TransformerEngine-style decoder layers
+                       (fused QKV and fc1), a CPU reference and a CUDA backend (te_llama_kernels.cu).
+
+   USING IT
+     In exactly one C or C++ file:
+         #define TE_LLAMA_IMPLEMENTATION
+         #include "te_llama.h"
+     Everywhere else include it plainly. For the GPU, also compile te_llama_kernels.cu with nvcc, define
+     TE_LLAMA_CUDA in the implementation file and link -lcublasLt -lcudart. Without TE_LLAMA_CUDA the library is
+     CPU-only and asking for the CUDA backend is the error TE_LLAMA_ERR_NO_CUDA.
+
+   CONFIGURATION MACROS (define before the implementation include)
+     TE_LLAMA_STATIC                     every public function static (private to one file)
+     TE_LLAMA_MALLOC/REALLOC/FREE        replace the C allocator (define all three or none)
+     TE_LLAMA_CUDA                       link the CUDA backend from te_llama_kernels.cu
+     TE_LLAMA_TESTING                    expose fault-injection hooks used by the test suite
+
+   API TOUR, in the order a user calls it
+     te_llama_options opt = {0};                          all-zero means defaults
+     te_llama_model *m;
+     te_llama_load("path/to/hf_dir", &opt, &m);           TELlamaForCausalLM.from_pretrained_local: builds
+                                                          TE decoder layers, streams one shard at a time
+     te_llama_generate(m, &gen, prompt, n, out, cap, &n_out);
+     te_llama_save(m, "out_dir", &save_opt);              save_pretrained: HF names, shards, index
+     for (i = 0; i < te_llama_num_parameters(m); i++)     parameters(): name, shape, dtype, data
+         te_llama_parameter(m, i);
+     te_llama_free(m);
+   On failure every call returns a te_llama_result; te_llama_last_error() says what and where (file, tensor,
+   byte offset, expected vs found). The library never prints and never exits: install options.log to hear it.
+
+   DECODER FACTORY (the seed's replace_decoder context manager)
+     A model is embeddings + N decoder layers + final norm + lm_head. Each layer is built by a factory, a function
+     pointer. The current factory is the process default (te_llama_vanilla_decoder, HF's LlamaDecoderLayer layout)
+     unless this thread overrides it with te_llama_replace_decoder(), which returns the previous one.
+     te_llama_with_decoder(f, fn, user) runs fn with f installed and restores the previous factory whatever fn
+     returns: the scoped form. te_llama_for_causal_lm() is TELlamaForCausalLM(config): te_llama_create inside the
+     scope of te_llama_te_decoder, so the result is an ordinary te_llama_model whose layers are TE layers.
+
+   REVISION HISTORY
+     0.1  first version: JSON, safetensors, config, factory, load/save, CPU forward, generation, tokenizer
+
+   LICENSE: MIT (see the end of this file).
+*/
+#ifndef TE_LLAMA_H
+#define TE_LLAMA_H
+
+/* The implementation uses POSIX (open, pread, fsync, rename, opendir): ask for it before the first system header.
+   Include te_llama.h first in the implementation file, or build with -D_POSIX_C_SOURCE=200809L. */
+#if defined(TE_LLAMA_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && !defined(_XOPEN_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef TE_LLAMA_STATIC
+#define TE_LLAMA_API static
+#else
+#define TE_LLAMA_API extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ===================================================================================================== results */
+
+/* One list makes the enum and its strings, so they cannot drift apart. */
+#define TE_LLAMA__RESULTS(X)                                                                                  \
+    X(OK, "ok")                                                                                               \
+    X(ERR_INVALID_ARGUMENT, "invalid argument")                                                               \
+    X(ERR_NOMEM, "out of memory")                                                                             \
+    X(ERR_IO, "I/O error")                                                                                    \
+    X(ERR_NOT_FOUND, "no checkpoint found")                                                                   \
+    X(ERR_UNSAFE_PATH, "unsafe file name")                                                                    \
+    X(ERR_JSON_SYNTAX, "JSON syntax error")                                                                   \
+    X(ERR_JSON_LIMIT, "JSON limit exceeded")                                                                  \
+    X(ERR_JSON_DUPLICATE_KEY, "duplicate JSON key")                                                           \
+    X(ERR_JSON_SCHEMA, "JSON value of the wrong type or missing")                                             \
+    X(ERR_ST_HEADER, "bad safetensors header")                                                                \
+    X(ERR_ST_DTYPE, "unknown safetensors dtype")                                                              \
+    X(ERR_ST_OFFSETS, "safetensors offsets do not tile the data")                                             \
+    X(ERR_ST_SIZE, "safetensors tensor size overflows or disagrees with its offsets")                         \
+    X(ERR_CONFIG, "invalid config")                                                                           \
+    X(ERR_UNSUPPORTED, "unsupported model feature")                                                           \
+    X(ERR_MISSING_TENSOR, "missing tensor")                                                                   \
+    X(ERR_DUPLICATE_TENSOR, "duplicate tensor")                                                               \
+    X(ERR_SHAPE_MISMATCH, "tensor shape mismatch")                                                            \
+    X(ERR_OUT_OF_RANGE, "value out of range")                                                                 \
+    X(ERR_TOKENIZER, "bad tokenizer")                                                                         \
+    X(ERR_NO_CUDA, "CUDA backend not available")                                                              \
+    X(ERR_CUDA, "CUDA error")                                                                                 \
+    X(ERR_CUDA_OOM, "out of device memory")
+
+typedef enum te_llama_result {
+#define TE_LLAMA__ENUM(name, str) TE_LLAMA_##name,
+    TE_LLAMA__RESULTS(TE_LLAMA__ENUM)
+#undef TE_LLAMA__ENUM
+    TE_LLAMA_RESULT_COUNT
+} te_llama_result;
+
+TE_LLAMA_API const char *te_llama_result_string(te_llama_result r);
+/* The message of the last failure on this thread: what, and where (file, tensor, byte offset). */
+TE_LLAMA_API const char *te_llama_last_error(void);
+
+/* ================================================================================================ allocation */
+
+/* A runtime allocator (optional, in the options). Every object remembers the allocator that made it. */
+typedef struct te_llama_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void *(*realloc)(void *user, void *ptr, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} te_llama_allocator;
+
+/* ===================================================================================================== dtypes */
+
+typedef enum te_llama_dtype {
+    TE_LLAMA_DTYPE_AUTO = 0, /* in options: "as the checkpoint says" */
+    TE_LLAMA_F32,
+    TE_LLAMA_F16,
+    TE_LLAMA_BF16,
+    TE_LLAMA_F8_E4M3,
+    TE_LLAMA_F8_E5M2,
+    TE_LLAMA_F64,
+    TE_LLAMA_BOOL,
+    TE_LLAMA_U8,
+    TE_LLAMA_I8,
+    TE_LLAMA_I16,
+    TE_LLAMA_U16,
+    TE_LLAMA_I32,
+    TE_LLAMA_U32,
+    TE_LLAMA_I64,
+    TE_LLAMA_U64,
+    TE_LLAMA_DTYPE_COUNT
+} te_llama_dtype;
+
+TE_LLAMA_API const char *te_llama_dtype_name(te_llama_dtype t); /* safetensors spelling: "BF16" */
+TE_LLAMA_API size_t te_llama_dtype_size(te_llama_dtype t);      /* bytes per element, 0 for AUTO */
+/* Convert n elements between floating dtypes (F32, F16, BF16, F8_E4M3, F8_E5M2, F64), round to nearest even. */
+TE_LLAMA_API te_llama_result te_llama_convert(void *dst, te_llama_dtype dst_type, const void *src,
+                                              te_llama_dtype src_type, size_t n);
+
+/* ======================================================================================================= JSON */
+
+/* A strict, bounded JSON tokenizer in the jsmn spirit: tokens point into the caller's text, in document order;
+   each knows where its subtree ends so skipping a value is O(1). Duplicate keys in an object are an error. */
+typedef enum te_llama_json_type {
+    TE_LLAMA_JSON_NULL = 1,
+    TE_LLAMA_JSON_FALSE,
+    TE_LLAMA_JSON_TRUE,
+    TE_LLAMA_JSON_NUMBER,
+    TE_LLAMA_JSON_STRING,
+    TE_LLAMA_JSON_ARRAY,
+    TE_LLAMA_JSON_OBJECT
+} te_llama_json_type;
+
+typedef struct te_llama_json_token {
+    uint8_t type;     /* te_llama_json_type */
+    uint8_t escaped;  /* strings: contains a backslash escape */
+    uint32_t start;   /* byte offset in the text; strings: after the opening quote */
+    uint32_t end;     /* one past the last byte; strings: at the closing quote */
+    uint32_t size;    /* arrays: elements; objects: key/value pairs */
+    uint32_t next;    /* index of the first token after this value's subtree */
+} te_llama_json_token;
+
+typedef struct te_llama_json {
+    const char *text;
+    size_t len;
+    te_llama_json_token *tokens; /* tokens[0] is the root value; an object's pairs follow it as key, value */
+    size_t n_tokens;
+    te_llama_allocator allocator;
+} te_llama_json;
+
+#define TE_LLAMA_JSON_MAX_DEPTH 128
+
+/* Parse len bytes of text (not copied: keep it alive while using the tokens). allocator may be NULL. */
+TE_LLAMA_API te_llama_result te_llama_json_parse(const char *text, size_t len, const te_llama_allocator *allocator,
+                                                 te_llama_json *out);
+TE_LLAMA_API void te_llama_json_free(te_llama_json *json);
+/* Index of the value stored under key in the object at index obj, or 0 when absent (0 is never a value). */
+TE_LLAMA_API size_t te_llama_json_get(const te_llama_json *json, size_t obj, const char *key);
+/* Whether the string token at index tok decodes to the C string s. */
+TE_LLAMA_API int te_llama_json_equals(const te_llama_json *json, size_t tok, const char *s);
+/* Decode the string token into buf (NUL-terminated, cap bytes); *len gets the decoded length (may hold NULs). */
+TE_LLAMA_API te_llama_result te_llama_json_string(const te_llama_json *json, size_t tok, char *buf, size_t cap,
+                                                  size_t *len);
+/* Integer value of a number token; fractions, exponents and overflow are errors. */
+TE_LLAMA_API te_llama_result te_llama_json_int64(const te_llama_json *json, size_t tok, int64_t *out);
+TE_LLAMA_API te_llama_result te_llama_json_double(const te_llama_json *json, size_t tok, double *out);
+
+/* ================================================================================================ safetensors */
+
+#define TE_LLAMA_ST_MAX_HEADER (100u * 1000u * 1000u) /* the reference implementation's limit */
+#define TE_LLAMA_ST_MAX_DIMS 8
+#define TE_LLAMA_NAME_MAX 128
+
+typedef struct te_llama_st_tensor {
+    char *name;
+    te_llama_dtype dtype;
+    int ndim;
+    int64_t shape[TE_LLAMA_ST_MAX_DIMS];
+    uint64_t offset; /* from the start of the data section */
+    uint64_t nbytes;
+} te_llama_st_tensor;
+
+typedef struct te_llama_safetensors {
+    te_llama_st_tensor *tensors; /* sorted by offset: the order a reader streams them in */
+    size_t n_tensors;
+    uint64_t data_start;         /* 8 + header length: file offset of the data section */
+    uint64_t data_len;
+    te_llama_allocator allocator;
+} te_llama_safetensors;
+
+/* Validate and index a header, as the reference implementation does: header length <= 100 MB and inside the
+   file, a JSON object of tensors (plus "__metadata__"), known dtypes, bytes = prod(shape) x dtype size without
+   overflow, offsets that tile [0, data_len) exactly. bytes holds at least the 8-byte length and the header. */
+TE_LLAMA_API te_llama_result te_llama_safetensors_parse(const void *bytes, size_t n_bytes, uint64_t file_size,
+                                                        const te_llama_allocator *allocator,
+                                                        te_llama_safetensors *out);
+/* Read and validate the header of a file (the data stays on disk). */
+TE_LLAMA_API te_llama_result te_llama_safetensors_open(const char *path, const te_llama_allocator *allocator,
+                                                       te_llama_safetensors *out);
+TE_LLAMA_API const te_llama_st_tensor *te_llama_safetensors_find(const te_llama_safetensors *st, const char *name);
+TE_LLAMA_API void te_llama_safetensors_free(te_llama_safetensors *st);
+
+typedef struct te_llama_st_write_tensor {
+    const char *name;
+    te_llama_dtype dtype;
+    int ndim;
+    const int64_t *shape;
+    const void *data; /* prod(shape) elements of dtype */
+} te_llama_st_write_tensor;
+
+/* Write a safetensors file (header padded with spaces to a multiple of 8, metadata {"format":"pt"}), through a
+   temporary name and a rename: the file at path is either the old one or the whole new one. */
+TE_LLAMA_API te_llama_result te_llama_safetensors_write(const char *path, const te_llama_st_write_tensor *tensors,
+                                                        size_t n_tensors);
+
+/* ===================================================================================================== config */
+
+typedef enum te_llama_rope_type { TE_LLAMA_ROPE_DEFAULT = 0, TE_LLAMA_ROPE_LINEAR, TE_LLAMA_ROPE_LLAMA3 } te_llama_rope_type;
+
+#define TE_LLAMA_MAX_EOS 8
+
+/* Every LlamaConfig field that changes the math. */
+typedef struct te_llama_config {
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int num_key_value_heads;
+    int head_dim;                 /* hidden_size / num_attention_heads unless config.json gives it */
+    int max_position_embeddings;
+    double rms_norm_eps;
+    double rope_theta;
+    te_llama_rope_type rope_type;
+    double rope_factor;           /* linear and llama3 */
+    double rope_low_freq_factor;  /* llama3 */
+    double rope_high_freq_factor; /* llama3 */
+    int rope_original_max_position_embeddings; /* llama3 */
+    int tie_word_embeddings;
+    te_llama_dtype dtype;         /* torch_dtype / dtype: the checkpoint's parameter dtype */
+    double initializer_range;
+    int bos_token_id;             /* -1 when absent */
+    int eos_token_ids[TE_LLAMA_MAX_EOS];
+    int n_eos_token_ids;
+} te_llama_config;
+
+/* Parse config.json text (transformers 4.x and 5.x spellings). A model_type other than llama, an activation
+   other than silu, attention or mlp biases, an unknown rope type, or absurd sizes are errors. */
+TE_LLAMA_API te_llama_result te_llama_config_parse(const char *text, size_t len, te_llama_config *out);
+TE_LLAMA_API te_llama_result te_llama_config_load(const char *path, te_llama_config *out);
+/* Check a config built by hand: sizes positive and bounded, heads divide, kv heads divide heads. */
+TE_LLAMA_API te_llama_result te_llama_config_validate(const te_llama_config *config);
+/* Write config.json text for config into buf (cap bytes); *len gets the length. */
+TE_LLAMA_API te_llama_result te_llama_config_write(const te_llama_config *config, char *buf, size_t cap,
+                                                   size_t *len);
+
+/* ==================================================================================================== options */
+
+typedef enum te_llama_backend { TE_LLAMA_BACKEND_CPU = 0, TE_LLAMA_BACKEND_CUDA } te_llama_backend;
+typedef enum te_llama_log_level { TE_LLAMA_LOG_INFO = 0, TE_LLAMA_LOG_WARN } te_llama_log_level;
+
+/* Progress of long work (loading, saving): one report per chunk, done == total at the end of each file. */
+typedef struct te_llama_progress {
+    const char *what;       /* "load" or "save" */
+    const char *file;       /* the shard being read or written */
+    int file_index, n_files;
+    uint64_t bytes_done, bytes_total; /* of this file */
+} te_llama_progress;
+
+typedef struct te_llama_layer te_llama_layer;
+typedef struct te_llama_options te_llama_options;
+
+/* A decoder factory builds layer `index` of a model of `config`. */
+typedef te_llama_result (*te_llama_decoder_factory)(const te_llama_config *config, int index,
+                                                     const te_llama_options *options, te_llama_layer **out);
+
+/* All-zero means defaults. The library copies what it keeps; the caller's struct is never changed. */
+struct te_llama_options {
+    te_llama_backend backend;          /* CPU (default) or CUDA */
+    te_llama_decoder_factory decoder;  /* NULL: te_llama_load builds TE layers, te_llama_create the current factory */
+    te_llama_dtype dtype;              /* parameter storage dtype; AUTO: the checkpoint's (CUDA: BF16) */
+    int num_layers;                    /* >0: build only the first N layers; extra checkpoint layers are skipped */
+    size_t staging_bytes;              /* loader staging buffer; 0: 16 MiB */
+    const te_llama_allocator *allocator;
+    void (*log)(void *user, te_llama_log_level level, const char *message);
+    void (*progress)(void *user, const te_llama_progress *progress);
+    void *user;                        /* passed to log and progress */
+    int cuda_device;                   /* CUDA device ordinal */
+};
+
+/* ================================================================================================= parameters */
+
+/* Where a parameter's rows come from in an HF checkpoint: rows [row_begin, row_begin + n_rows) of the parameter
+   are the whole HF tensor `name` (a fused TE parameter has several sources). */
+typedef struct te_llama_hf_source {
+    char name[TE_LLAMA_NAME_MAX];
+    int64_t row_begin, n_rows;
+} te_llama_hf_source;
+
+/* One parameter: the seed's model.parameters() entry. 1-D (norm weights) or 2-D (rows, cols) row-major. */
+typedef struct te_llama_param {
+    char name[TE_LLAMA_NAME_MAX];      /* TE name, e.g. model.layers.0.self_attention.layernorm_qkv.query_weight */
+    te_llama_dtype dtype;
+    int ndim;
+    int64_t shape[2];
+    void *data;                        /* host memory, or device memory when on_device */
+    int on_device;
+    int n_sources;
+    te_llama_hf_source sources[3];
+    uint8_t loaded[3];                 /* loader bookkeeping: source i was read */
+    uint8_t is_view;                   /* data belongs to another parameter (te_llama_param_view) */
+} te_llama_param;
+
+TE_LLAMA_API size_t te_llama_param_numel(const te_llama_param *p);
+TE_LLAMA_API size_t te_llama_param_bytes(const te_llama_param *p);
+
+/* ============================================================================================ decoder layers */
+
+typedef struct te_llama_kv_cache te_llama_kv_cache;
+
+/* What one layer sees of a forward call: n_tokens tokens, each at position pos[i] of the sequence in cache slot
+   seq[i]. Tokens of one sequence come in position order; attention reads that slot's cache at [0, pos]. */
+typedef struct te_llama_step {
+    const te_llama_config *config;
+    int n_tokens;
+    const int32_t *pos;               /* (n_tokens) */
+    const int32_t *seq;               /* (n_tokens) */
+    te_llama_kv_cache *cache;
+    const float *rope_inv_freq;       /* (head_dim / 2), rope scaling applied */
+    float *work;                      /* scratch, te_llama_work_floats(config, n_tokens, cache) floats */
+    void *backend;                    /* backend state (CUDA: the device context) */
+} te_llama_step;
+
+/* A decoder layer: an object with function pointers, as a Python module is. The built-in kinds fill params,
+   and use te_llama_layer_map_by_sources for map_hf. */
+struct te_llama_layer {
+    const char *kind;                 /* "vanilla", "te", or a user's */
+    int index;
+    te_llama_param *params;
+    int n_params;
+    void *impl;                       /* the kind's own state */
+    /* x: (n_tokens, hidden) residual stream, updated in place. */
+    te_llama_result (*forward)(te_llama_layer *self, const te_llama_step *step, float *x);
+    /* Accept a named HF tensor: say which parameter and first row it fills, or return TE_LLAMA_ERR_NOT_FOUND. */
+    te_llama_result (*map_hf)(te_llama_layer *self, const char *hf_name, te_llama_param **param, int *source);
+    void (*destroy)(te_llama_layer *self);
+};
+
+TE_LLAMA_API te_llama_result te_llama_layer_map_by_sources(te_llama_layer *self, const char *hf_name,
+                                                           te_llama_param **param, int *source);
+
+/* The two built-in factories. */
+TE_LLAMA_API te_llama_result te_llama_vanilla_decoder(const te_llama_config *config, int index,
+                                                      const te_llama_options *options, te_llama_layer **out);
+TE_LLAMA_API te_llama_result te_llama_te_decoder(const te_llama_config *config, int index,
+                                                 const te_llama_options *options, te_llama_layer **out);
+
+/* The current factory: this thread's override if set, else the process default (te_llama_vanilla_decoder). */
+TE_LLAMA_API te_llama_decoder_factory te_llama_current_decoder(void);
+/* Set this thread's override (NULL clears it); returns the previous override (NULL when none was set). */
+TE_LLAMA_API te_llama_decoder_factory te_llama_replace_decoder(te_llama_decoder_factory factory);
+/* Set the process default (NULL: vanilla); returns the previous default. Not for use while other threads build. */
+TE_LLAMA_API te_llama_decoder_factory te_llama_set_default_decoder(te_llama_decoder_factory factory);
+/* The scoped override: install factory on this thread, run fn(user), restore the previous override, return
+   what fn returned. Every exit path of fn restores it, since restoring happens after fn returns. */
+TE_LLAMA_API te_llama_result te_llama_with_decoder(te_llama_decoder_factory factory,
+                                                   te_llama_result (*fn)(void *user), void *user);
+
+/* Allocate a layer with room for n_params parameters (for factories, the built-in ones and users'). */
+TE_LLAMA_API te_llama_result te_llama_layer_alloc(const te_llama_options *options, int n_params, size_t impl_bytes,
+                                                  te_llama_layer **out);
+/* Allocate a parameter's storage (host or device per options) and zero it; used by factories. */
+TE_LLAMA_API te_llama_result te_llama_param_init(te_llama_param *p, const te_llama_options *options,
+                                                 const char *name, te_llama_dtype dtype, int64_t rows,
+                                                 int64_t cols);
+/* The default destroy: frees the storage of every parameter that is not a view, then the layer. */
+TE_LLAMA_API void te_llama_layer_destroy_default(te_llama_layer *self);
+/* A parameter viewing rows [row_begin, row_begin + rows) of another (TE's query/key/value views of fused QKV). */
+TE_LLAMA_API void te_llama_param_view(te_llama_param *view, const char *name, const te_llama_param *whole,
+                                      int64_t row_begin, int64_t rows);
+
+/* ====================================================================================================== model */
+
+typedef struct te_llama_model {
+    te_llama_config config;           /* num_hidden_layers is the number actually built */
+    te_llama_options options;         /* resolved copy: backend, dtype, allocator, callbacks */
+    te_llama_param embed_tokens;      /* (vocab, hidden) model.embed_tokens.weight */
+    te_llama_layer **layers;          /* (num_hidden_layers) */
+    te_llama_param norm;              /* (hidden) model.norm.weight */
+    te_llama_param lm_head;           /* (vocab, hidden) lm_head.weight; aliases embed_tokens when tied */
+    float *rope_inv_freq;             /* (head_dim / 2) */
+    int eos_token_ids[TE_LLAMA_MAX_EOS]; /* config.json and generation_config.json together */
+    int n_eos_token_ids;
+    void *backend;                    /* CUDA: device context */
+} te_llama_model;
+
+/* LlamaForCausalLM(config): random initialisation as HF does it (normal(0, initializer_range), norms 1), layers
+   from options->decoder or else the current factory. */
+TE_LLAMA_API te_llama_result te_llama_create(const te_llama_config *config, const te_llama_options *options,
+                                             te_llama_model **out);
+/* TELlamaForCausalLM(config): te_llama_create inside the scope of te_llama_te_decoder. */
+TE_LLAMA_API te_llama_result te_llama_for_causal_lm(const te_llama_config *config, const te_llama_options *options,
+                                                    te_llama_model **out);
+/* TELlamaForCausalLM.from_pretrained_local(dir): config.json, then model.safetensors.index.json with its shards
+   or model.safetensors, streamed one shard at a time through a fixed staging buffer, each HF tensor placed by
+   its layer's map_hf. Layers: options->decoder, else TE. */
+TE_LLAMA_API te_llama_result te_llama_load(const char *dir, const te_llama_options *options, te_llama_model **out);
+TE_LLAMA_API void te_llama_free(te_llama_model *model);
+
+/* All parameters in order: embed_tokens, each layer's, norm, lm_head (absent when tied). */
+TE_LLAMA_API int te_llama_num_parameters(const te_llama_model *model);
+TE_LLAMA_API te_llama_param *te_llama_parameter(te_llama_model *model, int i);
+
+typedef struct te_llama_save_options {
+    uint64_t max_shard_size;          /* bytes; 0: 5 GB (HF's default) */
+    te_llama_dtype dtype;             /* AUTO: each parameter's own dtype */
+} te_llama_save_options;
+
+/* save_pretrained(dir): HF tensor names (TE fused parameters split back), config.json, generation_config.json,
+   one model.safetensors or model-0000i-of-0000n.safetensors shards with model.safetensors.index.json. Files
+   are written under temporary names and renamed at the end: a failure leaves what was there before intact. */
+TE_LLAMA_API te_llama_result te_llama_save(te_llama_model *model, const char *dir,
+                                           const te_llama_save_options *options);
+
+/* ==================================================================================================== forward */
+
+/* Keys and values of every layer for n_seq sequences of up to max_len positions. */
+struct te_llama_kv_cache {
+    int n_layers, n_seq, max_len, kv_dim;
+    float *k, *v;                     /* CPU: (n_layers, n_seq, max_len, kv_dim) */
+    void *device;                     /* CUDA: device buffers */
+    int on_device;
+    te_llama_allocator allocator;
+};
+
+TE_LLAMA_API te_llama_result te_llama_kv_cache_create(te_llama_model *model, int n_seq, int max_len,
+                                                      te_llama_kv_cache **out);
+TE_LLAMA_API void te_llama_kv_cache_free(te_llama_kv_cache *cache);
+
+/* One forward call over tokens of one or more sequences. */
+typedef struct te_llama_batch {
+    int n_tokens;
+    const int32_t *tokens;            /* (n_tokens) */
+    const int32_t *pos;               /* (n_tokens) position in its sequence */
+    const int32_t *seq;               /* (n_tokens) cache slot; NULL: all slot 0 */
+    const uint8_t *want_logits;       /* (n_tokens) nonzero: write this token's logits; NULL: every token */
+} te_llama_batch;
+
+/* Run the model. logits: (number of tokens wanting logits, vocab) float32, in batch order. */
+TE_LLAMA_API te_llama_result te_llama_forward(te_llama_model *model, te_llama_kv_cache *cache,
+                                              const te_llama_batch *batch, float *logits);
+/* Floats of scratch a layer forward of n_tokens needs (the model allocates it). */
+TE_LLAMA_API size_t te_llama_work_floats(const te_llama_config *config, int n_tokens, int max_len);
+
+/* =================================================================================================== sampling */
+
+typedef struct te_llama_sampler_options {
+    float temperature;                /* 0: greedy */
+    int top_k;                        /* 0: off */
+    float top_p;                      /* 0 or 1: off */
+    uint64_t seed;                    /* runs with one seed repeat exactly */
+} te_llama_sampler_options;
+
+typedef struct te_llama_sampler {
+    te_llama_sampler_options options;
+    uint64_t rng;
+    float *probs;                     /* (vocab) */
+    int32_t *order;                   /* (vocab) */
+    int vocab;
+    te_llama_allocator allocator;
+} te_llama_sampler;
+
+TE_LLAMA_API te_llama_result te_llama_sampler_init(te_llama_sampler *s, const te_llama_sampler_options *options,
+                                                   int vocab, const te_llama_allocator *allocator);
+TE_LLAMA_API int32_t te_llama_sample(te_llama_sampler *s, const float *logits);
+TE_LLAMA_API void te_llama_sampler_free(te_llama_sampler *s);
+
+/* ================================================================================================= generation */
+
+typedef struct te_llama_generate_options {
+    int max_new_tokens;               /* 0: 128 */
+    te_llama_sampler_options sampler;
+    int ignore_eos;                   /* do not stop at the model's eos ids */
+    /* Called with each new token; return nonzero to stop. */
+    int (*on_token)(void *user, int32_t token);
+    void *user;
+} te_llama_generate_options;
+
+/* Prefill the prompt, then decode until an eos id, max_new_tokens or the callback says stop. out receives the
+   new tokens (capacity cap); *n_out how many. */
+TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *model, const te_llama_generate_options *options,
+                                               const int32_t *prompt, int n_prompt, int32_t *out, int cap,
+                                               int *n_out);
+
+/* ================================================================================================= tokenizer */
+/* TE_LLAMA_TOKENIZER_DECLARATIONS */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TE_LLAMA_H */
+
+/* ============================================================================================================
+   IMPLEMENTATION
+   ============================================================================================================ */
+#ifdef TE_LLAMA_IMPLEMENTATION
+#ifndef TE_LLAMA_IMPLEMENTATION_DONE
+#define TE_LLAMA_IMPLEMENTATION_DONE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(TE_LLAMA_MALLOC) && defined(TE_LLAMA_REALLOC) && defined(TE_LLAMA_FREE)
+#elif !defined(TE_LLAMA_MALLOC) && !defined(TE_LLAMA_REALLOC) && !defined(TE_LLAMA_FREE)
+#define TE_LLAMA_MALLOC(sz) malloc(sz)
+#define TE_LLAMA_REALLOC(p, sz) realloc(p, sz)
+#define TE_LLAMA_FREE(p) free(p)
+#else
+#error "define all of TE_LLAMA_MALLOC, TE_LLAMA_REALLOC and TE_LLAMA_FREE, or none"
+#endif
+
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define TE_LLAMA__THREAD_LOCAL thread_local
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define TE_LLAMA__THREAD_LOCAL _Thread_local
+#elif defined(__GNUC__)
+#define TE_LLAMA__THREAD_LOCAL __thread
+#elif defined(_MSC_VER)
+#define TE_LLAMA__THREAD_LOCAL __declspec(thread)
+#else
+#define TE_LLAMA__THREAD_LOCAL
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------ results and errors */
+
+static TE_LLAMA__THREAD_LOCAL char te_llama__error[1024];
+
+TE_LLAMA_API const char *te_llama_result_string(te_llama_result r) {
+    static const char *const strings[] = {
+#define TE_LLAMA__STRING(name, str) str,
+        TE_LLAMA__RESULTS(TE_LLAMA__STRING)
+#undef TE_LLAMA__STRING
+    };
+    if ((int)r < 0 || (int)r >= (int)TE_LLAMA_RESULT_COUNT) return "unknown result";
+    return strings[r];
+}
+
+TE_LLAMA_API const char *te_llama_last_error(void) { return te_llama__error; }
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static te_llama_result te_llama__fail(te_llama_result r, const char *fmt, ...) {
+    va_list ap;
+    size_t n;
+    snprintf(te_llama__error, sizeof te_llama__error, "%s: ", te_llama_result_string(r));
+    n = strlen(te_llama__error);
+    va_start(ap, fmt);
+    vsnprintf(te_llama__error + n, sizeof te_llama__error - n, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------------- allocation */
+
+static void *te_llama__alloc(const te_llama_allocator *a, size_t n) {
+    if (n == 0) n = 1;
+    return (a && a->alloc) ? a->alloc(a->user, n) : TE_LLAMA_MALLOC(n);
+}
+static void *te_llama__realloc(const te_llama_allocator *a, void *p, size_t n) {
+    if (n == 0) n = 1;
+    return (a && a->realloc) ? a->realloc(a->user, p, n) : TE_LLAMA_REALLOC(p, n);
+}
+static void te_llama__free(const te_llama_allocator *a, void *p) {
+    if (!p) return;
+    if (a && a->free) a->free(a->user, p);
+    else TE_LLAMA_FREE(p);
+}
+static void *te_llama__calloc(const te_llama_allocator *a, size_t n) {
+    void *p = te_llama__alloc(a, n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+static te_llama_allocator te_llama__allocator_copy(const te_llama_allocator *a) {
+    te_llama_allocator c;
+    memset(&c, 0, sizeof c);
+    if (a && a->alloc && a->realloc && a->free) c = *a;
+    return c;
+}
+
+/* Checked size arithmetic: 0 on overflow. */
+static int te_llama__mul(uint64_t a, uint64_t b, uint64_t *out) {
+    if (a != 0 && b > UINT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+static int te_llama__add(uint64_t a, uint64_t b, uint64_t *out) {
+    if (b > UINT64_MAX - a) return 0;
+    *out = a + b;
+    return 1;
+}
+
+/* --------------------------------------------------------------------------------------------------- dtypes */
+
+static const char *const te_llama__dtype_names[TE_LLAMA_DTYPE_COUNT] = {
+    "AUTO", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F64", "BOOL",
+    "U8",   "I8",  "I16", "U16",  "I32",     "U32",     "I64", "U64"};
+static const unsigned char te_llama__dtype_sizes[TE_LLAMA_DTYPE_COUNT] = {0, 4, 2, 2, 1, 1, 8, 1,
+                                                                         1, 1, 2, 2, 4, 4, 8, 8};
+
+TE_LLAMA_API const char *te_llama_dtype_name(te_llama_dtype t) {
+    return ((int)t >= 0 && t < TE_LLAMA_DTYPE_COUNT) ? te_llama__dtype_names[t] : "?";
+}
+TE_LLAMA_API size_t te_llama_dtype_size(te_llama_dtype t) {
+    return ((int)t >= 0 && t < TE_LLAMA_DTYPE_COUNT) ? te_llama__dtype_sizes[t] : 0;
+}
+static int te_llama__is_float(te_llama_dtype t) {
+    return t == TE_LLAMA_F32 || t == TE_LLAMA_F16 || t == TE_LLAMA_BF16 || t == TE_LLAMA_F8_E4M3 ||
+           t == TE_LLAMA_F8_E5M2 || t == TE_LLAMA_F64;
+}
+
+static float te_llama__f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t te_llama__bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static float te_llama__bf16_to_f32(uint16_t h) { return te_llama__f32_from_bits((uint32_t)h << 16); }
+static uint16_t te_llama__f32_to_bf16(float f) {
+    uint32_t u = te_llama__bits_from_f32(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                           /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+static float te_llama__f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f) return te_llama__f32_from_bits(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) { /* zero or subnormal: man * 2^-24 */
+        float f = (float)man * (1.0f / 16777216.0f);
+        return sign ? -f : f;
+    }
+    return te_llama__f32_from_bits(sign | ((exp + 112u) << 23) | (man << 13));
+}
+static uint16_t te_llama__f32_to_f16(float f) {
+    uint32_t u = te_llama__bits_from_f32(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: infinity */
+    if (a < 0x38800000u) {                                     /* below the smallest normal: subnormal */
+        float m = te_llama__f32_from_bits(a) * 16777216.0f;   /* exact scale to units of 2^-24 */
+        float r = nearbyintf(m);                               /* default rounding mode: nearest even */
+        return (uint16_t)(sign | (uint32_t)r);
+    }
+    a += 0xfffu + ((a >> 13) & 1u);
+    return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+}
+/* FP8 E4M3 (OCP "fn": no infinities, 0x7f is NaN, max 448) and E5M2 (IEEE-like, max 57344). Values beyond the
+   range saturate to the largest finite value, as TransformerEngine's casts do. */
+static float te_llama__fp8_to_f32(uint8_t b, int e5m2) {
+    if (e5m2) return te_llama__f16_to_f32((uint16_t)(b << 8));
+    {
+        uint32_t sign = b & 0x80u, exp = (b >> 3) & 0xfu, man = b & 7u;
+        float f;
+        if (exp == 0xf && man == 7) return NAN;
+        f = exp ? ldexpf(1.0f + (float)man / 8.0f, (int)exp - 7) : ldexpf((float)man / 8.0f, -6);
+        return sign ? -f : f;
+    }
+}
+static uint8_t te_llama__f32_to_fp8(float f, int e5m2) {
+    int mbits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7, e;
+    float maxv = e5m2 ? 57344.0f : 448.0f, a = fabsf(f), m;
+    uint8_t sign = (uint8_t)(signbit(f) ? 0x80 : 0);
+    uint32_t q;
+    if (isnan(f)) return (uint8_t)(sign | (e5m2 ? 0x7f : 0x7f));
+    if (a > maxv) a = maxv;
+    if (a == 0.0f) return sign;
+    frexpf(a, &e);                           /* a = m * 2^e, m in [0.5, 1) */
+    e -= 1;                                  /* a = 1.x * 2^e */
+    if (e < 1 - bias) e = 1 - bias;          /* subnormal range shares the smallest exponent */
+    m = ldexpf(a, mbits - e);                /* units of the last mantissa bit */
+    q = (uint32_t)nearbyintf(m);             /* round to nearest even */
+    /* q in [2^mbits, 2^(mbits+1)] for normals, < 2^mbits for subnormals; a carry bumps the exponent */
+    if (q >= (2u << mbits)) { q >>= 1; e += 1; }
+    if (q < (1u << mbits)) return (uint8_t)(sign | q); /* subnormal */
+    {
+        uint32_t bits = ((uint32_t)(e + bias) << mbits) | (q & ((1u << mbits) - 1u));
+        if (!e5m2 && bits > 0x7e) bits = 0x7e; /* saturate below NaN */
+        if (e5m2 && bits > 0x7b) bits = 0x7b;  /* saturate below infinity */
+        return (uint8_t)(sign | bits);
+    }
+}
+
+static float te_llama__load_f32(const void *src, te_llama_dtype t, size_t i) {
+    switch (t) {
+    case TE_LLAMA_F32: return ((const float *)src)[i];
+    case TE_LLAMA_BF16: return te_llama__bf16_to_f32(((const uint16_t *)src)[i]);
+    case TE_LLAMA_F16: return te_llama__f16_to_f32(((const uint16_t *)src)[i]);
+    case TE_LLAMA_F8_E4M3: return te_llama__fp8_to_f32(((const uint8_t *)src)[i], 0);
+    case TE_LLAMA_F8_E5M2: return te_llama__fp8_to_f32(((const uint8_t *)src)[i], 1);
+    case TE_LLAMA_F64: return (float)((const double *)src)[i];
+    default: return 0.0f;
+    }
+}
+
+TE_LLAMA_API te_llama_result te_llama_convert(void *dst, te_llama_dtype dt, const void *src, te_llama_dtype st,
+                                              size_t n) {
+    size_t i;
+    if (!te_llama__is_float(dt) || !te_llama__is_float(st))
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "conversion %s -> %s", te_llama_dtype_name(st),
+                              te_llama_dtype_name(dt));
+    if (dt == st) { memcpy(dst, src, n * te_llama_dtype_size(dt)); return TE_LLAMA_OK; }
+    if (dt == TE_LLAMA_F64 && st != TE_LLAMA_F64) {
+        for (i = 0; i < n; i++) ((double *)dst)[i] = te_llama__load_f32(src, st, i);
+        return TE_LLAMA_OK;
+    }
+    for (i = 0; i < n; i++) {
+        float f = te_llama__load_f32(src, st, i);
+        switch (dt) {
+        case TE_LLAMA_F32: ((float *)dst)[i] = f; break;
+        case TE_LLAMA_BF16: ((uint16_t *)dst)[i] = te_llama__f32_to_bf16(f); break;
+        case TE_LLAMA_F16: ((uint16_t *)dst)[i] = te_llama__f32_to_f16(f); break;
+        case TE_LLAMA_F8_E4M3: ((uint8_t *)dst)[i] = te_llama__f32_to_fp8(f, 0); break;
+        case TE_LLAMA_F8_E5M2: ((uint8_t *)dst)[i] = te_llama__f32_to_fp8(f, 1); break;
+        default: break;
+        }
+    }
+    return TE_LLAMA_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------------- JSON */
+
+static int te_llama__json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static int te_llama__hex(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+static long te_llama__hex4(const char *s) {
+    int a = te_llama__hex(s[0]), b = te_llama__hex(s[1]), c = te_llama__hex(s[2]), d = te_llama__hex(s[3]);
+    if ((a | b | c | d) < 0) return -1;
+    return (long)((a << 12) | (b << 8) | (c << 4) | d);
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid: no overlongs, no surrogates. */
+static int te_llama__utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return (n >= 2 && (s[1] & 0xc0) == 0x80) ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80) return 0;
+        if (c == 0xe0 && s[1] < 0xa0) return 0;  /* overlong */
+        if (c == 0xed && s[1] >= 0xa0) return 0; /* surrogate */
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80) return 0;
+        if (c == 0xf0 && s[1] < 0x90) return 0;  /* overlong */
+        if (c == 0xf4 && s[1] >= 0x90) return 0; /* above U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+static size_t te_llama__utf8_put(char *out, uint32_t cp) {
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xc0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f)); return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[3] = (char)(0x80 | (cp & 0x3f)); return 4;
+}
+
+/* Decode the (already validated) string body text[start, end) into dst (up to cap bytes written); returns the
+   full decoded length. */
+static size_t te_llama__json_decode(const char *text, size_t start, size_t end, char *dst, size_t cap) {
+    size_t i = start, n = 0;
+    char tmp[4];
+    while (i < end) {
+        size_t k, m;
+        if (text[i] != '\\') {
+            if (n < cap) dst[n] = text[i];
+            n++; i++;
+            continue;
+        }
+        i++;
+        switch (text[i]) {
+        case 'b': tmp[0] = '\b'; m = 1; break;
+        case 'f': tmp[0] = '\f'; m = 1; break;
+        case 'n': tmp[0] = '\n'; m = 1; break;
+        case 'r': tmp[0] = '\r'; m = 1; break;
+        case 't': tmp[0] = '\t'; m = 1; break;
+        case 'u': {
+            uint32_t cp = (uint32_t)te_llama__hex4(text + i + 1);
+            i += 4;
+            if (cp >= 0xd800 && cp <= 0xdbff) { /* validated: a low surrogate escape follows */
+                uint32_t lo = (uint32_t)te_llama__hex4(text + i + 3);
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                i += 6;
+            }
+            m = te_llama__utf8_put(tmp, cp);
+            break;
+        }
+        default: tmp[0] = text[i]; m = 1; break; /* \" \\ \/ */
+        }
+        i++;
+        for (k = 0; k < m; k++, n++)
+            if (n < cap) dst[n] = tmp[k];
+    }
+    return n;
+}
+
+typedef struct te_llama__json_parser {
+    te_llama_json *json;
+    size_t cap;
+} te_llama__json_parser;
+
+static te_llama_result te_llama__json_push(te_llama__json_parser *p, int type, size_t start, size_t *index) {
+    te_llama_json *j = p->json;
+    te_llama_json_token *t;
+    if (j->n_tokens == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 256;
+        te_llama_json_token *grown;
+        if (cap > 0xffffffffu) return te_llama__fail(TE_LLAMA_ERR_JSON_LIMIT, "more than 2^32 JSON tokens");
+        grown = (te_llama_json_token *)te_llama__realloc(&j->allocator, j->tokens, cap * sizeof *grown);
+        if (!grown) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "JSON tokens (%zu)", cap);
+        j->tokens = grown;
+        p->cap = cap;
+    }
+    t = &j->tokens[j->n_tokens];
+    t->type = (uint8_t)type;
+    t->escaped = 0;
+    t->start = (uint32_t)start;
+    t->end = (uint32_t)start;
+    t->size = 0;
+    *index = j->n_tokens++;
+    t->next = (uint32_t)j->n_tokens;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__json_string(te_llama__json_parser *p, size_t *pos) {
+    const char *s = p->json->text;
+    size_t len = p->json->len, i = *pos + 1, index;
+    int escaped = 0;
+    te_llama_result r;
+    for (;;) {
+        unsigned char c;
+        if (i >= len) return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "unterminated string at byte %zu", *pos);
+        c = (unsigned char)s[i];
+        if (c == '"') break;
+        if (c < 0x20) return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "control character in string at byte %zu", i);
+        if (c == '\\') {
+            escaped = 1;
+            if (i + 1 >= len) return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad escape at byte %zu", i);
+            c = (unsigned char)s[i + 1];
+            if (c == 'u') {
+                long cp = (i + 6 <= len) ? te_llama__hex4(s + i + 2) : -1;
+                if (cp < 0) return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad \\u escape at byte %zu", i);
+                if (cp >= 0xdc00 && cp <= 0xdfff)
+                    return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "lone low surrogate at byte %zu", i);
+                if (cp >= 0xd800 && cp <= 0xdbff) {
+                    long lo = (i + 12 <= len && s[i + 6] == '\\' && s[i + 7] == 'u') ? te_llama__hex4(s + i + 8) : -1;
+                    if (lo < 0xdc00 || lo > 0xdfff)
+                        return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "lone high surrogate at byte %zu", i);
+                    i += 6;
+                }
+                i += 6;
+            } else if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+                       c == 't') {
+                i += 2;
+            } else {
+                return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad escape at byte %zu", i);
+            }
+            continue;
+        }
+        if (c < 0x80) { i++; continue; }
+        {
+            int n = te_llama__utf8_len((const unsigned char *)s + i, len - i);
+            if (!n) return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "invalid UTF-8 in string at byte %zu", i);
+            i += (size_t)n;
+        }
+    }
+    if ((r = te_llama__json_push(p, TE_LLAMA_JSON_STRING, *pos + 1, &index)) != TE_LLAMA_OK) return r;
+    p->json->tokens[index].end = (uint32_t)i;
+    p->json->tokens[index].escaped = (uint8_t)escaped;
+    *pos = i + 1;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__json_number(te_llama__json_parser *p, size_t *pos) {
+    const char *s = p->json->text;
+    size_t len = p->json->len, i = *pos, index;
+    te_llama_result r;
+    if (i < len && s[i] == '-') i++;
+    if (i < len && s[i] == '0') i++;
+    else if (i < len && s[i] >= '1' && s[i] <= '9') while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+    else return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad number at byte %zu", *pos);
+    if (i < len && s[i] == '.') {
+        i++;
+        if (!(i < len && s[i] >= '0' && s[i] <= '9'))
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad fraction at byte %zu", *pos);
+        while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-')) i++;
+        if (!(i < len && s[i] >= '0' && s[i] <= '9'))
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "bad exponent at byte %zu", *pos);
+        while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+    }
+    if ((r = te_llama__json_push(p, TE_LLAMA_JSON_NUMBER, *pos, &index)) != TE_LLAMA_OK) return r;
+    p->json->tokens[index].end = (uint32_t)i;
+    *pos = i;
+    return TE_LLAMA_OK;
+}
+
+/* Two key tokens decode to the same string. */
+static int te_llama__json_keys_equal(const te_llama_json *j, const te_llama_json_token *a,
+                                     const te_llama_json_token *b) {
+    if (!a->escaped && !b->escaped)
+        return a->end - a->start == b->end - b->start && memcmp(j->text + a->start, j->text + b->start, a->end - a->start) == 0;
+    {
+        size_t la = te_llama__json_decode(j->text, a->start, a->end, NULL, 0);
+        size_t lb = te_llama__json_decode(j->text, b->start, b->end, NULL, 0);
+        char *da, *db;
+        int eq;
+        if (la != lb) return 0;
+        da = (char *)te_llama__alloc(&j->allocator, la * 2 + 2);
+        if (!da) return 1; /* cannot tell: call them equal, which fails safe */
+        db = da + la + 1;
+        te_llama__json_decode(j->text, a->start, a->end, da, la);
+        te_llama__json_decode(j->text, b->start, b->end, db, lb);
+        eq = memcmp(da, db, la) == 0;
+        te_llama__free(&j->allocator, da);
+        return eq;
+    }
+}
+
+static uint64_t te_llama__json_key_hash(const te_llama_json *j, const te_llama_json_token *t) {
+    uint64_t h = 1469598103934665603ull;
+    size_t i;
+    if (t->escaped) { /* hash of the decoded length only: escaped keys are rare, equality decides */
+        size_t n = te_llama__json_decode(j->text, t->start, t->end, NULL, 0);
+        return h ^ (n * 1099511628211ull);
+    }
+    for (i = t->start; i < t->end; i++) h = (h ^ (unsigned char)j->text[i]) * 1099511628211ull;
+    return h;
+}
+
+static te_llama_result te_llama__json_check_keys(te_llama_json *j, size_t obj) {
+    const te_llama_json_token *tok = j->tokens;
+    size_t n = tok[obj].size, i, k, key;
+    if (n < 2) return TE_LLAMA_OK;
+    if (n <= 8) {
+        size_t keys[8];
+        for (k = 0, key = obj + 1; k < n; k++, key = tok[key + 1].next) keys[k] = key;
+        for (k = 0; k < n; k++)
+            for (i = k + 1; i < n; i++)
+                if (te_llama__json_keys_equal(j, &tok[keys[k]], &tok[keys[i]])) goto duplicate;
+        return TE_LLAMA_OK;
+    duplicate:
+        return te_llama__fail(TE_LLAMA_ERR_JSON_DUPLICATE_KEY, "key \"%.*s\" at byte %u",
+                              (int)(tok[keys[i]].end - tok[keys[i]].start), j->text + tok[keys[i]].start,
+                              tok[keys[i]].start);
+    }
+    {   /* open addressing over key token indices */
+        size_t cap = 16, mask;
+        uint32_t *table;
+        while (cap < n * 2) cap *= 2;
+        mask = cap - 1;
+        table = (uint32_t *)te_llama__calloc(&j->allocator, cap * sizeof *table);
+        if (!table) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "JSON key table (%zu keys)", n);
+        for (k = 0, key = obj + 1; k < n; k++, key = tok[key + 1].next) {
+            size_t h = (size_t)te_llama__json_key_hash(j, &tok[key]) & mask;
+            while (table[h]) {
+                if (te_llama__json_keys_equal(j, &tok[table[h] - 1], &tok[key])) {
+                    te_llama__free(&j->allocator, table);
+                    return te_llama__fail(TE_LLAMA_ERR_JSON_DUPLICATE_KEY, "key \"%.*s\" at byte %u",
+                                          (int)(tok[key].end - tok[key].start), j->text + tok[key].start,
+                                          tok[key].start);
+                }
+                h = (h + 1) & mask;
+            }
+            table[h] = (uint32_t)key + 1;
+        }
+        te_llama__free(&j->allocator, table);
+    }
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__json_key_colon(te_llama__json_parser *p, size_t *pos) {
+    const char *s = p->json->text;
+    size_t len = p->json->len;
+    te_llama_result r;
+    while (*pos < len && te_llama__json_ws(s[*pos])) (*pos)++;
+    if (*pos >= len || s[*pos] != '"') return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "expected a key at byte %zu", *pos);
+    if ((r = te_llama__json_string(p, pos)) != TE_LLAMA_OK) return r;
+    while (*pos < len && te_llama__json_ws(s[*pos])) (*pos)++;
+    if (*pos >= len || s[*pos] != ':') return te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "expected ':' at byte %zu", *pos);
+    (*pos)++;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_json_parse(const char *text, size_t len, const te_llama_allocator *allocator,
+                                                 te_llama_json *out) {
+    te_llama__json_parser p;
+    size_t stack[TE_LLAMA_JSON_MAX_DEPTH];
+    size_t depth = 0, pos = 0, index;
+    te_llama_result r = TE_LLAMA_OK;
+    if (!out || (!text && len)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_json_parse: NULL");
+    memset(out, 0, sizeof *out);
+    out->text = text;
+    out->len = len;
+    out->allocator = te_llama__allocator_copy(allocator);
+    if (len >= 0xffffffffu) return te_llama__fail(TE_LLAMA_ERR_JSON_LIMIT, "JSON text of %zu bytes", len);
+    p.json = out;
+    p.cap = 0;
+    for (;;) {
+        char c;
+        /* a value is expected here */
+        while (pos < len && te_llama__json_ws(text[pos])) pos++;
+        if (pos >= len) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "unexpected end at byte %zu", pos); goto fail; }
+        c = text[pos];
+        if (c == '{' || c == '[') {
+            int is_obj = c == '{';
+            if (depth == TE_LLAMA_JSON_MAX_DEPTH) {
+                r = te_llama__fail(TE_LLAMA_ERR_JSON_LIMIT, "nesting deeper than %d at byte %zu", TE_LLAMA_JSON_MAX_DEPTH, pos);
+                goto fail;
+            }
+            if ((r = te_llama__json_push(&p, is_obj ? TE_LLAMA_JSON_OBJECT : TE_LLAMA_JSON_ARRAY, pos, &index))) goto fail;
+            stack[depth++] = index;
+            pos++;
+            while (pos < len && te_llama__json_ws(text[pos])) pos++;
+            if (pos < len && text[pos] == (is_obj ? '}' : ']')) {
+                pos++;
+                out->tokens[index].end = (uint32_t)pos;
+                out->tokens[index].next = (uint32_t)out->n_tokens;
+                depth--;
+                goto after_value_closed;
+            }
+            if (is_obj && (r = te_llama__json_key_colon(&p, &pos))) goto fail;
+            continue;
+        } else if (c == '"') {
+            if ((r = te_llama__json_string(&p, &pos))) goto fail;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            if ((r = te_llama__json_number(&p, &pos))) goto fail;
+        } else {
+            static const char *const lits[3] = {"null", "false", "true"};
+            int k, found = 0;
+            for (k = 0; k < 3; k++) {
+                size_t n = strlen(lits[k]);
+                if (len - pos >= n && memcmp(text + pos, lits[k], n) == 0) {
+                    if ((r = te_llama__json_push(&p, TE_LLAMA_JSON_NULL + k, pos, &index))) goto fail;
+                    out->tokens[index].end = (uint32_t)(pos + n);
+                    pos += n;
+                    found = 1;
+                    break;
+                }
+            }
+            if (!found) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "unexpected character at byte %zu", pos); goto fail; }
+        }
+    after_value_closed:
+        /* a value just ended: count it in its container, then a comma or the container's end follows */
+        while (depth > 0) {
+            size_t top = stack[depth - 1];
+            int is_obj = out->tokens[top].type == TE_LLAMA_JSON_OBJECT;
+            out->tokens[top].size++;
+            while (pos < len && te_llama__json_ws(text[pos])) pos++;
+            if (pos < len && text[pos] == ',') {
+                pos++;
+                if (is_obj && (r = te_llama__json_key_colon(&p, &pos))) goto fail;
+                break;
+            }
+            if (pos < len && text[pos] == (is_obj ? '}' : ']')) {
+                pos++;
+                out->tokens[top].end = (uint32_t)pos;
+                out->tokens[top].next = (uint32_t)out->n_tokens;
+                if (is_obj && (r = te_llama__json_check_keys(out, top))) goto fail;
+                depth--;
+                continue;
+            }
+            r = te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "expected ',' or '%c' at byte %zu", is_obj ? '}' : ']', pos);
+            goto fail;
+        }
+        if (depth == 0) break;
+    }
+    while (pos < len && te_llama__json_ws(text[pos])) pos++;
+    if (pos != len) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SYNTAX, "trailing bytes at byte %zu", pos); goto fail; }
+    return TE_LLAMA_OK;
+fail:
+    te_llama_json_free(out);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_json_free(te_llama_json *json) {
+    if (!json) return;
+    te_llama__free(&json->allocator, json->tokens);
+    json->tokens = NULL;
+    json->n_tokens = 0;
+}
+
+TE_LLAMA_API int te_llama_json_equals(const te_llama_json *j, size_t tok, const char *s) {
+    const te_llama_json_token *t;
+    size_t n = strlen(s);
+    if (!j || tok >= j->n_tokens) return 0;
+    t = &j->tokens[tok];
+    if (t->type != TE_LLAMA_JSON_STRING) return 0;
+    if (!t->escaped) return (size_t)(t->end - t->start) == n && memcmp(j->text + t->start, s, n) == 0;
+    {
+        char buf[256];
+        size_t m = te_llama__json_decode(j->text, t->start, t->end, buf, sizeof buf);
+        return m == n && n <= sizeof buf && memcmp(buf, s, n) == 0;
+    }
+}
+
+TE_LLAMA_API size_t te_llama_json_get(const te_llama_json *j, size_t obj, const char *key) {
+    size_t k, i;
+    if (!j || obj >= j->n_tokens || j->tokens[obj].type != TE_LLAMA_JSON_OBJECT) return 0;
+    for (k = 0, i = obj + 1; k < j->tokens[obj].size; k++, i = j->tokens[i + 1].next)
+        if (te_llama_json_equals(j, i, key)) return i + 1;
+    return 0;
+}
+
+TE_LLAMA_API te_llama_result te_llama_json_string(const te_llama_json *j, size_t tok, char *buf, size_t cap,
+                                                  size_t *len) {
+    const te_llama_json_token *t;
+    size_t n;
+    if (!j || tok >= j->n_tokens || j->tokens[tok].type != TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "expected a string at byte %u",
+                              (j && tok < j->n_tokens) ? j->tokens[tok].start : 0u);
+    t = &j->tokens[tok];
+    n = te_llama__json_decode(j->text, t->start, t->end, buf, cap);
+    if (len) *len = n;
+    if (n >= cap) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "string of %zu bytes at byte %u is too long", n, t->start);
+    buf[n] = 0;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_json_int64(const te_llama_json *j, size_t tok, int64_t *out) {
+    const te_llama_json_token *t;
+    size_t i;
+    uint64_t v = 0, limit;
+    int neg;
+    if (!j || tok >= j->n_tokens || j->tokens[tok].type != TE_LLAMA_JSON_NUMBER)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "expected an integer at byte %u",
+                              (j && tok < j->n_tokens) ? j->tokens[tok].start : 0u);
+    t = &j->tokens[tok];
+    i = t->start;
+    neg = j->text[i] == '-';
+    if (neg) i++;
+    limit = neg ? (uint64_t)INT64_MAX + 1u : (uint64_t)INT64_MAX;
+    for (; i < t->end; i++) {
+        unsigned d;
+        char c = j->text[i];
+        if (c < '0' || c > '9')
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "expected an integer, found %.*s at byte %u",
+                                  (int)(t->end - t->start), j->text + t->start, t->start);
+        d = (unsigned)(c - '0');
+        if (v > (limit - d) / 10)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "integer %.*s at byte %u overflows 64 bits",
+                                  (int)(t->end - t->start), j->text + t->start, t->start);
+        v = v * 10 + d;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_json_double(const te_llama_json *j, size_t tok, double *out) {
+    const te_llama_json_token *t;
+    char buf[64];
+    size_t n;
+    if (!j || tok >= j->n_tokens || j->tokens[tok].type != TE_LLAMA_JSON_NUMBER)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "expected a number at byte %u",
+                              (j && tok < j->n_tokens) ? j->tokens[tok].start : 0u);
+    t = &j->tokens[tok];
+    n = t->end - t->start;
+    if (n >= sizeof buf) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "number of %zu digits at byte %u", n, t->start);
+    memcpy(buf, j->text + t->start, n);
+    buf[n] = 0;
+    *out = strtod(buf, NULL); /* the grammar was checked by the parser; the C locale's '.' is assumed */
+    if (!isfinite(*out)) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "number %s at byte %u is not finite", buf, t->start);
+    return TE_LLAMA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- file helpers */
+
+#ifdef TE_LLAMA_TESTING
+/* Fault injection for the tests: when >= 0, the write that brings it to -1 fails (and so do the ones after). */
+TE_LLAMA_API long te_llama_test_write_countdown = -1;
+#endif
+
+static te_llama_result te_llama__write(FILE *f, const void *data, size_t n, const char *path) {
+#ifdef TE_LLAMA_TESTING
+    if (te_llama_test_write_countdown >= 0 && te_llama_test_write_countdown-- == 0) {
+        te_llama_test_write_countdown = 0;
+        return te_llama__fail(TE_LLAMA_ERR_IO, "writing %s: injected failure", path);
+    }
+#endif
+    if (n && fwrite(data, 1, n, f) != n) return te_llama__fail(TE_LLAMA_ERR_IO, "writing %s: %s", path, strerror(errno));
+    return TE_LLAMA_OK;
+}
+
+/* Flush, fsync and close; a failure anywhere is an I/O error. */
+static te_llama_result te_llama__close(FILE *f, const char *path, te_llama_result r) {
+    int bad = 0;
+    if (r == TE_LLAMA_OK) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (fclose(f) != 0) bad = 1;
+    if (r == TE_LLAMA_OK && bad) r = te_llama__fail(TE_LLAMA_ERR_IO, "closing %s: %s", path, strerror(errno));
+    return r;
+}
+
+/* pread all of n bytes at offset. */
+static te_llama_result te_llama__pread(int fd, void *buf, size_t n, uint64_t offset, const char *path) {
+    char *p = (char *)buf;
+    while (n) {
+        ssize_t got = pread(fd, p, n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n, (off_t)offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return te_llama__fail(TE_LLAMA_ERR_IO, "reading %s at byte %llu: %s", path, (unsigned long long)offset, strerror(errno));
+        if (got == 0) return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "%s: file ends at byte %llu", path, (unsigned long long)offset);
+        p += got; n -= (size_t)got; offset += (uint64_t)got;
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Read a whole (small) file into memory, NUL-terminated. */
+static te_llama_result te_llama__read_file(const char *path, const te_llama_allocator *a, size_t limit, char **out,
+                                           size_t *len) {
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    te_llama_result r;
+    char *buf;
+    if (fd < 0) return te_llama__fail(errno == ENOENT ? TE_LLAMA_ERR_NOT_FOUND : TE_LLAMA_ERR_IO, "%s: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); return te_llama__fail(TE_LLAMA_ERR_IO, "%s: not a regular file", path); }
+    if ((uint64_t)st.st_size > limit) { close(fd); return te_llama__fail(TE_LLAMA_ERR_JSON_LIMIT, "%s: %llu bytes, above the limit of %zu", path, (unsigned long long)st.st_size, limit); }
+    buf = (char *)te_llama__alloc(a, (size_t)st.st_size + 1);
+    if (!buf) { close(fd); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "%s (%llu bytes)", path, (unsigned long long)st.st_size); }
+    r = te_llama__pread(fd, buf, (size_t)st.st_size, 0, path);
+    close(fd);
+    if (r) { te_llama__free(a, buf); return r; }
+    buf[st.st_size] = 0;
+    *out = buf;
+    *len = (size_t)st.st_size;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__join(char *out, size_t cap, const char *dir, const char *name) {
+    int n = snprintf(out, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "path too long: %s/%s", dir, name);
+    return TE_LLAMA_OK;
+}
+
+/* A file name read from a checkpoint is data from a stranger: plain names in the same directory only. */
+static te_llama_result te_llama__check_plain_name(const char *name, const char *where) {
+    size_t i, n = strlen(name);
+    if (n == 0 || n > 255 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return te_llama__fail(TE_LLAMA_ERR_UNSAFE_PATH, "%s: file name \"%s\"", where, name);
+    for (i = 0; i < n; i++)
+        if (name[i] == '/' || name[i] == '\\' || (unsigned char)name[i] < 0x20)
+            return te_llama__fail(TE_LLAMA_ERR_UNSAFE_PATH, "%s: file name \"%s\" is not a plain name", where, name);
+    return TE_LLAMA_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------- safetensors */
+
+static int te_llama__dtype_from_name(const te_llama_json *j, size_t tok, te_llama_dtype *out) {
+    int t;
+    for (t = 1; t < TE_LLAMA_DTYPE_COUNT; t++)
+        if (te_llama_json_equals(j, tok, te_llama__dtype_names[t])) { *out = (te_llama_dtype)t; return 1; }
+    return 0;
+}
+
+static int te_llama__st_by_offset(const void *a, const void *b) {
+    const te_llama_st_tensor *x = (const te_llama_st_tensor *)a, *y = (const te_llama_st_tensor *)b;
+    if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
+    return (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
+}
+
+TE_LLAMA_API te_llama_result te_llama_safetensors_parse(const void *bytes, size_t n_bytes, uint64_t file_size,
+                                                        const te_llama_allocator *allocator,
+                                                        te_llama_safetensors *out) {
+    const unsigned char *b = (const unsigned char *)bytes;
+    uint64_t hlen = 0, expect = 0, ends[2];
+    te_llama_json j;
+    te_llama_result r;
+    size_t k, i, n_tensors, names_bytes = 0, t;
+    char *names;
+    if (!out || !bytes) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_safetensors_parse: NULL");
+    memset(out, 0, sizeof *out);
+    out->allocator = te_llama__allocator_copy(allocator);
+    if (n_bytes < 8 || file_size < 8) return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "file of %llu bytes has no header length", (unsigned long long)file_size);
+    for (k = 0; k < 8; k++) hlen |= (uint64_t)b[k] << (8 * k);
+    if (hlen > TE_LLAMA_ST_MAX_HEADER)
+        return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "header length %llu above the limit of %u", (unsigned long long)hlen, TE_LLAMA_ST_MAX_HEADER);
+    if (hlen > file_size - 8)
+        return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "header length %llu runs past the end of the %llu-byte file", (unsigned long long)hlen, (unsigned long long)file_size);
+    if (hlen < 2) return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "header of %llu bytes", (unsigned long long)hlen);
+    if (n_bytes < 8 + hlen) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "only %zu of the header's %llu bytes given", n_bytes, (unsigned long long)(8 + hlen));
+    out->data_start = 8 + hlen;
+    out->data_len = file_size - 8 - hlen;
+    if ((r = te_llama_json_parse((const char *)b + 8, (size_t)hlen, allocator, &j))) return r;
+    if (j.tokens[0].type != TE_LLAMA_JSON_OBJECT) { te_llama_json_free(&j); return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "header is not a JSON object"); }
+    /* first pass: count tensors and name bytes */
+    n_tensors = 0;
+    for (k = 0, i = 1; k < j.tokens[0].size; k++, i = j.tokens[i + 1].next) {
+        if (te_llama_json_equals(&j, i, "__metadata__")) continue;
+        n_tensors++;
+        names_bytes += te_llama__json_decode(j.text, j.tokens[i].start, j.tokens[i].end, NULL, 0) + 1;
+    }
+    out->tensors = (te_llama_st_tensor *)te_llama__calloc(allocator, n_tensors * sizeof *out->tensors + names_bytes);
+    if (!out->tensors) { te_llama_json_free(&j); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "safetensors index of %zu tensors", n_tensors); }
+    names = (char *)(out->tensors + n_tensors);
+    for (k = 0, i = 1, t = 0; k < j.tokens[0].size; k++, i = j.tokens[i + 1].next) {
+        size_t v = i + 1, f, d;
+        te_llama_st_tensor *ts;
+        uint64_t nbytes;
+        char name[TE_LLAMA_NAME_MAX];
+        size_t nlen = te_llama__json_decode(j.text, j.tokens[i].start, j.tokens[i].end, name, sizeof name - 1);
+        name[nlen < sizeof name ? nlen : sizeof name - 1] = 0;
+        if (te_llama_json_equals(&j, i, "__metadata__")) {
+            size_t m, e;
+            if (j.tokens[v].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "__metadata__ is not an object"); goto fail; }
+            for (m = 0, e = v + 1; m < j.tokens[v].size; m++, e = j.tokens[e + 1].next)
+                if (j.tokens[e + 1].type != TE_LLAMA_JSON_STRING) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "__metadata__ value at byte %u is not a string", j.tokens[e + 1].start); goto fail; }
+            continue;
+        }
+        ts = &out->tensors[t++];
+        ts->name = names;
+        names += te_llama__json_decode(j.text, j.tokens[i].start, j.tokens[i].end, names, (size_t)-1);
+        *names++ = 0;
+        if (j.tokens[v].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": entry is not an object", name); goto fail; }
+        if (!(f = te_llama_json_get(&j, v, "dtype")) || j.tokens[f].type != TE_LLAMA_JSON_STRING) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": no dtype", name); goto fail; }
+        if (!te_llama__dtype_from_name(&j, f, &ts->dtype)) {
+            r = te_llama__fail(TE_LLAMA_ERR_ST_DTYPE, "tensor \"%s\": dtype \"%.*s\"", name, (int)(j.tokens[f].end - j.tokens[f].start), j.text + j.tokens[f].start);
+            goto fail;
+        }
+        if (!(f = te_llama_json_get(&j, v, "shape")) || j.tokens[f].type != TE_LLAMA_JSON_ARRAY) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": no shape", name); goto fail; }
+        if (j.tokens[f].size > TE_LLAMA_ST_MAX_DIMS) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": %u dimensions, at most %d", name, j.tokens[f].size, TE_LLAMA_ST_MAX_DIMS); goto fail; }
+        ts->ndim = (int)j.tokens[f].size;
+        nbytes = te_llama_dtype_size(ts->dtype);
+        for (d = 0; d < (size_t)ts->ndim; d++) {
+            int64_t dim;
+            if (te_llama_json_int64(&j, f + 1 + d, &dim) || dim < 0) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": shape[%zu] is not a size", name, d); goto fail; }
+            ts->shape[d] = dim;
+            if (!te_llama__mul(nbytes, (uint64_t)dim, &nbytes)) { r = te_llama__fail(TE_LLAMA_ERR_ST_SIZE, "tensor \"%s\": shape x dtype size overflows 64 bits", name); goto fail; }
+        }
+        ts->nbytes = nbytes;
+        if (!(f = te_llama_json_get(&j, v, "data_offsets")) || j.tokens[f].type != TE_LLAMA_JSON_ARRAY || j.tokens[f].size != 2) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": data_offsets is not [begin, end]", name); goto fail; }
+        for (d = 0; d < 2; d++) {
+            int64_t e;
+            if (te_llama_json_int64(&j, f + 1 + d, &e) || e < 0) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": data_offsets[%zu] is not an offset", name, d); goto fail; }
+            ends[d] = (uint64_t)e;
+        }
+        if (ends[1] < ends[0]) { r = te_llama__fail(TE_LLAMA_ERR_ST_OFFSETS, "tensor \"%s\": data_offsets [%llu, %llu] end before they begin", name, (unsigned long long)ends[0], (unsigned long long)ends[1]); goto fail; }
+        if (ends[1] - ends[0] != nbytes) {
+            r = te_llama__fail(TE_LLAMA_ERR_ST_SIZE, "tensor \"%s\": shape x dtype is %llu bytes, data_offsets span %llu", name, (unsigned long long)nbytes, (unsigned long long)(ends[1] - ends[0]));
+            goto fail;
+        }
+        ts->offset = ends[0];
+    }
+    out->n_tensors = t;
+    te_llama_json_free(&j);
+    qsort(out->tensors, out->n_tensors, sizeof *out->tensors, te_llama__st_by_offset);
+    for (t = 0; t < out->n_tensors; t++) {
+        const te_llama_st_tensor *ts = &out->tensors[t];
+        if (ts->offset != expect) {
+            r = te_llama__fail(TE_LLAMA_ERR_ST_OFFSETS, "tensor \"%s\" begins at data byte %llu, expected %llu (%s)", ts->name, (unsigned long long)ts->offset, (unsigned long long)expect, ts->offset > expect ? "gap" : "overlap");
+            te_llama_safetensors_free(out);
+            return r;
+        }
+        expect = ts->offset + ts->nbytes;
+    }
+    if (expect != out->data_len) {
+        r = te_llama__fail(TE_LLAMA_ERR_ST_OFFSETS, "tensors end at data byte %llu but the data section holds %llu bytes", (unsigned long long)expect, (unsigned long long)out->data_len);
+        te_llama_safetensors_free(out);
+        return r;
+    }
+    return TE_LLAMA_OK;
+fail:
+    te_llama_json_free(&j);
+    te_llama_safetensors_free(out);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_safetensors_free(te_llama_safetensors *st) {
+    if (!st) return;
+    te_llama__free(&st->allocator, st->tensors);
+    st->tensors = NULL;
+    st->n_tensors = 0;
+}
+
+static te_llama_result te_llama__st_open_fd(int fd, const char *path, const te_llama_allocator *a,
+                                            te_llama_safetensors *out) {
+    struct stat sb;
+    unsigned char prefix[8];
+    uint64_t hlen = 0, size;
+    char *buf;
+    te_llama_result r;
+    int k;
+    memset(out, 0, sizeof *out);
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) return te_llama__fail(TE_LLAMA_ERR_IO, "%s: not a regular file", path);
+    size = (uint64_t)sb.st_size;
+    if (size < 8) return te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "%s: file of %llu bytes has no header length", path, (unsigned long long)size);
+    if ((r = te_llama__pread(fd, prefix, 8, 0, path))) return r;
+    for (k = 0; k < 8; k++) hlen |= (uint64_t)prefix[k] << (8 * k);
+    if (hlen > TE_LLAMA_ST_MAX_HEADER || hlen > size - 8) {
+        r = te_llama_safetensors_parse(prefix, 8, size, a, out); /* produces the precise header error */
+        return te_llama__fail(r, "%s: %s", path, te_llama_last_error());
+    }
+    buf = (char *)te_llama__alloc(a, (size_t)hlen + 8);
+    if (!buf) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "%s: header of %llu bytes", path, (unsigned long long)hlen);
+    memcpy(buf, prefix, 8);
+    r = te_llama__pread(fd, buf + 8, (size_t)hlen, 8, path);
+    if (!r) {
+        r = te_llama_safetensors_parse(buf, (size_t)hlen + 8, size, a, out);
+        if (r) {
+            char msg[sizeof te_llama__error];
+            memcpy(msg, te_llama__error, sizeof msg);
+            /* keep the code, name the file (the JSON part's offsets are within the header, after 8 bytes) */
+            te_llama__fail(r, "%s: %s", path, strchr(msg, ':') ? strchr(msg, ':') + 2 : msg);
+        }
+    }
+    te_llama__free(a, buf);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_safetensors_open(const char *path, const te_llama_allocator *allocator,
+                                                       te_llama_safetensors *out) {
+    int fd;
+    te_llama_result r;
+    if (!path || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_safetensors_open: NULL");
+    fd = open(path, O_RDONLY);
+    if (fd < 0) return te_llama__fail(errno == ENOENT ? TE_LLAMA_ERR_NOT_FOUND : TE_LLAMA_ERR_IO, "%s: %s", path, strerror(errno));
+    r = te_llama__st_open_fd(fd, path, allocator, out);
+    close(fd);
+    return r;
+}
+
+TE_LLAMA_API const te_llama_st_tensor *te_llama_safetensors_find(const te_llama_safetensors *st, const char *name) {
+    size_t i;
+    for (i = 0; st && i < st->n_tensors; i++)
+        if (strcmp(st->tensors[i].name, name) == 0) return &st->tensors[i];
+    return NULL;
+}
+
+/* A growable text buffer for the JSON this library writes. */
+typedef struct te_llama__buf {
+    char *data;
+    size_t len, cap;
+    int failed;
+    const te_llama_allocator *allocator;
+} te_llama__buf;
+
+static void te_llama__buf_put(te_llama__buf *b, const char *s, size_t n) {
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *grown;
+        while (cap < b->len + n + 1) cap *= 2;
+        grown = (char *)te_llama__realloc(b->allocator, b->data, cap);
+        if (!grown) { b->failed = 1; return; }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+static void te_llama__buf_str(te_llama__buf *b, const char *s) { te_llama__buf_put(b, s, strlen(s)); }
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void te_llama__buf_printf(te_llama__buf *b, const char *fmt, ...) {
+    char tmp[512];
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) { b->failed = 1; return; }
+    te_llama__buf_put(b, tmp, (size_t)n);
+}
+/* A JSON string literal, escaped. */
+static void te_llama__buf_json_string(te_llama__buf *b, const char *s) {
+    te_llama__buf_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { char e[2] = {'\\', (char)c}; te_llama__buf_put(b, e, 2); }
+        else if (c < 0x20) te_llama__buf_printf(b, "\\u%04x", c);
+        else te_llama__buf_put(b, s, 1);
+    }
+    te_llama__buf_put(b, "\"", 1);
+}
+
+/* One tensor to write: shape in the target dtype, data read from src (src_dtype; device memory if
+   src_on_device) and converted on the way. */
+typedef struct te_llama__st_source {
+    const char *name;
+    te_llama_dtype dtype;
+    int ndim;
+    int64_t shape[TE_LLAMA_ST_MAX_DIMS];
+    const void *src;
+    te_llama_dtype src_dtype;
+    int src_on_device;
+} te_llama__st_source;
+
+#ifdef TE_LLAMA_CUDA
+TE_LLAMA_API te_llama_result te_llama_cuda_download(void *host, const void *device, size_t bytes);
+#endif
+
+static uint64_t te_llama__st_source_bytes(const te_llama__st_source *t) {
+    uint64_t n = te_llama_dtype_size(t->dtype);
+    int d;
+    for (d = 0; d < t->ndim; d++) n *= (uint64_t)t->shape[d];
+    return n;
+}
+
+/* Write a safetensors file at path (which the caller names and renames). staging: scratch of staging_bytes for
+   conversions and device copies. */
+static te_llama_result te_llama__st_write_file(const char *path, const te_llama__st_source *t, size_t n,
+                                               void *staging, size_t staging_bytes, const te_llama_allocator *a,
+                                               const te_llama_options *progress, int file_index, int n_files) {
+    te_llama__buf h;
+    uint64_t offset = 0, total;
+    size_t i;
+    unsigned char prefix[8];
+    int k;
+    FILE *f;
+    te_llama_result r = TE_LLAMA_OK;
+    te_llama_progress pr;
+    memset(&h, 0, sizeof h);
+    h.allocator = a;
+    te_llama__buf_str(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (i = 0; i < n; i++) {
+        uint64_t bytes = te_llama__st_source_bytes(&t[i]);
+        te_llama__buf_put(&h, ",", 1);
+        te_llama__buf_json_string(&h, t[i].name);
+        te_llama__buf_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[", te_llama_dtype_name(t[i].dtype));
+        for (k = 0; k < t[i].ndim; k++) te_llama__buf_printf(&h, k ? ",%lld" : "%lld", (long long)t[i].shape[k]);
+        te_llama__buf_printf(&h, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset, (unsigned long long)(offset + bytes));
+        offset += bytes;
+    }
+    te_llama__buf_put(&h, "}", 1);
+    while (!h.failed && (h.len % 8) != 0) te_llama__buf_put(&h, " ", 1);
+    if (h.failed) { te_llama__free(a, h.data); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "safetensors header for %s", path); }
+    for (k = 0; k < 8; k++) prefix[k] = (unsigned char)((uint64_t)h.len >> (8 * k));
+    total = 8 + h.len + offset;
+    memset(&pr, 0, sizeof pr);
+    pr.what = "save"; pr.file = path; pr.file_index = file_index; pr.n_files = n_files; pr.bytes_total = total;
+    f = fopen(path, "wb");
+    if (!f) { te_llama__free(a, h.data); return te_llama__fail(TE_LLAMA_ERR_IO, "creating %s: %s", path, strerror(errno)); }
+    r = te_llama__write(f, prefix, 8, path);
+    if (!r) r = te_llama__write(f, h.data, h.len, path);
+    te_llama__free(a, h.data);
+    pr.bytes_done = 8 + h.len;
+    for (i = 0; i < n && !r; i++) {
+        size_t src_es = te_llama_dtype_size(t[i].src_dtype), dst_es = te_llama_dtype_size(t[i].dtype);
+        uint64_t count = te_llama__st_source_bytes(&t[i]) / dst_es, done = 0;
+        size_t per = staging_bytes / (src_es > dst_es ? src_es : dst_es) / 2; /* half for the source, half converted */
+        if (!t[i].src_on_device && t[i].src_dtype == t[i].dtype) {
+            r = te_llama__write(f, t[i].src, (size_t)(count * dst_es), path);
+            pr.bytes_done += count * dst_es;
+            if (progress && progress->progress) progress->progress(progress->user, &pr);
+            continue;
+        }
+        while (done < count && !r) {
+            size_t m = (size_t)(count - done < per ? count - done : per);
+            const char *src = (const char *)t[i].src + done * src_es;
+            char *in = (char *)staging, *conv = (char *)staging + per * (src_es > dst_es ? src_es : dst_es);
+            (void)in;
+            if (t[i].src_on_device) {
+#ifdef TE_LLAMA_CUDA
+                if ((r = te_llama_cuda_download(in, src, m * src_es))) break;
+                src = in;
+#else
+                r = te_llama__fail(TE_LLAMA_ERR_NO_CUDA, "%s: device tensor in a CPU-only build", t[i].name);
+                break;
+#endif
+            }
+            if ((r = te_llama_convert(conv, t[i].dtype, src, t[i].src_dtype, m))) break;
+            r = te_llama__write(f, conv, m * dst_es, path);
+            done += m;
+            pr.bytes_done += m * dst_es;
+            if (progress && progress->progress) progress->progress(progress->user, &pr);
+        }
+    }
+    return te_llama__close(f, path, r);
+}
+
+TE_LLAMA_API te_llama_result te_llama_safetensors_write(const char *path, const te_llama_st_write_tensor *tensors,
+                                                        size_t n_tensors) {
+    te_llama__st_source *src;
+    char tmp[4096];
+    size_t i;
+    te_llama_result r;
+    int d;
+    if (!path || (!tensors && n_tensors)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_safetensors_write: NULL");
+    src = (te_llama__st_source *)te_llama__calloc(NULL, n_tensors * sizeof *src);
+    if (!src) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "writing %s", path);
+    for (i = 0; i < n_tensors; i++) {
+        if (tensors[i].ndim < 0 || tensors[i].ndim > TE_LLAMA_ST_MAX_DIMS || !te_llama_dtype_size(tensors[i].dtype)) {
+            te_llama__free(NULL, src);
+            return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "tensor \"%s\": bad dtype or ndim", tensors[i].name);
+        }
+        src[i].name = tensors[i].name;
+        src[i].dtype = src[i].src_dtype = tensors[i].dtype;
+        src[i].ndim = tensors[i].ndim;
+        for (d = 0; d < tensors[i].ndim; d++) src[i].shape[d] = tensors[i].shape[d];
+        src[i].src = tensors[i].data;
+    }
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-te_llama", path) >= (int)sizeof tmp) { te_llama__free(NULL, src); return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "path too long"); }
+    r = te_llama__st_write_file(tmp, src, n_tensors, NULL, 0, NULL, NULL, 0, 1);
+    te_llama__free(NULL, src);
+    if (!r && rename(tmp, path) != 0) r = te_llama__fail(TE_LLAMA_ERR_IO, "renaming %s to %s: %s", tmp, path, strerror(errno));
+    if (r) remove(tmp);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------------------- config */
+
+/* Bounds that reject absurd configs before any allocation. */
+#define TE_LLAMA__MAX_VOCAB (1 << 24)
+#define TE_LLAMA__MAX_HIDDEN (1 << 17)
+#define TE_LLAMA__MAX_INTERMEDIATE (1 << 20)
+#define TE_LLAMA__MAX_LAYERS 4096
+#define TE_LLAMA__MAX_HEADS 4096
+#define TE_LLAMA__MAX_HEAD_DIM 1024
+#define TE_LLAMA__MAX_POSITIONS (1 << 24)
+
+TE_LLAMA_API te_llama_result te_llama_config_validate(const te_llama_config *c) {
+#define TE_LLAMA__RANGE(field, lo, hi)                                                                         \
+    if (c->field < (lo) || c->field > (hi))                                                                   \
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, #field " = %lld, must be in [%lld, %lld]", (long long)c->field, \
+                              (long long)(lo), (long long)(hi));
+    if (!c) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "config is NULL");
+    TE_LLAMA__RANGE(vocab_size, 1, TE_LLAMA__MAX_VOCAB)
+    TE_LLAMA__RANGE(hidden_size, 1, TE_LLAMA__MAX_HIDDEN)
+    TE_LLAMA__RANGE(intermediate_size, 1, TE_LLAMA__MAX_INTERMEDIATE)
+    TE_LLAMA__RANGE(num_hidden_layers, 1, TE_LLAMA__MAX_LAYERS)
+    TE_LLAMA__RANGE(num_attention_heads, 1, TE_LLAMA__MAX_HEADS)
+    TE_LLAMA__RANGE(num_key_value_heads, 1, c->num_attention_heads)
+    TE_LLAMA__RANGE(head_dim, 2, TE_LLAMA__MAX_HEAD_DIM)
+    TE_LLAMA__RANGE(max_position_embeddings, 1, TE_LLAMA__MAX_POSITIONS)
+#undef TE_LLAMA__RANGE
+    if (c->num_attention_heads % c->num_key_value_heads != 0)
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "num_key_value_heads = %d does not divide num_attention_heads = %d", c->num_key_value_heads, c->num_attention_heads);
+    if (c->head_dim % 2 != 0) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "head_dim = %d is odd (RoPE rotates pairs)", c->head_dim);
+    if ((int64_t)c->num_attention_heads * c->head_dim > TE_LLAMA__MAX_HIDDEN)
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "num_attention_heads x head_dim = %lld is too large", (long long)c->num_attention_heads * c->head_dim);
+    if (!(c->rms_norm_eps > 0 && c->rms_norm_eps < 1)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "rms_norm_eps = %g", c->rms_norm_eps);
+    if (!(c->rope_theta > 1 && c->rope_theta < 1e12)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "rope_theta = %g", c->rope_theta);
+    if (c->rope_type != TE_LLAMA_ROPE_DEFAULT && !(c->rope_factor > 0 && c->rope_factor < 1e6))
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "rope_scaling factor = %g", c->rope_factor);
+    if (c->rope_type == TE_LLAMA_ROPE_LLAMA3 &&
+        (!(c->rope_high_freq_factor > c->rope_low_freq_factor) || !(c->rope_low_freq_factor > 0) || c->rope_original_max_position_embeddings < 1))
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "llama3 rope_scaling needs high_freq_factor > low_freq_factor > 0 and original_max_position_embeddings >= 1");
+    if (c->dtype != TE_LLAMA_F32 && c->dtype != TE_LLAMA_BF16 && c->dtype != TE_LLAMA_F16)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "parameter dtype %s (float32, bfloat16 and float16 are)", te_llama_dtype_name(c->dtype));
+    if (c->n_eos_token_ids < 0 || c->n_eos_token_ids > TE_LLAMA_MAX_EOS) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%d eos ids", c->n_eos_token_ids);
+    return TE_LLAMA_OK;
+}
+
+typedef struct te_llama__cfg_reader {
+    const te_llama_json *j;
+    size_t root;
+} te_llama__cfg_reader;
+
+/* An integer field: absent or null leaves *out unchanged; anything but an integer is an error. */
+static te_llama_result te_llama__cfg_int(const te_llama_json *j, size_t obj, const char *key, int required,
+                                         int64_t lo, int64_t hi, int *out) {
+    size_t v = te_llama_json_get(j, obj, key);
+    int64_t x;
+    if (!v || j->tokens[v].type == TE_LLAMA_JSON_NULL) {
+        if (required) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "config.json has no %s", key);
+        return TE_LLAMA_OK;
+    }
+    if (j->tokens[v].type != TE_LLAMA_JSON_NUMBER) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not a number", key);
+    if (te_llama_json_int64(j, v, &x)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s: %s", key, te_llama_last_error());
+    if (x < lo || x > hi) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s = %lld, must be in [%lld, %lld]", key, (long long)x, (long long)lo, (long long)hi);
+    *out = (int)x;
+    return TE_LLAMA_OK;
+}
+static te_llama_result te_llama__cfg_double(const te_llama_json *j, size_t obj, const char *key, double *out) {
+    size_t v = te_llama_json_get(j, obj, key);
+    if (!v || j->tokens[v].type == TE_LLAMA_JSON_NULL) return TE_LLAMA_OK;
+    if (j->tokens[v].type != TE_LLAMA_JSON_NUMBER) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not a number", key);
+    if (te_llama_json_double(j, v, out)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s: %s", key, te_llama_last_error());
+    return TE_LLAMA_OK;
+}
+static te_llama_result te_llama__cfg_bool(const te_llama_json *j, size_t obj, const char *key, int *out) {
+    size_t v = te_llama_json_get(j, obj, key);
+    if (!v || j->tokens[v].type == TE_LLAMA_JSON_NULL) return TE_LLAMA_OK;
+    if (j->tokens[v].type != TE_LLAMA_JSON_TRUE && j->tokens[v].type != TE_LLAMA_JSON_FALSE)
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not true or false", key);
+    *out = j->tokens[v].type == TE_LLAMA_JSON_TRUE;
+    return TE_LLAMA_OK;
+}
+/* eos_token_id: an integer or a list of them. */
+static te_llama_result te_llama__cfg_ids(const te_llama_json *j, size_t obj, const char *key, int *ids, int *n) {
+    size_t v = te_llama_json_get(j, obj, key), k, e;
+    int64_t x;
+    if (!v || j->tokens[v].type == TE_LLAMA_JSON_NULL) return TE_LLAMA_OK;
+    if (j->tokens[v].type == TE_LLAMA_JSON_NUMBER) {
+        if (te_llama_json_int64(j, v, &x) || x < 0 || x >= TE_LLAMA__MAX_VOCAB) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not a token id", key);
+        ids[0] = (int)x;
+        *n = 1;
+        return TE_LLAMA_OK;
+    }
+    if (j->tokens[v].type != TE_LLAMA_JSON_ARRAY) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not an id or a list of ids", key);
+    if (j->tokens[v].size > TE_LLAMA_MAX_EOS) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s lists %u ids, at most %d", key, j->tokens[v].size, TE_LLAMA_MAX_EOS);
+    for (k = 0, e = v + 1; k < j->tokens[v].size; k++, e = j->tokens[e].next) {
+        if (te_llama_json_int64(j, e, &x) || x < 0 || x >= TE_LLAMA__MAX_VOCAB) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s[%zu] is not a token id", key, k);
+        ids[k] = (int)x;
+    }
+    *n = (int)j->tokens[v].size;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__cfg_rope(const te_llama_json *j, size_t obj, te_llama_config *c) {
+    size_t t = te_llama_json_get(j, obj, "rope_type");
+    te_llama_result r;
+    if (!t) t = te_llama_json_get(j, obj, "type"); /* older spelling */
+    if (!t || te_llama_json_equals(j, t, "default")) c->rope_type = TE_LLAMA_ROPE_DEFAULT;
+    else if (te_llama_json_equals(j, t, "linear")) c->rope_type = TE_LLAMA_ROPE_LINEAR;
+    else if (te_llama_json_equals(j, t, "llama3")) c->rope_type = TE_LLAMA_ROPE_LLAMA3;
+    else if (j->tokens[t].type == TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "rope type \"%.*s\" (default, linear and llama3 are)", (int)(j->tokens[t].end - j->tokens[t].start), j->text + j->tokens[t].start);
+    else return te_llama__fail(TE_LLAMA_ERR_CONFIG, "rope type is not a string");
+    if ((r = te_llama__cfg_double(j, obj, "rope_theta", &c->rope_theta))) return r;
+    if (c->rope_type == TE_LLAMA_ROPE_DEFAULT) return TE_LLAMA_OK;
+    if (!te_llama_json_get(j, obj, "factor")) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "rope scaling without a factor");
+    if ((r = te_llama__cfg_double(j, obj, "factor", &c->rope_factor))) return r;
+    if (c->rope_type == TE_LLAMA_ROPE_LLAMA3) {
+        c->rope_low_freq_factor = 1.0;
+        c->rope_high_freq_factor = 4.0;
+        c->rope_original_max_position_embeddings = 8192;
+        if ((r = te_llama__cfg_double(j, obj, "low_freq_factor", &c->rope_low_freq_factor))) return r;
+        if ((r = te_llama__cfg_double(j, obj, "high_freq_factor", &c->rope_high_freq_factor))) return r;
+        if ((r = te_llama__cfg_int(j, obj, "original_max_position_embeddings", 0, 1, TE_LLAMA__MAX_POSITIONS, &c->rope_original_max_position_embeddings))) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__cfg_dtype(const te_llama_json *j, size_t v, te_llama_dtype *out) {
+    if (te_llama_json_equals(j, v, "float32")) *out = TE_LLAMA_F32;
+    else if (te_llama_json_equals(j, v, "bfloat16")) *out = TE_LLAMA_BF16;
+    else if (te_llama_json_equals(j, v, "float16")) *out = TE_LLAMA_F16;
+    else if (j->tokens[v].type == TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "dtype \"%.*s\" (float32, bfloat16 and float16 are)", (int)(j->tokens[v].end - j->tokens[v].start), j->text + j->tokens[v].start);
+    else return te_llama__fail(TE_LLAMA_ERR_CONFIG, "dtype is not a string");
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_config_parse(const char *text, size_t len, te_llama_config *c) {
+    te_llama_json j;
+    te_llama_result r;
+    size_t v;
+    int bias = 0;
+    if (!c) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_config_parse: NULL");
+    memset(c, 0, sizeof *c);
+    if ((r = te_llama_json_parse(text, len, NULL, &j))) return r;
+    if (j.tokens[0].type != TE_LLAMA_JSON_OBJECT) { te_llama_json_free(&j); return te_llama__fail(TE_LLAMA_ERR_CONFIG, "config.json is not an object"); }
+    c->max_position_embeddings = 2048;
+    c->rms_norm_eps = 1e-6;
+    c->rope_theta = 10000.0;
+    c->dtype = TE_LLAMA_F32;
+    c->initializer_range = 0.02;
+    c->bos_token_id = -1;
+    c->head_dim = 0;
+    c->num_key_value_heads = 0;
+    v = te_llama_json_get(&j, 0, "model_type");
+    if (!v) { r = te_llama__fail(TE_LLAMA_ERR_CONFIG, "config.json has no model_type"); goto done; }
+    if (!te_llama_json_equals(&j, v, "llama")) {
+        r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "model_type \"%.*s\" (only llama is)", (int)(j.tokens[v].end - j.tokens[v].start), j.text + j.tokens[v].start);
+        goto done;
+    }
+    if ((v = te_llama_json_get(&j, 0, "hidden_act")) && !te_llama_json_equals(&j, v, "silu")) {
+        r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "hidden_act \"%.*s\" (only silu is)", (int)(j.tokens[v].end - j.tokens[v].start), j.text + j.tokens[v].start);
+        goto done;
+    }
+    if ((r = te_llama__cfg_int(&j, 0, "vocab_size", 1, 1, TE_LLAMA__MAX_VOCAB, &c->vocab_size))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "hidden_size", 1, 1, TE_LLAMA__MAX_HIDDEN, &c->hidden_size))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "intermediate_size", 1, 1, TE_LLAMA__MAX_INTERMEDIATE, &c->intermediate_size))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "num_hidden_layers", 1, 1, TE_LLAMA__MAX_LAYERS, &c->num_hidden_layers))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "num_attention_heads", 1, 1, TE_LLAMA__MAX_HEADS, &c->num_attention_heads))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "num_key_value_heads", 0, 1, TE_LLAMA__MAX_HEADS, &c->num_key_value_heads))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "head_dim", 0, 1, TE_LLAMA__MAX_HEAD_DIM, &c->head_dim))) goto done;
+    if ((r = te_llama__cfg_int(&j, 0, "max_position_embeddings", 0, 1, TE_LLAMA__MAX_POSITIONS, &c->max_position_embeddings))) goto done;
+    if ((r = te_llama__cfg_double(&j, 0, "rms_norm_eps", &c->rms_norm_eps))) goto done;
+    if ((r = te_llama__cfg_double(&j, 0, "initializer_range", &c->initializer_range))) goto done;
+    if ((r = te_llama__cfg_bool(&j, 0, "tie_word_embeddings", &c->tie_word_embeddings))) goto done;
+    if ((r = te_llama__cfg_bool(&j, 0, "attention_bias", &bias))) goto done;
+    if (bias) { r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "attention_bias = true"); goto done; }
+    if ((r = te_llama__cfg_bool(&j, 0, "mlp_bias", &bias))) goto done;
+    if (bias) { r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "mlp_bias = true"); goto done; }
+    if ((r = te_llama__cfg_int(&j, 0, "bos_token_id", 0, 0, TE_LLAMA__MAX_VOCAB - 1, &c->bos_token_id))) goto done;
+    if ((r = te_llama__cfg_ids(&j, 0, "eos_token_id", c->eos_token_ids, &c->n_eos_token_ids))) goto done;
+    /* transformers 5.x: dtype and rope_parameters; 4.x: torch_dtype, rope_theta and rope_scaling */
+    v = te_llama_json_get(&j, 0, "dtype");
+    if (!v || j.tokens[v].type == TE_LLAMA_JSON_NULL) v = te_llama_json_get(&j, 0, "torch_dtype");
+    if (v && j.tokens[v].type != TE_LLAMA_JSON_NULL && (r = te_llama__cfg_dtype(&j, v, &c->dtype))) goto done;
+    if ((r = te_llama__cfg_double(&j, 0, "rope_theta", &c->rope_theta))) goto done;
+    v = te_llama_json_get(&j, 0, "rope_parameters");
+    if (!v || j.tokens[v].type == TE_LLAMA_JSON_NULL) v = te_llama_json_get(&j, 0, "rope_scaling");
+    if (v && j.tokens[v].type != TE_LLAMA_JSON_NULL) {
+        if (j.tokens[v].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_CONFIG, "rope_scaling is not an object"); goto done; }
+        if ((r = te_llama__cfg_rope(&j, v, c))) goto done;
+    }
+    if (!c->num_key_value_heads) c->num_key_value_heads = c->num_attention_heads;
+    if (!c->head_dim) {
+        if (c->hidden_size % c->num_attention_heads != 0) {
+            r = te_llama__fail(TE_LLAMA_ERR_CONFIG, "num_attention_heads = %d does not divide hidden_size = %d", c->num_attention_heads, c->hidden_size);
+            goto done;
+        }
+        c->head_dim = c->hidden_size / c->num_attention_heads;
+    }
+    r = te_llama_config_validate(c);
+done:
+    te_llama_json_free(&j);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_config_load(const char *path, te_llama_config *out) {
+    char *text;
+    size_t len;
+    te_llama_result r = te_llama__read_file(path, NULL, (size_t)1 << 20, &text, &len);
+    if (r) return r;
+    r = te_llama_config_parse(text, len, out);
+    te_llama__free(NULL, text);
+    if (r) return te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') ? strchr(te_llama__error, ':') + 2 : "");
+    return TE_LLAMA_OK;
+}
+
+static const char *te_llama__torch_dtype(te_llama_dtype t) {
+    return t == TE_LLAMA_BF16 ? "bfloat16" : t == TE_LLAMA_F16 ? "float16" : "float32";
+}
+
+/* config.json in the transformers 4.x spelling (torch_dtype, rope_theta, rope_scaling), which 5.x also reads. */
+TE_LLAMA_API te_llama_result te_llama_config_write(const te_llama_config *c, char *out, size_t cap, size_t *len) {
+    te_llama__buf b;
+    int i;
+    te_llama_result r;
+    if ((r = te_llama_config_validate(c))) return r;
+    memset(&b, 0, sizeof b);
+    te_llama__buf_str(&b, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n  \"hidden_act\": \"silu\",\n");
+    te_llama__buf_printf(&b, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n", c->vocab_size, c->hidden_size, c->intermediate_size);
+    te_llama__buf_printf(&b, "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n", c->num_hidden_layers, c->num_attention_heads, c->num_key_value_heads);
+    te_llama__buf_printf(&b, "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %.17g,\n", c->head_dim, c->max_position_embeddings, c->rms_norm_eps);
+    te_llama__buf_printf(&b, "  \"rope_theta\": %.17g,\n", c->rope_theta);
+    if (c->rope_type == TE_LLAMA_ROPE_LINEAR)
+        te_llama__buf_printf(&b, "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.17g},\n", c->rope_factor);
+    else if (c->rope_type == TE_LLAMA_ROPE_LLAMA3)
+        te_llama__buf_printf(&b, "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.17g, \"low_freq_factor\": %.17g, \"high_freq_factor\": %.17g, \"original_max_position_embeddings\": %d},\n",
+                             c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_position_embeddings);
+    else te_llama__buf_str(&b, "  \"rope_scaling\": null,\n");
+    te_llama__buf_printf(&b, "  \"tie_word_embeddings\": %s,\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n", c->tie_word_embeddings ? "true" : "false");
+    te_llama__buf_printf(&b, "  \"initializer_range\": %.17g,\n", c->initializer_range);
+    if (c->bos_token_id >= 0) te_llama__buf_printf(&b, "  \"bos_token_id\": %d,\n", c->bos_token_id);
+    if (c->n_eos_token_ids == 1) te_llama__buf_printf(&b, "  \"eos_token_id\": %d,\n", c->eos_token_ids[0]);
+    else if (c->n_eos_token_ids > 1) {
+        te_llama__buf_str(&b, "  \"eos_token_id\": [");
+        for (i = 0; i < c->n_eos_token_ids; i++) te_llama__buf_printf(&b, i ? ", %d" : "%d", c->eos_token_ids[i]);
+        te_llama__buf_str(&b, "],\n");
+    }
+    te_llama__buf_printf(&b, "  \"torch_dtype\": \"%s\"\n}\n", te_llama__torch_dtype(c->dtype));
+    if (b.failed) { te_llama__free(NULL, b.data); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "config.json"); }
+    if (len) *len = b.len;
+    if (b.len + 1 > cap) { te_llama__free(NULL, b.data); return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "config.json needs %zu bytes", b.len + 1); }
+    memcpy(out, b.data, b.len + 1);
+    te_llama__free(NULL, b.data);
+    return TE_LLAMA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------- tokenizer */
+/* TE_LLAMA_TOKENIZER_IMPLEMENTATION */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TE_LLAMA_IMPLEMENTATION_DONE */
+#endif /* TE_LLAMA_IMPLEMENTATION */
+
+/*
+   LICENSE (MIT)
+   Copyright (c) 2026 the te_llama authors
+   Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated
+   documentation files (the "Software"), to deal in the Software without restriction, including without limitation
+   the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies of the Software, and
+   to permit persons to whom the Software is furnished to do so, subject to the following conditions: the above
+   copyright notice and this permission notice shall be included in all copies or substantial portions of the
+   Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.
+*/
