@@ -45,9 +45,9 @@
 #define TE_LLAMA_H
 
 /* The implementation uses POSIX (open, pread, fsync, rename, opendir): ask for it before the first system header.
-   Include te_llama.h first in the implementation file, or build with -D_POSIX_C_SOURCE=200809L. */
+   Include te_llama.h first in the implementation file, or build with -D_XOPEN_SOURCE=700. */
 #if defined(TE_LLAMA_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && !defined(_XOPEN_SOURCE)
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* POSIX.1-2008 with realpath */
 #endif
 
 #include <stddef.h>
@@ -350,8 +350,8 @@ typedef struct te_llama_step {
     const int32_t *pos;               /* (n_tokens) */
     const int32_t *seq;               /* (n_tokens) */
     te_llama_kv_cache *cache;
-    const float *rope_inv_freq;       /* (head_dim / 2), rope scaling applied */
-    float *work;                      /* scratch, te_llama_work_floats(config, n_tokens, cache) floats */
+    const float *rope_cos, *rope_sin; /* (n_tokens, head_dim / 2): the rotation of each token's position */
+    float *work;                      /* scratch of te_llama_work_floats(config, n_tokens, cache->max_len) */
     void *backend;                    /* backend state (CUDA: the device context) */
 } te_llama_step;
 
@@ -416,6 +416,7 @@ typedef struct te_llama_model {
     int eos_token_ids[TE_LLAMA_MAX_EOS]; /* config.json and generation_config.json together */
     int n_eos_token_ids;
     void *backend;                    /* CUDA: device context */
+    te_llama_allocator allocator;     /* the one options->allocator pointed to, or the C allocator */
 } te_llama_model;
 
 /* LlamaForCausalLM(config): random initialisation as HF does it (normal(0, initializer_range), norms 1), layers
@@ -629,11 +630,6 @@ static te_llama_allocator te_llama__allocator_copy(const te_llama_allocator *a) 
 static int te_llama__mul(uint64_t a, uint64_t b, uint64_t *out) {
     if (a != 0 && b > UINT64_MAX / a) return 0;
     *out = a * b;
-    return 1;
-}
-static int te_llama__add(uint64_t a, uint64_t b, uint64_t *out) {
-    if (b > UINT64_MAX - a) return 0;
-    *out = a + b;
     return 1;
 }
 
@@ -1903,6 +1899,1421 @@ TE_LLAMA_API te_llama_result te_llama_config_write(const te_llama_config *c, cha
     memcpy(out, b.data, b.len + 1);
     te_llama__free(NULL, b.data);
     return TE_LLAMA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ parameters */
+
+#ifdef TE_LLAMA_CUDA
+TE_LLAMA_API te_llama_result te_llama_cuda_malloc(void **ptr, size_t bytes);
+TE_LLAMA_API void te_llama_cuda_free(void *ptr);
+TE_LLAMA_API te_llama_result te_llama_cuda_upload(void *device, const void *host, size_t bytes);
+TE_LLAMA_API te_llama_result te_llama_cuda_memset(void *device, int value, size_t bytes);
+#endif
+
+TE_LLAMA_API size_t te_llama_param_numel(const te_llama_param *p) {
+    return (size_t)p->shape[0] * (size_t)(p->ndim == 2 ? p->shape[1] : 1);
+}
+TE_LLAMA_API size_t te_llama_param_bytes(const te_llama_param *p) { return te_llama_param_numel(p) * te_llama_dtype_size(p->dtype); }
+static int64_t te_llama__param_cols(const te_llama_param *p) { return p->ndim == 2 ? p->shape[1] : 1; }
+
+static void te_llama__copy_name(char *dst, const char *src) {
+    size_t n = strlen(src);
+    if (n >= TE_LLAMA_NAME_MAX) n = TE_LLAMA_NAME_MAX - 1;
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
+TE_LLAMA_API te_llama_result te_llama_param_init(te_llama_param *p, const te_llama_options *options, const char *name,
+                                                 te_llama_dtype dtype, int64_t rows, int64_t cols) {
+    uint64_t bytes;
+    memset(p, 0, sizeof *p);
+    te_llama__copy_name(p->name, name);
+    p->dtype = dtype;
+    p->ndim = cols > 0 ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols > 0 ? cols : 0;
+    if (rows <= 0 || !te_llama__mul((uint64_t)rows, (uint64_t)(cols > 0 ? cols : 1), &bytes) ||
+        !te_llama__mul(bytes, te_llama_dtype_size(dtype), &bytes) || bytes > ((uint64_t)1 << 42))
+        return te_llama__fail(TE_LLAMA_ERR_CONFIG, "parameter %s of %lld x %lld is too large", name, (long long)rows, (long long)cols);
+    if (options && options->backend == TE_LLAMA_BACKEND_CUDA) {
+#ifdef TE_LLAMA_CUDA
+        te_llama_result r = te_llama_cuda_malloc(&p->data, (size_t)bytes);
+        if (r) return te_llama__fail(r, "parameter %s (%llu bytes): %s", name, (unsigned long long)bytes, te_llama_last_error());
+        p->on_device = 1;
+        return te_llama_cuda_memset(p->data, 0, (size_t)bytes);
+#else
+        return te_llama__fail(TE_LLAMA_ERR_NO_CUDA, "built without TE_LLAMA_CUDA");
+#endif
+    }
+    p->data = te_llama__calloc(options ? options->allocator : NULL, (size_t)bytes);
+    if (!p->data) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "parameter %s (%llu bytes)", name, (unsigned long long)bytes);
+    return TE_LLAMA_OK;
+}
+
+static void te_llama__param_release(te_llama_param *p, const te_llama_allocator *a) {
+    if (p->is_view || !p->data) return;
+#ifdef TE_LLAMA_CUDA
+    if (p->on_device) { te_llama_cuda_free(p->data); p->data = NULL; return; }
+#endif
+    te_llama__free(a, p->data);
+    p->data = NULL;
+}
+
+TE_LLAMA_API void te_llama_param_view(te_llama_param *view, const char *name, const te_llama_param *whole,
+                                      int64_t row_begin, int64_t rows) {
+    memset(view, 0, sizeof *view);
+    te_llama__copy_name(view->name, name);
+    view->dtype = whole->dtype;
+    view->ndim = whole->ndim;
+    view->shape[0] = rows;
+    view->shape[1] = whole->shape[1];
+    view->data = (char *)whole->data + (size_t)row_begin * (size_t)te_llama__param_cols(whole) * te_llama_dtype_size(whole->dtype);
+    view->on_device = whole->on_device;
+    view->is_view = 1;
+}
+
+/* Name the HF tensor that fills rows [row_begin, row_begin + rows) of p. */
+static void te_llama__param_source(te_llama_param *p, const char *hf_name, int64_t row_begin, int64_t rows) {
+    te_llama_hf_source *s = &p->sources[p->n_sources++];
+    te_llama__copy_name(s->name, hf_name);
+    s->row_begin = row_begin;
+    s->n_rows = rows;
+}
+
+/* ---------------------------------------------------------------------------------------- decoder factories */
+
+typedef struct te_llama__layer_alloc_header {
+    te_llama_allocator allocator;
+} te_llama__layer_alloc_header;
+
+/* A layer, its params and its impl live in one block, preceded by the allocator that made it. */
+TE_LLAMA_API te_llama_result te_llama_layer_alloc(const te_llama_options *options, int n_params, size_t impl_bytes,
+                                                  te_llama_layer **out) {
+    te_llama_allocator a = te_llama__allocator_copy(options ? options->allocator : NULL);
+    size_t head = (sizeof(te_llama__layer_alloc_header) + 15) & ~(size_t)15;
+    size_t body = (sizeof(te_llama_layer) + 15) & ~(size_t)15, params = (size_t)n_params * sizeof(te_llama_param);
+    char *block;
+    te_llama_layer *l;
+    if (n_params < 0 || n_params > 64) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "%d parameters in a layer", n_params);
+    block = (char *)te_llama__calloc(&a, head + body + params + impl_bytes + 16);
+    if (!block) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "decoder layer");
+    ((te_llama__layer_alloc_header *)block)->allocator = a;
+    l = (te_llama_layer *)(block + head);
+    l->params = (te_llama_param *)(block + head + body);
+    l->n_params = n_params;
+    l->impl = impl_bytes ? (void *)(((uintptr_t)(block + head + body + params) + 15) & ~(uintptr_t)15) : NULL;
+    l->map_hf = te_llama_layer_map_by_sources;
+    l->destroy = te_llama_layer_destroy_default;
+    *out = l;
+    return TE_LLAMA_OK;
+}
+
+static te_llama__layer_alloc_header *te_llama__layer_header(te_llama_layer *l) {
+    size_t head = (sizeof(te_llama__layer_alloc_header) + 15) & ~(size_t)15;
+    return (te_llama__layer_alloc_header *)((char *)l - head);
+}
+
+TE_LLAMA_API void te_llama_layer_destroy_default(te_llama_layer *self) {
+    te_llama__layer_alloc_header *h;
+    te_llama_allocator a;
+    int i;
+    if (!self) return;
+    h = te_llama__layer_header(self);
+    a = h->allocator;
+    for (i = 0; i < self->n_params; i++) te_llama__param_release(&self->params[i], &a);
+    te_llama__free(&a, h);
+}
+
+TE_LLAMA_API te_llama_result te_llama_layer_map_by_sources(te_llama_layer *self, const char *hf_name,
+                                                           te_llama_param **param, int *source) {
+    int i, s;
+    for (i = 0; i < self->n_params; i++)
+        for (s = 0; s < self->params[i].n_sources; s++)
+            if (strcmp(self->params[i].sources[s].name, hf_name) == 0) {
+                *param = &self->params[i];
+                *source = s;
+                return TE_LLAMA_OK;
+            }
+    return TE_LLAMA_ERR_NOT_FOUND;
+}
+
+static te_llama_result te_llama__vanilla_forward(te_llama_layer *self, const te_llama_step *step, float *x);
+static te_llama_result te_llama__te_forward(te_llama_layer *self, const te_llama_step *step, float *x);
+
+static te_llama_dtype te_llama__storage_dtype(const te_llama_config *c, const te_llama_options *o) {
+    if (o && o->dtype != TE_LLAMA_DTYPE_AUTO) return o->dtype;
+    if (o && o->backend == TE_LLAMA_BACKEND_CUDA) return TE_LLAMA_BF16;
+    return c->dtype;
+}
+
+/* HF's LlamaDecoderLayer layout: the parameters are the HF tensors themselves. */
+TE_LLAMA_API te_llama_result te_llama_vanilla_decoder(const te_llama_config *c, int index,
+                                                      const te_llama_options *options, te_llama_layer **out) {
+    static const char *const names[9] = {"input_layernorm.weight",   "self_attn.q_proj.weight",  "self_attn.k_proj.weight",
+                                         "self_attn.v_proj.weight",  "self_attn.o_proj.weight",  "post_attention_layernorm.weight",
+                                         "mlp.gate_proj.weight",     "mlp.up_proj.weight",       "mlp.down_proj.weight"};
+    int64_t q = (int64_t)c->num_attention_heads * c->head_dim, kv = (int64_t)c->num_key_value_heads * c->head_dim;
+    int64_t rows[9], cols[9];
+    te_llama_dtype dt = te_llama__storage_dtype(c, options);
+    te_llama_layer *l;
+    te_llama_result r;
+    int i;
+    rows[0] = c->hidden_size; cols[0] = 0;
+    rows[1] = q; rows[2] = kv; rows[3] = kv; cols[1] = cols[2] = cols[3] = c->hidden_size;
+    rows[4] = c->hidden_size; cols[4] = q;
+    rows[5] = c->hidden_size; cols[5] = 0;
+    rows[6] = rows[7] = c->intermediate_size; cols[6] = cols[7] = c->hidden_size;
+    rows[8] = c->hidden_size; cols[8] = c->intermediate_size;
+    if ((r = te_llama_layer_alloc(options, 9, 0, &l))) return r;
+    l->kind = "vanilla";
+    l->index = index;
+    l->forward = te_llama__vanilla_forward;
+    for (i = 0; i < 9; i++) {
+        char name[TE_LLAMA_NAME_MAX];
+        snprintf(name, sizeof name, "model.layers.%d.%s", index, names[i]);
+        if ((r = te_llama_param_init(&l->params[i], options, name, dt, rows[i], cols[i]))) { l->destroy(l); return r; }
+        te_llama__param_source(&l->params[i], name, 0, rows[i]);
+    }
+    *out = l;
+    return TE_LLAMA_OK;
+}
+
+/* TransformerEngine's TransformerLayer layout. impl holds the fused QKV buffer, (q + 2 kv, hidden): the
+   query/key/value parameters are views of its row blocks, so one GEMM computes all three. */
+typedef struct te_llama__te_impl {
+    te_llama_param qkv; /* (q_dim + 2 kv_dim, hidden) */
+} te_llama__te_impl;
+
+static void te_llama__te_destroy(te_llama_layer *self) {
+    te_llama__te_impl *impl = (te_llama__te_impl *)self->impl;
+    te_llama_allocator a = te_llama__layer_header(self)->allocator;
+    te_llama__param_release(&impl->qkv, &a);
+    te_llama_layer_destroy_default(self);
+}
+
+TE_LLAMA_API te_llama_result te_llama_te_decoder(const te_llama_config *c, int index, const te_llama_options *options,
+                                                 te_llama_layer **out) {
+    int64_t q = (int64_t)c->num_attention_heads * c->head_dim, kv = (int64_t)c->num_key_value_heads * c->head_dim;
+    int64_t h = c->hidden_size, I = c->intermediate_size;
+    te_llama_dtype dt = te_llama__storage_dtype(c, options);
+    te_llama_layer *l;
+    te_llama__te_impl *impl;
+    te_llama_result r;
+    char te[TE_LLAMA_NAME_MAX], hf[TE_LLAMA_NAME_MAX], hf2[TE_LLAMA_NAME_MAX];
+#define TE_LLAMA__TE_NAME(buf, suffix) snprintf(buf, sizeof buf, "model.layers.%d." suffix, index)
+    if ((r = te_llama_layer_alloc(options, 8, sizeof(te_llama__te_impl), &l))) return r;
+    l->kind = "te";
+    l->index = index;
+    l->forward = te_llama__te_forward;
+    l->destroy = te_llama__te_destroy;
+    impl = (te_llama__te_impl *)l->impl;
+    TE_LLAMA__TE_NAME(te, "self_attention.layernorm_qkv.weight");
+    if ((r = te_llama_param_init(&impl->qkv, options, te, dt, q + 2 * kv, h))) goto fail;
+    TE_LLAMA__TE_NAME(te, "self_attention.layernorm_qkv.layer_norm_weight");
+    if ((r = te_llama_param_init(&l->params[0], options, te, dt, h, 0))) goto fail;
+    TE_LLAMA__TE_NAME(hf, "input_layernorm.weight");
+    te_llama__param_source(&l->params[0], hf, 0, h);
+    TE_LLAMA__TE_NAME(te, "self_attention.layernorm_qkv.query_weight");
+    te_llama_param_view(&l->params[1], te, &impl->qkv, 0, q);
+    TE_LLAMA__TE_NAME(hf, "self_attn.q_proj.weight");
+    te_llama__param_source(&l->params[1], hf, 0, q);
+    TE_LLAMA__TE_NAME(te, "self_attention.layernorm_qkv.key_weight");
+    te_llama_param_view(&l->params[2], te, &impl->qkv, q, kv);
+    TE_LLAMA__TE_NAME(hf, "self_attn.k_proj.weight");
+    te_llama__param_source(&l->params[2], hf, 0, kv);
+    TE_LLAMA__TE_NAME(te, "self_attention.layernorm_qkv.value_weight");
+    te_llama_param_view(&l->params[3], te, &impl->qkv, q + kv, kv);
+    TE_LLAMA__TE_NAME(hf, "self_attn.v_proj.weight");
+    te_llama__param_source(&l->params[3], hf, 0, kv);
+    TE_LLAMA__TE_NAME(te, "self_attention.proj.weight");
+    if ((r = te_llama_param_init(&l->params[4], options, te, dt, h, q))) goto fail;
+    TE_LLAMA__TE_NAME(hf, "self_attn.o_proj.weight");
+    te_llama__param_source(&l->params[4], hf, 0, h);
+    TE_LLAMA__TE_NAME(te, "layernorm_mlp.layer_norm_weight");
+    if ((r = te_llama_param_init(&l->params[5], options, te, dt, h, 0))) goto fail;
+    TE_LLAMA__TE_NAME(hf, "post_attention_layernorm.weight");
+    te_llama__param_source(&l->params[5], hf, 0, h);
+    TE_LLAMA__TE_NAME(te, "layernorm_mlp.fc1_weight");
+    if ((r = te_llama_param_init(&l->params[6], options, te, dt, 2 * I, h))) goto fail;
+    TE_LLAMA__TE_NAME(hf, "mlp.gate_proj.weight");
+    TE_LLAMA__TE_NAME(hf2, "mlp.up_proj.weight");
+    te_llama__param_source(&l->params[6], hf, 0, I);
+    te_llama__param_source(&l->params[6], hf2, I, I);
+    TE_LLAMA__TE_NAME(te, "layernorm_mlp.fc2_weight");
+    if ((r = te_llama_param_init(&l->params[7], options, te, dt, h, I))) goto fail;
+    TE_LLAMA__TE_NAME(hf, "mlp.down_proj.weight");
+    te_llama__param_source(&l->params[7], hf, 0, h);
+#undef TE_LLAMA__TE_NAME
+    *out = l;
+    return TE_LLAMA_OK;
+fail:
+    l->destroy(l);
+    return r;
+}
+
+/* The factory override: a process default plus a per-thread override, as stb's flip-on-load does. */
+static te_llama_decoder_factory te_llama__default_decoder = te_llama_vanilla_decoder;
+static TE_LLAMA__THREAD_LOCAL te_llama_decoder_factory te_llama__decoder_override;
+
+TE_LLAMA_API te_llama_decoder_factory te_llama_current_decoder(void) {
+    return te_llama__decoder_override ? te_llama__decoder_override : te_llama__default_decoder;
+}
+TE_LLAMA_API te_llama_decoder_factory te_llama_replace_decoder(te_llama_decoder_factory factory) {
+    te_llama_decoder_factory previous = te_llama__decoder_override;
+    te_llama__decoder_override = factory;
+    return previous;
+}
+TE_LLAMA_API te_llama_decoder_factory te_llama_set_default_decoder(te_llama_decoder_factory factory) {
+    te_llama_decoder_factory previous = te_llama__default_decoder;
+    te_llama__default_decoder = factory ? factory : te_llama_vanilla_decoder;
+    return previous;
+}
+TE_LLAMA_API te_llama_result te_llama_with_decoder(te_llama_decoder_factory factory,
+                                                   te_llama_result (*fn)(void *user), void *user) {
+    te_llama_decoder_factory previous = te_llama_replace_decoder(factory);
+    te_llama_result r = fn(user);
+    te_llama_replace_decoder(previous);
+    return r;
+}
+
+/* ----------------------------------------------------------------------------------------------------- model */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void te_llama__log(const te_llama_options *o, te_llama_log_level level, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    if (!o || !o->log) return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->log(o->user, level, msg);
+}
+
+/* HF's inverse frequencies, in float32 as HF computes them, with linear or llama3 scaling. */
+static void te_llama__rope_inv_freq(const te_llama_config *c, float *inv) {
+    int i, half = c->head_dim / 2;
+    for (i = 0; i < half; i++) {
+        float exponent = (float)(2 * i) / (float)c->head_dim;
+        float f = 1.0f / powf((float)c->rope_theta, exponent);
+        if (c->rope_type == TE_LLAMA_ROPE_LINEAR) f = (float)(f / c->rope_factor);
+        if (c->rope_type == TE_LLAMA_ROPE_LLAMA3) {
+            double old = c->rope_original_max_position_embeddings, pi = 3.14159265358979323846;
+            double low_wavelen = old / c->rope_low_freq_factor, high_wavelen = old / c->rope_high_freq_factor;
+            double wavelen = 2.0 * pi / f;
+            if (wavelen > low_wavelen) f = (float)(f / c->rope_factor);
+            else if (wavelen >= high_wavelen) {
+                double smooth = (old / wavelen - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (float)((1.0 - smooth) * f / c->rope_factor + smooth * f);
+            }
+        }
+        inv[i] = f;
+    }
+}
+
+/* Fill defaults into the model's private copy of the options. */
+static void te_llama__resolve_options(te_llama_model *m, const te_llama_options *options) {
+    memset(&m->options, 0, sizeof m->options);
+    if (options) m->options = *options;
+    m->allocator = te_llama__allocator_copy(options ? options->allocator : NULL);
+    m->options.allocator = &m->allocator;
+    if (!m->options.staging_bytes) m->options.staging_bytes = (size_t)16 << 20;
+    if (m->options.staging_bytes < 4096) m->options.staging_bytes = 4096;
+}
+
+#ifdef TE_LLAMA_CUDA
+TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *model);
+TE_LLAMA_API void te_llama_cuda_release(te_llama_model *model);
+#endif
+
+/* Build the model's structure with zeroed parameters: the layers from factory. */
+static te_llama_result te_llama__build(const te_llama_config *config, const te_llama_options *options,
+                                       te_llama_decoder_factory factory, te_llama_model **out) {
+    te_llama_model *m;
+    te_llama_allocator a = te_llama__allocator_copy(options ? options->allocator : NULL);
+    te_llama_dtype dt;
+    te_llama_result r;
+    int i;
+    *out = NULL;
+    if ((r = te_llama_config_validate(config))) return r;
+    if (options && options->backend == TE_LLAMA_BACKEND_CUDA) {
+#ifndef TE_LLAMA_CUDA
+        return te_llama__fail(TE_LLAMA_ERR_NO_CUDA, "this build has no CUDA backend (compile te_llama_kernels.cu and define TE_LLAMA_CUDA)");
+#endif
+    }
+    if (options && options->dtype != TE_LLAMA_DTYPE_AUTO && options->dtype != TE_LLAMA_F32 &&
+        options->dtype != TE_LLAMA_BF16 && options->dtype != TE_LLAMA_F16)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "storage dtype %s", te_llama_dtype_name(options->dtype));
+    m = (te_llama_model *)te_llama__calloc(&a, sizeof *m);
+    if (!m) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "model");
+    te_llama__resolve_options(m, options);
+    m->config = *config;
+    dt = te_llama__storage_dtype(config, &m->options);
+    m->config.dtype = dt;
+    for (i = 0; i < config->n_eos_token_ids; i++) m->eos_token_ids[i] = config->eos_token_ids[i];
+    m->n_eos_token_ids = config->n_eos_token_ids;
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA && (r = te_llama_cuda_init(m))) { te_llama__free(&a, m); return r; }
+#endif
+    m->rope_inv_freq = (float *)te_llama__calloc(&a, sizeof(float) * (size_t)(config->head_dim / 2));
+    m->layers = (te_llama_layer **)te_llama__calloc(&a, sizeof(te_llama_layer *) * (size_t)config->num_hidden_layers);
+    if (!m->rope_inv_freq || !m->layers) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "model tables"); goto fail; }
+    te_llama__rope_inv_freq(config, m->rope_inv_freq);
+    if ((r = te_llama_param_init(&m->embed_tokens, &m->options, "model.embed_tokens.weight", dt, config->vocab_size, config->hidden_size))) goto fail;
+    te_llama__param_source(&m->embed_tokens, "model.embed_tokens.weight", 0, config->vocab_size);
+    for (i = 0; i < config->num_hidden_layers; i++) {
+        if ((r = factory(&m->config, i, &m->options, &m->layers[i]))) goto fail;
+        if (!m->layers[i] || !m->layers[i]->forward || !m->layers[i]->map_hf || !m->layers[i]->destroy) {
+            r = te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "decoder factory built layer %d without forward, map_hf or destroy", i);
+            goto fail;
+        }
+    }
+    if ((r = te_llama_param_init(&m->norm, &m->options, "model.norm.weight", dt, config->hidden_size, 0))) goto fail;
+    te_llama__param_source(&m->norm, "model.norm.weight", 0, config->hidden_size);
+    if (config->tie_word_embeddings) {
+        te_llama_param_view(&m->lm_head, "lm_head.weight", &m->embed_tokens, 0, config->vocab_size);
+    } else {
+        if ((r = te_llama_param_init(&m->lm_head, &m->options, "lm_head.weight", dt, config->vocab_size, config->hidden_size))) goto fail;
+        te_llama__param_source(&m->lm_head, "lm_head.weight", 0, config->vocab_size);
+    }
+    *out = m;
+    return TE_LLAMA_OK;
+fail:
+    te_llama_free(m);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_free(te_llama_model *m) {
+    te_llama_allocator a;
+    int i;
+    if (!m) return;
+    a = m->allocator;
+    for (i = 0; m->layers && i < m->config.num_hidden_layers; i++)
+        if (m->layers[i]) m->layers[i]->destroy(m->layers[i]);
+    te_llama__param_release(&m->embed_tokens, &a);
+    te_llama__param_release(&m->norm, &a);
+    te_llama__param_release(&m->lm_head, &a);
+#ifdef TE_LLAMA_CUDA
+    if (m->backend) te_llama_cuda_release(m);
+#endif
+    te_llama__free(&a, m->layers);
+    te_llama__free(&a, m->rope_inv_freq);
+    te_llama__free(&a, m);
+}
+
+TE_LLAMA_API int te_llama_num_parameters(const te_llama_model *m) {
+    int i, n = 2 + (m->config.tie_word_embeddings ? 0 : 1);
+    for (i = 0; i < m->config.num_hidden_layers; i++) n += m->layers[i]->n_params;
+    return n;
+}
+
+TE_LLAMA_API te_llama_param *te_llama_parameter(te_llama_model *m, int i) {
+    int l;
+    if (i < 0) return NULL;
+    if (i == 0) return &m->embed_tokens;
+    i--;
+    for (l = 0; l < m->config.num_hidden_layers; l++) {
+        if (i < m->layers[l]->n_params) return &m->layers[l]->params[i];
+        i -= m->layers[l]->n_params;
+    }
+    if (i == 0) return &m->norm;
+    if (i == 1 && !m->config.tie_word_embeddings) return &m->lm_head;
+    return NULL;
+}
+
+/* xorshift64*: the library's one random generator (initialisation and sampling). */
+static uint64_t te_llama__rand(uint64_t *state) {
+    uint64_t x = *state ? *state : 0x9e3779b97f4a7c15ull;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *state = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+static float te_llama__rand_unit(uint64_t *state) { return (float)(te_llama__rand(state) >> 40) / 16777216.0f; }
+
+/* normal(0, std) for matrices, ones for norm weights: HF's _init_weights for Llama. */
+static te_llama_result te_llama__init_param(te_llama_model *m, te_llama_param *p, uint64_t *rng) {
+    size_t n = te_llama_param_numel(p), i, chunk = 1 << 16;
+    float *tmp = (float *)te_llama__alloc(&m->allocator, chunk * sizeof(float) + chunk * 4);
+    char *conv = (char *)(tmp + chunk);
+    te_llama_result r = TE_LLAMA_OK;
+    (void)conv; /* device parameters only */
+    if (!tmp) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "initialising %s", p->name);
+    for (i = 0; i < n && !r; i += chunk) {
+        size_t k, m_ = n - i < chunk ? n - i : chunk;
+        for (k = 0; k < m_; k++) {
+            if (p->ndim == 1) { tmp[k] = 1.0f; continue; }
+            {   /* Box-Muller */
+                float u1 = te_llama__rand_unit(rng), u2 = te_llama__rand_unit(rng);
+                tmp[k] = (float)(m->config.initializer_range * sqrt(-2.0 * log(u1 + 1e-12)) * cos(6.283185307179586 * u2));
+            }
+        }
+        if (p->on_device) {
+#ifdef TE_LLAMA_CUDA
+            if (!(r = te_llama_convert(conv, p->dtype, tmp, TE_LLAMA_F32, m_)))
+                r = te_llama_cuda_upload((char *)p->data + i * te_llama_dtype_size(p->dtype), conv, m_ * te_llama_dtype_size(p->dtype));
+#endif
+        } else {
+            r = te_llama_convert((char *)p->data + i * te_llama_dtype_size(p->dtype), p->dtype, tmp, TE_LLAMA_F32, m_);
+        }
+    }
+    te_llama__free(&m->allocator, tmp);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_create(const te_llama_config *config, const te_llama_options *options,
+                                             te_llama_model **out) {
+    te_llama_decoder_factory f = (options && options->decoder) ? options->decoder : te_llama_current_decoder();
+    te_llama_model *m;
+    te_llama_result r;
+    uint64_t rng = 0x5eed5eed1234ull;
+    int i, n;
+    if (!config || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_create: NULL");
+    if ((r = te_llama__build(config, options, f, &m))) return r;
+    n = te_llama_num_parameters(m);
+    for (i = 0; i < n; i++) {
+        te_llama_param *p = te_llama_parameter(m, i);
+        if ((r = te_llama__init_param(m, p, &rng))) { te_llama_free(m); return r; }
+    }
+    *out = m;
+    return TE_LLAMA_OK;
+}
+
+typedef struct te_llama__create_args {
+    const te_llama_config *config;
+    const te_llama_options *options;
+    te_llama_model **out;
+} te_llama__create_args;
+
+static te_llama_result te_llama__create_cb(void *user) {
+    te_llama__create_args *a = (te_llama__create_args *)user;
+    return te_llama_create(a->config, a->options, a->out);
+}
+
+TE_LLAMA_API te_llama_result te_llama_for_causal_lm(const te_llama_config *config, const te_llama_options *options,
+                                                    te_llama_model **out) {
+    te_llama__create_args a;
+    a.config = config;
+    a.options = options;
+    a.out = out;
+    return te_llama_with_decoder(te_llama_te_decoder, te_llama__create_cb, &a);
+}
+
+/* ------------------------------------------------------------------------------------------------- loading */
+
+/* Which parameter and source an HF tensor fills: NOT_FOUND when nothing in the model takes it; *skip_layer
+   set when it belongs to a checkpoint layer past the layers built. */
+static te_llama_result te_llama__route(te_llama_model *m, const char *name, int ckpt_layers, te_llama_param **p,
+                                       int *src, int *skip_layer) {
+    *skip_layer = -1;
+    if (strcmp(name, "model.embed_tokens.weight") == 0) { *p = &m->embed_tokens; *src = 0; return TE_LLAMA_OK; }
+    if (strcmp(name, "model.norm.weight") == 0) { *p = &m->norm; *src = 0; return TE_LLAMA_OK; }
+    if (strcmp(name, "lm_head.weight") == 0 && !m->config.tie_word_embeddings) { *p = &m->lm_head; *src = 0; return TE_LLAMA_OK; }
+    if (strncmp(name, "model.layers.", 13) == 0) {
+        const char *s = name + 13;
+        long layer = 0;
+        int digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 6) { layer = layer * 10 + (*s - '0'); s++; digits++; }
+        if (digits == 0 || *s != '.' || (digits > 1 && name[13] == '0')) return TE_LLAMA_ERR_NOT_FOUND;
+        if (layer >= m->config.num_hidden_layers) {
+            if (layer < ckpt_layers) *skip_layer = (int)layer;
+            return TE_LLAMA_ERR_NOT_FOUND;
+        }
+        return m->layers[layer]->map_hf(m->layers[layer], name, p, src);
+    }
+    return TE_LLAMA_ERR_NOT_FOUND;
+}
+
+#ifdef TE_LLAMA_CUDA
+TE_LLAMA_API te_llama_result te_llama_cuda_staging(te_llama_model *m, size_t bytes, void **buffers, int n);
+TE_LLAMA_API te_llama_result te_llama_cuda_upload_async(te_llama_model *m, void *device, const void *host, size_t bytes, int slot);
+TE_LLAMA_API te_llama_result te_llama_cuda_wait_slot(te_llama_model *m, int slot);
+#endif
+
+typedef struct te_llama__loader {
+    te_llama_model *m;
+    void *staging[2];          /* host (pinned for CUDA) staging buffers */
+    size_t staging_bytes;
+    int slot;                  /* CUDA: which staging buffer the next chunk uses */
+    int ckpt_layers;
+    int *skipped;              /* per checkpoint layer past the built ones: logged once */
+    te_llama_progress progress;
+} te_llama__loader;
+
+/* Stream one tensor's bytes from the file into its parameter rows, converting dtype on the way. */
+static te_llama_result te_llama__load_tensor(te_llama__loader *L, int fd, const char *path,
+                                             const te_llama_safetensors *st, const te_llama_st_tensor *t,
+                                             te_llama_param *p, int src) {
+    size_t src_es = te_llama_dtype_size(t->dtype), dst_es = te_llama_dtype_size(p->dtype);
+    uint64_t count = t->nbytes / src_es, done = 0, file_off = st->data_start + t->offset;
+    char *dst = (char *)p->data + (size_t)p->sources[src].row_begin * (size_t)te_llama__param_cols(p) * dst_es;
+    te_llama_result r = TE_LLAMA_OK;
+    if (!p->on_device && t->dtype == p->dtype) {
+        r = te_llama__pread(fd, dst, (size_t)t->nbytes, file_off, path);
+        L->progress.bytes_done += t->nbytes;
+        return r;
+    }
+    while (done < count && !r) {
+        /* a staging buffer holds the raw chunk in its first part and the converted chunk after it */
+        size_t per = L->staging_bytes / (src_es + dst_es);
+        size_t n = (size_t)(count - done < per ? count - done : per);
+        char *raw = (char *)L->staging[L->slot], *conv = raw + per * src_es;
+        if (p->on_device) {
+#ifdef TE_LLAMA_CUDA
+            if ((r = te_llama_cuda_wait_slot(L->m, L->slot))) break; /* the copy that used this buffer is done */
+#endif
+        }
+        if ((r = te_llama__pread(fd, raw, n * src_es, file_off + done * src_es, path))) break;
+        if (p->on_device) {
+#ifdef TE_LLAMA_CUDA
+            const char *up = raw;
+            if (t->dtype != p->dtype) { if ((r = te_llama_convert(conv, p->dtype, raw, t->dtype, n))) break; up = conv; }
+            if ((r = te_llama_cuda_upload_async(L->m, dst + done * dst_es, up, n * dst_es, L->slot))) break;
+            L->slot ^= 1; /* read the next chunk while this one copies */
+#endif
+        } else if ((r = te_llama_convert(dst + done * dst_es, p->dtype, raw, t->dtype, n))) {
+            break;
+        }
+        (void)conv;
+        done += n;
+        L->progress.bytes_done += n * src_es;
+    }
+    return r;
+}
+
+static te_llama_result te_llama__load_shard(te_llama__loader *L, const char *dir, const char *file, int index,
+                                            int n_files) {
+    te_llama_model *m = L->m;
+    char path[4096];
+    te_llama_safetensors st;
+    te_llama_result r;
+    struct stat lsb;
+    size_t i;
+    int fd;
+    if ((r = te_llama__join(path, sizeof path, dir, file))) return r;
+    if (lstat(path, &lsb) != 0) return te_llama__fail(TE_LLAMA_ERR_NOT_FOUND, "shard %s: %s", path, strerror(errno));
+    if (S_ISLNK(lsb.st_mode)) { /* a link may point inside the directory, never out of it */
+        char real_dir[4096], real_file[4096];
+        size_t n;
+        if (!realpath(dir, real_dir) || !realpath(path, real_file)) return te_llama__fail(TE_LLAMA_ERR_NOT_FOUND, "shard %s: %s", path, strerror(errno));
+        n = strlen(real_dir);
+        if (strncmp(real_file, real_dir, n) != 0 || real_file[n] != '/' || strchr(real_file + n + 1, '/'))
+            return te_llama__fail(TE_LLAMA_ERR_UNSAFE_PATH, "shard %s is a link out of the checkpoint directory (to %s)", path, real_file);
+    }
+    fd = open(path, O_RDONLY);
+    if (fd < 0) return te_llama__fail(errno == ENOENT ? TE_LLAMA_ERR_NOT_FOUND : TE_LLAMA_ERR_IO, "shard %s: %s", path, strerror(errno));
+    if ((r = te_llama__st_open_fd(fd, path, &m->allocator, &st))) { close(fd); return r; }
+    L->progress.file = file;
+    L->progress.file_index = index;
+    L->progress.n_files = n_files;
+    L->progress.bytes_done = st.data_start;
+    L->progress.bytes_total = st.data_start + st.data_len;
+    for (i = 0; i < st.n_tensors && !r; i++) {
+        const te_llama_st_tensor *t = &st.tensors[i];
+        te_llama_param *p = NULL;
+        int src = 0, skip, rows_ok;
+        te_llama_result found = te_llama__route(m, t->name, L->ckpt_layers, &p, &src, &skip);
+        if (found == TE_LLAMA_ERR_NOT_FOUND) {
+            if (skip >= 0) {
+                if (!L->skipped[skip]) te_llama__log(&m->options, TE_LLAMA_LOG_INFO, "skipping checkpoint layer %d (the model has %d layers)", skip, m->config.num_hidden_layers);
+                L->skipped[skip] = 1;
+            } else if (strcmp(t->name, "lm_head.weight") == 0) {
+                te_llama__log(&m->options, TE_LLAMA_LOG_INFO, "%s: lm_head.weight ignored, the embeddings are tied", file);
+            } else {
+                te_llama__log(&m->options, TE_LLAMA_LOG_WARN, "%s: unexpected tensor %s (not used by the model)", file, t->name);
+            }
+            L->progress.bytes_done += t->nbytes;
+            continue;
+        }
+        if (found) { r = te_llama__fail(found, "%s: tensor %s: %s", path, t->name, te_llama_last_error()); break; }
+        if (!te_llama__is_float(t->dtype)) { r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "%s: tensor %s has dtype %s", path, t->name, te_llama_dtype_name(t->dtype)); break; }
+        rows_ok = p->ndim == 2 ? (t->ndim == 2 && t->shape[0] == p->sources[src].n_rows && t->shape[1] == p->shape[1])
+                               : (t->ndim == 1 && t->shape[0] == p->sources[src].n_rows);
+        if (!rows_ok) {
+            char found_shape[96] = "", expected[64];
+            int d;
+            size_t len = 0;
+            for (d = 0; d < t->ndim && len < sizeof found_shape - 24; d++) len += (size_t)snprintf(found_shape + len, sizeof found_shape - len, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+            if (p->ndim == 2) snprintf(expected, sizeof expected, "%lld, %lld", (long long)p->sources[src].n_rows, (long long)p->shape[1]);
+            else snprintf(expected, sizeof expected, "%lld", (long long)p->sources[src].n_rows);
+            r = te_llama__fail(TE_LLAMA_ERR_SHAPE_MISMATCH, "%s: tensor %s has shape [%s], expected [%s] (config.json)", path, t->name, found_shape, expected);
+            break;
+        }
+        if (p->loaded[src]) { r = te_llama__fail(TE_LLAMA_ERR_DUPLICATE_TENSOR, "%s: tensor %s was already read from another shard", path, t->name); break; }
+        r = te_llama__load_tensor(L, fd, path, &st, t, p, src);
+        p->loaded[src] = 1;
+        if (m->options.progress) m->options.progress(m->options.user, &L->progress);
+    }
+#ifdef TE_LLAMA_CUDA
+    if (!r && m->options.backend == TE_LLAMA_BACKEND_CUDA) {
+        if (!(r = te_llama_cuda_wait_slot(m, 0))) r = te_llama_cuda_wait_slot(m, 1);
+    }
+#endif
+    if (!r && m->options.progress) {
+        L->progress.bytes_done = L->progress.bytes_total;
+        m->options.progress(m->options.user, &L->progress);
+    }
+    te_llama_safetensors_free(&st); /* this shard's index goes before the next shard is opened */
+    close(fd);
+    return r;
+}
+
+/* The shard list of a model.safetensors.index.json: the distinct file names of weight_map, in order. */
+static te_llama_result te_llama__index_shards(const char *path, const te_llama_allocator *a, char ***names, int *n) {
+    char *text;
+    size_t len, k, i;
+    te_llama_json j;
+    te_llama_result r;
+    size_t wm;
+    *names = NULL;
+    *n = 0;
+    if ((r = te_llama__read_file(path, a, (size_t)64 << 20, &text, &len))) return r;
+    if ((r = te_llama_json_parse(text, len, a, &j))) {
+        te_llama__free(a, text);
+        return te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') + 2);
+    }
+    wm = j.tokens[0].type == TE_LLAMA_JSON_OBJECT ? te_llama_json_get(&j, 0, "weight_map") : 0;
+    if (!wm || j.tokens[wm].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s has no weight_map object", path); goto done; }
+    *names = (char **)te_llama__calloc(a, sizeof(char *) * (j.tokens[wm].size + 1));
+    if (!*names) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "%s", path); goto done; }
+    for (k = 0, i = wm + 1; k < j.tokens[wm].size; k++, i = j.tokens[i + 1].next) {
+        char file[512];
+        int s, seen = 0;
+        if (j.tokens[i + 1].type != TE_LLAMA_JSON_STRING) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s: weight_map value at byte %u is not a file name", path, j.tokens[i + 1].start); goto done; }
+        if ((r = te_llama_json_string(&j, i + 1, file, sizeof file, &len)) || strlen(file) != len) {
+            r = te_llama__fail(TE_LLAMA_ERR_UNSAFE_PATH, "%s: weight_map file name at byte %u", path, j.tokens[i + 1].start);
+            goto done;
+        }
+        if ((r = te_llama__check_plain_name(file, path))) goto done;
+        for (s = 0; s < *n && !seen; s++) seen = strcmp((*names)[s], file) == 0;
+        if (seen) continue;
+        (*names)[*n] = (char *)te_llama__alloc(a, len + 1);
+        if (!(*names)[*n]) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "%s", path); goto done; }
+        memcpy((*names)[*n], file, len + 1);
+        (*n)++;
+    }
+    if (*n == 0) r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s: weight_map names no shard", path);
+done:
+    te_llama_json_free(&j);
+    te_llama__free(a, text);
+    return r;
+}
+
+static void te_llama__free_names(const te_llama_allocator *a, char **names, int n) {
+    int i;
+    if (!names) return;
+    for (i = 0; i < n; i++) te_llama__free(a, names[i]);
+    te_llama__free(a, names);
+}
+
+static int te_llama__exists(const char *dir, const char *name) {
+    char path[4096];
+    struct stat sb;
+    if (te_llama__join(path, sizeof path, dir, name)) return 0;
+    return lstat(path, &sb) == 0;
+}
+
+/* generation_config.json: its eos ids join the config's (HF stops at either). */
+static te_llama_result te_llama__load_generation_config(te_llama_model *m, const char *dir) {
+    char path[4096], *text;
+    size_t len;
+    te_llama_json j;
+    int ids[TE_LLAMA_MAX_EOS], n = 0, i, k;
+    te_llama_result r;
+    if ((r = te_llama__join(path, sizeof path, dir, "generation_config.json"))) return r;
+    if (te_llama__read_file(path, &m->allocator, (size_t)1 << 20, &text, &len)) return TE_LLAMA_OK; /* optional */
+    r = te_llama_json_parse(text, len, &m->allocator, &j);
+    if (!r && j.tokens[0].type == TE_LLAMA_JSON_OBJECT) r = te_llama__cfg_ids(&j, 0, "eos_token_id", ids, &n);
+    if (!r)
+        for (i = 0; i < n; i++) {
+            int seen = 0;
+            for (k = 0; k < m->n_eos_token_ids; k++) seen |= m->eos_token_ids[k] == ids[i];
+            if (!seen && m->n_eos_token_ids < TE_LLAMA_MAX_EOS) m->eos_token_ids[m->n_eos_token_ids++] = ids[i];
+        }
+    if (r) r = te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') + 2);
+    if (j.tokens) te_llama_json_free(&j);
+    te_llama__free(&m->allocator, text);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_load(const char *dir, const te_llama_options *options, te_llama_model **out) {
+    te_llama_config config;
+    te_llama_options o;
+    te_llama_model *m = NULL;
+    te_llama__loader L;
+    te_llama_allocator a = te_llama__allocator_copy(options ? options->allocator : NULL);
+    char path[4096], **shards = NULL;
+    int n_shards = 0, i, missing = 0, p, s, n_params;
+    te_llama_result r;
+    if (!dir || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_load: NULL");
+    *out = NULL;
+    memset(&L, 0, sizeof L);
+    if ((r = te_llama__join(path, sizeof path, dir, "config.json"))) return r;
+    if ((r = te_llama_config_load(path, &config))) return r;
+    /* which files hold the weights */
+    if (te_llama__exists(dir, "model.safetensors.index.json")) {
+        if ((r = te_llama__join(path, sizeof path, dir, "model.safetensors.index.json"))) return r;
+        if ((r = te_llama__index_shards(path, &a, &shards, &n_shards))) return r;
+    } else if (te_llama__exists(dir, "model.safetensors")) {
+        shards = (char **)te_llama__calloc(&a, sizeof(char *));
+        if (shards) shards[0] = (char *)te_llama__alloc(&a, 18);
+        if (!shards || !shards[0]) { te_llama__free_names(&a, shards, 0); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "shard list"); }
+        memcpy(shards[0], "model.safetensors", 18);
+        n_shards = 1;
+    } else if (te_llama__exists(dir, "pytorch_model.bin") || te_llama__exists(dir, "pytorch_model.bin.index.json")) {
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "%s holds pytorch_model.bin: safetensors only (convert it with HF save_pretrained(safe_serialization=True))", dir);
+    } else {
+        return te_llama__fail(TE_LLAMA_ERR_NOT_FOUND, "%s has neither model.safetensors.index.json nor model.safetensors", dir);
+    }
+    L.ckpt_layers = config.num_hidden_layers;
+    if (options && options->num_layers > 0) {
+        if (options->num_layers > config.num_hidden_layers) {
+            r = te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "num_layers = %d but the checkpoint has %d layers", options->num_layers, config.num_hidden_layers);
+            goto done;
+        }
+        config.num_hidden_layers = options->num_layers;
+    }
+    memset(&o, 0, sizeof o);
+    if (options) o = *options;
+    if ((r = te_llama__build(&config, &o, o.decoder ? o.decoder : te_llama_te_decoder, &m))) goto done;
+    if ((r = te_llama__load_generation_config(m, dir))) goto done;
+    L.m = m;
+    L.staging_bytes = m->options.staging_bytes;
+    L.progress.what = "load";
+    L.skipped = (int *)te_llama__calloc(&a, sizeof(int) * (size_t)L.ckpt_layers);
+    if (!L.skipped) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "loader"); goto done; }
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) {
+        if ((r = te_llama_cuda_staging(m, L.staging_bytes, L.staging, 2))) goto done;
+    } else
+#endif
+    {
+        L.staging[0] = te_llama__alloc(&a, L.staging_bytes);
+        if (!L.staging[0]) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "staging buffer of %zu bytes", L.staging_bytes); goto done; }
+    }
+    for (i = 0; i < n_shards && !r; i++) r = te_llama__load_shard(&L, dir, shards[i], i, n_shards);
+    if (r) goto done;
+    /* every parameter filled? name the first missing tensors and count them all */
+    n_params = te_llama_num_parameters(m);
+    path[0] = 0;
+    for (p = 0; p < n_params; p++) {
+        te_llama_param *q = te_llama_parameter(m, p);
+        for (s = 0; s < q->n_sources; s++)
+            if (!q->loaded[s]) {
+                size_t len = strlen(path);
+                if (missing < 3) snprintf(path + len, sizeof path - len, "%s%s (for %s)", missing ? ", " : "", q->sources[s].name, q->name);
+                missing++;
+            }
+    }
+    if (missing) r = te_llama__fail(TE_LLAMA_ERR_MISSING_TENSOR, "%s: %d tensor(s) never found in the checkpoint: %s%s", dir, missing, path, missing > 3 ? ", ..." : "");
+done:
+    if (!(m && m->options.backend == TE_LLAMA_BACKEND_CUDA)) te_llama__free(&a, L.staging[0]);
+    te_llama__free(&a, L.skipped);
+    te_llama__free_names(&a, shards, n_shards);
+    if (r) { te_llama_free(m); return r; }
+    *out = m;
+    return TE_LLAMA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------- saving */
+
+typedef struct te_llama__saved_file {
+    char final_name[64];
+    char tmp_path[4096];
+} te_llama__saved_file;
+
+/* Write text to a temporary file in dir. */
+static te_llama_result te_llama__write_text(const char *tmp_path, const char *text, size_t len) {
+    FILE *f = fopen(tmp_path, "wb");
+    if (!f) return te_llama__fail(TE_LLAMA_ERR_IO, "creating %s: %s", tmp_path, strerror(errno));
+    return te_llama__close(f, tmp_path, te_llama__write(f, text, len, tmp_path));
+}
+
+TE_LLAMA_API te_llama_result te_llama_save(te_llama_model *m, const char *dir, const te_llama_save_options *options) {
+    te_llama_allocator *a;
+    te_llama__st_source *src = NULL;
+    te_llama__saved_file *files = NULL;
+    int n_src = 0, n_params, i, s, n_files = 0, n_shards = 0, *shard_of = NULL, old_n = 0;
+    uint64_t max_shard, cur = 0, total = 0;
+    te_llama_dtype dt;
+    char **old_shards = NULL, path[4096];
+    void *staging = NULL;
+    size_t staging_bytes;
+    te_llama__buf text;
+    te_llama_result r = TE_LLAMA_OK;
+    struct stat sb;
+    if (!m || !dir) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_save: NULL");
+    a = &m->allocator;
+    max_shard = (options && options->max_shard_size) ? options->max_shard_size : (uint64_t)5000000000ull;
+    dt = options ? options->dtype : TE_LLAMA_DTYPE_AUTO;
+    if (dt != TE_LLAMA_DTYPE_AUTO && dt != TE_LLAMA_F32 && dt != TE_LLAMA_BF16 && dt != TE_LLAMA_F16)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "saving as %s", te_llama_dtype_name(dt));
+    if (stat(dir, &sb) != 0) {
+        if (mkdir(dir, 0755) != 0) return te_llama__fail(TE_LLAMA_ERR_IO, "creating %s: %s", dir, strerror(errno));
+    } else if (!S_ISDIR(sb.st_mode)) {
+        return te_llama__fail(TE_LLAMA_ERR_IO, "%s is not a directory", dir);
+    }
+    /* the HF tensors, in parameter order: fused TE parameters split back into their sources */
+    n_params = te_llama_num_parameters(m);
+    for (i = 0; i < n_params; i++) n_src += te_llama_parameter(m, i)->n_sources;
+    src = (te_llama__st_source *)te_llama__calloc(a, sizeof *src * (size_t)n_src);
+    shard_of = (int *)te_llama__calloc(a, sizeof(int) * (size_t)n_src);
+    files = (te_llama__saved_file *)te_llama__calloc(a, sizeof *files * ((size_t)n_src + 3));
+    staging_bytes = m->options.staging_bytes;
+    staging = te_llama__alloc(a, staging_bytes);
+    memset(&text, 0, sizeof text);
+    text.allocator = a;
+    if (!src || !shard_of || !files || !staging) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "saving %s", dir); goto done; }
+    n_src = 0;
+    for (i = 0; i < n_params; i++) {
+        te_llama_param *p = te_llama_parameter(m, i);
+        for (s = 0; s < p->n_sources; s++) {
+            te_llama__st_source *t = &src[n_src];
+            uint64_t bytes;
+            t->name = p->sources[s].name;
+            t->dtype = dt == TE_LLAMA_DTYPE_AUTO ? p->dtype : dt;
+            t->ndim = p->ndim;
+            t->shape[0] = p->sources[s].n_rows;
+            t->shape[1] = p->shape[1];
+            t->src_dtype = p->dtype;
+            t->src_on_device = p->on_device;
+            t->src = (const char *)p->data + (size_t)p->sources[s].row_begin * (size_t)te_llama__param_cols(p) * te_llama_dtype_size(p->dtype);
+            bytes = te_llama__st_source_bytes(t);
+            if (cur > 0 && cur + bytes > max_shard) { n_shards++; cur = 0; } /* HF's greedy split */
+            shard_of[n_src] = n_shards;
+            cur += bytes;
+            total += bytes;
+            n_src++;
+        }
+    }
+    n_shards++;
+    /* what an earlier save left here, to remove once the new files are in place */
+    if (te_llama__exists(dir, "model.safetensors.index.json")) {
+        if (!te_llama__join(path, sizeof path, dir, "model.safetensors.index.json") &&
+            te_llama__index_shards(path, a, &old_shards, &old_n) != TE_LLAMA_OK) {
+            old_shards = NULL;
+            old_n = 0;
+        }
+    }
+    /* every file goes to a temporary name first */
+    for (i = 0; i < n_shards && !r; i++) {
+        int first = -1, count = 0, k;
+        te_llama__saved_file *f = &files[n_files];
+        if (n_shards == 1) snprintf(f->final_name, sizeof f->final_name, "model.safetensors");
+        else snprintf(f->final_name, sizeof f->final_name, "model-%05d-of-%05d.safetensors", i + 1, n_shards);
+        if ((r = te_llama__join(f->tmp_path, sizeof f->tmp_path, dir, ".te_llama-tmp-"))) break;
+        if (strlen(f->tmp_path) + strlen(f->final_name) + 1 > sizeof f->tmp_path) { r = te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "path too long"); break; }
+        strcat(f->tmp_path, f->final_name);
+        n_files++;
+        for (k = 0; k < n_src; k++) if (shard_of[k] == i) { if (first < 0) first = k; count++; }
+        r = te_llama__st_write_file(f->tmp_path, src + first, (size_t)count, staging, staging_bytes, a, &m->options, i, n_shards);
+    }
+    if (!r && n_shards > 1) {
+        te_llama__saved_file *f = &files[n_files++];
+        snprintf(f->final_name, sizeof f->final_name, "model.safetensors.index.json");
+        if (!(r = te_llama__join(f->tmp_path, sizeof f->tmp_path, dir, ".te_llama-tmp-model.safetensors.index.json"))) {
+            te_llama__buf_printf(&text, "{\n  \"metadata\": {\"total_size\": %llu},\n  \"weight_map\": {\n", (unsigned long long)total);
+            for (i = 0; i < n_src; i++) {
+                char shard[64];
+                snprintf(shard, sizeof shard, "model-%05d-of-%05d.safetensors", shard_of[i] + 1, n_shards);
+                te_llama__buf_str(&text, "    ");
+                te_llama__buf_json_string(&text, src[i].name);
+                te_llama__buf_printf(&text, ": \"%s\"%s\n", shard, i + 1 < n_src ? "," : "");
+            }
+            te_llama__buf_str(&text, "  }\n}\n");
+            r = text.failed ? te_llama__fail(TE_LLAMA_ERR_NOMEM, "index") : te_llama__write_text(f->tmp_path, text.data, text.len);
+        }
+    }
+    if (!r) {
+        te_llama__saved_file *f = &files[n_files++];
+        te_llama_config c = m->config;
+        char cfg[4096];
+        size_t len;
+        if (dt != TE_LLAMA_DTYPE_AUTO) c.dtype = dt;
+        snprintf(f->final_name, sizeof f->final_name, "config.json");
+        if (!(r = te_llama__join(f->tmp_path, sizeof f->tmp_path, dir, ".te_llama-tmp-config.json")) &&
+            !(r = te_llama_config_write(&c, cfg, sizeof cfg, &len)))
+            r = te_llama__write_text(f->tmp_path, cfg, len);
+    }
+    if (!r) {
+        te_llama__saved_file *f = &files[n_files++];
+        char gen[512];
+        int len = snprintf(gen, sizeof gen, "{\n  \"_from_model_config\": true");
+        if (m->config.bos_token_id >= 0) len += snprintf(gen + len, sizeof gen - (size_t)len, ",\n  \"bos_token_id\": %d", m->config.bos_token_id);
+        if (m->n_eos_token_ids == 1) len += snprintf(gen + len, sizeof gen - (size_t)len, ",\n  \"eos_token_id\": %d", m->eos_token_ids[0]);
+        else if (m->n_eos_token_ids > 1) {
+            len += snprintf(gen + len, sizeof gen - (size_t)len, ",\n  \"eos_token_id\": [");
+            for (i = 0; i < m->n_eos_token_ids; i++) len += snprintf(gen + len, sizeof gen - (size_t)len, i ? ", %d" : "%d", m->eos_token_ids[i]);
+            len += snprintf(gen + len, sizeof gen - (size_t)len, "]");
+        }
+        len += snprintf(gen + len, sizeof gen - (size_t)len, "\n}\n");
+        snprintf(f->final_name, sizeof f->final_name, "generation_config.json");
+        if (!(r = te_llama__join(f->tmp_path, sizeof f->tmp_path, dir, ".te_llama-tmp-generation_config.json")))
+            r = te_llama__write_text(f->tmp_path, gen, (size_t)len);
+    }
+    if (r) { /* nothing was renamed yet: remove the temporaries, the old checkpoint is untouched */
+        for (i = 0; i < n_files; i++) remove(files[i].tmp_path);
+        goto done;
+    }
+    /* all written: rename into place, shards first, the index and config last */
+    for (i = 0; i < n_files && !r; i++) {
+        if (te_llama__join(path, sizeof path, dir, files[i].final_name) || rename(files[i].tmp_path, path) != 0)
+            r = te_llama__fail(TE_LLAMA_ERR_IO, "renaming %s: %s", files[i].tmp_path, strerror(errno));
+    }
+    if (r) { for (; i < n_files; i++) remove(files[i].tmp_path); goto done; }
+    /* remove what the new checkpoint no longer uses: old shards, and the other layout's files */
+    for (i = 0; i < old_n; i++) {
+        int k, kept = 0;
+        for (k = 0; k < n_files; k++) kept |= strcmp(old_shards[i], files[k].final_name) == 0;
+        if (!kept && !te_llama__join(path, sizeof path, dir, old_shards[i])) remove(path);
+    }
+    if (n_shards > 1 && !te_llama__join(path, sizeof path, dir, "model.safetensors")) remove(path);
+    if (n_shards == 1 && !te_llama__join(path, sizeof path, dir, "model.safetensors.index.json")) remove(path);
+done:
+    te_llama__free_names(a, old_shards, old_n);
+    te_llama__free(a, text.data);
+    te_llama__free(a, staging);
+    te_llama__free(a, files);
+    te_llama__free(a, shard_of);
+    te_llama__free(a, src);
+    return r;
+}
+
+/* ---------------------------------------------------------------------------------------- CPU forward pass */
+
+/* The CPU reference: fp32 arithmetic from any storage dtype. It is the specification the CUDA kernels are
+   tested against, so it favours plain loops over cleverness. */
+
+static float te_llama__dot(const float *a, const float *b, int n) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) { /* eight independent sums: vectorisable without -ffast-math */
+        s0 += a[i] * b[i]; s1 += a[i + 1] * b[i + 1]; s2 += a[i + 2] * b[i + 2]; s3 += a[i + 3] * b[i + 3];
+        s4 += a[i + 4] * b[i + 4]; s5 += a[i + 5] * b[i + 5]; s6 += a[i + 6] * b[i + 6]; s7 += a[i + 7] * b[i + 7];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+}
+
+/* Row r of a parameter as float32: the row itself when stored in F32, else converted into rowbuf. */
+static const float *te_llama__row(const te_llama_param *w, int64_t r, float *rowbuf) {
+    int64_t cols = te_llama__param_cols(w);
+    const char *base = (const char *)w->data + (size_t)r * (size_t)cols * te_llama_dtype_size(w->dtype);
+    int64_t i;
+    if (w->dtype == TE_LLAMA_F32) return (const float *)base;
+    if (w->dtype == TE_LLAMA_BF16)
+        for (i = 0; i < cols; i++) rowbuf[i] = te_llama__bf16_to_f32(((const uint16_t *)base)[i]);
+    else
+        te_llama_convert(rowbuf, TE_LLAMA_F32, base, w->dtype, (size_t)cols);
+    return rowbuf;
+}
+
+/* out[t, 0:rows] = x[t, 0:cols] @ W^T for n tokens: W (rows, cols) row-major as HF stores nn.Linear weights. */
+static void te_llama__matmul(float *out, int ld_out, const float *x, int ld_x, int n, const te_llama_param *w,
+                             float *rowbuf) {
+    int64_t r, rows = w->shape[0];
+    int cols = (int)w->shape[1], t;
+    for (r = 0; r < rows; r++) {
+        const float *wr = te_llama__row(w, r, rowbuf);
+        for (t = 0; t < n; t++) out[(size_t)t * ld_out + r] = te_llama__dot(x + (size_t)t * ld_x, wr, cols);
+    }
+}
+
+/* HF LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * weight. */
+static void te_llama__rmsnorm(float *out, const float *x, const te_llama_param *w, int n, double eps, float *rowbuf) {
+    const float *wr = te_llama__row(w, 0, rowbuf); /* a 1-D weight is one row */
+    double ss = 0;
+    float inv;
+    int i;
+    for (i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (i = 0; i < n; i++) out[i] = wr[i] * (x[i] * inv);
+}
+
+/* HF's rotate_half convention: pairs (i, i + half). cs, sn: (half) for this token's position. */
+static void te_llama__rope(float *v, int half, const float *cs, const float *sn) {
+    int i;
+    for (i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + half] = b * cs[i] + a * sn[i];
+    }
+}
+
+/* Scratch of one layer forward, carved from step->work. */
+typedef struct te_llama__work {
+    float *xn;     /* (n, hidden) normed input, then projection outputs */
+    float *qkv;    /* (n, q_dim + 2 kv_dim) */
+    float *att;    /* (n, q_dim) attention output */
+    float *mlp;    /* (n, 2 intermediate): gate then up */
+    float *rowbuf; /* (max(hidden, q_dim, intermediate)) a weight row in float32 */
+    float *scores; /* (max_len) one head's attention scores */
+} te_llama__work;
+
+static size_t te_llama__work_layout(const te_llama_config *c, int n, int max_len, float *base, te_llama__work *w) {
+    size_t q = (size_t)c->num_attention_heads * c->head_dim, kv = (size_t)c->num_key_value_heads * c->head_dim;
+    size_t h = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, widest = h, off = 0;
+    if (q > widest) widest = q;
+    if (I > widest) widest = I;
+#define TE_LLAMA__CARVE(field, count) do { if (w) w->field = base + off; off += (count); } while (0)
+    TE_LLAMA__CARVE(xn, (size_t)n * h);
+    TE_LLAMA__CARVE(qkv, (size_t)n * (q + 2 * kv));
+    TE_LLAMA__CARVE(att, (size_t)n * q);
+    TE_LLAMA__CARVE(mlp, (size_t)n * 2 * I);
+    TE_LLAMA__CARVE(rowbuf, widest);
+    TE_LLAMA__CARVE(scores, (size_t)max_len);
+#undef TE_LLAMA__CARVE
+    return off;
+}
+
+TE_LLAMA_API size_t te_llama_work_floats(const te_llama_config *config, int n_tokens, int max_len) {
+    return te_llama__work_layout(config, n_tokens, max_len, NULL, NULL);
+}
+
+/* The shared body of both decoder kinds. The kinds differ in how the weights are grouped: the TE layer passes
+   its fused QKV and fc1 buffers (one GEMM each), the vanilla layer the separate HF tensors (one GEMM per part);
+   the parts' outputs land side by side in the same columns either way. */
+static te_llama_result te_llama__cpu_layer(const te_llama_step *step, float *x, int layer,
+                                           const te_llama_param *ln1, const te_llama_param *const *qkv, int n_qkv,
+                                           const te_llama_param *proj, const te_llama_param *ln2,
+                                           const te_llama_param *const *fc1, int n_fc1, const te_llama_param *fc2) {
+    const te_llama_config *c = step->config;
+    te_llama_kv_cache *cache = step->cache;
+    int n = step->n_tokens, h = c->hidden_size, hd = c->head_dim, half = hd / 2, I = c->intermediate_size;
+    int nh = c->num_attention_heads, nkv = c->num_key_value_heads, q_dim = nh * hd, kv_dim = nkv * hd;
+    int ld_qkv = q_dim + 2 * kv_dim, group = nh / nkv, t, k, col;
+    float scale = 1.0f / sqrtf((float)hd);
+    te_llama__work w;
+    te_llama__work_layout(c, n, cache->max_len, step->work, &w);
+    if (cache->on_device) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "CPU layer given a device cache");
+    /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
+    for (t = 0; t < n; t++) te_llama__rmsnorm(w.xn + (size_t)t * h, x + (size_t)t * h, ln1, h, c->rms_norm_eps, w.rowbuf);
+    for (k = 0, col = 0; k < n_qkv; col += (int)qkv[k]->shape[0], k++)
+        te_llama__matmul(w.qkv + col, ld_qkv, w.xn, h, n, qkv[k], w.rowbuf);
+    for (t = 0; t < n; t++) { /* rotate q and k, then store k and v at this token's cache position */
+        float *row = w.qkv + (size_t)t * ld_qkv;
+        const float *cs = step->rope_cos + (size_t)t * half, *sn = step->rope_sin + (size_t)t * half;
+        size_t at = (((size_t)layer * cache->n_seq + (size_t)step->seq[t]) * cache->max_len + (size_t)step->pos[t]) * kv_dim;
+        int hh;
+        for (hh = 0; hh < nh; hh++) te_llama__rope(row + hh * hd, half, cs, sn);
+        for (hh = 0; hh < nkv; hh++) te_llama__rope(row + q_dim + hh * hd, half, cs, sn);
+        memcpy(cache->k + at, row + q_dim, sizeof(float) * (size_t)kv_dim);
+        memcpy(cache->v + at, row + q_dim + kv_dim, sizeof(float) * (size_t)kv_dim);
+    }
+    for (t = 0; t < n; t++) { /* causal grouped-query attention over the cache: positions [0, pos] */
+        const float *row = w.qkv + (size_t)t * ld_qkv;
+        int p = step->pos[t], hh, j;
+        size_t base = ((size_t)layer * cache->n_seq + (size_t)step->seq[t]) * cache->max_len * kv_dim;
+        for (hh = 0; hh < nh; hh++) {
+            const float *qh = row + hh * hd;
+            float *out = w.att + (size_t)t * q_dim + hh * hd, mx = -INFINITY, sum = 0;
+            size_t off = (size_t)(hh / group) * hd;
+            for (j = 0; j <= p; j++) {
+                w.scores[j] = te_llama__dot(qh, cache->k + base + (size_t)j * kv_dim + off, hd) * scale;
+                if (w.scores[j] > mx) mx = w.scores[j];
+            }
+            for (j = 0; j <= p; j++) { w.scores[j] = expf(w.scores[j] - mx); sum += w.scores[j]; }
+            memset(out, 0, sizeof(float) * (size_t)hd);
+            for (j = 0; j <= p; j++) {
+                const float *vj = cache->v + base + (size_t)j * kv_dim + off;
+                float pj = w.scores[j] / sum;
+                int d;
+                for (d = 0; d < hd; d++) out[d] += pj * vj[d];
+            }
+        }
+    }
+    te_llama__matmul(w.xn, h, w.att, q_dim, n, proj, w.rowbuf);
+    for (k = 0; k < n * h; k++) x[k] += w.xn[k];
+    /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
+    for (t = 0; t < n; t++) te_llama__rmsnorm(w.xn + (size_t)t * h, x + (size_t)t * h, ln2, h, c->rms_norm_eps, w.rowbuf);
+    for (k = 0, col = 0; k < n_fc1; col += (int)fc1[k]->shape[0], k++)
+        te_llama__matmul(w.mlp + col, 2 * I, w.xn, h, n, fc1[k], w.rowbuf);
+    for (t = 0; t < n; t++) {
+        float *g = w.mlp + (size_t)t * 2 * I, *u = g + I;
+        for (k = 0; k < I; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+    }
+    te_llama__matmul(w.xn, h, w.mlp, 2 * I, n, fc2, w.rowbuf);
+    for (k = 0; k < n * h; k++) x[k] += w.xn[k];
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__vanilla_forward(te_llama_layer *self, const te_llama_step *step, float *x) {
+    const te_llama_param *P = self->params, *qkv[3], *fc1[2];
+    qkv[0] = &P[1]; qkv[1] = &P[2]; qkv[2] = &P[3];
+    fc1[0] = &P[6]; fc1[1] = &P[7];
+    return te_llama__cpu_layer(step, x, self->index, &P[0], qkv, 3, &P[4], &P[5], fc1, 2, &P[8]);
+}
+
+static te_llama_result te_llama__te_forward(te_llama_layer *self, const te_llama_step *step, float *x) {
+    const te_llama_param *P = self->params, *qkv[1], *fc1[1];
+    qkv[0] = &((te_llama__te_impl *)self->impl)->qkv;
+    fc1[0] = &P[6];
+    return te_llama__cpu_layer(step, x, self->index, &P[0], qkv, 1, &P[4], &P[5], fc1, 1, &P[7]);
+}
+
+/* ---------------------------------------------------------------------------------------------- model forward */
+
+#ifdef TE_LLAMA_CUDA
+TE_LLAMA_API te_llama_result te_llama_cuda_kv_cache_alloc(te_llama_model *model, te_llama_kv_cache *cache);
+TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache);
+TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *model, te_llama_kv_cache *cache,
+                                                   const te_llama_batch *batch, float *logits);
+#endif
+
+TE_LLAMA_API te_llama_result te_llama_kv_cache_create(te_llama_model *m, int n_seq, int max_len,
+                                                      te_llama_kv_cache **out) {
+    te_llama_kv_cache *c;
+    uint64_t floats;
+    if (!m || !out || n_seq < 1 || max_len < 1) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "kv cache of %d sequences x %d positions", n_seq, max_len);
+    c = (te_llama_kv_cache *)te_llama__calloc(&m->allocator, sizeof *c);
+    if (!c) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "kv cache");
+    c->allocator = m->allocator;
+    c->n_layers = m->config.num_hidden_layers;
+    c->n_seq = n_seq;
+    c->max_len = max_len;
+    c->kv_dim = m->config.num_key_value_heads * m->config.head_dim;
+    if (!te_llama__mul((uint64_t)c->n_layers * (uint64_t)n_seq, (uint64_t)max_len, &floats) ||
+        !te_llama__mul(floats, (uint64_t)c->kv_dim, &floats) || floats > ((uint64_t)1 << 40)) {
+        te_llama__free(&m->allocator, c);
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "kv cache of %d sequences x %d positions is too large", n_seq, max_len);
+    }
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) {
+        te_llama_result r = te_llama_cuda_kv_cache_alloc(m, c);
+        if (r) { te_llama__free(&m->allocator, c); return r; }
+        *out = c;
+        return TE_LLAMA_OK;
+    }
+#endif
+    c->k = (float *)te_llama__calloc(&m->allocator, (size_t)floats * sizeof(float));
+    c->v = (float *)te_llama__calloc(&m->allocator, (size_t)floats * sizeof(float));
+    if (!c->k || !c->v) {
+        te_llama_kv_cache_free(c);
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "kv cache of %llu floats", (unsigned long long)floats * 2);
+    }
+    *out = c;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API void te_llama_kv_cache_free(te_llama_kv_cache *c) {
+    te_llama_allocator a;
+    if (!c) return;
+    a = c->allocator;
+#ifdef TE_LLAMA_CUDA
+    if (c->on_device) te_llama_cuda_kv_cache_free(c);
+#endif
+    te_llama__free(&a, c->k);
+    te_llama__free(&a, c->v);
+    te_llama__free(&a, c);
+}
+
+static te_llama_result te_llama__check_batch(const te_llama_model *m, const te_llama_kv_cache *cache,
+                                             const te_llama_batch *b) {
+    int i;
+    if (!b || b->n_tokens < 1 || !b->tokens || !b->pos) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "empty batch");
+    if (!cache || cache->n_layers != m->config.num_hidden_layers || cache->kv_dim != m->config.num_key_value_heads * m->config.head_dim)
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "kv cache does not belong to this model");
+    for (i = 0; i < b->n_tokens; i++) {
+        int seq = b->seq ? b->seq[i] : 0;
+        if (b->tokens[i] < 0 || b->tokens[i] >= m->config.vocab_size)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "token %d at batch index %d is outside the vocabulary of %d", b->tokens[i], i, m->config.vocab_size);
+        if (b->pos[i] < 0 || b->pos[i] >= cache->max_len)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "position %d at batch index %d is outside the cache of %d positions", b->pos[i], i, cache->max_len);
+        if (seq < 0 || seq >= cache->n_seq)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "sequence %d at batch index %d is outside the cache of %d sequences", seq, i, cache->n_seq);
+    }
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_forward(te_llama_model *m, te_llama_kv_cache *cache, const te_llama_batch *b,
+                                              float *logits) {
+    const te_llama_config *c;
+    te_llama_step step;
+    int n, h, half, i, l, row = 0;
+    int32_t *seq0 = NULL;
+    float *x, *rope, *work, *tmp;
+    size_t work_floats;
+    te_llama_result r;
+    if (!m) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_forward: NULL model");
+    if ((r = te_llama__check_batch(m, cache, b))) return r;
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) return te_llama_cuda_forward(m, cache, b, logits);
+#endif
+    c = &m->config;
+    n = b->n_tokens;
+    h = c->hidden_size;
+    half = c->head_dim / 2;
+    work_floats = te_llama_work_floats(c, n, cache->max_len);
+    x = (float *)te_llama__alloc(&m->allocator, sizeof(float) * ((size_t)n * h + (size_t)n * 2 * half + work_floats + (size_t)h * 2));
+    if (!b->seq) seq0 = (int32_t *)te_llama__calloc(&m->allocator, sizeof(int32_t) * (size_t)n);
+    if (!x || (!b->seq && !seq0)) { te_llama__free(&m->allocator, x); te_llama__free(&m->allocator, seq0); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "forward of %d tokens", n); }
+    rope = x + (size_t)n * h;
+    work = rope + (size_t)n * 2 * half;
+    tmp = work + work_floats; /* (2 hidden) final norm output and a weight row */
+    for (i = 0; i < n; i++) { /* embeddings */
+        const float *e = te_llama__row(&m->embed_tokens, b->tokens[i], tmp);
+        memcpy(x + (size_t)i * h, e, sizeof(float) * (size_t)h);
+    }
+    for (i = 0; i < n; i++) { /* cos and sin of each position, as HF: float32 angle = position x inv_freq */
+        int k;
+        for (k = 0; k < half; k++) {
+            float angle = (float)b->pos[i] * m->rope_inv_freq[k];
+            rope[(size_t)i * half + k] = (float)cos((double)angle);
+            rope[(size_t)n * half + (size_t)i * half + k] = (float)sin((double)angle);
+        }
+    }
+    memset(&step, 0, sizeof step);
+    step.config = c;
+    step.n_tokens = n;
+    step.pos = b->pos;
+    step.seq = b->seq ? b->seq : seq0;
+    step.cache = cache;
+    step.rope_cos = rope;
+    step.rope_sin = rope + (size_t)n * half;
+    step.work = work;
+    for (l = 0; l < c->num_hidden_layers && !r; l++) r = m->layers[l]->forward(m->layers[l], &step, x);
+    if (!r && logits) {
+        for (i = 0; i < n; i++) {
+            if (b->want_logits && !b->want_logits[i]) continue;
+            te_llama__rmsnorm(tmp, x + (size_t)i * h, &m->norm, h, c->rms_norm_eps, tmp + h);
+            te_llama__matmul(logits + (size_t)row * c->vocab_size, c->vocab_size, tmp, h, 1, &m->lm_head, work);
+            row++;
+        }
+    }
+    te_llama__free(&m->allocator, seq0);
+    te_llama__free(&m->allocator, x);
+    return r;
+}
+
+/* -------------------------------------------------------------------------------------------------- sampling */
+
+TE_LLAMA_API te_llama_result te_llama_sampler_init(te_llama_sampler *s, const te_llama_sampler_options *options,
+                                                   int vocab, const te_llama_allocator *allocator) {
+    if (!s || vocab < 1) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "sampler of vocab %d", vocab);
+    memset(s, 0, sizeof *s);
+    if (options) s->options = *options;
+    if (s->options.temperature < 0 || s->options.top_k < 0 || s->options.top_p < 0 || s->options.top_p > 1)
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "sampler: temperature %g, top_k %d, top_p %g", s->options.temperature, s->options.top_k, s->options.top_p);
+    s->allocator = te_llama__allocator_copy(allocator);
+    s->vocab = vocab;
+    s->rng = s->options.seed ^ 0x853c49e6748fea9bull;
+    s->probs = (float *)te_llama__alloc(&s->allocator, sizeof(float) * (size_t)vocab);
+    s->order = (int32_t *)te_llama__alloc(&s->allocator, sizeof(int32_t) * (size_t)vocab);
+    if (!s->probs || !s->order) { te_llama_sampler_free(s); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "sampler"); }
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API void te_llama_sampler_free(te_llama_sampler *s) {
+    if (!s) return;
+    te_llama__free(&s->allocator, s->probs);
+    te_llama__free(&s->allocator, s->order);
+    s->probs = NULL;
+    s->order = NULL;
+}
+
+static const float *te_llama__sort_probs;
+static int te_llama__by_prob_desc(const void *a, const void *b) {
+    float x = te_llama__sort_probs[*(const int32_t *)a], y = te_llama__sort_probs[*(const int32_t *)b];
+    if (x != y) return x > y ? -1 : 1;
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+/* Greedy when temperature is 0; else softmax(logits / T), keep the top_k most likely, then the smallest set
+   whose mass reaches top_p (HF's warpers, in that order), and draw. */
+TE_LLAMA_API int32_t te_llama_sample(te_llama_sampler *s, const float *logits) {
+    int i, n = 0, v = s->vocab, keep;
+    float mx = -INFINITY, sum = 0, cut, r, acc = 0;
+    if (s->options.temperature <= 0) {
+        int best = 0;
+        for (i = 1; i < v; i++) if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    for (i = 0; i < v; i++) if (logits[i] > mx) mx = logits[i];
+    for (i = 0; i < v; i++) { s->probs[i] = expf((logits[i] - mx) / s->options.temperature); sum += s->probs[i]; }
+    for (i = 0; i < v; i++) s->probs[i] /= sum;
+    /* candidates: a token below (1 - top_p) / (v - 1) can never be inside the nucleus (llama2.c's bound) */
+    cut = (s->options.top_p > 0 && s->options.top_p < 1 && v > 1) ? (1.0f - s->options.top_p) / (float)(v - 1) : 0.0f;
+    for (i = 0; i < v; i++) if (s->probs[i] >= cut) s->order[n++] = i;
+    te_llama__sort_probs = s->probs; /* not reentrant across threads sampling at once; qsort has no context */
+    qsort(s->order, (size_t)n, sizeof(int32_t), te_llama__by_prob_desc);
+    keep = n;
+    if (s->options.top_k > 0 && s->options.top_k < keep) keep = s->options.top_k;
+    if (s->options.top_p > 0 && s->options.top_p < 1) {
+        float mass = 0, total = 0;
+        for (i = 0; i < keep; i++) total += s->probs[s->order[i]];
+        for (i = 0; i < keep; i++) {
+            mass += s->probs[s->order[i]] / total;
+            if (mass >= s->options.top_p) { keep = i + 1; break; }
+        }
+    }
+    sum = 0;
+    for (i = 0; i < keep; i++) sum += s->probs[s->order[i]];
+    r = te_llama__rand_unit(&s->rng) * sum;
+    for (i = 0; i < keep; i++) {
+        acc += s->probs[s->order[i]];
+        if (r < acc) return s->order[i];
+    }
+    return s->order[keep - 1];
+}
+
+/* ------------------------------------------------------------------------------------------------ generation */
+
+TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *m, const te_llama_generate_options *options,
+                                               const int32_t *prompt, int n_prompt, int32_t *out, int cap,
+                                               int *n_out) {
+    te_llama_generate_options g;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_sampler sampler;
+    te_llama_batch batch;
+    int32_t *pos = NULL, token;
+    uint8_t *want = NULL;
+    float *logits = NULL;
+    int i, k, produced = 0, limit;
+    te_llama_result r;
+    if (!m || !prompt || n_prompt < 1 || (!out && cap > 0) || !n_out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_generate: needs a model, a prompt of at least one token and n_out");
+    *n_out = 0;
+    memset(&g, 0, sizeof g);
+    if (options) g = *options;
+    if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
+    limit = g.max_new_tokens < cap ? g.max_new_tokens : cap;
+    if (limit < 0) limit = 0;
+    memset(&sampler, 0, sizeof sampler);
+    if ((r = te_llama_sampler_init(&sampler, &g.sampler, m->config.vocab_size, &m->allocator))) return r;
+    if ((r = te_llama_kv_cache_create(m, 1, n_prompt + limit + 1, &cache))) goto done;
+    pos = (int32_t *)te_llama__alloc(&m->allocator, sizeof(int32_t) * (size_t)n_prompt);
+    want = (uint8_t *)te_llama__calloc(&m->allocator, (size_t)n_prompt);
+    logits = (float *)te_llama__alloc(&m->allocator, sizeof(float) * (size_t)m->config.vocab_size);
+    if (!pos || !want || !logits) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "generation buffers"); goto done; }
+    for (i = 0; i < n_prompt; i++) pos[i] = i;
+    want[n_prompt - 1] = 1;
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = n_prompt;
+    batch.tokens = prompt;
+    batch.pos = pos;
+    batch.want_logits = want;
+    if ((r = te_llama_forward(m, cache, &batch, logits))) goto done;
+    while (produced < limit) {
+        int stop = 0;
+        token = te_llama_sample(&sampler, logits);
+        out[produced++] = token;
+        if (g.on_token && g.on_token(g.user, token)) break;
+        if (!g.ignore_eos)
+            for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
+        if (stop || produced == limit) break;
+        pos[0] = n_prompt + produced - 1;
+        batch.n_tokens = 1;
+        batch.tokens = &token;
+        batch.want_logits = NULL;
+        if ((r = te_llama_forward(m, cache, &batch, logits))) break;
+    }
+    *n_out = produced;
+done:
+    te_llama__free(&m->allocator, logits);
+    te_llama__free(&m->allocator, want);
+    te_llama__free(&m->allocator, pos);
+    te_llama_kv_cache_free(cache);
+    te_llama_sampler_free(&sampler);
+    return r;
 }
 
 /* ------------------------------------------------------------------------------------------------- tokenizer */
