@@ -517,6 +517,33 @@ TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *model, const te_l
                                                const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                int *n_out);
 
+/* ============================================================================================== CUDA backend */
+/* Implemented by te_llama_kernels.cu (nvcc); called by the implementation when TE_LLAMA_CUDA is defined and
+   options.backend is CUDA. Parameters live in device memory in BF16 in the TE layout; a te layer's fused QKV
+   buffer starts at its query_weight view (rows q_dim + 2 kv_dim), fc1 is layernorm_mlp.fc1_weight. Errors come
+   back as TE_LLAMA_ERR_CUDA / TE_LLAMA_ERR_CUDA_OOM with the file and line of the failing call. */
+TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *model);  /* ERR_NO_CUDA when no device */
+TE_LLAMA_API void te_llama_cuda_release(te_llama_model *model);
+TE_LLAMA_API te_llama_result te_llama_cuda_malloc(void **ptr, size_t bytes);
+TE_LLAMA_API void te_llama_cuda_free(void *ptr);
+TE_LLAMA_API te_llama_result te_llama_cuda_memset(void *device, int value, size_t bytes);
+TE_LLAMA_API te_llama_result te_llama_cuda_upload(void *device, const void *host, size_t bytes);
+TE_LLAMA_API te_llama_result te_llama_cuda_download(void *host, const void *device, size_t bytes);
+/* n pinned host staging buffers of bytes each, owned by the model's device context. */
+TE_LLAMA_API te_llama_result te_llama_cuda_staging(te_llama_model *model, size_t bytes, void **buffers, int n);
+/* Copy from staging buffer `slot` to the device without waiting; wait_slot blocks until that copy is done. */
+TE_LLAMA_API te_llama_result te_llama_cuda_upload_async(te_llama_model *model, void *device, const void *host,
+                                                        size_t bytes, int slot);
+TE_LLAMA_API te_llama_result te_llama_cuda_wait_slot(te_llama_model *model, int slot);
+TE_LLAMA_API te_llama_result te_llama_cuda_kv_cache_alloc(te_llama_model *model, te_llama_kv_cache *cache);
+TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache);
+TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *model, te_llama_kv_cache *cache,
+                                                   const te_llama_batch *batch, float *logits);
+/* te_llama_generate on the device: sampling there too, so no vocabulary of logits crosses per token. */
+TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const te_llama_generate_options *options,
+                                                    const int32_t *prompt, int n_prompt, int32_t *out, int cap,
+                                                    int *n_out);
+
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
 
@@ -1534,9 +1561,6 @@ typedef struct te_llama__st_source {
     int src_on_device;
 } te_llama__st_source;
 
-#ifdef TE_LLAMA_CUDA
-TE_LLAMA_API te_llama_result te_llama_cuda_download(void *host, const void *device, size_t bytes);
-#endif
 
 static uint64_t te_llama__st_source_bytes(const te_llama__st_source *t) {
     uint64_t n = te_llama_dtype_size(t->dtype);
@@ -1903,12 +1927,6 @@ TE_LLAMA_API te_llama_result te_llama_config_write(const te_llama_config *c, cha
 
 /* ------------------------------------------------------------------------------------------------ parameters */
 
-#ifdef TE_LLAMA_CUDA
-TE_LLAMA_API te_llama_result te_llama_cuda_malloc(void **ptr, size_t bytes);
-TE_LLAMA_API void te_llama_cuda_free(void *ptr);
-TE_LLAMA_API te_llama_result te_llama_cuda_upload(void *device, const void *host, size_t bytes);
-TE_LLAMA_API te_llama_result te_llama_cuda_memset(void *device, int value, size_t bytes);
-#endif
 
 TE_LLAMA_API size_t te_llama_param_numel(const te_llama_param *p) {
     return (size_t)p->shape[0] * (size_t)(p->ndim == 2 ? p->shape[1] : 1);
@@ -2222,10 +2240,6 @@ static void te_llama__resolve_options(te_llama_model *m, const te_llama_options 
     if (m->options.staging_bytes < 4096) m->options.staging_bytes = 4096;
 }
 
-#ifdef TE_LLAMA_CUDA
-TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *model);
-TE_LLAMA_API void te_llama_cuda_release(te_llama_model *model);
-#endif
 
 /* Build the model's structure with zeroed parameters: the layers from factory. */
 static te_llama_result te_llama__build(const te_llama_config *config, const te_llama_options *options,
@@ -2254,7 +2268,17 @@ static te_llama_result te_llama__build(const te_llama_config *config, const te_l
     for (i = 0; i < config->n_eos_token_ids; i++) m->eos_token_ids[i] = config->eos_token_ids[i];
     m->n_eos_token_ids = config->n_eos_token_ids;
 #ifdef TE_LLAMA_CUDA
-    if (m->options.backend == TE_LLAMA_BACKEND_CUDA && (r = te_llama_cuda_init(m))) { te_llama__free(&a, m); return r; }
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA && (r = te_llama_cuda_init(m))) {
+        if (r != TE_LLAMA_ERR_NO_CUDA) { te_llama__free(&a, m); return r; }
+        /* nvcc built it but there is no GPU here: run on the CPU, and say so once per process */
+        static int warned;
+        if (!warned) te_llama__log(&m->options, TE_LLAMA_LOG_WARN, "no CUDA device (%s): using the CPU backend", te_llama_last_error());
+        warned = 1;
+        m->options.backend = TE_LLAMA_BACKEND_CPU;
+        if (!options->dtype) m->options.dtype = TE_LLAMA_DTYPE_AUTO;
+        dt = te_llama__storage_dtype(config, &m->options);
+        m->config.dtype = dt;
+    }
 #endif
     m->rope_inv_freq = (float *)te_llama__calloc(&a, sizeof(float) * (size_t)(config->head_dim / 2));
     m->layers = (te_llama_layer **)te_llama__calloc(&a, sizeof(te_llama_layer *) * (size_t)config->num_hidden_layers);
@@ -2424,11 +2448,6 @@ static te_llama_result te_llama__route(te_llama_model *m, const char *name, int 
     return TE_LLAMA_ERR_NOT_FOUND;
 }
 
-#ifdef TE_LLAMA_CUDA
-TE_LLAMA_API te_llama_result te_llama_cuda_staging(te_llama_model *m, size_t bytes, void **buffers, int n);
-TE_LLAMA_API te_llama_result te_llama_cuda_upload_async(te_llama_model *m, void *device, const void *host, size_t bytes, int slot);
-TE_LLAMA_API te_llama_result te_llama_cuda_wait_slot(te_llama_model *m, int slot);
-#endif
 
 typedef struct te_llama__loader {
     te_llama_model *m;
@@ -3053,12 +3072,6 @@ static te_llama_result te_llama__te_forward(te_llama_layer *self, const te_llama
 
 /* ---------------------------------------------------------------------------------------------- model forward */
 
-#ifdef TE_LLAMA_CUDA
-TE_LLAMA_API te_llama_result te_llama_cuda_kv_cache_alloc(te_llama_model *model, te_llama_kv_cache *cache);
-TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache);
-TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *model, te_llama_kv_cache *cache,
-                                                   const te_llama_batch *batch, float *logits);
-#endif
 
 TE_LLAMA_API te_llama_result te_llama_kv_cache_create(te_llama_model *m, int n_seq, int max_len,
                                                       te_llama_kv_cache **out) {
@@ -3272,6 +3285,9 @@ TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *m, const te_llama
     te_llama_result r;
     if (!m || !prompt || n_prompt < 1 || (!out && cap > 0) || !n_out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_generate: needs a model, a prompt of at least one token and n_out");
     *n_out = 0;
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) return te_llama_cuda_generate(m, options, prompt, n_prompt, out, cap, n_out);
+#endif
     memset(&g, 0, sizeof g);
     if (options) g = *options;
     if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
