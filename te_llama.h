@@ -102,6 +102,8 @@ typedef enum te_llama_result {
 TE_LLAMA_API const char *te_llama_result_string(te_llama_result r);
 /* The message of the last failure on this thread: what, and where (file, tensor, byte offset). */
 TE_LLAMA_API const char *te_llama_last_error(void);
+/* Set this thread's message and return r: for extensions (the CUDA side, user-written decoder layers). */
+TE_LLAMA_API te_llama_result te_llama_set_error(te_llama_result r, const char *message);
 
 /* ================================================================================================ allocation */
 
@@ -624,6 +626,10 @@ static te_llama_result te_llama__fail(te_llama_result r, const char *fmt, ...) {
     vsnprintf(te_llama__error + n, sizeof te_llama__error - n, fmt, ap);
     va_end(ap);
     return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_set_error(te_llama_result r, const char *message) {
+    return te_llama__fail(r, "%s", message ? message : "");
 }
 
 /* ---------------------------------------------------------------------------------------------- allocation */
