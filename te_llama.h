@@ -1250,7 +1250,7 @@ TE_LLAMA_API te_llama_result te_llama_json_double(const te_llama_json *j, size_t
 
 #ifdef TE_LLAMA_TESTING
 /* Fault injection for the tests: when >= 0, the write that brings it to -1 fails (and so do the ones after). */
-TE_LLAMA_API long te_llama_test_write_countdown = -1;
+long te_llama_test_write_countdown = -1;
 #endif
 
 static te_llama_result te_llama__write(FILE *f, const void *data, size_t n, const char *path) {
@@ -2922,7 +2922,7 @@ static float te_llama__dot(const float *a, const float *b, int n) {
 
 /* Row r of a parameter as float32: the row itself when stored in F32, else converted into rowbuf. */
 static const float *te_llama__row(const te_llama_param *w, int64_t r, float *rowbuf) {
-    int64_t cols = te_llama__param_cols(w);
+    int64_t cols = w->ndim == 2 ? w->shape[1] : w->shape[0]; /* a 1-D weight is one row */
     const char *base = (const char *)w->data + (size_t)r * (size_t)cols * te_llama_dtype_size(w->dtype);
     int64_t i;
     if (w->dtype == TE_LLAMA_F32) return (const float *)base;
