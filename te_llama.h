@@ -981,15 +981,17 @@ static te_llama_result te_llama__json_number(te_llama__json_parser *p, size_t *p
 /* Two key tokens decode to the same string. */
 static int te_llama__json_keys_equal(const te_llama_json *j, const te_llama_json_token *a,
                                      const te_llama_json_token *b) {
+    char sa[512], sb[512];
+    size_t la, lb;
     if (!a->escaped && !b->escaped)
         return a->end - a->start == b->end - b->start && memcmp(j->text + a->start, j->text + b->start, a->end - a->start) == 0;
-    {
-        size_t la = te_llama__json_decode(j->text, a->start, a->end, NULL, 0);
-        size_t lb = te_llama__json_decode(j->text, b->start, b->end, NULL, 0);
-        char *da, *db;
+    la = te_llama__json_decode(j->text, a->start, a->end, sa, sizeof sa);
+    lb = te_llama__json_decode(j->text, b->start, b->end, sb, sizeof sb);
+    if (la != lb) return 0;
+    if (la <= sizeof sa) return memcmp(sa, sb, la) == 0;
+    {   /* long escaped keys: decode on the heap */
+        char *da = (char *)te_llama__alloc(&j->allocator, la * 2 + 2), *db;
         int eq;
-        if (la != lb) return 0;
-        da = (char *)te_llama__alloc(&j->allocator, la * 2 + 2);
         if (!da) return 1; /* cannot tell: call them equal, which fails safe */
         db = da + la + 1;
         te_llama__json_decode(j->text, a->start, a->end, da, la);
@@ -1000,14 +1002,18 @@ static int te_llama__json_keys_equal(const te_llama_json *j, const te_llama_json
     }
 }
 
+/* FNV-1a of the first 512 decoded bytes of a key: escaped and plain spellings of one key hash alike. */
 static uint64_t te_llama__json_key_hash(const te_llama_json *j, const te_llama_json_token *t) {
     uint64_t h = 1469598103934665603ull;
-    size_t i;
-    if (t->escaped) { /* hash of the decoded length only: escaped keys are rare, equality decides */
-        size_t n = te_llama__json_decode(j->text, t->start, t->end, NULL, 0);
-        return h ^ (n * 1099511628211ull);
+    const char *p = j->text + t->start;
+    size_t i, n = t->end - t->start;
+    char buf[512];
+    if (t->escaped) {
+        n = te_llama__json_decode(j->text, t->start, t->end, buf, sizeof buf);
+        p = buf;
     }
-    for (i = t->start; i < t->end; i++) h = (h ^ (unsigned char)j->text[i]) * 1099511628211ull;
+    if (n > sizeof buf) n = sizeof buf;
+    for (i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
     return h;
 }
 
@@ -2621,6 +2627,13 @@ static te_llama_result te_llama__index_shards(const char *path, const te_llama_a
 done:
     te_llama_json_free(&j);
     te_llama__free(a, text);
+    if (r) {
+        int k;
+        for (k = 0; *names && k < *n; k++) te_llama__free(a, (*names)[k]);
+        te_llama__free(a, *names);
+        *names = NULL;
+        *n = 0;
+    }
     return r;
 }
 

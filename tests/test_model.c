@@ -298,6 +298,8 @@ static void test_json(void) {
         te_llama_json_free(&j);
         sprintf(big + n, ",\"k777\":0}");
         CHECK_RESULT(te_llama_json_parse(big, strlen(big), NULL, &j), TE_LLAMA_ERR_JSON_DUPLICATE_KEY);
+        sprintf(big + n, ",\"\\u006b777\":0}"); /* the same key spelled with an escape */
+        CHECK_RESULT(te_llama_json_parse(big, strlen(big), NULL, &j), TE_LLAMA_ERR_JSON_DUPLICATE_KEY);
         free(big);
     }
     { /* integers */
@@ -327,7 +329,9 @@ static void test_json(void) {
                 if (k < 2) te_llama_json_free(&j);
             }
             printf("  json: parsed %.1f MB tokenizer.json (%zu tokens) in %.1f ms\n", len / 1e6, j.n_tokens, best);
-            CHECK(best < 100.0, "parse took %.1f ms", best);
+#if !defined(__SANITIZE_ADDRESS__)
+            CHECK(best < 100.0, "parse took %.1f ms", best); /* timed in the optimised build only */
+#endif
             te_llama_json_free(&j);
             free(text);
         }
