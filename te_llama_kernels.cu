@@ -1,0 +1,1139 @@
+/* te_llama_kernels.cu - the CUDA backend of te_llama.h: device memory, the loader's pinned staging, the KV cache,
+   the TE decoder forward pass and generation with sampling on the device.
+
+   BUILD
+     nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80 \
+          -c te_llama_kernels.cu
+   and link the object beside the C file that defines TE_LLAMA_IMPLEMENTATION and TE_LLAMA_CUDA, with
+   -lcublasLt -lcudart (and -lstdc++ when the final link is done by a C compiler).
+
+   WHAT RUNS HERE, per forward call of n tokens (every layer must be of kind "te", parameters BF16 on the device)
+     embed -> rope table -> per layer: rmsnorm -> QKV GEMM -> rope + KV store -> attention -> proj GEMM (+= x)
+     -> rmsnorm -> fc1 GEMM -> SwiGLU -> fc2 GEMM (+= x) -> final rmsnorm on the rows that want logits -> lm_head GEMM.
+   GEMMs are cuBLASLt, y = x @ W^T with W the transposed operand ("TN"), bf16 inputs, fp32 accumulation; the
+   residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream).
+
+   NUMERICS (what differs from the fp32 CPU reference, te_llama__cpu_layer)
+     - The residual stream x is fp32, as are the QKV and fc1 GEMM outputs, RoPE and the softmax statistics.
+     - Every GEMM input is bf16: the normed activations, the attention output and the SwiGLU output are rounded
+       to bf16 before their GEMM (the CPU keeps them fp32). Keys and values are cached in bf16.
+     - cos and sin of the rotary angle are computed as the CPU does (float32 angle, double cos/sin, then float).
+     Expected relative L2 error of the logits against the CPU over the same bf16 weights: a few 1e-3.
+
+   SAMPLING (te_llama_cuda_generate)
+     Greedy: an argmax kernel, ties to the lowest id as the CPU. Otherwise one block draws from
+     softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits' bit patterns (no sort),
+     with the library's xorshift64* generator kept in device memory. The distribution is the CPU's; the draw is not
+     bit-identical to te_llama_sample's (that walks tokens in probability order, this one in id order), and ties at
+     the top_k / top_p boundary keep every tied token. Only the sampled id crosses to the host per step.
+     The decode step (forward of one token, lm_head, sampling, the copy of the id) is captured once in a CUDA graph
+     and replayed: tokens and positions are read from device memory, which the sampling kernel advances. If the
+     capture fails, the steps run as plain launches.
+
+   MEMORY
+     Model parameters are allocated by the library through te_llama_cuda_malloc. The device context holds a cuBLASLt
+     workspace (32 MiB), per-token scratch grown to the largest batch seen (~ 4 (hidden + q_dim + 2 kv_dim + 2 I)
+     + 2 (hidden + q_dim + I) bytes a token) and a logits buffer of up to 128 rows x vocab fp32. The KV cache is two
+     bf16 buffers of n_layers x n_seq x max_len x kv_dim. A failed allocation frees what the call took and returns
+     TE_LLAMA_ERR_CUDA_OOM. The loader's pinned staging buffers are freed at the first forward call.
+*/
+#ifdef TE_LLAMA_IMPLEMENTATION
+#error "compile te_llama_kernels.cu without TE_LLAMA_IMPLEMENTATION: the implementation lives in one C file"
+#endif
+#include "te_llama.h"
+#ifndef TE_LLAMA_H
+#error "te_llama_kernels.cu needs te_llama.h"
+#endif
+#ifdef TE_LLAMA_STATIC
+#error "the CUDA backend links against the implementation: build without TE_LLAMA_STATIC"
+#endif
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef __nv_bfloat16 te_llama__bf16;
+
+/* ============================================================================================ errors */
+
+/* A CUDA runtime error as a result code, with the call, file and line in the message. */
+static te_llama_result te_llama__cuda_error(cudaError_t e, const char *what, const char *file, int line) {
+    char msg[768];
+    te_llama_result r = e == cudaErrorMemoryAllocation ? TE_LLAMA_ERR_CUDA_OOM : TE_LLAMA_ERR_CUDA;
+    (void)cudaGetLastError(); /* clear a non-sticky error so that the next check does not see it again */
+    snprintf(msg, sizeof msg, "%s:%d: %s: %s (%s)", file, line, what, cudaGetErrorName(e), cudaGetErrorString(e));
+    return te_llama_set_error(r, msg);
+}
+
+static te_llama_result te_llama__cublas_error(cublasStatus_t s, const char *what, const char *file, int line) {
+    char msg[768];
+    te_llama_result r = s == CUBLAS_STATUS_ALLOC_FAILED ? TE_LLAMA_ERR_CUDA_OOM : TE_LLAMA_ERR_CUDA;
+    snprintf(msg, sizeof msg, "%s:%d: %s: cuBLASLt %s (%s)", file, line, what, cublasLtGetStatusName(s),
+             cublasLtGetStatusString(s));
+    return te_llama_set_error(r, msg);
+}
+
+static te_llama_result te_llama__cuda_fail(te_llama_result r, const char *file, int line, const char *what) {
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s:%d: %s", file, line, what);
+    return te_llama_set_error(r, msg);
+}
+
+#define TE_LLAMA__CU(call)                                                                                    \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess) return te_llama__cuda_error(e_, #call, __FILE__, __LINE__);                    \
+    } while (0)
+/* The same, for functions that clean up at a label: sets r and jumps. */
+#define TE_LLAMA__CU_GOTO(call, label)                                                                        \
+    do {                                                                                                      \
+        cudaError_t e_ = (call);                                                                              \
+        if (e_ != cudaSuccess) { r = te_llama__cuda_error(e_, #call, __FILE__, __LINE__); goto label; }       \
+    } while (0)
+#define TE_LLAMA__LT(call)                                                                                    \
+    do {                                                                                                      \
+        cublasStatus_t s_ = (call);                                                                           \
+        if (s_ != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s_, #call, __FILE__, __LINE__);        \
+    } while (0)
+/* After a kernel launch: a bad configuration or a missing kernel image shows here. */
+#define TE_LLAMA__LAUNCHED(name)                                                                              \
+    do {                                                                                                      \
+        cudaError_t e_ = cudaGetLastError();                                                                  \
+        if (e_ != cudaSuccess) return te_llama__cuda_error(e_, "launch of the " #name " kernel", __FILE__, __LINE__); \
+    } while (0)
+#define TE_LLAMA__FAIL(r, what) te_llama__cuda_fail((r), __FILE__, __LINE__, (what))
+
+/* ====================================================================================== device context */
+
+#define TE_LLAMA__MAX_STAGING 4
+#define TE_LLAMA__MAX_PLANS 64
+#define TE_LLAMA__WORKSPACE_BYTES ((size_t)32 << 20)
+#define TE_LLAMA__LOGIT_ROWS 128 /* lm_head runs over at most this many rows at a time */
+#define TE_LLAMA__ALIGN 256
+
+/* One GEMM shape: its descriptors and the algorithm the heuristic chose. */
+typedef struct te_llama__plan {
+    int m, n, k, accumulate;
+    cudaDataType_t ctype;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} te_llama__plan;
+
+typedef struct te_llama__cuda {
+    te_llama_allocator allocator;
+    int device;
+    cudaStream_t stream; /* a blocking stream: ordered after the legacy-stream memsets and copies of the loader */
+    cublasLtHandle_t lt;
+    void *workspace;     /* (TE_LLAMA__WORKSPACE_BYTES) cuBLASLt */
+    /* the loader's pinned staging buffers, one event each marking the end of the last copy out of it */
+    void *staging[TE_LLAMA__MAX_STAGING];
+    cudaEvent_t staged[TE_LLAMA__MAX_STAGING];
+    int n_staging;
+    float *inv_freq;     /* (head_dim / 2) device copy of model->rope_inv_freq, made at the first forward */
+    /* per-token scratch for up to cap_tokens tokens, one allocation */
+    int cap_tokens;
+    void *scratch;
+    float *x;            /* (cap, hidden) residual stream */
+    te_llama__bf16 *xn;  /* (cap, hidden) normed input of a GEMM */
+    float *qkv;          /* (cap, q_dim + 2 kv_dim) */
+    float *rope;         /* (cap, head_dim): cos (head_dim / 2) then sin (head_dim / 2) per token */
+    te_llama__bf16 *att; /* (cap, q_dim) attention output */
+    float *mlp;          /* (cap, 2 I) fc1 output: gate then up */
+    te_llama__bf16 *act; /* (cap, I) silu(gate) * up */
+    int32_t *ints;       /* (4, cap): tokens, positions, sequences, rows wanting logits */
+    int32_t *host_ints;  /* (4, cap) host copy being uploaded */
+    int cap_rows;
+    float *logits;       /* (cap_rows, vocab) */
+    /* generation */
+    unsigned long long *rng; /* (1) device: the sampler's state */
+    int32_t *pinned_token;   /* (1) pinned host: the id sampled last */
+    te_llama__plan plans[TE_LLAMA__MAX_PLANS];
+    int n_plans, next_plan;
+} te_llama__cuda;
+
+typedef struct te_llama__kv {
+    te_llama__bf16 *k, *v; /* (n_layers, n_seq, max_len, kv_dim) each */
+} te_llama__kv;
+
+static void *te_llama__host_alloc(const te_llama_allocator *a, size_t n) {
+    return (a && a->alloc) ? a->alloc(a->user, n ? n : 1) : malloc(n ? n : 1);
+}
+static void te_llama__host_free(const te_llama_allocator *a, void *p) {
+    if (!p) return;
+    if (a && a->free) a->free(a->user, p);
+    else free(p);
+}
+
+/* ============================================================================================ kernels */
+
+__device__ __forceinline__ float te_llama__warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float te_llama__warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ int te_llama__warp_isum(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+/* Block-wide reductions (blockDim.x a multiple of 32): every thread gets the result. red: 32 slots of shared
+   memory; the leading barrier lets consecutive calls reuse it. Deterministic: a fixed order of additions. */
+__device__ float te_llama__block_sum(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = te_llama__warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    return te_llama__warp_sum(lane < nw ? red[lane] : 0.0f);
+}
+__device__ float te_llama__block_max(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = te_llama__warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    return te_llama__warp_max(lane < nw ? red[lane] : -INFINITY);
+}
+__device__ int te_llama__block_isum(int v, int *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = te_llama__warp_isum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    return te_llama__warp_isum(lane < nw ? red[lane] : 0);
+}
+
+/* x[t, :] = float(embed[tokens[t], :]). One block per token: reads n x hidden bf16 (scattered rows), writes
+   n x hidden fp32. */
+__global__ void te_llama__embed_kernel(const te_llama__bf16 *embed, const int32_t *tokens, float *x, int h) {
+    const te_llama__bf16 *row = embed + (size_t)tokens[blockIdx.x] * h;
+    float *out = x + (size_t)blockIdx.x * h;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+}
+
+/* The rotation of each token's position, as the CPU makes it: angle = float(pos) * inv_freq[i] in float32,
+   cos and sin in double, rounded to float. rope[t] = cos (half) then sin (half). Reads n positions, writes
+   n x head_dim fp32. */
+__global__ void te_llama__rope_table_kernel(const int32_t *pos, const float *inv_freq, float *rope, int half) {
+    float p = (float)pos[blockIdx.x];
+    float *out = rope + (size_t)blockIdx.x * 2 * half;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double s, c;
+        sincos((double)(p * inv_freq[i]), &s, &c);
+        out[i] = (float)c;
+        out[half + i] = (float)s;
+    }
+}
+
+/* HF LlamaRMSNorm into bf16: out[r, :] = bf16(w * (x[src, :] / sqrt(mean(x[src, :]^2) + eps))), src = rows[r] when
+   rows is given, else r. One block per row: reads hidden fp32 + hidden bf16, writes hidden bf16. */
+__global__ void te_llama__rmsnorm_kernel(const float *x, const int32_t *rows, const te_llama__bf16 *w,
+                                         te_llama__bf16 *out, int h, float eps) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
+    te_llama__bf16 *o = out + (size_t)blockIdx.x * h;
+    float ss = 0.0f, inv;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = te_llama__block_sum(ss, red);
+    inv = 1.0f / sqrtf(ss / (float)h + eps);
+    for (int i = threadIdx.x; i < h; i += blockDim.x) o[i] = __float2bfloat16(__bfloat162float(w[i]) * (xr[i] * inv));
+}
+
+/* RoPE in HF's rotate-half convention (pairs (i, i + half)) on the q and k heads of each token's fused QKV row,
+   in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. One block per token:
+   reads and writes n x (q_dim + kv_dim) fp32, reads n x kv_dim fp32 (v), writes 2 n x kv_dim bf16. */
+__global__ void te_llama__rope_kv_kernel(float *qkv, const float *rope, const int32_t *pos, const int32_t *seq,
+                                         te_llama__bf16 *kc, te_llama__bf16 *vc, int n_heads, int n_kv, int hd,
+                                         int max_len) {
+    int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd, t = blockIdx.x;
+    float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+    const float *cs = rope + (size_t)t * hd, *sn = cs + half;
+    size_t at = ((size_t)seq[t] * (size_t)max_len + (size_t)pos[t]) * (size_t)kv_dim;
+    for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half; idx += blockDim.x) {
+        int head = idx / half, i = idx - head * half;
+        float *v = row + head * hd; /* the k heads follow the q heads in the row */
+        float a = v[i], b = v[i + half];
+        float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
+        v[i] = ra;
+        v[i + half] = rb;
+        if (head >= n_heads) {
+            size_t k = at + (size_t)(head - n_heads) * hd + i;
+            kc[k] = __float2bfloat16(ra);
+            kc[k + half] = __float2bfloat16(rb);
+        }
+    }
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) vc[at + i] = __float2bfloat16(row[q_dim + kv_dim + i]);
+}
+
+#define TE_LLAMA__ATT_THREADS 128
+#define TE_LLAMA__ATT_MAX_HD 1024
+#define TE_LLAMA__ATT_PAIRS (TE_LLAMA__ATT_MAX_HD / 2 / TE_LLAMA__ATT_THREADS) /* value pairs a thread may own */
+
+/* Causal grouped-query attention over the cache, flash style: one block per (token, query head) streams the keys
+   [0, pos] of its sequence in tiles of 128 with an online softmax (running max and sum, no score matrix). In a
+   tile each thread scores one key (q . k / sqrt(hd), q in shared memory), then the threads, split into groups
+   over the value dimensions in pairs, accumulate p_j v_j for the tile's keys. Output bf16 (n, q_dim). Traffic:
+   per block (pos + 1) x head_dim x 2 bf16 of keys and values (heads of one group and tokens of one sequence re-read
+   them, mostly from L2) plus head_dim fp32 of q; n x q_dim bf16 written. CUDA cores only, for now. */
+__global__ void __launch_bounds__(TE_LLAMA__ATT_THREADS)
+te_llama__attention_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
+                           const te_llama__bf16 *vc, te_llama__bf16 *out, int n_heads, int n_kv, int hd,
+                           int max_len, float scale) {
+    __shared__ float sq[TE_LLAMA__ATT_MAX_HD];
+    __shared__ float sp[TE_LLAMA__ATT_THREADS];
+    __shared__ float sacc[TE_LLAMA__ATT_THREADS * 2];
+    __shared__ float red[32];
+    const int t = blockIdx.x, head = blockIdx.y, tid = threadIdx.x;
+    const int q_dim = n_heads * hd, kv_dim = n_kv * hd, n_keys = pos[t] + 1, pairs = hd / 2;
+    const float *q = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)head * hd;
+    const size_t base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)(head / (n_heads / n_kv)) * hd;
+    /* value work split: groups of `pairs` threads when a pair each suffices, else one group owning several */
+    const int groups = pairs <= TE_LLAMA__ATT_THREADS ? TE_LLAMA__ATT_THREADS / pairs : 1;
+    const int g = pairs <= TE_LLAMA__ATT_THREADS ? tid / pairs : 0;
+    const int d2 = pairs <= TE_LLAMA__ATT_THREADS ? tid - g * pairs : tid;
+    float acc[TE_LLAMA__ATT_PAIRS][2], m = -INFINITY, l = 0.0f;
+#pragma unroll
+    for (int c = 0; c < TE_LLAMA__ATT_PAIRS; c++) acc[c][0] = acc[c][1] = 0.0f;
+    for (int i = tid; i < hd; i += TE_LLAMA__ATT_THREADS) sq[i] = q[i] * scale;
+    __syncthreads();
+    for (int j0 = 0; j0 < n_keys; j0 += TE_LLAMA__ATT_THREADS) {
+        const int j = j0 + tid, in_tile = min(TE_LLAMA__ATT_THREADS, n_keys - j0);
+        float s = -INFINITY;
+        if (j < n_keys) {
+            const te_llama__bf16 *kr = kc + base + (size_t)j * kv_dim;
+            s = 0.0f;
+            if ((hd & 7) == 0) { /* 16-byte loads */
+                for (int c = 0; c < hd; c += 8) {
+                    uint4 u = *(const uint4 *)(kr + c);
+                    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float2 f = __bfloat1622float2(b2[e]);
+                        s += sq[c + 2 * e] * f.x + sq[c + 2 * e + 1] * f.y;
+                    }
+                }
+            } else {
+                for (int c = 0; c < hd; c += 2) {
+                    float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)(kr + c));
+                    s += sq[c] * f.x + sq[c + 1] * f.y;
+                }
+            }
+        }
+        const float m_new = fmaxf(m, te_llama__block_max(s, red)); /* finite: the tile has a key */
+        const float corr = expf(m - m_new);
+        const float p = j < n_keys ? expf(s - m_new) : 0.0f;
+        sp[tid] = p;
+        l = l * corr + te_llama__block_sum(p, red); /* its barriers also publish sp */
+        m = m_new;
+        if (g < groups) {
+#pragma unroll
+            for (int c = 0; c < TE_LLAMA__ATT_PAIRS; c++) {
+                const int d = d2 + c * TE_LLAMA__ATT_THREADS;
+                if ((c > 0 && groups > 1) || d >= pairs) continue;
+                float a0 = acc[c][0] * corr, a1 = acc[c][1] * corr;
+                const te_llama__bf16 *vr = vc + base + (size_t)j0 * kv_dim + 2 * d;
+                for (int jj = g; jj < in_tile; jj += groups) {
+                    float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)(vr + (size_t)jj * kv_dim));
+                    a0 += sp[jj] * f.x;
+                    a1 += sp[jj] * f.y;
+                }
+                acc[c][0] = a0;
+                acc[c][1] = a1;
+            }
+        }
+        __syncthreads(); /* sp is rewritten by the next tile */
+    }
+    te_llama__bf16 *o = out + (size_t)t * q_dim + (size_t)head * hd;
+    const float inv_l = 1.0f / l;
+    if (groups == 1) {
+#pragma unroll
+        for (int c = 0; c < TE_LLAMA__ATT_PAIRS; c++) {
+            const int d = d2 + c * TE_LLAMA__ATT_THREADS;
+            if (d < pairs) *(__nv_bfloat162 *)(o + 2 * d) = __floats2bfloat162_rn(acc[c][0] * inv_l, acc[c][1] * inv_l);
+        }
+        return;
+    }
+    /* the groups saw disjoint keys under the same running max: their sums add */
+    if (g < groups) { sacc[2 * tid] = acc[0][0]; sacc[2 * tid + 1] = acc[0][1]; }
+    __syncthreads();
+    if (g == 0) {
+        float a0 = 0.0f, a1 = 0.0f;
+        for (int k = 0; k < groups; k++) { a0 += sacc[2 * (k * pairs + d2)]; a1 += sacc[2 * (k * pairs + d2) + 1]; }
+        *(__nv_bfloat162 *)(o + 2 * d2) = __floats2bfloat162_rn(a0 * inv_l, a1 * inv_l);
+    }
+}
+
+/* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i]. Grid-stride: reads n x 2I fp32,
+   writes n x I bf16. */
+__global__ void te_llama__swiglu_kernel(const float *mlp, te_llama__bf16 *act, int n, int I) {
+    size_t total = (size_t)n * I;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        size_t t = idx / I, i = idx - t * I;
+        float g = mlp[t * 2 * I + i], u = mlp[t * 2 * I + I + i];
+        act[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    }
+}
+
+#define TE_LLAMA__SAMPLE_THREADS 1024
+
+/* A float's bit pattern as an unsigned key in the same order as the floats (for bisection on values). */
+__device__ __forceinline__ unsigned te_llama__order_key(float f) {
+    unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* One token from a row of logits, in one block of 1024 threads; each thread owns a contiguous chunk of ids.
+   Greedy (temperature <= 0): argmax, ties to the lowest id. Else p_i = exp((l_i - max) / T); top_k keeps the ids
+   whose logit key is >= the largest key that still leaves k ids (32 counting passes over the vocabulary); top_p
+   then keeps those >= the largest key whose kept mass reaches top_p of the top_k mass (32 summing passes); the
+   draw u * mass (xorshift64* state in *rng, as te_llama_sample's) picks the id whose interval in id order holds
+   it. Writes *token, and advances *pos when given (the next decode step's position). Traffic: vocab fp32 reads
+   per pass (1 for greedy, 3 to 67 for sampling), mostly from L2. */
+__global__ void __launch_bounds__(TE_LLAMA__SAMPLE_THREADS)
+te_llama__sample_kernel(const float *logits, int vocab, float temperature, int top_k, float top_p,
+                        unsigned long long *rng, int32_t *token, int32_t *pos) {
+    __shared__ float red[32];
+    __shared__ int ired[32];
+    __shared__ float scan[TE_LLAMA__SAMPLE_THREADS];
+    __shared__ float draw;
+    const int tid = threadIdx.x, chunk = (vocab + TE_LLAMA__SAMPLE_THREADS - 1) / TE_LLAMA__SAMPLE_THREADS;
+    const int lo = min(vocab, tid * chunk), hi = min(vocab, lo + chunk);
+    int result;
+    if (temperature <= 0.0f) {
+        float best = -INFINITY;
+        int bi = -1;
+        for (int i = lo; i < hi; i++) { /* the first maximum; NaN never wins */
+            float v = logits[i];
+            if (bi < 0 ? v == v : v > best) { best = v; bi = i; }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
+        }
+        __shared__ float wb[32];
+        __shared__ int wi[32];
+        if ((tid & 31) == 0) { wb[tid >> 5] = best; wi[tid >> 5] = bi; }
+        __syncthreads();
+        if (tid < 32) {
+            best = wb[tid];
+            bi = wi[tid];
+            for (int o = 16; o > 0; o >>= 1) {
+                float ob = __shfl_xor_sync(0xffffffffu, best, o);
+                int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
+            }
+        }
+        result = bi < 0 ? 0 : bi;
+    } else {
+        float mx = -INFINITY;
+        for (int i = lo; i < hi; i++) mx = fmaxf(mx, logits[i]);
+        mx = te_llama__block_max(mx, red);
+        unsigned thr = 0u; /* keep ids whose key >= thr */
+        if (top_k > 0 && top_k < vocab) {
+            for (int b = 31; b >= 0; b--) {
+                unsigned c = thr | (1u << b);
+                int cnt = 0;
+                for (int i = lo; i < hi; i++) cnt += te_llama__order_key(logits[i]) >= c;
+                if (te_llama__block_isum(cnt, ired) >= top_k) thr = c;
+            }
+        }
+        if (top_p > 0.0f && top_p < 1.0f) {
+            float total = 0.0f;
+            for (int i = lo; i < hi; i++)
+                if (te_llama__order_key(logits[i]) >= thr) total += expf((logits[i] - mx) / temperature);
+            total = te_llama__block_sum(total, red);
+            unsigned t2 = 0u;
+            for (int b = 31; b >= 0; b--) {
+                unsigned c = t2 | (1u << b), cut = c > thr ? c : thr;
+                float mass = 0.0f;
+                for (int i = lo; i < hi; i++)
+                    if (te_llama__order_key(logits[i]) >= cut) mass += expf((logits[i] - mx) / temperature);
+                if (te_llama__block_sum(mass, red) >= top_p * total) t2 = c;
+            }
+            if (t2 > thr) thr = t2;
+        }
+        /* this thread's kept mass, then an inclusive scan over threads: interval [scan[tid-1], scan[tid]) */
+        float s = 0.0f;
+        int last = -1;
+        for (int i = lo; i < hi; i++)
+            if (te_llama__order_key(logits[i]) >= thr) { s += expf((logits[i] - mx) / temperature); last = i; }
+        scan[tid] = s;
+        __syncthreads();
+        for (int off = 1; off < TE_LLAMA__SAMPLE_THREADS; off <<= 1) { /* Hillis-Steele */
+            float add = tid >= off ? scan[tid - off] : 0.0f;
+            __syncthreads();
+            scan[tid] += add;
+            __syncthreads();
+        }
+        if (tid == 0) {
+            unsigned long long x = *rng ? *rng : 0x9e3779b97f4a7c15ull;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            *rng = x;
+            draw = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 16777216.0f * scan[TE_LLAMA__SAMPLE_THREADS - 1];
+        }
+        __syncthreads();
+        const float r = draw, begin = tid ? scan[tid - 1] : 0.0f;
+        int pick = -1;
+        if (last >= 0 && r >= begin && r < scan[tid]) {
+            float acc = begin;
+            for (int i = lo; i < hi && pick < 0; i++)
+                if (te_llama__order_key(logits[i]) >= thr) {
+                    acc += expf((logits[i] - mx) / temperature);
+                    if (r < acc) pick = i;
+                }
+            if (pick < 0) pick = last; /* the walk's rounding fell short of the scan's */
+        }
+        /* one thread at most picked; when none did (r at the very end), the last kept id */
+        pick = (int)te_llama__block_max((float)pick, red);
+        last = (int)te_llama__block_max((float)last, red);
+        result = pick >= 0 ? pick : (last >= 0 ? last : 0);
+    }
+    if (tid == 0) {
+        *token = result;
+        if (pos) *pos += 1;
+    }
+}
+
+/* =================================================================================================== helpers */
+
+static size_t te_llama__round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+static te_llama_result te_llama__ctx(te_llama_model *m, te_llama__cuda **out) {
+    if (!m || !m->backend) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "model has no CUDA device context");
+    *out = (te_llama__cuda *)m->backend;
+    return TE_LLAMA_OK;
+}
+
+/* The device and stream of the model: every entry point sets the device first (a thread may use several). */
+static te_llama_result te_llama__enter(te_llama_model *m, te_llama__cuda **ctx) {
+    te_llama_result r;
+    if ((r = te_llama__ctx(m, ctx))) return r;
+    TE_LLAMA__CU(cudaSetDevice((*ctx)->device));
+    return TE_LLAMA_OK;
+}
+
+/* Free the loader's staging buffers once loading is over (the first forward). */
+static te_llama_result te_llama__drop_staging(te_llama__cuda *ctx) {
+    int i;
+    for (i = 0; i < ctx->n_staging; i++) {
+        TE_LLAMA__CU(cudaEventSynchronize(ctx->staged[i]));
+        TE_LLAMA__CU(cudaEventDestroy(ctx->staged[i]));
+        TE_LLAMA__CU(cudaFreeHost(ctx->staging[i]));
+        ctx->staging[i] = NULL;
+    }
+    ctx->n_staging = 0;
+    return TE_LLAMA_OK;
+}
+
+/* Check that every layer can run here: kind "te", eight BF16 device parameters. */
+static te_llama_result te_llama__check_model(te_llama_model *m) {
+    const te_llama_config *c = &m->config;
+    char msg[256];
+    int l, p;
+    if (c->head_dim > TE_LLAMA__ATT_MAX_HD || c->head_dim % 2) {
+        snprintf(msg, sizeof msg, "head_dim %d: the CUDA attention kernel takes even head dims up to %d", c->head_dim, TE_LLAMA__ATT_MAX_HD);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    if (!m->embed_tokens.on_device || m->embed_tokens.dtype != TE_LLAMA_BF16 || !m->norm.on_device ||
+        m->norm.dtype != TE_LLAMA_BF16 || !m->lm_head.on_device || m->lm_head.dtype != TE_LLAMA_BF16) {
+        snprintf(msg, sizeof msg, "the CUDA backend runs BF16 device parameters; embed_tokens is %s", te_llama_dtype_name(m->embed_tokens.dtype));
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        te_llama_layer *L = m->layers[l];
+        if (!L->kind || strcmp(L->kind, "te") != 0 || L->n_params != 8) {
+            snprintf(msg, sizeof msg, "layer %d is of kind \"%s\": the CUDA backend runs \"te\" layers only", l, L->kind ? L->kind : "");
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+        }
+        for (p = 0; p < 8; p++)
+            if (!L->params[p].on_device || L->params[p].dtype != TE_LLAMA_BF16) {
+                snprintf(msg, sizeof msg, "%s is %s%s: the CUDA backend runs BF16 device parameters", L->params[p].name,
+                         te_llama_dtype_name(L->params[p].dtype), L->params[p].on_device ? "" : " in host memory");
+                return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+            }
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Grow the per-token scratch to n tokens (waits for the stream first: the old buffers may be in use). */
+static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda *ctx, int n) {
+    const te_llama_config *c = &m->config;
+    size_t cap, h, q, kv, I, off = 0, o_x, o_xn, o_qkv, o_rope, o_att, o_mlp, o_act, o_ints;
+    void *p = NULL, *hp;
+    cudaError_t e;
+    if (n <= ctx->cap_tokens) return TE_LLAMA_OK;
+    cap = te_llama__round_up((size_t)n, 64);
+    h = (size_t)c->hidden_size; q = (size_t)c->num_attention_heads * c->head_dim;
+    kv = (size_t)c->num_key_value_heads * c->head_dim; I = (size_t)c->intermediate_size;
+#define TE_LLAMA__PART(o, bytes) do { o = off; off = te_llama__round_up(off + (bytes), TE_LLAMA__ALIGN); } while (0)
+    TE_LLAMA__PART(o_x, cap * h * 4);
+    TE_LLAMA__PART(o_xn, cap * h * 2);
+    TE_LLAMA__PART(o_qkv, cap * (q + 2 * kv) * 4);
+    TE_LLAMA__PART(o_rope, cap * (size_t)c->head_dim * 4);
+    TE_LLAMA__PART(o_att, cap * q * 2);
+    TE_LLAMA__PART(o_mlp, cap * 2 * I * 4);
+    TE_LLAMA__PART(o_act, cap * I * 2);
+    TE_LLAMA__PART(o_ints, cap * 4 * 4);
+#undef TE_LLAMA__PART
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    TE_LLAMA__CU(cudaFree(ctx->scratch));
+    te_llama__host_free(&ctx->allocator, ctx->host_ints);
+    ctx->scratch = NULL;
+    ctx->host_ints = NULL;
+    ctx->cap_tokens = 0;
+    hp = te_llama__host_alloc(&ctx->allocator, cap * 4 * 4);
+    if (!hp) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "host copy of the batch indices");
+    if ((e = cudaMalloc(&p, off)) != cudaSuccess) {
+        te_llama__host_free(&ctx->allocator, hp);
+        return te_llama__cuda_error(e, "cudaMalloc(scratch for a batch of tokens)", __FILE__, __LINE__);
+    }
+    ctx->scratch = p;
+    ctx->host_ints = (int32_t *)hp;
+    ctx->x = (float *)((char *)p + o_x);
+    ctx->xn = (te_llama__bf16 *)((char *)p + o_xn);
+    ctx->qkv = (float *)((char *)p + o_qkv);
+    ctx->rope = (float *)((char *)p + o_rope);
+    ctx->att = (te_llama__bf16 *)((char *)p + o_att);
+    ctx->mlp = (float *)((char *)p + o_mlp);
+    ctx->act = (te_llama__bf16 *)((char *)p + o_act);
+    ctx->ints = (int32_t *)((char *)p + o_ints);
+    ctx->cap_tokens = (int)cap;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *ctx, int rows) {
+    void *p = NULL;
+    cudaError_t e;
+    if (rows > TE_LLAMA__LOGIT_ROWS) rows = TE_LLAMA__LOGIT_ROWS;
+    if (rows <= ctx->cap_rows) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    TE_LLAMA__CU(cudaFree(ctx->logits));
+    ctx->logits = NULL;
+    ctx->cap_rows = 0;
+    if ((e = cudaMalloc(&p, (size_t)rows * (size_t)m->config.vocab_size * sizeof(float))) != cudaSuccess)
+        return te_llama__cuda_error(e, "cudaMalloc(logits)", __FILE__, __LINE__);
+    ctx->logits = (float *)p;
+    ctx->cap_rows = rows;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__ensure_inv_freq(te_llama_model *m, te_llama__cuda *ctx) {
+    size_t bytes = sizeof(float) * (size_t)(m->config.head_dim / 2);
+    if (ctx->inv_freq) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaMalloc((void **)&ctx->inv_freq, bytes));
+    TE_LLAMA__CU(cudaMemcpy(ctx->inv_freq, m->rope_inv_freq, bytes, cudaMemcpyHostToDevice));
+    return TE_LLAMA_OK;
+}
+
+/* ====================================================================================================== GEMM */
+
+static void te_llama__plan_destroy(te_llama__plan *p) {
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    memset(p, 0, sizeof *p);
+}
+
+static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *p) {
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    size_t ws = TE_LLAMA__WORKSPACE_BYTES;
+    int found = 0;
+    cublasStatus_t s;
+    TE_LLAMA__LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    /* column-major view: A = W stored (k, m), B = X stored (k, n), C = Y stored (m, n) */
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, p->ctype, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
+    TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
+    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+    if (found < 1) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d bf16 GEMM", p->m, p->n, p->k);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, msg);
+    }
+    p->algo = res.algo;
+    return TE_LLAMA_OK;
+}
+
+/* Y (n, m) row-major = X (n, k) @ W^T (+ Y when accumulate): W (m, k) row-major bf16 as nn.Linear stores it,
+   X bf16, Y fp32 or bf16. In cuBLAS's column-major terms Y^T = op(W') X' with W' the (k, m) column-major view of W
+   and op = transpose: the "TN" GEMM. Plans are cached by shape; the heuristic runs once per shape. */
+static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const void *X, void *Y, cudaDataType_t ctype,
+                                      int m, int n, int k, int accumulate) {
+    te_llama__plan *p = NULL;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    int i;
+    te_llama_result r;
+    for (i = 0; i < ctx->n_plans && !p; i++) {
+        te_llama__plan *q = &ctx->plans[i];
+        if (q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
+    }
+    if (!p) {
+        if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
+        else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
+        te_llama__plan_destroy(p);
+        p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
+        if ((r = te_llama__plan_make(ctx, p))) {
+            te_llama__plan_destroy(p);
+            p->m = -1; /* matches nothing; the slot is reused */
+            return r;
+        }
+    }
+    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
+                                ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+/* =================================================================================================== forward */
+
+/* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device):
+   stream work only, so that a decode step can be captured in a graph. */
+static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n) {
+    const te_llama_config *c = &m->config;
+    const te_llama__kv *kv = (const te_llama__kv *)cache->device;
+    const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    const int q_dim = nh * hd, kv_dim = nkv * hd, I = c->intermediate_size, cap = ctx->cap_tokens;
+    const int32_t *tokens = ctx->ints, *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
+    const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
+    const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
+    te_llama_result r;
+    int l;
+    te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, tokens, ctx->x, h);
+    TE_LLAMA__LAUNCHED(embed);
+    te_llama__rope_table_kernel<<<n, 64, 0, ctx->stream>>>(pos, ctx->inv_freq, ctx->rope, hd / 2);
+    TE_LLAMA__LAUNCHED(rope_table);
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        const te_llama_param *P = m->layers[l]->params;
+        te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
+        /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
+        te_llama__rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
+        TE_LLAMA__LAUNCHED(rmsnorm);
+        if ((r = te_llama__gemm(ctx, P[1].data, ctx->xn, ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n, h, 0))) return r;
+        te_llama__rope_kv_kernel<<<n, 128, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
+        TE_LLAMA__LAUNCHED(rope_kv);
+        te_llama__attention_kernel<<<dim3((unsigned)n, (unsigned)nh), TE_LLAMA__ATT_THREADS, 0, ctx->stream>>>(
+            ctx->qkv, pos, seq, kc, vc, ctx->att, nh, nkv, hd, cache->max_len, scale);
+        TE_LLAMA__LAUNCHED(attention);
+        if ((r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1))) return r;
+        /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
+        te_llama__rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
+        TE_LLAMA__LAUNCHED(rmsnorm);
+        if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_32F, 2 * I, n, h, 0))) return r;
+        te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(ctx->mlp, ctx->act, n, I);
+        TE_LLAMA__LAUNCHED(swiglu);
+        if ((r = te_llama__gemm(ctx, P[7].data, ctx->act, ctx->x, CUDA_R_32F, h, n, I, 1))) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Final norm and lm_head for n_rows rows of x (rows: device indices, NULL for rows 0..n_rows-1) into ctx->logits. */
+static te_llama_result te_llama__head(te_llama_model *m, te_llama__cuda *ctx, const int32_t *rows, int n_rows) {
+    const te_llama_config *c = &m->config;
+    te_llama__rmsnorm_kernel<<<n_rows, 256, 0, ctx->stream>>>(ctx->x, rows, (const te_llama__bf16 *)m->norm.data, ctx->xn,
+                                                              c->hidden_size, (float)c->rms_norm_eps);
+    TE_LLAMA__LAUNCHED(rmsnorm);
+    return te_llama__gemm(ctx, m->lm_head.data, ctx->xn, ctx->logits, CUDA_R_32F, c->vocab_size, n_rows, c->hidden_size, 0);
+}
+
+/* Checks shared by forward and generate, and the one-time setup they need. */
+static te_llama_result te_llama__prepare(te_llama_model *m, te_llama__cuda **ctx) {
+    te_llama_result r;
+    if ((r = te_llama__enter(m, ctx))) return r;
+    if ((r = te_llama__check_model(m))) return r;
+    if ((r = te_llama__drop_staging(*ctx))) return r;
+    return te_llama__ensure_inv_freq(m, *ctx);
+}
+
+/* Upload the batch's ids, positions, sequences and the rows wanting logits; returns how many want them. */
+static te_llama_result te_llama__upload_batch(te_llama__cuda *ctx, const te_llama_batch *b, int *n_rows) {
+    int i, n = b->n_tokens, cap = ctx->cap_tokens, rows = 0;
+    int32_t *h = ctx->host_ints;
+    for (i = 0; i < n; i++) {
+        h[i] = b->tokens[i];
+        h[cap + i] = b->pos[i];
+        h[2 * cap + i] = b->seq ? b->seq[i] : 0;
+        if (!b->want_logits || b->want_logits[i]) h[3 * cap + rows++] = i;
+    }
+    /* pageable source: the copy has taken the bytes when the call returns */
+    TE_LLAMA__CU(cudaMemcpyAsync(ctx->ints, h, sizeof(int32_t) * 4 * (size_t)cap, cudaMemcpyHostToDevice, ctx->stream));
+    *n_rows = rows;
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__check_cache(te_llama_model *m, te_llama_kv_cache *cache) {
+    if (!cache || !cache->on_device || !cache->device)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "a CUDA model needs a KV cache made by te_llama_kv_cache_create on it");
+    if (cache->n_layers != m->config.num_hidden_layers || cache->kv_dim != m->config.num_key_value_heads * m->config.head_dim)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "kv cache does not belong to this model");
+    return TE_LLAMA_OK;
+}
+
+/* ==================================================================================================== public */
+
+extern "C" {
+
+TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r = TE_LLAMA_OK;
+    int count = 0, dev = m ? m->options.cuda_device : 0;
+    cudaError_t e;
+    char msg[256];
+    if (!m) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_init: NULL model");
+    if ((e = cudaGetDeviceCount(&count)) != cudaSuccess || count == 0) {
+        (void)cudaGetLastError();
+        snprintf(msg, sizeof msg, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "count is 0");
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_NO_CUDA, msg);
+    }
+    if (dev < 0 || dev >= count) {
+        snprintf(msg, sizeof msg, "options.cuda_device = %d but there are %d devices", dev, count);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+    }
+    ctx = (te_llama__cuda *)te_llama__host_alloc(&m->allocator, sizeof *ctx);
+    if (!ctx) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "device context");
+    memset(ctx, 0, sizeof *ctx);
+    ctx->allocator = m->allocator;
+    ctx->device = dev;
+    m->backend = ctx;
+    TE_LLAMA__CU_GOTO(cudaSetDevice(dev), fail);
+    TE_LLAMA__CU_GOTO(cudaStreamCreate(&ctx->stream), fail);
+    {
+        cublasStatus_t s = cublasLtCreate(&ctx->lt);
+        if (s != CUBLAS_STATUS_SUCCESS) { r = te_llama__cublas_error(s, "cublasLtCreate", __FILE__, __LINE__); goto fail; }
+    }
+    TE_LLAMA__CU_GOTO(cudaMalloc(&ctx->workspace, TE_LLAMA__WORKSPACE_BYTES), fail);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&ctx->rng, sizeof(unsigned long long)), fail);
+    TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, sizeof(int32_t), cudaHostAllocDefault), fail);
+    return TE_LLAMA_OK;
+fail:
+    te_llama_cuda_release(m);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
+    te_llama__cuda *ctx = NULL;
+    int i;
+    if (!m || !m->backend) return;
+    ctx = (te_llama__cuda *)m->backend;
+    cudaSetDevice(ctx->device);
+    if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+    for (i = 0; i < ctx->n_staging; i++) {
+        cudaEventDestroy(ctx->staged[i]);
+        cudaFreeHost(ctx->staging[i]);
+    }
+    for (i = 0; i < ctx->n_plans; i++) te_llama__plan_destroy(&ctx->plans[i]);
+    cudaFree(ctx->scratch);
+    cudaFree(ctx->logits);
+    cudaFree(ctx->inv_freq);
+    cudaFree(ctx->workspace);
+    cudaFree(ctx->rng);
+    if (ctx->pinned_token) cudaFreeHost(ctx->pinned_token);
+    if (ctx->lt) cublasLtDestroy(ctx->lt);
+    if (ctx->stream) cudaStreamDestroy(ctx->stream);
+    (void)cudaGetLastError();
+    te_llama__host_free(&ctx->allocator, ctx->host_ints);
+    te_llama__host_free(&m->allocator, ctx);
+    m->backend = NULL;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_malloc(void **ptr, size_t bytes) {
+    cudaError_t e;
+    char what[96];
+    if (!ptr) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_malloc: NULL");
+    *ptr = NULL;
+    if ((e = cudaMalloc(ptr, bytes ? bytes : 1)) != cudaSuccess) {
+        *ptr = NULL;
+        snprintf(what, sizeof what, "cudaMalloc(%zu bytes)", bytes);
+        return te_llama__cuda_error(e, what, __FILE__, __LINE__);
+    }
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API void te_llama_cuda_free(void *ptr) {
+    if (ptr) cudaFree(ptr);
+}
+
+/* The next three run on the legacy default stream; the context's stream is a blocking one, so its work is
+   ordered after them. */
+TE_LLAMA_API te_llama_result te_llama_cuda_memset(void *device, int value, size_t bytes) {
+    TE_LLAMA__CU(cudaMemset(device, value, bytes));
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_upload(void *device, const void *host, size_t bytes) {
+    TE_LLAMA__CU(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_download(void *host, const void *device, size_t bytes) {
+    TE_LLAMA__CU(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_staging(te_llama_model *m, size_t bytes, void **buffers, int n) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    int i;
+    if (!buffers || n < 1 || n > TE_LLAMA__MAX_STAGING || !bytes)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_staging: 1 to 4 buffers of nonzero size");
+    if ((r = te_llama__enter(m, &ctx))) return r;
+    if ((r = te_llama__drop_staging(ctx))) return r;
+    for (i = 0; i < n; i++) {
+        cudaError_t e = cudaHostAlloc(&ctx->staging[i], bytes, cudaHostAllocDefault);
+        if (e == cudaSuccess && (e = cudaEventCreateWithFlags(&ctx->staged[i], cudaEventDisableTiming)) != cudaSuccess)
+            cudaFreeHost(ctx->staging[i]);
+        if (e != cudaSuccess) { /* nothing was copied out of the ones made so far: free them as they are */
+            r = te_llama__cuda_error(e, "cudaHostAlloc(loader staging)", __FILE__, __LINE__);
+            while (--i >= 0) {
+                cudaEventDestroy(ctx->staged[i]);
+                cudaFreeHost(ctx->staging[i]);
+                ctx->staging[i] = NULL;
+            }
+            ctx->n_staging = 0;
+            return r;
+        }
+        ctx->n_staging = i + 1;
+        buffers[i] = ctx->staging[i];
+    }
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_upload_async(te_llama_model *m, void *device, const void *host, size_t bytes,
+                                                        int slot) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    if ((r = te_llama__ctx(m, &ctx))) return r;
+    if (slot < 0 || slot >= ctx->n_staging) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "staging slot out of range");
+    TE_LLAMA__CU(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    TE_LLAMA__CU(cudaEventRecord(ctx->staged[slot], ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_wait_slot(te_llama_model *m, int slot) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    if ((r = te_llama__ctx(m, &ctx))) return r;
+    if (slot < 0 || slot >= ctx->n_staging) return TE_LLAMA_OK; /* nothing was staged there */
+    TE_LLAMA__CU(cudaEventSynchronize(ctx->staged[slot])); /* an event never recorded is complete */
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_kv_cache_alloc(te_llama_model *m, te_llama_kv_cache *cache) {
+    te_llama__cuda *ctx = NULL;
+    te_llama__kv *kv;
+    te_llama_result r;
+    size_t bytes;
+    if (!cache) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_kv_cache_alloc: NULL cache");
+    if ((r = te_llama__enter(m, &ctx))) return r;
+    bytes = (size_t)cache->n_layers * (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)cache->kv_dim * 2;
+    kv = (te_llama__kv *)te_llama__host_alloc(&cache->allocator, sizeof *kv);
+    if (!kv) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "kv cache");
+    memset(kv, 0, sizeof *kv);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&kv->k, bytes), fail);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&kv->v, bytes), fail);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(kv->k, 0, bytes, ctx->stream), fail);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(kv->v, 0, bytes, ctx->stream), fail);
+    cache->device = kv;
+    cache->on_device = 1;
+    return TE_LLAMA_OK;
+fail:
+    cudaFree(kv->k);
+    cudaFree(kv->v);
+    (void)cudaGetLastError();
+    te_llama__host_free(&cache->allocator, kv);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache) {
+    te_llama__kv *kv;
+    if (!cache || !cache->device) return;
+    kv = (te_llama__kv *)cache->device;
+    cudaFree(kv->k); /* cudaFree waits for the device work that may still read them */
+    cudaFree(kv->v);
+    te_llama__host_free(&cache->allocator, kv);
+    cache->device = NULL;
+    cache->on_device = 0;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_kv_cache *cache, const te_llama_batch *b,
+                                                   float *logits) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    int i, n_rows, vocab;
+    char msg[160];
+    if (!b || b->n_tokens < 1 || !b->tokens || !b->pos) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "empty batch");
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama__check_cache(m, cache))) return r;
+    vocab = m->config.vocab_size;
+    for (i = 0; i < b->n_tokens; i++) { /* te_llama_forward checked these too; a direct call must not index wild */
+        int s = b->seq ? b->seq[i] : 0;
+        if (b->tokens[i] < 0 || b->tokens[i] >= vocab || b->pos[i] < 0 || b->pos[i] >= cache->max_len || s < 0 || s >= cache->n_seq) {
+            snprintf(msg, sizeof msg, "batch index %d: token %d, position %d, sequence %d out of range", i, b->tokens[i], b->pos[i], s);
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+        }
+    }
+    if ((r = te_llama__ensure_tokens(m, ctx, b->n_tokens))) return r;
+    if ((r = te_llama__upload_batch(ctx, b, &n_rows))) return r;
+    if ((r = te_llama__layers(m, ctx, cache, b->n_tokens))) return r;
+    if (logits && n_rows > 0) {
+        int r0;
+        if ((r = te_llama__ensure_rows(m, ctx, n_rows))) return r;
+        for (r0 = 0; r0 < n_rows; r0 += TE_LLAMA__LOGIT_ROWS) {
+            int rows = n_rows - r0 < TE_LLAMA__LOGIT_ROWS ? n_rows - r0 : TE_LLAMA__LOGIT_ROWS;
+            if ((r = te_llama__head(m, ctx, ctx->ints + 3 * ctx->cap_tokens + r0, rows))) return r;
+            TE_LLAMA__CU(cudaMemcpyAsync(logits + (size_t)r0 * vocab, ctx->logits, sizeof(float) * (size_t)rows * vocab,
+                                         cudaMemcpyDeviceToHost, ctx->stream));
+        }
+    }
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+} /* extern "C" */
+
+/* ================================================================================================ generation */
+
+/* One decode step from device state: forward of the token at ints[0] at position ints[cap], lm_head, sampling
+   (which writes the next token to ints[0] and advances the position), and the copy of the id to pinned memory.
+   Stream work only: captured once, then replayed. */
+static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache,
+                                             const te_llama_sampler_options *s) {
+    te_llama_result r;
+    if ((r = te_llama__layers(m, ctx, cache, 1))) return r;
+    if ((r = te_llama__head(m, ctx, NULL, 1))) return r;
+    te_llama__sample_kernel<<<1, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, s->temperature,
+                                                                            s->top_k, s->top_p, ctx->rng, ctx->ints,
+                                                                            ctx->ints + ctx->cap_tokens);
+    TE_LLAMA__LAUNCHED(sample);
+    TE_LLAMA__CU(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+static void te_llama__info(te_llama_model *m, const char *msg) {
+    if (m->options.log) m->options.log(m->options.user, TE_LLAMA_LOG_INFO, msg);
+}
+
+extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m, const te_llama_generate_options *options,
+                                                               const int32_t *prompt, int n_prompt, int32_t *out, int cap,
+                                                               int *n_out) {
+    te_llama_generate_options g;
+    te_llama__cuda *ctx = NULL;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_batch batch;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    int32_t *pos = NULL, next_pos;
+    unsigned long long rng;
+    int i, k, produced = 0, limit, n_rows, steps = 0, graph_failed = 0;
+    te_llama_result r;
+    char msg[160];
+    if (!m || !prompt || n_prompt < 1 || (!out && cap > 0) || !n_out)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_generate: needs a model, a prompt of at least one token and n_out");
+    *n_out = 0;
+    memset(&g, 0, sizeof g);
+    if (options) g = *options;
+    if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
+    limit = g.max_new_tokens < cap ? g.max_new_tokens : cap;
+    if (limit < 0) limit = 0;
+    if (g.sampler.temperature < 0 || g.sampler.top_k < 0 || g.sampler.top_p < 0 || g.sampler.top_p > 1 ||
+        g.sampler.temperature != g.sampler.temperature || g.sampler.top_p != g.sampler.top_p) {
+        snprintf(msg, sizeof msg, "sampler: temperature %g, top_k %d, top_p %g", g.sampler.temperature, g.sampler.top_k, g.sampler.top_p);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+    }
+    for (i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= m->config.vocab_size) {
+            snprintf(msg, sizeof msg, "prompt token %d at index %d is outside the vocabulary of %d", prompt[i], i, m->config.vocab_size);
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+        }
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama_kv_cache_create(m, 1, n_prompt + limit + 1, &cache))) return r;
+    pos = (int32_t *)te_llama__host_alloc(&m->allocator, sizeof(int32_t) * (size_t)n_prompt);
+    if (!pos) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "generation positions"); goto done; }
+    for (i = 0; i < n_prompt; i++) pos[i] = i;
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = n_prompt;
+    batch.tokens = prompt;
+    batch.pos = pos;
+    /* prefill: logits of the last prompt token only, sampled on the device */
+    if ((r = te_llama__ensure_tokens(m, ctx, n_prompt))) goto done;
+    if ((r = te_llama__ensure_rows(m, ctx, 1))) goto done;
+    if ((r = te_llama__upload_batch(ctx, &batch, &n_rows))) goto done;
+    rng = g.sampler.seed ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding */
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, &rng, sizeof rng, cudaMemcpyHostToDevice, ctx->stream), done);
+    if ((r = te_llama__layers(m, ctx, cache, n_prompt))) goto done;
+    {
+        const int32_t *last = ctx->ints + 3 * ctx->cap_tokens + (n_prompt - 1); /* rows[] holds 0..n-1 */
+        if ((r = te_llama__head(m, ctx, last, 1))) goto done;
+    }
+    te_llama__sample_kernel<<<1, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, g.sampler.temperature,
+                                                                            g.sampler.top_k, g.sampler.top_p, ctx->rng, ctx->ints, NULL);
+    TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    next_pos = n_prompt; /* the first new token sits right after the prompt; the sampler advances it from here */
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + ctx->cap_tokens, &next_pos, sizeof next_pos, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+    while (produced < limit) {
+        int32_t token = *ctx->pinned_token;
+        int stop = 0;
+        out[produced++] = token;
+        if (g.on_token && g.on_token(g.user, token)) break;
+        if (!g.ignore_eos)
+            for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
+        if (stop || produced == limit) break;
+        /* decode: the first step runs plainly (it makes the GEMM plans), the second is captured, the rest replay */
+        if (!exec && steps >= 1 && !graph_failed) {
+            te_llama_result rc;
+            cudaError_t ec;
+            if ((ec = cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal)) != cudaSuccess) {
+                graph_failed = 1;
+            } else {
+                rc = te_llama__decode_step(m, ctx, cache, &g.sampler);
+                ec = cudaStreamEndCapture(ctx->stream, &graph);
+                if (rc || ec != cudaSuccess || !graph || cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+                    graph_failed = 1;
+                    exec = NULL;
+                }
+            }
+            if (graph_failed) {
+                (void)cudaGetLastError();
+                if (graph) { cudaGraphDestroy(graph); graph = NULL; }
+                snprintf(msg, sizeof msg, "te_llama_cuda_generate: decode graph capture failed (%s); plain launches", te_llama_last_error());
+                te_llama__info(m, msg);
+            } else {
+                te_llama__info(m, "te_llama_cuda_generate: decode step captured in a CUDA graph");
+            }
+        }
+        if (exec) TE_LLAMA__CU_GOTO(cudaGraphLaunch(exec, ctx->stream), done);
+        else if ((r = te_llama__decode_step(m, ctx, cache, &g.sampler))) goto done;
+        TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+        steps++;
+    }
+    *n_out = produced;
+done:
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    if (r) cudaStreamSynchronize(ctx->stream);
+    te_llama__host_free(&m->allocator, pos);
+    te_llama_kv_cache_free(cache);
+    return r;
+}

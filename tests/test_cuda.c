@@ -1,0 +1,665 @@
+/* test_cuda.c - the CUDA backend (te_llama_kernels.cu) against the CPU reference of te_llama.h.
+
+   Build and run from the repository root:
+     mkdir -p build
+     nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -c te_llama_kernels.cu -o build/te_llama_kernels.o
+     cc -O2 -std=c99 -I. -DTE_LLAMA_CUDA tests/test_cuda.c build/te_llama_kernels.o -o build/test_cuda \
+        -L"$(dirname "$(which nvcc)")/../lib64" -lcublasLt -lcudart -lm -lpthread -lstdc++
+     ./build/test_cuda
+   Without a device the CUDA loads fall back to the CPU; the test then says so and checks only that fallback.
+
+   Both sides load with the TE decoder and BF16 storage, so they compute over the same rounded weights; what
+   differs is the GPU's bf16 activations at GEMM inputs and bf16 KV cache (see te_llama_kernels.cu, NUMERICS).
+   Tolerances: relative L2 error of logits (||gpu - cpu|| / ||cpu||) < 1e-2 against the CPU; < 5e-3 between two
+   GPU computations of the same logits (decode vs recompute, batch vs separate). Greedy tokens are compared step by
+   step while the CPU's top-1 minus top-2 logit gap exceeds 3x the largest absolute logit difference measured on
+   the prompt: a flip needs the two logits' errors to add up to the gap, so below that bound a different token is
+   not a bug, and from the first such step on the two continuations may legitimately part. */
+#define TE_LLAMA_IMPLEMENTATION
+#include "te_llama.h"
+#include "tests/check.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define FIXTURES "tests/fixtures/"
+#define OUT_DIR "build/test_cuda_out"
+
+static void quiet_log(void *user, te_llama_log_level level, const char *message) {
+    (void)user;
+    if (level == TE_LLAMA_LOG_WARN || strstr(message, "te_llama_cuda")) fprintf(stderr, "  log: %s\n", message);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = (char *)malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) buf[n] = 0;
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static int same_file(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = read_all(a, &na), *y = read_all(b, &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+static double rel_l2(const float *a, const float *ref, size_t n, double *max_abs) {
+    double num = 0, den = 0, mx = 0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        if (!(d == d)) return INFINITY; /* NaN never passes */
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+        if (fabs(d) > mx) mx = fabs(d);
+    }
+    if (max_abs) *max_abs = mx;
+    return sqrt(num / (den > 0 ? den : 1e-30));
+}
+
+static int argmax(const float *x, int n, float *gap) {
+    int i, best = 0, second = -1;
+    for (i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    for (i = 0; i < n; i++) if (i != best && (second < 0 || x[i] > x[second])) second = i;
+    if (gap) *gap = second < 0 ? INFINITY : x[best] - x[second];
+    return best;
+}
+
+/* An array of integers at token index arr of a parsed JSON document. */
+static int json_ints(const te_llama_json *j, size_t arr, int32_t *out, int cap) {
+    size_t i = arr + 1, k;
+    int n = 0;
+    if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY) return -1;
+    for (k = 0; k < j->tokens[arr].size && n < cap; k++, i = j->tokens[i].next) {
+        int64_t v;
+        if (te_llama_json_int64(j, i, &v)) return -1;
+        out[n++] = (int32_t)v;
+    }
+    return n;
+}
+
+static te_llama_model *load(const char *dir, te_llama_backend backend) {
+    te_llama_options o;
+    te_llama_model *m = NULL;
+    memset(&o, 0, sizeof o);
+    o.backend = backend;
+    o.decoder = te_llama_te_decoder;
+    o.dtype = TE_LLAMA_BF16;
+    o.log = quiet_log;
+    CHECK_RESULT(te_llama_load(dir, &o, &m), TE_LLAMA_OK);
+    return m;
+}
+
+/* ------------------------------------------------------------------------------ the GPU's rounding, on the CPU */
+
+/* Round to bf16 and back (round to nearest even), in place. */
+static void round_bf16(float *x, size_t n) {
+    uint16_t *tmp = (uint16_t *)malloc(n * 2);
+    te_llama_convert(tmp, TE_LLAMA_BF16, x, TE_LLAMA_F32, n);
+    te_llama_convert(x, TE_LLAMA_F32, tmp, TE_LLAMA_BF16, n);
+    free(tmp);
+}
+
+/* A parameter of a host model as float32: rows of a matrix (a view's buffer may go on past its own rows), or
+   the whole of a vector. */
+static float *param_f32(const te_llama_param *p, size_t rows) {
+    size_t n = p->ndim == 2 ? rows * (size_t)p->shape[1] : (size_t)p->shape[0];
+    float *f = (float *)malloc(sizeof(float) * n);
+    te_llama_convert(f, TE_LLAMA_F32, p->data, p->dtype, n);
+    return f;
+}
+
+/* out (n, m) = x (n, k) @ W^T, W (m, k); sums in double. */
+static void matmul_ref(float *out, const float *x, const float *w, int n, int m, int k, int accumulate) {
+    int t, r, i;
+    for (t = 0; t < n; t++)
+        for (r = 0; r < m; r++) {
+            double s = accumulate ? out[(size_t)t * m + r] : 0.0;
+            for (i = 0; i < k; i++) s += (double)x[(size_t)t * k + i] * w[(size_t)r * k + i];
+            out[(size_t)t * m + r] = (float)s;
+        }
+}
+
+static void rmsnorm_bf16(float *out, const float *x, const float *w, int n, int h, double eps) {
+    int t, i;
+    for (t = 0; t < n; t++) {
+        double ss = 0;
+        float inv;
+        for (i = 0; i < h; i++) ss += (double)x[(size_t)t * h + i] * x[(size_t)t * h + i];
+        inv = (float)(1.0 / sqrt(ss / h + eps));
+        for (i = 0; i < h; i++) out[(size_t)t * h + i] = w[i] * (x[(size_t)t * h + i] * inv);
+    }
+    round_bf16(out, (size_t)n * h);
+}
+
+/* The forward of one fresh sequence as the CUDA backend rounds it (te_llama_kernels.cu, NUMERICS): the CPU
+   reference's math with bf16 at every GEMM input and in the KV cache. Logits (n, vocab) at every position. */
+static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
+    const te_llama_config *c = &m->config;
+    int h = c->hidden_size, hd = c->head_dim, half = hd / 2, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, V = c->vocab_size;
+    int t, l, i, hh, j;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *x = (float *)malloc(sizeof(float) * (size_t)n * h), *xn = (float *)malloc(sizeof(float) * (size_t)n * h);
+    float *qkv = (float *)malloc(sizeof(float) * (size_t)n * ld), *att = (float *)malloc(sizeof(float) * (size_t)n * q_dim);
+    float *mlp = (float *)malloc(sizeof(float) * (size_t)n * 2 * I), *act = (float *)malloc(sizeof(float) * (size_t)n * I);
+    float *kc = (float *)malloc(sizeof(float) * (size_t)n * kv_dim), *vc = (float *)malloc(sizeof(float) * (size_t)n * kv_dim);
+    float *cs = (float *)malloc(sizeof(float) * (size_t)n * hd), *sc = (float *)malloc(sizeof(float) * (size_t)n);
+    float *logits = (float *)malloc(sizeof(float) * (size_t)n * V), *w;
+    float *emb = param_f32(&m->embed_tokens, (size_t)V);
+    for (t = 0; t < n; t++) memcpy(x + (size_t)t * h, emb + (size_t)tokens[t] * h, sizeof(float) * h);
+    free(emb);
+    for (t = 0; t < n; t++)
+        for (i = 0; i < half; i++) {
+            float angle = (float)t * m->rope_inv_freq[i];
+            cs[(size_t)t * hd + i] = (float)cos((double)angle);
+            cs[(size_t)t * hd + half + i] = (float)sin((double)angle);
+        }
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        const te_llama_param *P = m->layers[l]->params;
+        w = param_f32(&P[0], 1);
+        rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
+        free(w);
+        w = param_f32(&P[1], (size_t)ld); /* the view's first rows and the k, v rows after them */
+        matmul_ref(qkv, xn, w, n, ld, h, 0);
+        free(w);
+        for (t = 0; t < n; t++) {
+            float *row = qkv + (size_t)t * ld;
+            const float *cos_ = cs + (size_t)t * hd, *sin_ = cos_ + half;
+            for (hh = 0; hh < nh + nkv; hh++)
+                for (i = 0; i < half; i++) {
+                    float a = row[hh * hd + i], b = row[hh * hd + i + half];
+                    row[hh * hd + i] = a * cos_[i] - b * sin_[i];
+                    row[hh * hd + i + half] = b * cos_[i] + a * sin_[i];
+                }
+            memcpy(kc + (size_t)t * kv_dim, row + q_dim, sizeof(float) * kv_dim);
+            memcpy(vc + (size_t)t * kv_dim, row + q_dim + kv_dim, sizeof(float) * kv_dim);
+        }
+        round_bf16(kc, (size_t)n * kv_dim);
+        round_bf16(vc, (size_t)n * kv_dim);
+        for (t = 0; t < n; t++)
+            for (hh = 0; hh < nh; hh++) {
+                const float *q = qkv + (size_t)t * ld + hh * hd;
+                size_t off = (size_t)(hh / (nh / nkv)) * hd;
+                double mx = -INFINITY, sum = 0;
+                for (j = 0; j <= t; j++) {
+                    double s = 0;
+                    for (i = 0; i < hd; i++) s += (double)(q[i] * scale) * kc[(size_t)j * kv_dim + off + i];
+                    sc[j] = (float)s;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (j = 0; j <= t; j++) { sc[j] = (float)exp(sc[j] - mx); sum += sc[j]; }
+                for (i = 0; i < hd; i++) {
+                    double o = 0;
+                    for (j = 0; j <= t; j++) o += (double)sc[j] * vc[(size_t)j * kv_dim + off + i];
+                    att[(size_t)t * q_dim + hh * hd + i] = (float)(o / sum);
+                }
+            }
+        round_bf16(att, (size_t)n * q_dim);
+        w = param_f32(&P[4], (size_t)h);
+        matmul_ref(x, att, w, n, h, q_dim, 1);
+        free(w);
+        w = param_f32(&P[5], 1);
+        rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
+        free(w);
+        w = param_f32(&P[6], (size_t)2 * I);
+        matmul_ref(mlp, xn, w, n, 2 * I, h, 0);
+        free(w);
+        for (t = 0; t < n; t++)
+            for (i = 0; i < I; i++) {
+                float g = mlp[(size_t)t * 2 * I + i], u = mlp[(size_t)t * 2 * I + I + i];
+                act[(size_t)t * I + i] = g / (1.0f + expf(-g)) * u;
+            }
+        round_bf16(act, (size_t)n * I);
+        w = param_f32(&P[7], (size_t)h);
+        matmul_ref(x, act, w, n, h, I, 1);
+        free(w);
+    }
+    w = param_f32(&m->norm, 1);
+    rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
+    free(w);
+    w = param_f32(&m->lm_head, (size_t)V);
+    matmul_ref(logits, xn, w, n, V, h, 0);
+    free(w);
+    free(x); free(xn); free(qkv); free(att); free(mlp); free(act); free(kc); free(vc); free(cs); free(sc);
+    return logits;
+}
+
+/* Logits of tokens at positions pos0.. of sequence seq in cache (want: every token when NULL). */
+static te_llama_result run(te_llama_model *m, te_llama_kv_cache *cache, const int32_t *tokens, int n, int pos0,
+                           const uint8_t *want, float *logits) {
+    int32_t *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+    te_llama_batch b;
+    te_llama_result r;
+    int i;
+    for (i = 0; i < n; i++) pos[i] = pos0 + i;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = n;
+    b.tokens = tokens;
+    b.pos = pos;
+    b.want_logits = want;
+    r = te_llama_forward(m, cache, &b, logits);
+    free(pos);
+    return r;
+}
+
+/* Logits at every position of a fresh sequence. */
+static float *prompt_logits(te_llama_model *m, const int32_t *tokens, int n) {
+    te_llama_kv_cache *cache = NULL;
+    float *logits = (float *)malloc(sizeof(float) * (size_t)n * (size_t)m->config.vocab_size);
+    CHECK_RESULT(te_llama_kv_cache_create(m, 1, n + 1, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(run(m, cache, tokens, n, 0, NULL, logits), TE_LLAMA_OK);
+    te_llama_kv_cache_free(cache);
+    return logits;
+}
+
+/* Last-token logits of one prompt run alone. */
+static void last_logits(te_llama_model *m, const int32_t *tokens, int n, float *out) {
+    te_llama_kv_cache *cache = NULL;
+    uint8_t *want = (uint8_t *)calloc((size_t)n, 1);
+    want[n - 1] = 1;
+    CHECK_RESULT(te_llama_kv_cache_create(m, 1, n, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(run(m, cache, tokens, n, 0, want, out), TE_LLAMA_OK);
+    te_llama_kv_cache_free(cache);
+    free(want);
+}
+
+static int stop_at_three(void *user, int32_t token) {
+    (void)token;
+    return ++*(int *)user == 3;
+}
+
+/* The GPU against the CPU emulation of its rounding: what is left is summation order and the odd bf16 rounding
+   tie, far below the bf16 error itself, so this catches what the 1e-2 tolerance would let through. */
+static void check_emulated(const char *name, te_llama_model *cpu, const int32_t *prompt, int n, const float *gpu,
+                           double e_cpu) {
+    float *emu = emulate_gpu(cpu, prompt, n);
+    double e = rel_l2(gpu, emu, (size_t)n * cpu->config.vocab_size, NULL);
+    printf("  %s: GPU vs CPU emulating the GPU's bf16 rounding: rel L2 %.2e (vs %.2e against the fp32 CPU)\n", name, e, e_cpu);
+    CHECK(e < 1e-3 && e < e_cpu / 4, "%s: GPU vs its CPU emulation rel L2 %g", name, e);
+    free(emu);
+}
+
+/* KV-cache decode vs recompute on the GPU: prefill half the prompt, then one token at a time. */
+static void check_decode(const char *name, te_llama_model *gpu, const int32_t *prompt, int n, const float *full) {
+    int V = gpu->config.vocab_size, k = n / 2, i;
+    te_llama_kv_cache *cache = NULL;
+    float *got = (float *)malloc(sizeof(float) * (size_t)n * V);
+    double e;
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, n, &cache), TE_LLAMA_OK);
+    if (!cache) { free(got); return; }
+    CHECK_RESULT(run(gpu, cache, prompt, k, 0, NULL, got), TE_LLAMA_OK);
+    for (i = k; i < n; i++) CHECK_RESULT(run(gpu, cache, prompt + i, 1, i, NULL, got + (size_t)i * V), TE_LLAMA_OK);
+    e = rel_l2(got, full, (size_t)n * V, NULL);
+    printf("  %s: decode after a %d-token prefill vs recompute: rel L2 %.2e\n", name, k, e);
+    CHECK(e < 5e-3, "%s: decode vs recompute rel L2 %g", name, e);
+    te_llama_kv_cache_free(cache);
+    free(got);
+}
+
+/* Two sequences of unequal lengths in one batch, interleaved, vs each alone. */
+static void check_batch(const char *name, te_llama_model *gpu, te_llama_model *cpu, const int32_t *a, int na,
+                        const int32_t *b, int nb, const float *ref /* (2, V) or NULL */) {
+    int V = gpu->config.vocab_size, n = na + nb, i = 0, ia = 0, ib = 0;
+    int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)n * 3), *pos = tok + n, *seq = pos + n;
+    uint8_t *want = (uint8_t *)calloc((size_t)n, 1);
+    float *both = (float *)malloc(sizeof(float) * 2 * V), *alone = (float *)malloc(sizeof(float) * 2 * V);
+    float *cpu_alone = (float *)malloc(sizeof(float) * 2 * V);
+    te_llama_kv_cache *cache = NULL;
+    te_llama_batch batch;
+    int last_a = -1, last_b = -1;
+    double e_gpu, e_cpu, e_ref = 0;
+    while (ia < na || ib < nb) { /* a0 b0 a1 b1 ...: each sequence in position order */
+        if (ia < na) { tok[i] = a[ia]; pos[i] = ia; seq[i] = 0; if (++ia == na) last_a = i; i++; }
+        if (ib < nb) { tok[i] = b[ib]; pos[i] = ib; seq[i] = 1; if (++ib == nb) last_b = i; i++; }
+    }
+    want[last_a] = want[last_b] = 1;
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = n;
+    batch.tokens = tok;
+    batch.pos = pos;
+    batch.seq = seq;
+    batch.want_logits = want;
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 2, n, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(te_llama_forward(gpu, cache, &batch, both), TE_LLAMA_OK);
+    te_llama_kv_cache_free(cache);
+    /* batch order: whichever sequence ends first comes first */
+    last_logits(gpu, last_a < last_b ? a : b, last_a < last_b ? na : nb, alone);
+    last_logits(gpu, last_a < last_b ? b : a, last_a < last_b ? nb : na, alone + V);
+    last_logits(cpu, last_a < last_b ? a : b, last_a < last_b ? na : nb, cpu_alone);
+    last_logits(cpu, last_a < last_b ? b : a, last_a < last_b ? nb : na, cpu_alone + V);
+    e_gpu = rel_l2(both, alone, 2 * (size_t)V, NULL);
+    e_cpu = rel_l2(both, cpu_alone, 2 * (size_t)V, NULL);
+    CHECK(e_gpu < 5e-3, "%s: batch vs separate on the GPU rel L2 %g", name, e_gpu);
+    CHECK(e_cpu < 1e-2, "%s: GPU batch vs CPU separate rel L2 %g", name, e_cpu);
+    if (ref) { /* the reference rows are in prompt order (a, b) */
+        float *ordered = (float *)malloc(sizeof(float) * 2 * V);
+        memcpy(ordered, last_a < last_b ? both : both + V, sizeof(float) * V);
+        memcpy(ordered + V, last_a < last_b ? both + V : both, sizeof(float) * V);
+        e_ref = rel_l2(ordered, ref, 2 * (size_t)V, NULL);
+        CHECK(e_ref < 2e-2, "%s: GPU batch vs HF reference rel L2 %g", name, e_ref);
+        free(ordered);
+    }
+    printf("  %s: batch of %d + %d tokens vs separate: GPU %.2e, CPU %.2e%s", name, na, nb, e_gpu, e_cpu, ref ? "" : "\n");
+    if (ref) printf(", HF float64 %.2e\n", e_ref);
+    free(tok);
+    free(want);
+    free(both);
+    free(alone);
+    free(cpu_alone);
+}
+
+/* The CPU's greedy continuation with its top-2 gaps, by forward calls (te_llama_generate does not expose them). */
+static void cpu_greedy(te_llama_model *cpu, const int32_t *prompt, int n, int steps, int32_t *ids, float *gaps) {
+    int V = cpu->config.vocab_size, s;
+    te_llama_kv_cache *cache = NULL;
+    uint8_t *want = (uint8_t *)calloc((size_t)n, 1);
+    float *logits = (float *)malloc(sizeof(float) * V);
+    want[n - 1] = 1;
+    CHECK_RESULT(te_llama_kv_cache_create(cpu, 1, n + steps, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(run(cpu, cache, prompt, n, 0, want, logits), TE_LLAMA_OK);
+    for (s = 0; s < steps && cache; s++) {
+        ids[s] = argmax(logits, V, &gaps[s]);
+        if (s + 1 < steps) CHECK_RESULT(run(cpu, cache, &ids[s], 1, n + s, NULL, logits), TE_LLAMA_OK);
+    }
+    te_llama_kv_cache_free(cache);
+    free(want);
+    free(logits);
+}
+
+static void check_generate(const char *name, te_llama_model *gpu, te_llama_model *cpu, const int32_t *prompt, int n,
+                           double max_abs, const int32_t *hf_ids) {
+    enum { STEPS = 24 };
+    int32_t cpu_ids[STEPS], out[STEPS], out2[STEPS], out3[STEPS];
+    float gaps[STEPS];
+    te_llama_generate_options g;
+    double bound = 3.0 * max_abs;
+    int n_out = 0, n2 = 0, compared = 0, s, same = 1, hf_same = 0, calls = 0, saved_eos[TE_LLAMA_MAX_EOS], saved_n, stop_id, expect;
+    double t0;
+    cpu_greedy(cpu, prompt, n, STEPS, cpu_ids, gaps);
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = STEPS;
+    g.ignore_eos = 1;
+    t0 = now_s();
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out, STEPS, &n_out), TE_LLAMA_OK);
+    t0 = now_s() - t0;
+    CHECK(n_out == STEPS, "%s: greedy produced %d tokens", name, n_out);
+    for (s = 0; s < n_out && gaps[s] > bound; s++, compared++) same &= out[s] == cpu_ids[s];
+    for (s = 0; s < n_out; s++) hf_same += hf_ids && out[s] == hf_ids[s];
+    printf("  %s: greedy %d tokens in %.1f ms; compared %d steps (CPU top-2 gap > %.3g): %s; %d of %d equal to HF's\n",
+           name, n_out, 1e3 * t0, compared, bound, same ? "identical" : "DIFFERENT", hf_same, STEPS);
+    CHECK(same, "%s: GPU greedy differs from the CPU's within the first %d steps", name, compared);
+    CHECK(compared >= 1, "%s: the gap bound %g leaves no step to compare", name, bound);
+    if (n_out != STEPS) return;
+    /* the callback stops it; max_new_tokens beyond cap is cut to cap */
+    g.on_token = stop_at_three;
+    g.user = &calls;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+    CHECK(n2 == 3 && memcmp(out2, out, 3 * sizeof(int32_t)) == 0, "%s: on_token stop gave %d tokens", name, n2);
+    g.on_token = NULL;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, 5, &n2), TE_LLAMA_OK);
+    CHECK(n2 == 5 && memcmp(out2, out, 5 * sizeof(int32_t)) == 0, "%s: cap 5 gave %d tokens", name, n2);
+    /* eos: make the second greedy token the only eos id; generation stops at its first appearance */
+    memcpy(saved_eos, gpu->eos_token_ids, sizeof saved_eos);
+    saved_n = gpu->n_eos_token_ids;
+    stop_id = out[1];
+    for (expect = 0; out[expect] != stop_id; expect++) {}
+    expect++;
+    gpu->eos_token_ids[0] = stop_id;
+    gpu->n_eos_token_ids = 1;
+    g.ignore_eos = 0;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+    CHECK(n2 == expect, "%s: eos %d should stop after %d tokens, got %d", name, stop_id, expect, n2);
+    g.ignore_eos = 1;
+    memcpy(gpu->eos_token_ids, saved_eos, sizeof saved_eos);
+    gpu->n_eos_token_ids = saved_n;
+    /* sampling on the device: one seed repeats; top_k 1 and a tiny top_p are greedy */
+    g.sampler.temperature = 0.8f;
+    g.sampler.top_k = 20;
+    g.sampler.top_p = 0.9f;
+    g.sampler.seed = 42;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out3, STEPS, &n_out), TE_LLAMA_OK);
+    CHECK(n2 == STEPS && n_out == STEPS && memcmp(out2, out3, sizeof out2) == 0, "%s: one seed, two different samples", name);
+    for (s = 0, same = 1; s < n2; s++) same &= out2[s] >= 0 && out2[s] < gpu->config.vocab_size;
+    CHECK(same, "%s: sampled id out of the vocabulary", name);
+    printf("  %s: sampled (T 0.8, top_k 20, top_p 0.9, seed 42):", name);
+    for (s = 0; s < 8; s++) printf(" %d", out2[s]);
+    printf(" ...\n");
+    g.sampler.temperature = 1.0f;
+    g.sampler.top_k = 1;
+    g.sampler.top_p = 0;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+    CHECK(n2 == STEPS && memcmp(out2, out, sizeof out) == 0, "%s: top_k 1 is not greedy", name);
+    g.sampler.top_k = 0;
+    g.sampler.top_p = 1e-6f;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+    CHECK(n2 == STEPS && memcmp(out2, out, sizeof out) == 0, "%s: top_p 1e-6 is not greedy", name);
+    g.sampler.temperature = -1;
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_ERR_INVALID_ARGUMENT);
+}
+
+static void check_save(const char *name, te_llama_model *gpu, te_llama_model *cpu) {
+    char dg[256], dc[256], a[300], b[300];
+    snprintf(dg, sizeof dg, OUT_DIR "/%s_cuda", name);
+    snprintf(dc, sizeof dc, OUT_DIR "/%s_cpu", name);
+    CHECK_RESULT(te_llama_save(gpu, dg, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_save(cpu, dc, NULL), TE_LLAMA_OK);
+    snprintf(a, sizeof a, "%s/model.safetensors", dg);
+    snprintf(b, sizeof b, "%s/model.safetensors", dc);
+    CHECK(same_file(a, b), "%s: saved weights differ between the CUDA and the CPU model", name);
+    snprintf(a, sizeof a, "%s/config.json", dg);
+    snprintf(b, sizeof b, "%s/config.json", dc);
+    CHECK(same_file(a, b), "%s: saved config.json differs between the CUDA and the CPU model", name);
+}
+
+static void test_fixture(const char *name) {
+    char dir[256], path[300];
+    int32_t prompt[64], hf_ids[64], batch_a[64], batch_b[64];
+    int n, V, n_hf, na = 0, nb = 0, i;
+    size_t len;
+    char *text;
+    te_llama_json j;
+    float *ref, *lc, *lg, *batch_ref = NULL;
+    double e_cpu, e_hf, e_cpu_hf, max_abs;
+    te_llama_model *cpu, *gpu;
+    snprintf(dir, sizeof dir, FIXTURES "%s", name);
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    text = read_all(path, &len);
+    CHECK(text != NULL, "%s missing", path);
+    if (!text) return;
+    CHECK_RESULT(te_llama_json_parse(text, len, NULL, &j), TE_LLAMA_OK);
+    n = json_ints(&j, te_llama_json_get(&j, 0, "prompt_ids"), prompt, 64);
+    n_hf = json_ints(&j, te_llama_json_get(&j, 0, "greedy_ids"), hf_ids, 64);
+    te_llama_json_free(&j);
+    free(text);
+    snprintf(path, sizeof path, "%s/ref_logits.f32", dir);
+    ref = (float *)read_all(path, &len);
+    cpu = load(dir, TE_LLAMA_BACKEND_CPU);
+    gpu = load(dir, TE_LLAMA_BACKEND_CUDA);
+    if (!cpu || !gpu || !ref || n < 4) goto done;
+    V = cpu->config.vocab_size;
+    CHECK(len == sizeof(float) * (size_t)n * V, "%s: ref_logits.f32 has %zu bytes", name, len);
+    CHECK(gpu->options.backend == TE_LLAMA_BACKEND_CUDA, "%s: CUDA load fell back to the CPU", name);
+    /* the prompt's logits at every position */
+    lc = prompt_logits(cpu, prompt, n);
+    lg = prompt_logits(gpu, prompt, n);
+    e_cpu = rel_l2(lg, lc, (size_t)n * V, &max_abs);
+    e_hf = rel_l2(lg, ref, (size_t)n * V, NULL);
+    e_cpu_hf = rel_l2(lc, ref, (size_t)n * V, NULL);
+    printf("  %s: prompt logits (%d x %d) rel L2: GPU vs CPU %.2e (max abs %.2e), GPU vs HF %.2e, CPU vs HF %.2e\n", name,
+           n, V, e_cpu, max_abs, e_hf, e_cpu_hf);
+    CHECK(e_cpu < 1e-2, "%s: GPU vs CPU logits rel L2 %g", name, e_cpu);
+    CHECK(e_hf < 2e-2, "%s: GPU vs HF float64 logits rel L2 %g", name, e_hf);
+    check_emulated(name, cpu, prompt, n, lg, e_cpu);
+    check_decode(name, gpu, prompt, n, lg);
+    /* two sequences of unequal lengths */
+    snprintf(path, sizeof path, "%s/ref_batch.json", dir);
+    text = read_all(path, &len);
+    if (text && te_llama_json_parse(text, len, NULL, &j) == TE_LLAMA_OK) {
+        size_t prompts = te_llama_json_get(&j, 0, "prompts"), rows = te_llama_json_get(&j, 0, "last_logits"), t;
+        na = json_ints(&j, prompts + 1, batch_a, 64);
+        nb = json_ints(&j, j.tokens[prompts + 1].next, batch_b, 64);
+        batch_ref = (float *)malloc(sizeof(float) * 2 * V);
+        for (t = rows + 2, i = 0; i < 2 * V; i++, t = j.tokens[t].next) {
+            double v = 0;
+            if (i == V) t = j.tokens[rows + 1].next + 1; /* second row */
+            te_llama_json_double(&j, t, &v);
+            batch_ref[i] = (float)v;
+        }
+        te_llama_json_free(&j);
+    } else {
+        na = 7;
+        memcpy(batch_a, prompt, sizeof(int32_t) * (size_t)na);
+        for (nb = 0; nb < n; nb++) batch_b[nb] = prompt[n - 1 - nb];
+    }
+    free(text);
+    if (na > 0 && nb > 0) check_batch(name, gpu, cpu, batch_a, na, batch_b, nb, batch_ref);
+    check_generate(name, gpu, cpu, prompt, n, max_abs, n_hf == 24 ? hf_ids : NULL);
+    check_save(name, gpu, cpu);
+    free(lc);
+    free(lg);
+done:
+    free(batch_ref);
+    free(ref);
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+/* A random model of more realistic shapes (head_dim 128, 4 query heads per kv head, 300 positions: several
+   attention tiles) built on both sides from one seed. */
+static void test_random_model(void) {
+    te_llama_config c;
+    te_llama_options o;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    int n = 300, V, i;
+    int32_t prompt[300], out[32];
+    uint64_t x = 12345;
+    float *lc, *lg;
+    double e, max_abs, t0;
+    int n_out = 0;
+    te_llama_generate_options g;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 4096;
+    c.hidden_size = 512;
+    c.intermediate_size = 1408;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 1;
+    c.head_dim = 128;
+    c.max_position_embeddings = 4096;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 10000;
+    c.dtype = TE_LLAMA_BF16;
+    c.initializer_range = 0.03; /* large enough that the layers, not the embeddings, dominate the output */
+    c.bos_token_id = -1;
+    memset(&o, 0, sizeof o);
+    o.decoder = te_llama_te_decoder;
+    o.dtype = TE_LLAMA_BF16;
+    o.log = quiet_log;
+    CHECK_RESULT(te_llama_create(&c, &o, &cpu), TE_LLAMA_OK);
+    o.backend = TE_LLAMA_BACKEND_CUDA;
+    CHECK_RESULT(te_llama_create(&c, &o, &gpu), TE_LLAMA_OK);
+    if (!cpu || !gpu) goto done;
+    V = c.vocab_size;
+    for (i = 0; i < n; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % (uint64_t)V); }
+    lc = prompt_logits(cpu, prompt, n);
+    t0 = now_s();
+    lg = prompt_logits(gpu, prompt, n);
+    t0 = now_s() - t0;
+    e = rel_l2(lg, lc, (size_t)n * V, &max_abs);
+    printf("  random model (hidden 512, head_dim 128, GQA 4:1, vocab 4096): %d-token prefill logits GPU vs CPU rel L2 %.2e "
+           "(max abs %.2e), GPU %.1f ms\n", n, e, max_abs, 1e3 * t0);
+    CHECK(e < 1e-2, "random model: GPU vs CPU rel L2 %g", e);
+    check_emulated("random model", cpu, prompt, n, lg, e);
+    check_decode("random model", gpu, prompt, n, lg);
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = 32;
+    g.ignore_eos = 1;
+    t0 = now_s();
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out, 32, &n_out), TE_LLAMA_OK);
+    t0 = now_s() - t0;
+    CHECK(n_out == 32, "random model: %d tokens", n_out);
+    printf("  random model: 300-token prompt + 32 greedy tokens on the GPU in %.1f ms\n", 1e3 * t0);
+    free(lc);
+    free(lg);
+done:
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+static void test_errors(void) {
+    void *p = (void *)1;
+    te_llama_model *m;
+    te_llama_kv_cache *cache = NULL, *cpu_cache = NULL;
+    te_llama_model *cpu;
+    int32_t tok = 1, pos = 0;
+    te_llama_batch b;
+    float *logits;
+    /* an impossible allocation is a clean OOM that names this file's kernels source, and nothing breaks after it */
+    CHECK_RESULT(te_llama_cuda_malloc(&p, (size_t)1 << 50), TE_LLAMA_ERR_CUDA_OOM);
+    CHECK(p == NULL, "failed allocation left a pointer");
+    CHECK(strstr(te_llama_last_error(), "te_llama_kernels.cu:") != NULL, "message without file and line: %s", te_llama_last_error());
+    m = load(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA);
+    if (!m) return;
+    /* 3 layers x 4096 x 2^20 positions x 32 bf16: 0.8 TB each for keys and values */
+    CHECK_RESULT(te_llama_kv_cache_create(m, 4096, 1 << 20, &cache), TE_LLAMA_ERR_CUDA_OOM);
+    CHECK(cache == NULL, "failed cache left an object");
+    logits = (float *)malloc(sizeof(float) * (size_t)m->config.vocab_size);
+    memset(&b, 0, sizeof b);
+    b.n_tokens = 1;
+    b.tokens = &tok;
+    b.pos = &pos;
+    CHECK_RESULT(te_llama_kv_cache_create(m, 1, 8, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(te_llama_forward(m, cache, &b, logits), TE_LLAMA_OK);
+    /* a host cache given to a CUDA model */
+    cpu = load(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CPU);
+    if (cpu && te_llama_kv_cache_create(cpu, 1, 8, &cpu_cache) == TE_LLAMA_OK)
+        CHECK_RESULT(te_llama_forward(m, cpu_cache, &b, logits), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    te_llama_kv_cache_free(cpu_cache);
+    te_llama_kv_cache_free(cache);
+    te_llama_free(cpu);
+    te_llama_free(m);
+    free(logits);
+}
+
+int main(void) {
+    static const char *const fixtures[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
+    te_llama_model *probe;
+    size_t f;
+    mkdir("build", 0755);
+    mkdir(OUT_DIR, 0755);
+    probe = load(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA);
+    if (probe && probe->options.backend != TE_LLAMA_BACKEND_CUDA) {
+        printf("cuda: no CUDA device here; the CUDA load fell back to the CPU (checked), GPU tests skipped\n");
+        te_llama_free(probe);
+        return CHECK_DONE("cuda");
+    }
+    te_llama_free(probe);
+    test_errors();
+    for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
+    test_random_model();
+    return CHECK_DONE("cuda");
+}
