@@ -2441,7 +2441,7 @@ static te_llama_result te_llama__tok_step_add(te_llama__tok_step *steps, int *n,
 
 static te_llama_result te_llama__tok_normalizer(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
     char type[64];
-    te_llama__tok_step *st;
+    te_llama__tok_step *st = NULL;
     te_llama_result r;
     if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
     if ((r = te_llama__json_type(j, v, "normalizer", type, sizeof type))) return r;
@@ -2468,7 +2468,7 @@ static te_llama_result te_llama__tok_normalizer(te_llama_tokenizer *t, const te_
 
 static te_llama_result te_llama__tok_decoder(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
     char type[64];
-    te_llama__tok_step *st;
+    te_llama__tok_step *st = NULL;
     te_llama_result r;
     if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
     t->has_decoder = 1;
@@ -2781,7 +2781,7 @@ static te_llama_result te_llama__tok_added_tokens(te_llama_tokenizer *t, const t
     for (k = 0, e = arr + 1; k < n && !r; k++, e = j->tokens[e].next) {
         te_llama__tok_added *a = &t->added[m];
         int64_t id;
-        int single_word, lstrip, rstrip, normalized, special;
+        int single_word = 0, lstrip = 0, rstrip = 0, normalized = 0, special = 0;
         uint32_t off, len;
         if (j->tokens[e].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: added token %zu is not an object", k); break; }
         if ((r = te_llama_json_int64(j, te_llama_json_get(j, e, "id"), &id))) break; /* range checked by the model */
