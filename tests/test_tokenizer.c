@@ -213,6 +213,42 @@ static void test_austen(const char *ref, const char *name, te_llama_tokenizer *t
     free(flag);
 }
 
+/* The Llama 3 regex by hand against the pieces of HF's pre-tokenizer. */
+static void test_pretokenizer(const char *ref) {
+    char path[1024], *data, *line;
+    size_t len, n_cases = 0, n_ok = 0;
+    snprintf(path, sizeof path, "%s/llama3_pretok.tsv", ref);
+    data = read_whole(path, &len);
+    CHECK(data != NULL, "cannot read %s", path);
+    for (line = data; data && line < data + len;) {
+        char *end = (char *)memchr(line, '\n', (size_t)(data + len - line)), *t1, *t2, *text;
+        size_t text_len, n_ref, k, p, e;
+        int32_t *ref;
+        int ok = 1;
+        *end = 0;
+        t1 = strchr(line, '\t');
+        t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
+        if (!t2) { CHECK(0, "malformed %s", path); break; }
+        *t1 = *t2 = 0;
+        text = unhex(t1 + 1, strlen(t1 + 1), &text_len);
+        ref = parse_ids(t2 + 1, strlen(t2 + 1), &n_ref);
+        for (p = 0, k = 0; p < text_len; p = e, k++) {
+            e = te_llama__llama3_match(text, text_len, p);
+            if (k >= n_ref || e - p != (size_t)ref[k]) { ok = 0; break; }
+        }
+        if (k != n_ref) ok = 0;
+        CHECK(ok, "pre-tokenizer %s: piece %zu at byte %zu differs from HF", line, k, p);
+        n_ok += ok;
+        n_cases++;
+        free(text);
+        free(ref);
+        line = end + 1;
+    }
+    printf("llama3: %zu/%zu pre-tokenizer splits identical to HF\n", n_ok, n_cases);
+    CHECK(n_cases > 100, "only %zu pre-tokenizer cases", n_cases);
+    free(data);
+}
+
 static void test_chat(const char *ref, te_llama_tokenizer *l3, te_llama_tokenizer *l2) {
     char path[1024], *data, *line;
     size_t len, n = 0;
@@ -484,6 +520,7 @@ int main(int argc, char **argv) {
     te_llama_tokenizer *l3 = load("llama3"), *l2 = load("llama2");
     if (!l3 || !l2) return CHECK_DONE("tokenizer");
     test_basics(l3, l2);
+    test_pretokenizer(ref);
     test_cases(ref, "llama3", l3);
     test_cases(ref, "llama2", l2);
     test_austen(ref, "llama3", l3);

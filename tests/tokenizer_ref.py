@@ -12,6 +12,7 @@ $TE_LLAMA_SHARED/data (default ../shared) and writes, for each of llama3 and lla
   NAME_austen_whole.ids the whole corpus encoded as one string (add_special False), ids space separated
   NAME_austen_lines.ids the corpus split on "\\n" (every piece, the last one too), one line of ids per piece
   NAME_austen.txt       "roundtrip 0|1" for the whole corpus
+  llama3_pretok.tsv     name, hex(text), byte lengths of the Llama 3 pre-tokenizer's pieces (its regex split)
   llama3_chat.tsv       hex(system or "-"), hex(user), ids of the Llama 3 instruct prompt, rendered as the
                         chat template in tokenizer_config.json renders it (contents .strip()-ed)
 
@@ -106,6 +107,18 @@ def random_cases(n, seed):
     return out
 
 
+def byte_decoder():
+    """GPT-2's bytes_to_unicode, inverted: alphabet character -> byte."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
 def hx(b):
     return b.hex() if b else "-"
 
@@ -141,6 +154,14 @@ def main():
             for enc in tok.encode_batch(lines, add_special_tokens=False):
                 f.write(" ".join(map(str, enc.ids)) + "\n")
         if name == "llama3":
+            dec = byte_decoder()
+            with open(os.path.join(out, "llama3_pretok.tsv"), "w") as f:
+                for cname, raw, text in cases:
+                    if text.encode("utf-8") != raw:
+                        continue
+                    pieces = [len(bytes(dec[c] for c in p)) for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+                    assert sum(pieces) == len(raw), cname
+                    f.write("%s\t%s\t%s\n" % (cname, hx(raw), ",".join(map(str, pieces)) or "-"))
             chats = [("You are a helpful assistant.", "What is the capital of France?"),
                      (None, "Hello!"),
                      ("  Be brief.\n", "\n  Tell me about Emma Woodhouse, handsome, clever, and rich.  \t\n"),
