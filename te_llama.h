@@ -2724,9 +2724,10 @@ static te_llama_result te_llama__tok_model(te_llama_tokenizer *t, const te_llama
         int32_t a, b, c;
         tmp.len = 0;
         if (m->type == TE_LLAMA_JSON_STRING) {
-            n = te_llama__json_decode(j->text, m->start, m->end, NULL, 0);
+            n = m->escaped ? te_llama__json_decode(j->text, m->start, m->end, NULL, 0) : (size_t)(m->end - m->start);
             if (!te_llama__grow(&t->allocator, (void **)&tmp.data, &tmp.cap, n + 1, 1)) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer merges"); break; }
-            te_llama__json_decode(j->text, m->start, m->end, tmp.data, n);
+            if (m->escaped) te_llama__json_decode(j->text, m->start, m->end, tmp.data, n);
+            else memcpy(tmp.data, j->text + m->start, n);
             for (sp = 0; sp < n && tmp.data[sp] != ' '; sp++) {}
             if (sp == n || memchr(tmp.data + sp + 1, ' ', n - sp - 1)) {
                 r = te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer.json: merge %zu \"%.*s\" is not two tokens", k, (int)(n > 64 ? 64 : n), tmp.data);
@@ -3145,18 +3146,24 @@ static int te_llama__heap_push_pair(te_llama__work *w, int32_t pos) {
     w->heap[i] = e;
     return 1;
 }
-static te_llama__merge_ent te_llama__heap_pop(te_llama__work *w) {
-    te_llama__merge_ent top = w->heap[0], last = w->heap[--w->n_heap];
-    size_t i = 0, n = w->n_heap;
+/* Sift the entry at i down to its place. */
+static void te_llama__heap_down(te_llama__work *w, size_t i) {
+    te_llama__merge_ent e = w->heap[i];
+    size_t n = w->n_heap;
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= n) break;
         if (c + 1 < n && te_llama__merge_less(&w->heap[c + 1], &w->heap[c])) c++;
-        if (!te_llama__merge_less(&w->heap[c], &last)) break;
+        if (!te_llama__merge_less(&w->heap[c], &e)) break;
         w->heap[i] = w->heap[c];
         i = c;
     }
-    if (n) w->heap[i] = last;
+    w->heap[i] = e;
+}
+static te_llama__merge_ent te_llama__heap_pop(te_llama__work *w) {
+    te_llama__merge_ent top = w->heap[0];
+    w->heap[0] = w->heap[--w->n_heap];
+    if (w->n_heap) te_llama__heap_down(w, 0);
     return top;
 }
 
@@ -3207,8 +3214,17 @@ static te_llama_result te_llama__bpe_word(te_llama__work *w, const char *s, size
     if (!nsym) return TE_LLAMA_OK;
     sy[nsym - 1].next = -1;
     w->n_heap = 0;
-    for (p = 0; p + 1 < (int32_t)nsym; p++)
-        if (!te_llama__heap_push_pair(w, p)) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "BPE queue");
+    if (!te_llama__grow(&t->allocator, (void **)&w->heap, &w->cap_heap, nsym, sizeof *w->heap))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "BPE queue (%zu)", nsym);
+    for (p = 0; p + 1 < (int32_t)nsym; p++) { /* the pairs in position order, then heapified in O(n) */
+        size_t s2 = te_llama__merge_slot(t, sy[p].id, sy[p + 1].id);
+        if (t->merge_keys[s2] == UINT64_MAX) continue;
+        w->heap[w->n_heap].rank = t->merge_rank[s2];
+        w->heap[w->n_heap].pos = (uint32_t)p;
+        w->heap[w->n_heap].new_id = t->merge_new[s2];
+        w->n_heap++;
+    }
+    for (i = w->n_heap / 2; i-- > 0;) te_llama__heap_down(w, i);
     while (w->n_heap) {
         te_llama__merge_ent top = te_llama__heap_pop(w);
         int32_t q;
