@@ -548,6 +548,72 @@ TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const
 
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
+/* A HuggingFace tokenizer.json, encoded and decoded exactly as the `tokenizers` package does, for the two kinds
+   Llama checkpoints ship: byte-level BPE behind the Llama 3 Split regex (Llama 3), and BPE with byte fallback behind
+   Prepend/Replace normalizers (Llama 2). Added tokens found in the text (<|eot_id|>, <s>) are split out first;
+   add_special applies the TemplateProcessing post-processor (BOS). Anything else (WordPiece, Unigram, WordLevel,
+   other normalizers, pre-tokenizers, decoders, regexes) is TE_LLAMA_ERR_UNSUPPORTED naming the kind.
+   Input text that is not valid UTF-8 is first made valid as Rust's String::from_utf8_lossy does (each maximal
+   invalid subsequence becomes U+FFFD). Ids that name no token are skipped when decoding, as HF does.
+   A tokenizer is immutable once loaded: any number of threads may encode and decode with it at once. */
+typedef struct te_llama_tokenizer te_llama_tokenizer;
+
+/* Parse tokenizer.json text (len bytes; not kept). allocator may be NULL. */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_parse(const char *json, size_t len, const te_llama_allocator *allocator,
+                                                      te_llama_tokenizer **out);
+/* Load path: a tokenizer.json file, or a directory holding one. A tokenizer_config.json beside it, if present,
+   names the bos and eos tokens. */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_load(const char *path, const te_llama_allocator *allocator,
+                                                     te_llama_tokenizer **out);
+TE_LLAMA_API void te_llama_tokenizer_free(te_llama_tokenizer *tok);
+
+/* Encode len bytes of text; add_special applies the post-processor (e.g. prepends BOS). *ids is allocated by the
+   library (free it with te_llama_tokenizer_free_ids); *n_ids gets the count. */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_encode(const te_llama_tokenizer *tok, const char *text, size_t len,
+                                                       int add_special, int32_t **ids, size_t *n_ids);
+TE_LLAMA_API void te_llama_tokenizer_free_ids(const te_llama_tokenizer *tok, int32_t *ids);
+/* Decode n ids to text (NUL-terminated, *len bytes; free with te_llama_tokenizer_free_text). skip_special drops
+   special added tokens, as HF's decode(skip_special_tokens=True), the Python default, does. */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode(const te_llama_tokenizer *tok, const int32_t *ids, size_t n,
+                                                       int skip_special, char **text, size_t *len);
+TE_LLAMA_API void te_llama_tokenizer_free_text(const te_llama_tokenizer *tok, char *text);
+
+/* Streaming decode, one generated token at a time. A token may end inside a UTF-8 character: those bytes wait in
+   the state until the character completes. A zeroed state starts a sequence. Each call writes complete UTF-8 text
+   (not NUL-terminated) to out (cap bytes) and its length to *len; when cap is too small the result is
+   TE_LLAMA_ERR_OUT_OF_RANGE, *len is the size needed and the state is unchanged (256 bytes always suffice for the
+   Llama tokenizers). te_llama_tokenizer_decode_flush ends a sequence: leftover bytes of a cut character become
+   U+FFFD. For valid UTF-8 the pieces concatenate to what te_llama_tokenizer_decode returns. */
+typedef struct te_llama_decode_state {
+    unsigned char pending[4]; /* bytes of an incomplete character */
+    unsigned n_pending;
+    unsigned n_stripped;      /* leading characters removed so far by a Strip decoder */
+    int started;              /* a token has been decoded */
+    int emitted;              /* a character has been written */
+} te_llama_decode_state;
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode_piece(const te_llama_tokenizer *tok, te_llama_decode_state *state,
+                                                             int32_t id, int skip_special, char *out, size_t cap,
+                                                             size_t *len);
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode_flush(const te_llama_tokenizer *tok, te_llama_decode_state *state,
+                                                             char *out, size_t cap, size_t *len);
+
+/* Llama 3 instruct prompt: <|begin_of_text|>, a system turn (omitted when system is NULL), a user turn, and the
+   assistant header, each content trimmed of white space as the chat template does. Contents are plain text:
+   special-token strings inside them are not turned into special tokens. TE_LLAMA_ERR_NOT_FOUND when the
+   tokenizer lacks the header tokens. Free *ids with te_llama_tokenizer_free_ids. */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_chat(const te_llama_tokenizer *tok, const char *system, const char *user,
+                                                     int32_t **ids, size_t *n_ids);
+
+/* The id of a token given in its tokenizer.json spelling ("<|eot_id|>", "Ġthe", "▁the"), or -1. */
+TE_LLAMA_API int32_t te_llama_tokenizer_token_id(const te_llama_tokenizer *tok, const char *token);
+/* The tokenizer.json spelling of id (not NUL-terminated; *len bytes), or NULL when no token has that id. */
+TE_LLAMA_API const char *te_llama_tokenizer_token(const te_llama_tokenizer *tok, int32_t id, size_t *len);
+/* One more than the largest id (model vocabulary and added tokens). */
+TE_LLAMA_API size_t te_llama_tokenizer_vocab_size(const te_llama_tokenizer *tok);
+TE_LLAMA_API int te_llama_tokenizer_is_special(const te_llama_tokenizer *tok, int32_t id);
+/* bos and eos: from tokenizer_config.json when loaded from a path, else bos from the post-processor; -1 if unknown. */
+TE_LLAMA_API int32_t te_llama_tokenizer_bos_id(const te_llama_tokenizer *tok);
+TE_LLAMA_API int32_t te_llama_tokenizer_eos_id(const te_llama_tokenizer *tok);
 
 #ifdef __cplusplus
 }
@@ -3353,6 +3419,1749 @@ done:
 
 /* ------------------------------------------------------------------------------------------------- tokenizer */
 /* TE_LLAMA_TOKENIZER_IMPLEMENTATION */
+/* BEGIN GENERATED UNICODE TABLES: tools/gen_unicode_tables.py, do not edit */
+/* Unicode 15.0.0: code point classes as runs, (start << 3) | class, class bits 1 = L, 2 = N, 4 = White_Space;
+   a run lasts until the next one starts. 1562 runs. */
+static const uint32_t te_llama__uni_runs[1562] = {
+    0x0, 0x4c, 0x70, 0x104, 0x108, 0x182, 0x1d0, 0x209, 0x2d8, 0x309,
+    0x3d8, 0x42c, 0x430, 0x504, 0x508, 0x551, 0x558, 0x592, 0x5a0, 0x5a9,
+    0x5b0, 0x5ca, 0x5d1, 0x5d8, 0x5e2, 0x5f8, 0x601, 0x6b8, 0x6c1, 0x7b8,
+    0x7c1, 0x1610, 0x1631, 0x1690, 0x1701, 0x1728, 0x1761, 0x1768, 0x1771, 0x1778,
+    0x1b81, 0x1ba8, 0x1bb1, 0x1bc0, 0x1bd1, 0x1bf0, 0x1bf9, 0x1c00, 0x1c31, 0x1c38,
+    0x1c41, 0x1c58, 0x1c61, 0x1c68, 0x1c71, 0x1d10, 0x1d19, 0x1fb0, 0x1fb9, 0x2410,
+    0x2451, 0x2980, 0x2989, 0x2ab8, 0x2ac9, 0x2ad0, 0x2b01, 0x2c48, 0x2e81, 0x2f58,
+    0x2f79, 0x2f98, 0x3101, 0x3258, 0x3302, 0x3350, 0x3371, 0x3380, 0x3389, 0x36a0,
+    0x36a9, 0x36b0, 0x3729, 0x3738, 0x3771, 0x3782, 0x37d1, 0x37e8, 0x37f9, 0x3800,
+    0x3881, 0x3888, 0x3891, 0x3980, 0x3a69, 0x3d30, 0x3d89, 0x3d90, 0x3e02, 0x3e51,
+    0x3f58, 0x3fa1, 0x3fb0, 0x3fd1, 0x3fd8, 0x4001, 0x40b0, 0x40d1, 0x40d8, 0x4121,
+    0x4128, 0x4141, 0x4148, 0x4201, 0x42c8, 0x4301, 0x4358, 0x4381, 0x4440, 0x4449,
+    0x4478, 0x4501, 0x4650, 0x4821, 0x49d0, 0x49e9, 0x49f0, 0x4a81, 0x4a88, 0x4ac1,
+    0x4b10, 0x4b32, 0x4b80, 0x4b89, 0x4c08, 0x4c29, 0x4c68, 0x4c79, 0x4c88, 0x4c99,
+    0x4d48, 0x4d51, 0x4d88, 0x4d91, 0x4d98, 0x4db1, 0x4dd0, 0x4de9, 0x4df0, 0x4e71,
+    0x4e78, 0x4ee1, 0x4ef0, 0x4ef9, 0x4f10, 0x4f32, 0x4f81, 0x4f90, 0x4fa2, 0x4fd0,
+    0x4fe1, 0x4fe8, 0x5029, 0x5058, 0x5079, 0x5088, 0x5099, 0x5148, 0x5151, 0x5188,
+    0x5191, 0x51a0, 0x51a9, 0x51b8, 0x51c1, 0x51d0, 0x52c9, 0x52e8, 0x52f1, 0x52f8,
+    0x5332, 0x5380, 0x5391, 0x53a8, 0x5429, 0x5470, 0x5479, 0x5490, 0x5499, 0x5548,
+    0x5551, 0x5588, 0x5591, 0x55a0, 0x55a9, 0x55d0, 0x55e9, 0x55f0, 0x5681, 0x5688,
+    0x5701, 0x5710, 0x5732, 0x5780, 0x57c9, 0x57d0, 0x5829, 0x5868, 0x5879, 0x5888,
+    0x5899, 0x5948, 0x5951, 0x5988, 0x5991, 0x59a0, 0x59a9, 0x59d0, 0x59e9, 0x59f0,
+    0x5ae1, 0x5af0, 0x5af9, 0x5b10, 0x5b32, 0x5b80, 0x5b89, 0x5b92, 0x5bc0, 0x5c19,
+    0x5c20, 0x5c29, 0x5c58, 0x5c71, 0x5c88, 0x5c91, 0x5cb0, 0x5cc9, 0x5cd8, 0x5ce1,
+    0x5ce8, 0x5cf1, 0x5d00, 0x5d19, 0x5d28, 0x5d41, 0x5d58, 0x5d71, 0x5dd0, 0x5e81,
+    0x5e88, 0x5f32, 0x5f98, 0x6029, 0x6068, 0x6071, 0x6088, 0x6091, 0x6148, 0x6151,
+    0x61d0, 0x61e9, 0x61f0, 0x62c1, 0x62d8, 0x62e9, 0x62f0, 0x6301, 0x6310, 0x6332,
+    0x6380, 0x63c2, 0x63f8, 0x6401, 0x6408, 0x6429, 0x6468, 0x6471, 0x6488, 0x6491,
+    0x6548, 0x6551, 0x65a0, 0x65a9, 0x65d0, 0x65e9, 0x65f0, 0x66e9, 0x66f8, 0x6701,
+    0x6710, 0x6732, 0x6780, 0x6789, 0x6798, 0x6821, 0x6868, 0x6871, 0x6888, 0x6891,
+    0x69d8, 0x69e9, 0x69f0, 0x6a71, 0x6a78, 0x6aa1, 0x6ab8, 0x6ac2, 0x6af9, 0x6b10,
+    0x6b32, 0x6bc8, 0x6bd1, 0x6c00, 0x6c29, 0x6cb8, 0x6cd1, 0x6d90, 0x6d99, 0x6de0,
+    0x6de9, 0x6df0, 0x6e01, 0x6e38, 0x6f32, 0x6f80, 0x7009, 0x7188, 0x7191, 0x71a0,
+    0x7201, 0x7238, 0x7282, 0x72d0, 0x7409, 0x7418, 0x7421, 0x7428, 0x7431, 0x7458,
+    0x7461, 0x7520, 0x7529, 0x7530, 0x7539, 0x7588, 0x7591, 0x75a0, 0x75e9, 0x75f0,
+    0x7601, 0x7628, 0x7631, 0x7638, 0x7682, 0x76d0, 0x76e1, 0x7700, 0x7801, 0x7808,
+    0x7902, 0x79a0, 0x7a01, 0x7a40, 0x7a49, 0x7b68, 0x7c41, 0x7c68, 0x8001, 0x8158,
+    0x81f9, 0x8202, 0x8250, 0x8281, 0x82b0, 0x82d1, 0x82f0, 0x8309, 0x8310, 0x8329,
+    0x8338, 0x8371, 0x8388, 0x83a9, 0x8410, 0x8471, 0x8478, 0x8482, 0x84d0, 0x8501,
+    0x8630, 0x8639, 0x8640, 0x8669, 0x8670, 0x8681, 0x87d8, 0x87e1, 0x9248, 0x9251,
+    0x9270, 0x9281, 0x92b8, 0x92c1, 0x92c8, 0x92d1, 0x92f0, 0x9301, 0x9448, 0x9451,
+    0x9470, 0x9481, 0x9588, 0x9591, 0x95b0, 0x95c1, 0x95f8, 0x9601, 0x9608, 0x9611,
+    0x9630, 0x9641, 0x96b8, 0x96c1, 0x9888, 0x9891, 0x98b0, 0x98c1, 0x9ad8, 0x9b4a,
+    0x9be8, 0x9c01, 0x9c80, 0x9d01, 0x9fb0, 0x9fc1, 0x9ff0, 0xa009, 0xb368, 0xb379,
+    0xb404, 0xb409, 0xb4d8, 0xb501, 0xb758, 0xb772, 0xb789, 0xb7c8, 0xb801, 0xb890,
+    0xb8f9, 0xb990, 0xba01, 0xba90, 0xbb01, 0xbb68, 0xbb71, 0xbb88, 0xbc01, 0xbda0,
+    0xbeb9, 0xbec0, 0xbee1, 0xbee8, 0xbf02, 0xbf50, 0xbf82, 0xbfd0, 0xc082, 0xc0d0,
+    0xc101, 0xc3c8, 0xc401, 0xc428, 0xc439, 0xc548, 0xc551, 0xc558, 0xc581, 0xc7b0,
+    0xc801, 0xc8f8, 0xca32, 0xca81, 0xcb70, 0xcb81, 0xcba8, 0xcc01, 0xcd60, 0xcd81,
+    0xce50, 0xce82, 0xced8, 0xd001, 0xd0b8, 0xd101, 0xd2a8, 0xd402, 0xd450, 0xd482,
+    0xd4d0, 0xd539, 0xd540, 0xd829, 0xd9a0, 0xda29, 0xda68, 0xda82, 0xdad0, 0xdc19,
+    0xdd08, 0xdd71, 0xdd82, 0xddd1, 0xdf30, 0xe001, 0xe120, 0xe202, 0xe250, 0xe269,
+    0xe282, 0xe2d1, 0xe3f0, 0xe401, 0xe448, 0xe481, 0xe5d8, 0xe5e9, 0xe600, 0xe749,
+    0xe768, 0xe771, 0xe7a0, 0xe7a9, 0xe7b8, 0xe7d1, 0xe7d8, 0xe801, 0xee00, 0xf001,
+    0xf8b0, 0xf8c1, 0xf8f0, 0xf901, 0xfa30, 0xfa41, 0xfa70, 0xfa81, 0xfac0, 0xfac9,
+    0xfad0, 0xfad9, 0xfae0, 0xfae9, 0xfaf0, 0xfaf9, 0xfbf0, 0xfc01, 0xfda8, 0xfdb1,
+    0xfde8, 0xfdf1, 0xfdf8, 0xfe11, 0xfe28, 0xfe31, 0xfe68, 0xfe81, 0xfea0, 0xfeb1,
+    0xfee0, 0xff01, 0xff68, 0xff91, 0xffa8, 0xffb1, 0xffe8, 0x10004, 0x10058, 0x10144,
+    0x10150, 0x1017c, 0x10180, 0x102fc, 0x10300, 0x10382, 0x10389, 0x10390, 0x103a2, 0x103d0,
+    0x103f9, 0x10402, 0x10450, 0x10481, 0x104e8, 0x10811, 0x10818, 0x10839, 0x10840, 0x10851,
+    0x108a0, 0x108a9, 0x108b0, 0x108c9, 0x108f0, 0x10921, 0x10928, 0x10931, 0x10938, 0x10941,
+    0x10948, 0x10951, 0x10970, 0x10979, 0x109d0, 0x109e1, 0x10a00, 0x10a29, 0x10a50, 0x10a71,
+    0x10a78, 0x10a82, 0x10c19, 0x10c2a, 0x10c50, 0x12302, 0x124e0, 0x12752, 0x12800, 0x13bb2,
+    0x13ca0, 0x16001, 0x16728, 0x16759, 0x16778, 0x16791, 0x167a0, 0x167ea, 0x167f0, 0x16801,
+    0x16930, 0x16939, 0x16940, 0x16969, 0x16970, 0x16981, 0x16b40, 0x16b79, 0x16b80, 0x16c01,
+    0x16cb8, 0x16d01, 0x16d38, 0x16d41, 0x16d78, 0x16d81, 0x16db8, 0x16dc1, 0x16df8, 0x16e01,
+    0x16e38, 0x16e41, 0x16e78, 0x16e81, 0x16eb8, 0x16ec1, 0x16ef8, 0x17179, 0x17180, 0x18004,
+    0x18008, 0x18029, 0x1803a, 0x18040, 0x1810a, 0x18150, 0x18189, 0x181b0, 0x181c2, 0x181d9,
+    0x181e8, 0x18209, 0x184b8, 0x184e9, 0x18500, 0x18509, 0x187d8, 0x187e1, 0x18800, 0x18829,
+    0x18980, 0x18989, 0x18c78, 0x18c92, 0x18cb0, 0x18d01, 0x18e00, 0x18f81, 0x19000, 0x19102,
+    0x19150, 0x19242, 0x19280, 0x1928a, 0x19300, 0x19402, 0x19450, 0x1958a, 0x19600, 0x1a001,
+    0x26e00, 0x27001, 0x52468, 0x52681, 0x527f0, 0x52801, 0x53068, 0x53081, 0x53102, 0x53151,
+    0x53160, 0x53201, 0x53378, 0x533f9, 0x534f0, 0x53501, 0x53732, 0x53780, 0x538b9, 0x53900,
+    0x53911, 0x53c48, 0x53c59, 0x53e58, 0x53e81, 0x53e90, 0x53e99, 0x53ea0, 0x53ea9, 0x53ed0,
+    0x53f91, 0x54010, 0x54019, 0x54030, 0x54039, 0x54058, 0x54061, 0x54118, 0x54182, 0x541b0,
+    0x54201, 0x543a0, 0x54411, 0x545a0, 0x54682, 0x546d0, 0x54791, 0x547c0, 0x547d9, 0x547e0,
+    0x547e9, 0x547f8, 0x54802, 0x54851, 0x54930, 0x54981, 0x54a38, 0x54b01, 0x54be8, 0x54c21,
+    0x54d98, 0x54e79, 0x54e82, 0x54ed0, 0x54f01, 0x54f28, 0x54f31, 0x54f82, 0x54fd1, 0x54ff8,
+    0x55001, 0x55148, 0x55201, 0x55218, 0x55221, 0x55260, 0x55282, 0x552d0, 0x55301, 0x553b8,
+    0x553d1, 0x553d8, 0x553f1, 0x55580, 0x55589, 0x55590, 0x555a9, 0x555b8, 0x555c9, 0x555f0,
+    0x55601, 0x55608, 0x55611, 0x55618, 0x556d9, 0x556f0, 0x55701, 0x55758, 0x55791, 0x557a8,
+    0x55809, 0x55838, 0x55849, 0x55878, 0x55889, 0x558b8, 0x55901, 0x55938, 0x55941, 0x55978,
+    0x55981, 0x55ad8, 0x55ae1, 0x55b50, 0x55b81, 0x55f18, 0x55f82, 0x55fd0, 0x56001, 0x6bd20,
+    0x6bd81, 0x6be38, 0x6be59, 0x6bfe0, 0x7c801, 0x7d370, 0x7d381, 0x7d6d0, 0x7d801, 0x7d838,
+    0x7d899, 0x7d8c0, 0x7d8e9, 0x7d8f0, 0x7d8f9, 0x7d948, 0x7d951, 0x7d9b8, 0x7d9c1, 0x7d9e8,
+    0x7d9f1, 0x7d9f8, 0x7da01, 0x7da10, 0x7da19, 0x7da28, 0x7da31, 0x7dd90, 0x7de99, 0x7e9f0,
+    0x7ea81, 0x7ec80, 0x7ec91, 0x7ee40, 0x7ef81, 0x7efe0, 0x7f381, 0x7f3a8, 0x7f3b1, 0x7f7e8,
+    0x7f882, 0x7f8d0, 0x7f909, 0x7f9d8, 0x7fa09, 0x7fad8, 0x7fb31, 0x7fdf8, 0x7fe11, 0x7fe40,
+    0x7fe51, 0x7fe80, 0x7fe91, 0x7fec0, 0x7fed1, 0x7fee8, 0x80001, 0x80060, 0x80069, 0x80138,
+    0x80141, 0x801d8, 0x801e1, 0x801f0, 0x801f9, 0x80270, 0x80281, 0x802f0, 0x80401, 0x807d8,
+    0x8083a, 0x809a0, 0x80a02, 0x80bc8, 0x80c52, 0x80c60, 0x81401, 0x814e8, 0x81501, 0x81688,
+    0x8170a, 0x817e0, 0x81801, 0x81902, 0x81920, 0x81969, 0x81a0a, 0x81a11, 0x81a52, 0x81a58,
+    0x81a81, 0x81bb0, 0x81c01, 0x81cf0, 0x81d01, 0x81e20, 0x81e41, 0x81e80, 0x81e8a, 0x81eb0,
+    0x82001, 0x824f0, 0x82502, 0x82550, 0x82581, 0x826a0, 0x826c1, 0x827e0, 0x82801, 0x82940,
+    0x82981, 0x82b20, 0x82b81, 0x82bd8, 0x82be1, 0x82c58, 0x82c61, 0x82c98, 0x82ca1, 0x82cb0,
+    0x82cb9, 0x82d10, 0x82d19, 0x82d90, 0x82d99, 0x82dd0, 0x82dd9, 0x82de8, 0x83001, 0x839b8,
+    0x83a01, 0x83ab0, 0x83b01, 0x83b40, 0x83c01, 0x83c30, 0x83c39, 0x83d88, 0x83d91, 0x83dd8,
+    0x84001, 0x84030, 0x84041, 0x84048, 0x84051, 0x841b0, 0x841b9, 0x841c8, 0x841e1, 0x841e8,
+    0x841f9, 0x842b0, 0x842c2, 0x84301, 0x843b8, 0x843ca, 0x84401, 0x844f8, 0x8453a, 0x84580,
+    0x84701, 0x84798, 0x847a1, 0x847b0, 0x847da, 0x84801, 0x848b2, 0x848e0, 0x84901, 0x849d0,
+    0x84c01, 0x84dc0, 0x84de2, 0x84df1, 0x84e02, 0x84e80, 0x84e92, 0x85001, 0x85008, 0x85081,
+    0x850a0, 0x850a9, 0x850c0, 0x850c9, 0x851b0, 0x85202, 0x85248, 0x85301, 0x853ea, 0x853f8,
+    0x85401, 0x854ea, 0x85500, 0x85601, 0x85640, 0x85649, 0x85728, 0x8575a, 0x85780, 0x85801,
+    0x859b0, 0x85a01, 0x85ab0, 0x85ac2, 0x85b01, 0x85b98, 0x85bc2, 0x85c01, 0x85c90, 0x85d4a,
+    0x85d80, 0x86001, 0x86248, 0x86401, 0x86598, 0x86601, 0x86798, 0x867d2, 0x86801, 0x86920,
+    0x86982, 0x869d0, 0x87302, 0x873f8, 0x87401, 0x87550, 0x87581, 0x87590, 0x87801, 0x878ea,
+    0x87939, 0x87940, 0x87981, 0x87a30, 0x87a8a, 0x87aa8, 0x87b81, 0x87c10, 0x87d81, 0x87e2a,
+    0x87e60, 0x87f01, 0x87fb8, 0x88019, 0x881c0, 0x88292, 0x88380, 0x88389, 0x88398, 0x883a9,
+    0x883b0, 0x88419, 0x88580, 0x88681, 0x88748, 0x88782, 0x887d0, 0x88819, 0x88938, 0x889b2,
+    0x88a00, 0x88a21, 0x88a28, 0x88a39, 0x88a40, 0x88a81, 0x88b98, 0x88bb1, 0x88bb8, 0x88c19,
+    0x88d98, 0x88e09, 0x88e28, 0x88e82, 0x88ed1, 0x88ed8, 0x88ee1, 0x88ee8, 0x88f0a, 0x88fa8,
+    0x89001, 0x89090, 0x89099, 0x89160, 0x891f9, 0x89208, 0x89401, 0x89438, 0x89441, 0x89448,
+    0x89451, 0x89470, 0x89479, 0x894f0, 0x894f9, 0x89548, 0x89581, 0x896f8, 0x89782, 0x897d0,
+    0x89829, 0x89868, 0x89879, 0x89888, 0x89899, 0x89948, 0x89951, 0x89988, 0x89991, 0x899a0,
+    0x899a9, 0x899d0, 0x899e9, 0x899f0, 0x89a81, 0x89a88, 0x89ae9, 0x89b10, 0x8a001, 0x8a1a8,
+    0x8a239, 0x8a258, 0x8a282, 0x8a2d0, 0x8a2f9, 0x8a310, 0x8a401, 0x8a580, 0x8a621, 0x8a630,
+    0x8a639, 0x8a640, 0x8a682, 0x8a6d0, 0x8ac01, 0x8ad78, 0x8aec1, 0x8aee0, 0x8b001, 0x8b180,
+    0x8b221, 0x8b228, 0x8b282, 0x8b2d0, 0x8b401, 0x8b558, 0x8b5c1, 0x8b5c8, 0x8b602, 0x8b650,
+    0x8b801, 0x8b8d8, 0x8b982, 0x8b9e0, 0x8ba01, 0x8ba38, 0x8c001, 0x8c160, 0x8c501, 0x8c702,
+    0x8c798, 0x8c7f9, 0x8c838, 0x8c849, 0x8c850, 0x8c861, 0x8c8a0, 0x8c8a9, 0x8c8b8, 0x8c8c1,
+    0x8c980, 0x8c9f9, 0x8ca00, 0x8ca09, 0x8ca10, 0x8ca82, 0x8cad0, 0x8cd01, 0x8cd40, 0x8cd51,
+    0x8ce88, 0x8cf09, 0x8cf10, 0x8cf19, 0x8cf20, 0x8d001, 0x8d008, 0x8d059, 0x8d198, 0x8d1d1,
+    0x8d1d8, 0x8d281, 0x8d288, 0x8d2e1, 0x8d450, 0x8d4e9, 0x8d4f0, 0x8d581, 0x8d7c8, 0x8e001,
+    0x8e048, 0x8e051, 0x8e178, 0x8e201, 0x8e208, 0x8e282, 0x8e368, 0x8e391, 0x8e480, 0x8e801,
+    0x8e838, 0x8e841, 0x8e850, 0x8e859, 0x8e988, 0x8ea31, 0x8ea38, 0x8ea82, 0x8ead0, 0x8eb01,
+    0x8eb30, 0x8eb39, 0x8eb48, 0x8eb51, 0x8ec50, 0x8ecc1, 0x8ecc8, 0x8ed02, 0x8ed50, 0x8f701,
+    0x8f798, 0x8f811, 0x8f818, 0x8f821, 0x8f888, 0x8f891, 0x8f9a0, 0x8fa82, 0x8fad0, 0x8fd81,
+    0x8fd88, 0x8fe02, 0x8fea8, 0x90001, 0x91cd0, 0x92002, 0x92378, 0x92401, 0x92a20, 0x97c81,
+    0x97f88, 0x98001, 0x9a180, 0x9a209, 0x9a238, 0xa2001, 0xa3238, 0xb4001, 0xb51c8, 0xb5201,
+    0xb52f8, 0xb5302, 0xb5350, 0xb5381, 0xb55f8, 0xb5602, 0xb5650, 0xb5681, 0xb5770, 0xb5801,
+    0xb5980, 0xb5a01, 0xb5a20, 0xb5a82, 0xb5ad0, 0xb5ada, 0xb5b10, 0xb5b19, 0xb5bc0, 0xb5be9,
+    0xb5c80, 0xb7201, 0xb7402, 0xb74b8, 0xb7801, 0xb7a58, 0xb7a81, 0xb7a88, 0xb7c99, 0xb7d00,
+    0xb7f01, 0xb7f10, 0xb7f19, 0xb7f20, 0xb8001, 0xc3fc0, 0xc4001, 0xc66b0, 0xc6801, 0xc6848,
+    0xd7f81, 0xd7fa0, 0xd7fa9, 0xd7fe0, 0xd7fe9, 0xd7ff8, 0xd8001, 0xd8918, 0xd8991, 0xd8998,
+    0xd8a81, 0xd8a98, 0xd8aa9, 0xd8ab0, 0xd8b21, 0xd8b40, 0xd8b81, 0xd97e0, 0xde001, 0xde358,
+    0xde381, 0xde3e8, 0xde401, 0xde448, 0xde481, 0xde4d0, 0xe9602, 0xe96a0, 0xe9702, 0xe97a0,
+    0xe9b02, 0xe9bc8, 0xea001, 0xea2a8, 0xea2b1, 0xea4e8, 0xea4f1, 0xea500, 0xea511, 0xea518,
+    0xea529, 0xea538, 0xea549, 0xea568, 0xea571, 0xea5d0, 0xea5d9, 0xea5e0, 0xea5e9, 0xea620,
+    0xea629, 0xea830, 0xea839, 0xea858, 0xea869, 0xea8a8, 0xea8b1, 0xea8e8, 0xea8f1, 0xea9d0,
+    0xea9d9, 0xea9f8, 0xeaa01, 0xeaa28, 0xeaa31, 0xeaa38, 0xeaa51, 0xeaa88, 0xeaa91, 0xeb530,
+    0xeb541, 0xeb608, 0xeb611, 0xeb6d8, 0xeb6e1, 0xeb7d8, 0xeb7e1, 0xeb8a8, 0xeb8b1, 0xeb9a8,
+    0xeb9b1, 0xeba78, 0xeba81, 0xebb78, 0xebb81, 0xebc48, 0xebc51, 0xebd48, 0xebd51, 0xebe18,
+    0xebe21, 0xebe60, 0xebe72, 0xec000, 0xef801, 0xef8f8, 0xef929, 0xef958, 0xf0181, 0xf0370,
+    0xf0801, 0xf0968, 0xf09b9, 0xf09f0, 0xf0a02, 0xf0a50, 0xf0a71, 0xf0a78, 0xf1481, 0xf1570,
+    0xf1601, 0xf1760, 0xf1782, 0xf17d0, 0xf2681, 0xf2760, 0xf2782, 0xf27d0, 0xf3f01, 0xf3f38,
+    0xf3f41, 0xf3f60, 0xf3f69, 0xf3f78, 0xf3f81, 0xf3ff8, 0xf4001, 0xf4628, 0xf463a, 0xf4680,
+    0xf4801, 0xf4a20, 0xf4a59, 0xf4a60, 0xf4a82, 0xf4ad0, 0xf638a, 0xf6560, 0xf656a, 0xf6580,
+    0xf658a, 0xf65a8, 0xf680a, 0xf6970, 0xf697a, 0xf69f0, 0xf7001, 0xf7020, 0xf7029, 0xf7100,
+    0xf7109, 0xf7118, 0xf7121, 0xf7128, 0xf7139, 0xf7140, 0xf7149, 0xf7198, 0xf71a1, 0xf71c0,
+    0xf71c9, 0xf71d0, 0xf71d9, 0xf71e0, 0xf7211, 0xf7218, 0xf7239, 0xf7240, 0xf7249, 0xf7250,
+    0xf7259, 0xf7260, 0xf7269, 0xf7280, 0xf7289, 0xf7298, 0xf72a1, 0xf72a8, 0xf72b9, 0xf72c0,
+    0xf72c9, 0xf72d0, 0xf72d9, 0xf72e0, 0xf72e9, 0xf72f0, 0xf72f9, 0xf7300, 0xf7309, 0xf7318,
+    0xf7321, 0xf7328, 0xf7339, 0xf7358, 0xf7361, 0xf7398, 0xf73a1, 0xf73c0, 0xf73c9, 0xf73e8,
+    0xf73f1, 0xf73f8, 0xf7401, 0xf7450, 0xf7459, 0xf74e0, 0xf7509, 0xf7520, 0xf7529, 0xf7550,
+    0xf7559, 0xf75e0, 0xf8802, 0xf8868, 0xfdf82, 0xfdfd0, 0x100001, 0x153700, 0x153801, 0x15b9d0,
+    0x15ba01, 0x15c0f0, 0x15c101, 0x167510, 0x167581, 0x175f08, 0x17c001, 0x17d0f0, 0x180001, 0x189a58,
+    0x189a81, 0x191d80,
+};
+/* END GENERATED UNICODE TABLES */
+
+/* Layout: Unicode classes (generated), UTF-8 helpers, the tokenizer struct and its tables, loading
+   (model, added tokens, normalizer, pre-tokenizer, decoder, post-processor), the Llama 3 pre-tokenizer regex,
+   BPE, encoding, decoding (whole and streaming), the chat helper. */
+
+#define TE_LLAMA__UL 1u  /* \p{L} */
+#define TE_LLAMA__UN 2u  /* \p{N} */
+#define TE_LLAMA__UWS 4u /* \s: White_Space */
+
+static unsigned te_llama__uclass(uint32_t cp) {
+    size_t lo = 0, hi = sizeof te_llama__uni_runs / sizeof te_llama__uni_runs[0];
+    if (cp < 0x80) {
+        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return TE_LLAMA__UL;
+        if (cp >= '0' && cp <= '9') return TE_LLAMA__UN;
+        return (cp == ' ' || (cp >= 9 && cp <= 13)) ? TE_LLAMA__UWS : 0u;
+    }
+    while (hi - lo > 1) { /* the last run that starts at or before cp */
+        size_t mid = lo + (hi - lo) / 2;
+        if ((te_llama__uni_runs[mid] >> 3) <= cp) lo = mid;
+        else hi = mid;
+    }
+    return te_llama__uni_runs[lo] & 7u;
+}
+
+/* Decode the character at s of text already known to be valid UTF-8; *n gets its length. */
+static uint32_t te_llama__utf8_dec(const unsigned char *s, size_t *n) {
+    unsigned c = s[0];
+    if (c < 0x80) { *n = 1; return c; }
+    if (c < 0xe0) { *n = 2; return ((uint32_t)(c & 0x1f) << 6) | (s[1] & 0x3fu); }
+    if (c < 0xf0) { *n = 3; return ((uint32_t)(c & 0x0f) << 12) | ((uint32_t)(s[1] & 0x3f) << 6) | (s[2] & 0x3fu); }
+    *n = 4;
+    return ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3f) << 12) | ((uint32_t)(s[2] & 0x3f) << 6) | (s[3] & 0x3fu);
+}
+
+/* At s (n > 0 bytes): the length of the valid character there, or 0 with *bad the length of the maximal invalid
+   subpart (one U+FFFD, as from_utf8_lossy and Python's "replace" make it) and *cut set when that subpart is a
+   valid beginning cut off by the end of the bytes. */
+static size_t te_llama__utf8_scan(const unsigned char *s, size_t n, size_t *bad, int *cut) {
+    unsigned c = s[0], lo = 0x80, hi = 0xbf;
+    size_t need, i;
+    *cut = 0;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) need = 1;
+    else if (c >= 0xe0 && c <= 0xef) { need = 2; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
+    else if (c >= 0xf0 && c <= 0xf4) { need = 3; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
+    else { *bad = 1; return 0; }
+    for (i = 1; i <= need; i++) {
+        if (i >= n) { *bad = i; *cut = 1; return 0; }
+        if (s[i] < lo || s[i] > hi) { *bad = i; return 0; }
+        lo = 0x80; hi = 0xbf;
+    }
+    return need + 1;
+}
+
+/* Grow *p (elements of size elem, capacity *cap) to hold need elements; 0 on overflow or no memory. */
+static int te_llama__grow(const te_llama_allocator *a, void **p, size_t *cap, size_t need, size_t elem) {
+    size_t c = *cap ? *cap : 16;
+    void *q;
+    if (need <= *cap) return 1;
+    while (c < need) {
+        if (c > ((size_t)-1) / 2) return 0;
+        c *= 2;
+    }
+    if (c > ((size_t)-1) / elem) return 0;
+    q = te_llama__realloc(a, *p, c * elem);
+    if (!q) return 0;
+    *p = q;
+    *cap = c;
+    return 1;
+}
+
+/* Bytes, growable; failed sticks. */
+typedef struct te_llama__bytes {
+    char *data;
+    size_t len, cap;
+    int failed;
+} te_llama__bytes;
+
+static void te_llama__bytes_put(const te_llama_allocator *a, te_llama__bytes *b, const void *s, size_t n) {
+    if (b->failed) return;
+    if (n > ((size_t)-1) - b->len - 1 || !te_llama__grow(a, (void **)&b->data, &b->cap, b->len + n + 1, 1)) {
+        b->failed = 1;
+        return;
+    }
+    if (n) memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+/* Append s as valid UTF-8, each maximal invalid subpart replaced by U+FFFD. */
+static void te_llama__bytes_put_lossy(const te_llama_allocator *a, te_llama__bytes *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, run = 0;
+    while (i < n) {
+        size_t bad = 0, k;
+        int cut;
+        if (u[i] < 0x80) { i++; continue; }
+        k = te_llama__utf8_scan(u + i, n - i, &bad, &cut);
+        if (k) { i += k; continue; }
+        te_llama__bytes_put(a, b, s + run, i - run);
+        te_llama__bytes_put(a, b, "\xef\xbf\xbd", 3);
+        i += bad;
+        run = i;
+    }
+    te_llama__bytes_put(a, b, s + run, n - run);
+}
+
+static uint64_t te_llama__hash_str(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+static uint64_t te_llama__hash_u64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return k;
+}
+
+/* ------------------------------------------------------------------------------------------ tokenizer struct */
+
+#define TE_LLAMA__TOK_MAX_VOCAB (1u << 24)
+#define TE_LLAMA__TOK_MAX_STEPS 16
+#define TE_LLAMA__TOK_MAX_TEMPLATE 16
+#define TE_LLAMA__TOK_MODEL 1u   /* tok_flags: in the model vocabulary */
+#define TE_LLAMA__TOK_ADDED 2u   /* an added token */
+#define TE_LLAMA__TOK_SPECIAL 4u /* a special added token */
+
+enum {
+    TE_LLAMA__STEP_PREPEND = 1, /* normalizer Prepend(a) */
+    TE_LLAMA__STEP_REPLACE,     /* normalizer or decoder Replace(a -> b), a plain string */
+    TE_LLAMA__STEP_BYTE_LEVEL,  /* decoder */
+    TE_LLAMA__STEP_BYTE_FALLBACK,
+    TE_LLAMA__STEP_FUSE,
+    TE_LLAMA__STEP_STRIP        /* Strip(a, start, stop) */
+};
+
+typedef struct te_llama__tok_step {
+    int kind;
+    uint32_t a_off, a_len, b_off, b_len; /* strings in the arena */
+    int start, stop;
+} te_llama__tok_step;
+
+typedef struct te_llama__tok_added {
+    int32_t id;
+    uint32_t off, len; /* content; for a normalized token, the normalized content */
+    uint8_t special, lstrip, rstrip, normalized, first;
+} te_llama__tok_added;
+
+struct te_llama_tokenizer {
+    te_llama_allocator allocator;
+    char *arena;                /* every string, back to back */
+    size_t arena_len, arena_cap;
+    size_t n_vocab;             /* largest id + 1 */
+    uint32_t *tok_off, *tok_len; /* (n_vocab) what decode reads: the added token's content, else the model's */
+    uint32_t *v_off, *v_len;    /* (n_vocab) the model vocabulary's string */
+    uint8_t *tok_flags;         /* (n_vocab) TE_LLAMA__TOK_* */
+    uint32_t *vocab_slots;      /* model vocabulary hash: id + 1, 0 empty */
+    size_t vocab_mask;
+    uint64_t *merge_keys;       /* merges hash: (left << 32 | right), UINT64_MAX empty */
+    uint32_t *merge_rank, *merge_new;
+    size_t merge_mask, n_merges;
+    int32_t char_ids[512];      /* the id of each one-character token below U+0200, -1 when none */
+    int32_t fallback_ids[256];  /* the id of <0xNN>, -1 when none */
+    int32_t unk_id;             /* -1: no unk token */
+    int unk_missing;            /* unk_token named but not in the vocabulary: an error when needed, as in HF */
+    int fuse_unk, byte_fallback, ignore_merges;
+    int split_llama3, byte_level; /* pre-tokenizers */
+    uint16_t bl_map[256];       /* GPT-2 bytes_to_unicode */
+    int16_t bl_unmap[324];      /* its inverse, -1 elsewhere */
+    te_llama__tok_step norm[TE_LLAMA__TOK_MAX_STEPS];
+    int n_norm;
+    te_llama__tok_step dec[TE_LLAMA__TOK_MAX_STEPS];
+    int n_dec, has_decoder;
+    te_llama__tok_added *added; /* sorted by first byte, longest first */
+    size_t n_added;
+    uint32_t added_first[257];  /* added[added_first[b] .. added_first[b+1]) begin with byte b */
+    int32_t tmpl_pre[TE_LLAMA__TOK_MAX_TEMPLATE], tmpl_post[TE_LLAMA__TOK_MAX_TEMPLATE];
+    int n_pre, n_post;
+    int32_t bos_id, eos_id;
+};
+
+static te_llama_result te_llama__arena_put(te_llama_tokenizer *t, const char *s, size_t n, uint32_t *off) {
+    if (n > 0xffffffffu - t->arena_len - 1)
+        return te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer strings exceed 4 GB");
+    if (!te_llama__grow(&t->allocator, (void **)&t->arena, &t->arena_cap, t->arena_len + n + 1, 1))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer strings (%zu bytes)", t->arena_len + n + 1);
+    if (n) memcpy(t->arena + t->arena_len, s, n);
+    *off = (uint32_t)t->arena_len;
+    t->arena_len += n;
+    t->arena[t->arena_len] = 0;
+    return TE_LLAMA_OK;
+}
+
+/* Put a JSON string token's decoded text in the arena. */
+static te_llama_result te_llama__arena_json(te_llama_tokenizer *t, const te_llama_json *j, size_t tok, uint32_t *off,
+                                            uint32_t *len) {
+    const te_llama_json_token *k = &j->tokens[tok];
+    size_t n;
+    te_llama_result r;
+    if (k->type != TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: expected a string at byte %u", k->start);
+    if (!k->escaped) {
+        r = te_llama__arena_put(t, j->text + k->start, k->end - k->start, off);
+        if (!r) *len = k->end - k->start;
+        return r;
+    }
+    n = te_llama__json_decode(j->text, k->start, k->end, NULL, 0); /* escapes only shrink; n <= raw length */
+    r = te_llama__arena_put(t, j->text + k->start, n, off);         /* reserve n bytes, then decode over them */
+    if (r) return r;
+    te_llama__json_decode(j->text, k->start, k->end, t->arena + *off, n);
+    *len = (uint32_t)n;
+    return TE_LLAMA_OK;
+}
+
+
+static int32_t te_llama__vocab_find(const te_llama_tokenizer *t, const char *s, size_t n) {
+    size_t i = (size_t)te_llama__hash_str(s, n) & t->vocab_mask;
+    for (;; i = (i + 1) & t->vocab_mask) {
+        uint32_t v = t->vocab_slots[i];
+        if (!v) return -1;
+        if (t->v_len[v - 1] == n && memcmp(t->arena + t->v_off[v - 1], s, n) == 0) return (int32_t)(v - 1);
+    }
+}
+
+/* The slot of merge (a, b), or of the empty slot where it would go. */
+static size_t te_llama__merge_slot(const te_llama_tokenizer *t, int32_t a, int32_t b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t i = (size_t)te_llama__hash_u64(key) & t->merge_mask;
+    while (t->merge_keys[i] != key && t->merge_keys[i] != UINT64_MAX) i = (i + 1) & t->merge_mask;
+    return i;
+}
+
+/* Whether the JSON value at tok is null or absent (0). */
+static int te_llama__json_null(const te_llama_json *j, size_t tok) {
+    return tok == 0 || j->tokens[tok].type == TE_LLAMA_JSON_NULL;
+}
+static te_llama_result te_llama__json_bool(const te_llama_json *j, size_t tok, int dflt, int *out, const char *what) {
+    if (te_llama__json_null(j, tok)) { *out = dflt; return TE_LLAMA_OK; }
+    if (j->tokens[tok].type == TE_LLAMA_JSON_TRUE) { *out = 1; return TE_LLAMA_OK; }
+    if (j->tokens[tok].type == TE_LLAMA_JSON_FALSE) { *out = 0; return TE_LLAMA_OK; }
+    return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s should be true or false (byte %u)", what,
+                          j->tokens[tok].start);
+}
+/* The "type" of a component object, for messages: copied into buf. */
+static te_llama_result te_llama__json_type(const te_llama_json *j, size_t obj, const char *what, char *buf, size_t cap) {
+    size_t ty;
+    if (j->tokens[obj].type != TE_LLAMA_JSON_OBJECT)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s is not an object (byte %u)", what,
+                              j->tokens[obj].start);
+    ty = te_llama_json_get(j, obj, "type");
+    if (!ty || j->tokens[ty].type != TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s has no \"type\" (byte %u)", what,
+                              j->tokens[obj].start);
+    if (te_llama_json_string(j, ty, buf, cap, NULL))
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: %s of an unknown type", what);
+    return TE_LLAMA_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ tokenizer loading */
+
+#define TE_LLAMA__LLAMA3_REGEX                                                                                    \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"      \
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+
+static void te_llama__normalize(const te_llama_tokenizer *t, const char *s, size_t n, te_llama__bytes *out,
+                                te_llama__bytes *tmp);
+
+/* A string member of obj into the arena; missing or not a string is a schema error. */
+static te_llama_result te_llama__tok_member_str(te_llama_tokenizer *t, const te_llama_json *j, size_t obj,
+                                                const char *key, const char *what, uint32_t *off, uint32_t *len) {
+    size_t v = te_llama_json_get(j, obj, key);
+    if (!v || j->tokens[v].type != TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s needs a string \"%s\" (byte %u)", what, key,
+                              j->tokens[obj].start);
+    return te_llama__arena_json(t, j, v, off, len);
+}
+
+/* Replace's pattern: {"String": s}; a regex is not supported. */
+static te_llama_result te_llama__tok_pattern(te_llama_tokenizer *t, const te_llama_json *j, size_t obj, const char *what,
+                                             te_llama__tok_step *st) {
+    size_t p = te_llama_json_get(j, obj, "pattern"), s;
+    te_llama_result r;
+    if (!p || j->tokens[p].type != TE_LLAMA_JSON_OBJECT)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s needs a \"pattern\" object", what);
+    s = te_llama_json_get(j, p, "String");
+    if (!s) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: %s with a regex pattern is not supported", what);
+    if (j->tokens[s].type != TE_LLAMA_JSON_STRING)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: %s pattern is not a string", what);
+    if ((r = te_llama__arena_json(t, j, s, &st->a_off, &st->a_len))) return r;
+    if (!st->a_len) return te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer.json: %s with an empty pattern", what);
+    return te_llama__tok_member_str(t, j, obj, "content", what, &st->b_off, &st->b_len);
+}
+
+static te_llama_result te_llama__tok_step_add(te_llama__tok_step *steps, int *n, const char *what, te_llama__tok_step **out) {
+    if (*n >= TE_LLAMA__TOK_MAX_STEPS)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: more than %d %s steps", TE_LLAMA__TOK_MAX_STEPS, what);
+    *out = &steps[(*n)++];
+    memset(*out, 0, sizeof **out);
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__tok_normalizer(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
+    char type[64];
+    te_llama__tok_step *st = NULL;
+    te_llama_result r;
+    if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
+    if ((r = te_llama__json_type(j, v, "normalizer", type, sizeof type))) return r;
+    if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        size_t arr = te_llama_json_get(j, v, "normalizers"), k, e;
+        if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: normalizer Sequence needs \"normalizers\"");
+        for (k = 0, e = arr + 1; k < j->tokens[arr].size; k++, e = j->tokens[e].next)
+            if ((r = te_llama__tok_normalizer(t, j, e, depth + 1))) return r;
+        return TE_LLAMA_OK;
+    }
+    if (strcmp(type, "Prepend") == 0) {
+        if ((r = te_llama__tok_step_add(t->norm, &t->n_norm, "normalizer", &st))) return r;
+        st->kind = TE_LLAMA__STEP_PREPEND;
+        return te_llama__tok_member_str(t, j, v, "prepend", "normalizer Prepend", &st->a_off, &st->a_len);
+    }
+    if (strcmp(type, "Replace") == 0) {
+        if ((r = te_llama__tok_step_add(t->norm, &t->n_norm, "normalizer", &st))) return r;
+        st->kind = TE_LLAMA__STEP_REPLACE;
+        return te_llama__tok_pattern(t, j, v, "normalizer Replace", st);
+    }
+    return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: normalizer %s is not supported", type);
+}
+
+static te_llama_result te_llama__tok_decoder(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
+    char type[64];
+    te_llama__tok_step *st = NULL;
+    te_llama_result r;
+    if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
+    t->has_decoder = 1;
+    if ((r = te_llama__json_type(j, v, "decoder", type, sizeof type))) return r;
+    if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        size_t arr = te_llama_json_get(j, v, "decoders"), k, e;
+        if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: decoder Sequence needs \"decoders\"");
+        for (k = 0, e = arr + 1; k < j->tokens[arr].size; k++, e = j->tokens[e].next)
+            if ((r = te_llama__tok_decoder(t, j, e, depth + 1))) return r;
+        return TE_LLAMA_OK;
+    }
+    if ((r = te_llama__tok_step_add(t->dec, &t->n_dec, "decoder", &st))) return r;
+    if (strcmp(type, "ByteLevel") == 0) { st->kind = TE_LLAMA__STEP_BYTE_LEVEL; return TE_LLAMA_OK; }
+    if (strcmp(type, "ByteFallback") == 0) { st->kind = TE_LLAMA__STEP_BYTE_FALLBACK; return TE_LLAMA_OK; }
+    if (strcmp(type, "Fuse") == 0) { st->kind = TE_LLAMA__STEP_FUSE; return TE_LLAMA_OK; }
+    if (strcmp(type, "Replace") == 0) { st->kind = TE_LLAMA__STEP_REPLACE; return te_llama__tok_pattern(t, j, v, "decoder Replace", st); }
+    if (strcmp(type, "Strip") == 0) {
+        int64_t a, b;
+        size_t len;
+        st->kind = TE_LLAMA__STEP_STRIP;
+        if ((r = te_llama__tok_member_str(t, j, v, "content", "decoder Strip", &st->a_off, &st->a_len))) return r;
+        if (te_llama_json_int64(j, te_llama_json_get(j, v, "start"), &a) || te_llama_json_int64(j, te_llama_json_get(j, v, "stop"), &b))
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: decoder Strip needs integers start and stop");
+        if (a < 0 || b < 0 || a > 1000000 || b > 1000000)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "tokenizer.json: decoder Strip start %lld stop %lld", (long long)a, (long long)b);
+        if (!st->a_len || te_llama__utf8_len((const unsigned char *)t->arena + st->a_off, st->a_len) != (int)st->a_len)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: decoder Strip content is not one character");
+        (void)len;
+        st->start = (int)a;
+        st->stop = (int)b;
+        return TE_LLAMA_OK;
+    }
+    return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: decoder %s is not supported", type);
+}
+
+/* Pre-tokenizers: the Llama 3 Split, then optionally ByteLevel (which must come last). */
+static te_llama_result te_llama__tok_pretokenizer(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
+    char type[64];
+    te_llama_result r;
+    int flag;
+    if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
+    if ((r = te_llama__json_type(j, v, "pre_tokenizer", type, sizeof type))) return r;
+    if (t->byte_level)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: pre-tokenizer %s after ByteLevel is not supported", type);
+    if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        size_t arr = te_llama_json_get(j, v, "pretokenizers"), k, e;
+        if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: pre_tokenizer Sequence needs \"pretokenizers\"");
+        for (k = 0, e = arr + 1; k < j->tokens[arr].size; k++, e = j->tokens[e].next)
+            if ((r = te_llama__tok_pretokenizer(t, j, e, depth + 1))) return r;
+        return TE_LLAMA_OK;
+    }
+    if (strcmp(type, "Split") == 0) {
+        size_t p = te_llama_json_get(j, v, "pattern"), re = p ? te_llama_json_get(j, p, "Regex") : 0;
+        if (!re || !te_llama_json_equals(j, re, TE_LLAMA__LLAMA3_REGEX))
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: Split pre-tokenizer: only the Llama 3 regex is supported (byte %u)", j->tokens[v].start);
+        if (!te_llama_json_equals(j, te_llama_json_get(j, v, "behavior"), "Isolated"))
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: Split pre-tokenizer: only behavior Isolated is supported");
+        if ((r = te_llama__json_bool(j, te_llama_json_get(j, v, "invert"), 0, &flag, "Split invert"))) return r;
+        if (flag) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: Split pre-tokenizer with invert is not supported");
+        if (t->split_llama3) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: two Split pre-tokenizers");
+        t->split_llama3 = 1;
+        return TE_LLAMA_OK;
+    }
+    if (strcmp(type, "ByteLevel") == 0) {
+        if ((r = te_llama__json_bool(j, te_llama_json_get(j, v, "add_prefix_space"), 1, &flag, "ByteLevel add_prefix_space"))) return r;
+        if (flag) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: ByteLevel pre-tokenizer with add_prefix_space is not supported");
+        if ((r = te_llama__json_bool(j, te_llama_json_get(j, v, "use_regex"), 1, &flag, "ByteLevel use_regex"))) return r;
+        if (flag) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: ByteLevel pre-tokenizer with use_regex (the GPT-2 regex) is not supported");
+        t->byte_level = 1;
+        return TE_LLAMA_OK;
+    }
+    return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: pre-tokenizer %s is not supported", type);
+}
+
+static te_llama_result te_llama__tok_template_ids(te_llama_tokenizer *t, const te_llama_json *j, size_t specials,
+                                                  size_t name, int32_t *ids, int *n) {
+    size_t s = 0, arr, k, e;
+    char buf[256];
+    (void)t;
+    if (specials && j->tokens[name].type == TE_LLAMA_JSON_STRING && !te_llama_json_string(j, name, buf, sizeof buf, NULL))
+        s = te_llama_json_get(j, specials, buf);
+    arr = s ? te_llama_json_get(j, s, "ids") : 0;
+    if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: TemplateProcessing special token at byte %u has no ids", j->tokens[name].start);
+    for (k = 0, e = arr + 1; k < j->tokens[arr].size; k++, e = j->tokens[e].next) {
+        int64_t id;
+        te_llama_result r = te_llama_json_int64(j, e, &id);
+        if (r) return r;
+        if (id < 0 || id >= (int64_t)TE_LLAMA__TOK_MAX_VOCAB)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "tokenizer.json: TemplateProcessing id %lld", (long long)id);
+        if (*n >= TE_LLAMA__TOK_MAX_TEMPLATE)
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: TemplateProcessing with more than %d special ids", TE_LLAMA__TOK_MAX_TEMPLATE);
+        ids[(*n)++] = (int32_t)id;
+    }
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__tok_post(te_llama_tokenizer *t, const te_llama_json *j, size_t v, int depth) {
+    char type[64];
+    te_llama_result r;
+    if (te_llama__json_null(j, v)) return TE_LLAMA_OK;
+    if ((r = te_llama__json_type(j, v, "post_processor", type, sizeof type))) return r;
+    if (strcmp(type, "Sequence") == 0 && depth < 4) {
+        size_t arr = te_llama_json_get(j, v, "processors"), k, e;
+        if (!arr || j->tokens[arr].type != TE_LLAMA_JSON_ARRAY)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: post_processor Sequence needs \"processors\"");
+        for (k = 0, e = arr + 1; k < j->tokens[arr].size; k++, e = j->tokens[e].next)
+            if ((r = te_llama__tok_post(t, j, e, depth + 1))) return r;
+        return TE_LLAMA_OK;
+    }
+    if (strcmp(type, "ByteLevel") == 0) return TE_LLAMA_OK; /* only trims offsets: ids are unchanged */
+    if (strcmp(type, "TemplateProcessing") == 0) {
+        size_t single = te_llama_json_get(j, v, "single"), specials = te_llama_json_get(j, v, "special_tokens"), k, e;
+        int seen_a = 0;
+        if (t->n_pre || t->n_post)
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: two TemplateProcessing post-processors");
+        if (!single || j->tokens[single].type != TE_LLAMA_JSON_ARRAY)
+            return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: TemplateProcessing needs a \"single\" array");
+        for (k = 0, e = single + 1; k < j->tokens[single].size; k++, e = j->tokens[e].next) {
+            size_t sp = te_llama_json_get(j, e, "SpecialToken"), sq = te_llama_json_get(j, e, "Sequence");
+            if (sp) {
+                if ((r = te_llama__tok_template_ids(t, j, specials, te_llama_json_get(j, sp, "id"), seen_a ? t->tmpl_post : t->tmpl_pre,
+                                                    seen_a ? &t->n_post : &t->n_pre)))
+                    return r;
+            } else if (sq && !seen_a && te_llama_json_equals(j, te_llama_json_get(j, sq, "id"), "A")) {
+                seen_a = 1;
+            } else {
+                return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: TemplateProcessing \"single\" item at byte %u", j->tokens[e].start);
+            }
+        }
+        if (!seen_a) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: TemplateProcessing without the sequence");
+        return TE_LLAMA_OK;
+    }
+    return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: post-processor %s is not supported", type);
+}
+
+/* Added tokens sort by first byte, then longest first: the first that matches at a position is the longest. */
+static int te_llama__added_cmp(const void *pa, const void *pb) {
+    const te_llama__tok_added *a = (const te_llama__tok_added *)pa, *b = (const te_llama__tok_added *)pb;
+    if (a->first != b->first) return a->first < b->first ? -1 : 1;
+    if (a->len != b->len) return a->len > b->len ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* The model: BPE only. Reads vocab and merges; fills the id tables. */
+static te_llama_result te_llama__tok_model(te_llama_tokenizer *t, const te_llama_json *j, size_t model, size_t added) {
+    char type[64];
+    size_t vocab, merges, k, e, cap, n_entries;
+    int64_t max_id = -1;
+    te_llama_result r;
+    int flag;
+    te_llama__bytes tmp;
+    if (!model) return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: no \"model\"");
+    if ((r = te_llama__json_type(j, model, "model", type, sizeof type))) return r;
+    if (strcmp(type, "BPE") != 0)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: tokenizer model %s is not supported (only BPE)", type);
+    {
+        size_t v = te_llama_json_get(j, model, "dropout");
+        double d = 0;
+        if (!te_llama__json_null(j, v) && (te_llama_json_double(j, v, &d) || d != 0.0))
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: BPE dropout is not supported");
+        v = te_llama_json_get(j, model, "continuing_subword_prefix");
+        if (!te_llama__json_null(j, v) && !te_llama_json_equals(j, v, ""))
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: BPE continuing_subword_prefix is not supported");
+        v = te_llama_json_get(j, model, "end_of_word_suffix");
+        if (!te_llama__json_null(j, v) && !te_llama_json_equals(j, v, ""))
+            return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: BPE end_of_word_suffix is not supported");
+    }
+    if ((r = te_llama__json_bool(j, te_llama_json_get(j, model, "fuse_unk"), 0, &t->fuse_unk, "fuse_unk"))) return r;
+    if ((r = te_llama__json_bool(j, te_llama_json_get(j, model, "byte_fallback"), 0, &t->byte_fallback, "byte_fallback"))) return r;
+    if ((r = te_llama__json_bool(j, te_llama_json_get(j, model, "ignore_merges"), 0, &t->ignore_merges, "ignore_merges"))) return r;
+    vocab = te_llama_json_get(j, model, "vocab");
+    merges = te_llama_json_get(j, model, "merges");
+    if (!vocab || j->tokens[vocab].type != TE_LLAMA_JSON_OBJECT)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: BPE model needs a \"vocab\" object");
+    if (!merges || j->tokens[merges].type != TE_LLAMA_JSON_ARRAY)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: BPE model needs a \"merges\" array");
+
+    /* ids: the largest of the vocabulary and the added tokens sizes the tables */
+    n_entries = j->tokens[vocab].size;
+    for (k = 0, e = vocab + 1; k < n_entries; k++, e = j->tokens[e + 1].next) {
+        int64_t id;
+        if ((r = te_llama_json_int64(j, e + 1, &id))) return r;
+        if (id < 0 || id >= (int64_t)TE_LLAMA__TOK_MAX_VOCAB)
+            return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "tokenizer.json: vocabulary id %lld (byte %u)", (long long)id, j->tokens[e + 1].start);
+        if (id > max_id) max_id = id;
+    }
+    if (added) {
+        for (k = 0, e = added + 1; k < j->tokens[added].size; k++, e = j->tokens[e].next) {
+            int64_t id;
+            if ((r = te_llama_json_int64(j, te_llama_json_get(j, e, "id"), &id))) return r;
+            if (id < 0 || id >= (int64_t)TE_LLAMA__TOK_MAX_VOCAB)
+                return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "tokenizer.json: added token id %lld", (long long)id);
+            if (id > max_id) max_id = id;
+        }
+    }
+    t->n_vocab = (size_t)(max_id + 1);
+    t->tok_off = (uint32_t *)te_llama__calloc(&t->allocator, t->n_vocab * sizeof *t->tok_off);
+    t->tok_len = (uint32_t *)te_llama__calloc(&t->allocator, t->n_vocab * sizeof *t->tok_len);
+    t->v_off = (uint32_t *)te_llama__calloc(&t->allocator, t->n_vocab * sizeof *t->v_off);
+    t->v_len = (uint32_t *)te_llama__calloc(&t->allocator, t->n_vocab * sizeof *t->v_len);
+    t->tok_flags = (uint8_t *)te_llama__calloc(&t->allocator, t->n_vocab);
+    for (cap = 16; cap < 2 * n_entries + 2; cap *= 2) {}
+    t->vocab_slots = (uint32_t *)te_llama__calloc(&t->allocator, cap * sizeof *t->vocab_slots);
+    t->vocab_mask = cap - 1;
+    if (!t->tok_off || !t->tok_len || !t->v_off || !t->v_len || !t->tok_flags || !t->vocab_slots)
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer vocabulary (%zu ids)", t->n_vocab);
+    for (k = 0, e = vocab + 1; k < n_entries; k++, e = j->tokens[e + 1].next) {
+        int64_t id;
+        uint32_t off, len;
+        size_t i;
+        te_llama_json_int64(j, e + 1, &id);
+        if (t->tok_flags[id] & TE_LLAMA__TOK_MODEL)
+            return te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer.json: vocabulary id %lld given twice (byte %u)", (long long)id, j->tokens[e].start);
+        if ((r = te_llama__arena_json(t, j, e, &off, &len))) return r;
+        t->tok_flags[id] |= TE_LLAMA__TOK_MODEL;
+        t->v_off[id] = t->tok_off[id] = off;
+        t->v_len[id] = t->tok_len[id] = len;
+        i = (size_t)te_llama__hash_str(t->arena + off, len) & t->vocab_mask;
+        while (t->vocab_slots[i]) i = (i + 1) & t->vocab_mask;
+        t->vocab_slots[i] = (uint32_t)id + 1;
+    }
+    {
+        size_t v = te_llama_json_get(j, model, "unk_token");
+        t->unk_id = -1;
+        if (!te_llama__json_null(j, v)) {
+            char buf[256];
+            size_t n;
+            if (te_llama_json_string(j, v, buf, sizeof buf, &n))
+                return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: bad unk_token");
+            t->unk_id = te_llama__vocab_find(t, buf, n);
+            t->unk_missing = t->unk_id < 0;
+        }
+    }
+
+    /* merges: (left id, right id) -> (rank, merged id), both spellings: "a b" and ["a", "b"] */
+    t->n_merges = j->tokens[merges].size;
+    for (cap = 16; cap < 2 * t->n_merges + 2; cap *= 2) {}
+    t->merge_keys = (uint64_t *)te_llama__alloc(&t->allocator, cap * sizeof *t->merge_keys);
+    t->merge_rank = (uint32_t *)te_llama__alloc(&t->allocator, cap * sizeof *t->merge_rank);
+    t->merge_new = (uint32_t *)te_llama__alloc(&t->allocator, cap * sizeof *t->merge_new);
+    if (!t->merge_keys || !t->merge_rank || !t->merge_new)
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer merges (%zu)", t->n_merges);
+    memset(t->merge_keys, 0xff, cap * sizeof *t->merge_keys);
+    t->merge_mask = cap - 1;
+    memset(&tmp, 0, sizeof tmp);
+    r = TE_LLAMA_OK;
+    for (k = 0, e = merges + 1; k < t->n_merges && !r; k++, e = j->tokens[e].next) {
+        const te_llama_json_token *m = &j->tokens[e];
+        size_t la, lb, n, sp;
+        int32_t a, b, c;
+        tmp.len = 0;
+        if (m->type == TE_LLAMA_JSON_STRING) {
+            n = m->escaped ? te_llama__json_decode(j->text, m->start, m->end, NULL, 0) : (size_t)(m->end - m->start);
+            if (!te_llama__grow(&t->allocator, (void **)&tmp.data, &tmp.cap, n + 1, 1)) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer merges"); break; }
+            if (m->escaped) te_llama__json_decode(j->text, m->start, m->end, tmp.data, n);
+            else memcpy(tmp.data, j->text + m->start, n);
+            for (sp = 0; sp < n && tmp.data[sp] != ' '; sp++) {}
+            if (sp == n || memchr(tmp.data + sp + 1, ' ', n - sp - 1)) {
+                r = te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer.json: merge %zu \"%.*s\" is not two tokens", k, (int)(n > 64 ? 64 : n), tmp.data);
+                break;
+            }
+            la = sp;
+            lb = n - sp - 1;
+            memmove(tmp.data + sp, tmp.data + sp + 1, lb); /* "a b" -> "ab": a at 0, b at la */
+        } else if (m->type == TE_LLAMA_JSON_ARRAY && m->size == 2) {
+            const te_llama_json_token *x = &j->tokens[e + 1], *y = &j->tokens[x->next];
+            if (x->type != TE_LLAMA_JSON_STRING || y->type != TE_LLAMA_JSON_STRING) {
+                r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: merge %zu is not two strings", k);
+                break;
+            }
+            la = te_llama__json_decode(j->text, x->start, x->end, NULL, 0);
+            lb = te_llama__json_decode(j->text, y->start, y->end, NULL, 0);
+            if (!te_llama__grow(&t->allocator, (void **)&tmp.data, &tmp.cap, la + lb + 1, 1)) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer merges"); break; }
+            te_llama__json_decode(j->text, x->start, x->end, tmp.data, la);
+            te_llama__json_decode(j->text, y->start, y->end, tmp.data + la, lb);
+        } else {
+            r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: merge %zu is neither \"a b\" nor [a, b] (byte %u)", k, m->start);
+            break;
+        }
+        a = te_llama__vocab_find(t, tmp.data, la);
+        b = te_llama__vocab_find(t, tmp.data + la, lb);
+        c = te_llama__vocab_find(t, tmp.data, la + lb);
+        if (a < 0 || b < 0 || c < 0) {
+            r = te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "tokenizer.json: merge %zu (\"%.*s\" + \"%.*s\") names a token not in the vocabulary", k,
+                               (int)(la > 64 ? 64 : la), tmp.data, (int)(lb > 64 ? 64 : lb), tmp.data + la);
+            break;
+        }
+        {
+            size_t s = te_llama__merge_slot(t, a, b);
+            t->merge_keys[s] = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; /* a repeated merge takes the later rank, as in HF */
+            t->merge_rank[s] = (uint32_t)k;
+            t->merge_new[s] = (uint32_t)c;
+        }
+    }
+    te_llama__free(&t->allocator, tmp.data);
+    (void)flag;
+    return r;
+}
+
+static te_llama_result te_llama__tok_added_tokens(te_llama_tokenizer *t, const te_llama_json *j, size_t arr) {
+    size_t k, e, n = arr ? j->tokens[arr].size : 0, m = 0, b;
+    te_llama__bytes norm, tmp;
+    te_llama_result r = TE_LLAMA_OK;
+    t->added = (te_llama__tok_added *)te_llama__calloc(&t->allocator, (n ? n : 1) * sizeof *t->added);
+    if (!t->added) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "added tokens (%zu)", n);
+    memset(&norm, 0, sizeof norm);
+    memset(&tmp, 0, sizeof tmp);
+    for (k = 0, e = arr + 1; k < n && !r; k++, e = j->tokens[e].next) {
+        te_llama__tok_added *a = &t->added[m];
+        int64_t id;
+        int single_word = 0, lstrip = 0, rstrip = 0, normalized = 0, special = 0;
+        uint32_t off, len;
+        if (j->tokens[e].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: added token %zu is not an object", k); break; }
+        if ((r = te_llama_json_int64(j, te_llama_json_get(j, e, "id"), &id))) break; /* range checked by the model */
+        if ((r = te_llama__tok_member_str(t, j, e, "content", "added token", &off, &len))) break;
+        if ((r = te_llama__json_bool(j, te_llama_json_get(j, e, "single_word"), 0, &single_word, "single_word")) ||
+            (r = te_llama__json_bool(j, te_llama_json_get(j, e, "lstrip"), 0, &lstrip, "lstrip")) ||
+            (r = te_llama__json_bool(j, te_llama_json_get(j, e, "rstrip"), 0, &rstrip, "rstrip")) ||
+            (r = te_llama__json_bool(j, te_llama_json_get(j, e, "special"), 0, &special, "special")) ||
+            (r = te_llama__json_bool(j, te_llama_json_get(j, e, "normalized"), !special, &normalized, "normalized")))
+            break;
+        if (single_word) { r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: added token \"%.*s\" with single_word is not supported", (int)len, t->arena + off); break; }
+        t->tok_off[id] = off;
+        t->tok_len[id] = len;
+        t->tok_flags[id] = (uint8_t)((t->tok_flags[id] & ~TE_LLAMA__TOK_SPECIAL) | TE_LLAMA__TOK_ADDED | (special ? TE_LLAMA__TOK_SPECIAL : 0));
+        a->id = (int32_t)id;
+        a->special = (uint8_t)special;
+        a->lstrip = (uint8_t)lstrip;
+        a->rstrip = (uint8_t)rstrip;
+        a->normalized = (uint8_t)normalized;
+        a->off = off;
+        a->len = len;
+        if (normalized && t->n_norm) { /* HF matches a normalized token's normalized content in normalized text */
+            norm.len = 0;
+            te_llama__normalize(t, t->arena + off, len, &norm, &tmp);
+            if (norm.failed || tmp.failed) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "added tokens"); break; }
+            if ((r = te_llama__arena_put(t, norm.data, norm.len, &a->off))) break;
+            a->len = (uint32_t)norm.len;
+        }
+        if (!a->len) continue; /* never matches */
+        a->first = (unsigned char)t->arena[a->off];
+        m++;
+    }
+    te_llama__free(&t->allocator, norm.data);
+    te_llama__free(&t->allocator, tmp.data);
+    if (r) return r;
+    t->n_added = m;
+    qsort(t->added, m, sizeof *t->added, te_llama__added_cmp);
+    for (b = 0, k = 0; b <= 256; b++) {
+        while (k < m && t->added[k].first < b) k++;
+        t->added_first[b] = (uint32_t)k;
+    }
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__tok_build(te_llama_tokenizer *t, const te_llama_json *j) {
+    size_t added, v;
+    te_llama_result r;
+    int b, n;
+    if (!j->n_tokens || j->tokens[0].type != TE_LLAMA_JSON_OBJECT)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: not a JSON object");
+    if (!te_llama__json_null(j, te_llama_json_get(j, 0, "truncation")))
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: truncation is not supported");
+    if (!te_llama__json_null(j, te_llama_json_get(j, 0, "padding")))
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "tokenizer.json: padding is not supported");
+    added = te_llama_json_get(j, 0, "added_tokens");
+    if (te_llama__json_null(j, added)) added = 0;
+    else if (j->tokens[added].type != TE_LLAMA_JSON_ARRAY)
+        return te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "tokenizer.json: added_tokens is not an array");
+    if ((r = te_llama__tok_normalizer(t, j, te_llama_json_get(j, 0, "normalizer"), 0))) return r;
+    if ((r = te_llama__tok_model(t, j, te_llama_json_get(j, 0, "model"), added))) return r;
+    if ((r = te_llama__tok_added_tokens(t, j, added))) return r;
+    if ((r = te_llama__tok_pretokenizer(t, j, te_llama_json_get(j, 0, "pre_tokenizer"), 0))) return r;
+    if ((r = te_llama__tok_decoder(t, j, te_llama_json_get(j, 0, "decoder"), 0))) return r;
+    if ((r = te_llama__tok_post(t, j, te_llama_json_get(j, 0, "post_processor"), 0))) return r;
+    for (b = 0, n = 0; b < 256; b++) {
+        t->bl_map[b] = (uint16_t)(((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) ? b : 256 + n++);
+    }
+    for (b = 0; b < 324; b++) t->bl_unmap[b] = -1;
+    for (b = 0; b < 256; b++) t->bl_unmap[t->bl_map[b]] = (int16_t)b;
+    for (b = 0; b < 512; b++) {
+        char u[4];
+        size_t len = te_llama__utf8_put(u, (uint32_t)b);
+        t->char_ids[b] = te_llama__vocab_find(t, u, len);
+    }
+    for (b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->fallback_ids[b] = te_llama__vocab_find(t, name, 6);
+    }
+    t->bos_id = t->n_pre ? t->tmpl_pre[0] : -1;
+    t->eos_id = -1;
+    v = 0;
+    (void)v;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API void te_llama_tokenizer_free(te_llama_tokenizer *t) {
+    te_llama_allocator a;
+    if (!t) return;
+    a = t->allocator;
+    te_llama__free(&a, t->arena);
+    te_llama__free(&a, t->tok_off);
+    te_llama__free(&a, t->tok_len);
+    te_llama__free(&a, t->v_off);
+    te_llama__free(&a, t->v_len);
+    te_llama__free(&a, t->tok_flags);
+    te_llama__free(&a, t->vocab_slots);
+    te_llama__free(&a, t->merge_keys);
+    te_llama__free(&a, t->merge_rank);
+    te_llama__free(&a, t->merge_new);
+    te_llama__free(&a, t->added);
+    te_llama__free(&a, t);
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_parse(const char *json, size_t len, const te_llama_allocator *allocator,
+                                                      te_llama_tokenizer **out) {
+    te_llama_json j;
+    te_llama_tokenizer *t;
+    te_llama_result r;
+    if (!out || (!json && len)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_parse: NULL");
+    *out = NULL;
+    if ((r = te_llama_json_parse(json, len, allocator, &j))) return r;
+    t = (te_llama_tokenizer *)te_llama__calloc(allocator, sizeof *t);
+    if (!t) { te_llama_json_free(&j); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "tokenizer"); }
+    t->allocator = te_llama__allocator_copy(allocator);
+    r = te_llama__tok_build(t, &j);
+    te_llama_json_free(&j);
+    if (r) { te_llama_tokenizer_free(t); return r; }
+    *out = t;
+    return TE_LLAMA_OK;
+}
+
+/* bos_token / eos_token of tokenizer_config.json: a string, or an object with "content". */
+static int32_t te_llama__tok_config_token(const te_llama_tokenizer *t, const te_llama_json *j, const char *key) {
+    size_t v = te_llama_json_get(j, 0, key);
+    char buf[256];
+    if (v && j->tokens[v].type == TE_LLAMA_JSON_OBJECT) v = te_llama_json_get(j, v, "content");
+    if (!v || j->tokens[v].type != TE_LLAMA_JSON_STRING || te_llama_json_string(j, v, buf, sizeof buf, NULL)) return -1;
+    return te_llama_tokenizer_token_id(t, buf);
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_load(const char *path, const te_llama_allocator *allocator,
+                                                     te_llama_tokenizer **out) {
+    char file[4096], dir[4096];
+    struct stat st;
+    char *text = NULL;
+    size_t len, n;
+    te_llama_result r;
+    if (!path || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_load: NULL");
+    *out = NULL;
+    n = strlen(path);
+    if (n + 32 >= sizeof dir) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "path too long: %s", path);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        memcpy(dir, path, n + 1);
+        if ((r = te_llama__join(file, sizeof file, dir, "tokenizer.json"))) return r;
+    } else {
+        const char *slash = strrchr(path, '/');
+        memcpy(file, path, n + 1);
+        if (slash) { memcpy(dir, path, (size_t)(slash - path)); dir[slash - path] = 0; }
+        else memcpy(dir, ".", 2);
+        if (slash == path) memcpy(dir, "/", 2);
+    }
+    if ((r = te_llama__read_file(file, allocator, (size_t)1 << 30, &text, &len))) return r;
+    r = te_llama_tokenizer_parse(text, len, allocator, out);
+    te_llama__free(allocator, text);
+    if (r) return r;
+    {
+        char cfg[4096];
+        te_llama_json j;
+        if (te_llama__join(cfg, sizeof cfg, dir, "tokenizer_config.json")) return TE_LLAMA_OK;
+        r = te_llama__read_file(cfg, allocator, (size_t)64 << 20, &text, &len);
+        if (r == TE_LLAMA_ERR_NOT_FOUND) return TE_LLAMA_OK;
+        if (!r) {
+            r = te_llama_json_parse(text, len, allocator, &j);
+            if (!r && (!j.n_tokens || j.tokens[0].type != TE_LLAMA_JSON_OBJECT))
+                r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s: not a JSON object", cfg);
+            if (!r) {
+                int32_t bos = te_llama__tok_config_token(*out, &j, "bos_token"), eos = te_llama__tok_config_token(*out, &j, "eos_token");
+                if (bos >= 0) (*out)->bos_id = bos;
+                if (eos >= 0) (*out)->eos_id = eos;
+            }
+            if (j.tokens) te_llama_json_free(&j);
+            te_llama__free(allocator, text);
+        }
+        if (r) { te_llama_tokenizer_free(*out); *out = NULL; }
+        return r;
+    }
+}
+
+TE_LLAMA_API int32_t te_llama_tokenizer_token_id(const te_llama_tokenizer *t, const char *token) {
+    size_t k, n;
+    if (!t || !token) return -1;
+    n = strlen(token);
+    for (k = 0; k < t->n_added; k++) {
+        int32_t id = t->added[k].id;
+        if (t->tok_len[id] == n && memcmp(t->arena + t->tok_off[id], token, n) == 0) return id;
+    }
+    return te_llama__vocab_find(t, token, n);
+}
+TE_LLAMA_API const char *te_llama_tokenizer_token(const te_llama_tokenizer *t, int32_t id, size_t *len) {
+    if (!t || id < 0 || (size_t)id >= t->n_vocab || !t->tok_flags[id]) return NULL;
+    if (len) *len = t->tok_len[id];
+    return t->arena + t->tok_off[id];
+}
+TE_LLAMA_API size_t te_llama_tokenizer_vocab_size(const te_llama_tokenizer *t) { return t ? t->n_vocab : 0; }
+TE_LLAMA_API int te_llama_tokenizer_is_special(const te_llama_tokenizer *t, int32_t id) {
+    return t && id >= 0 && (size_t)id < t->n_vocab && (t->tok_flags[id] & TE_LLAMA__TOK_SPECIAL) != 0;
+}
+TE_LLAMA_API int32_t te_llama_tokenizer_bos_id(const te_llama_tokenizer *t) { return t ? t->bos_id : -1; }
+TE_LLAMA_API int32_t te_llama_tokenizer_eos_id(const te_llama_tokenizer *t) { return t ? t->eos_id : -1; }
+
+/* ------------------------------------------------------------------------------------------------- encoding */
+
+/* Normalizer steps, in order, on s into out (tmp: scratch). Failures stick in out->failed / tmp->failed. */
+static void te_llama__normalize(const te_llama_tokenizer *t, const char *s, size_t n, te_llama__bytes *out,
+                                te_llama__bytes *tmp) {
+    const te_llama_allocator *a = &t->allocator;
+    te_llama__bytes *bufs[2];
+    const char *cur = s;
+    size_t cn = n;
+    int i, w = 0;
+    bufs[0] = out;
+    bufs[1] = tmp;
+    for (i = 0; i < t->n_norm; i++, w ^= 1) {
+        const te_llama__tok_step *st = &t->norm[i];
+        te_llama__bytes *d = bufs[w];
+        d->len = 0;
+        if (st->kind == TE_LLAMA__STEP_PREPEND) {
+            if (cn) te_llama__bytes_put(a, d, t->arena + st->a_off, st->a_len); /* HF prepends to non-empty text only */
+            te_llama__bytes_put(a, d, cur, cn);
+        } else { /* REPLACE: every non-overlapping occurrence, left to right */
+            const char *pat = t->arena + st->a_off;
+            size_t k = 0, run = 0, pl = st->a_len;
+            while (cn >= pl && k <= cn - pl) {
+                if (cur[k] == pat[0] && memcmp(cur + k, pat, pl) == 0) {
+                    te_llama__bytes_put(a, d, cur + run, k - run);
+                    te_llama__bytes_put(a, d, t->arena + st->b_off, st->b_len);
+                    k += pl;
+                    run = k;
+                } else {
+                    k++;
+                }
+            }
+            te_llama__bytes_put(a, d, cur + run, cn - run);
+        }
+        if (d->failed) return;
+        cur = d->data ? d->data : "";
+        cn = d->len;
+    }
+    if (cur != out->data) {
+        out->len = 0;
+        te_llama__bytes_put(a, out, cur, cn);
+    }
+}
+
+/* The Llama 3 pre-tokenizer regex, by hand. At p < n in valid UTF-8, the end of the match there (the regex
+   matches at every position; the alternatives are tried in order, each with its backtracking worked out):
+     1 (?i:'s|'t|'re|'ve|'m|'ll|'d)     case-insensitive as Oniguruma folds: 'ſ is 's
+     2 [^\r\n\p{L}\p{N}]?\p{L}+
+     3 \p{N}{1,3}
+     4  ?[^\s\p{L}\p{N}]+[\r\n]*
+     5 \s*[\r\n]+                      white space up to and including its last \r or \n
+     6 \s+(?!\S)                       white space to the end, or all of it but its last character
+     7 \s+                             (a single white space character before a non-space) */
+static uint32_t te_llama__fold_ascii(uint32_t c) {
+    if (c >= 'A' && c <= 'Z') return c | 0x20;
+    return c == 0x17f ? 's' : c;
+}
+static size_t te_llama__llama3_match(const char *text, size_t n, size_t p) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t cl, l2, q;
+    uint32_t c = te_llama__utf8_dec(s + p, &cl), d;
+    unsigned cc = te_llama__uclass(c);
+    if (c == '\'' && p + 1 < n) {
+        d = te_llama__fold_ascii(te_llama__utf8_dec(s + p + 1, &l2));
+        if (d == 's' || d == 't' || d == 'm' || d == 'd') return p + 1 + l2;
+        if ((d == 'r' || d == 'v' || d == 'l') && p + 1 + l2 < n) {
+            size_t l3;
+            uint32_t e = te_llama__fold_ascii(te_llama__utf8_dec(s + p + 1 + l2, &l3));
+            if ((d != 'l' && e == 'e') || (d == 'l' && e == 'l')) return p + 1 + l2 + l3;
+        }
+    }
+    q = p;
+    if (!(cc & TE_LLAMA__UL) && c != '\r' && c != '\n' && !(cc & TE_LLAMA__UN) && p + cl < n &&
+        (te_llama__uclass(te_llama__utf8_dec(s + p + cl, &l2)) & TE_LLAMA__UL))
+        q = p + cl; /* 2, with the optional leading character */
+    if (q > p || (cc & TE_LLAMA__UL)) {
+        while (q < n && (te_llama__uclass(te_llama__utf8_dec(s + q, &l2)) & TE_LLAMA__UL)) q += l2;
+        return q;
+    }
+    if (cc & TE_LLAMA__UN) { /* 3 */
+        int k;
+        for (q = p, k = 0; k < 3 && q < n && (te_llama__uclass(te_llama__utf8_dec(s + q, &l2)) & TE_LLAMA__UN); k++) q += l2;
+        return q;
+    }
+    q = p;
+    if (c == ' ' && p + 1 < n && !te_llama__uclass(te_llama__utf8_dec(s + p + 1, &l2))) q = p + 1;
+    if (q > p || !cc) { /* 4 */
+        while (q < n && !te_llama__uclass(te_llama__utf8_dec(s + q, &l2))) q += l2;
+        while (q < n && (s[q] == '\r' || s[q] == '\n')) q++;
+        return q;
+    }
+    { /* c is white space: 5, 6, 7 */
+        size_t last_nl = 0, last_start = p, chars = 0;
+        for (q = p; q < n && (te_llama__uclass(d = te_llama__utf8_dec(s + q, &l2)) & TE_LLAMA__UWS); q += l2, chars++) {
+            if (d == '\r' || d == '\n') last_nl = q + 1;
+            last_start = q;
+        }
+        if (last_nl) return last_nl;
+        if (q == n || chars < 2) return q;
+        return last_start;
+    }
+}
+
+typedef struct te_llama__sym {
+    int32_t id, prev, next;
+    int32_t alive;
+} te_llama__sym;
+
+typedef struct te_llama__merge_ent {
+    uint32_t rank, pos, new_id;
+} te_llama__merge_ent;
+
+/* Encoding scratch, one per call: a tokenizer stays read-only, so threads may share it. */
+typedef struct te_llama__work {
+    const te_llama_tokenizer *t;
+    int32_t *ids;
+    size_t n_ids, cap_ids;
+    te_llama__sym *syms;
+    size_t cap_syms;
+    te_llama__merge_ent *heap;
+    size_t n_heap, cap_heap;
+    te_llama__bytes norm, tmp, mapped, text;
+    int match_special;
+} te_llama__work;
+
+static void te_llama__work_free(te_llama__work *w) {
+    const te_llama_allocator *a = &w->t->allocator;
+    te_llama__free(a, w->ids);
+    te_llama__free(a, w->syms);
+    te_llama__free(a, w->heap);
+    te_llama__free(a, w->norm.data);
+    te_llama__free(a, w->tmp.data);
+    te_llama__free(a, w->mapped.data);
+    te_llama__free(a, w->text.data);
+}
+
+static te_llama_result te_llama__push_id(te_llama__work *w, int32_t id) {
+    if (w->n_ids == w->cap_ids && !te_llama__grow(&w->t->allocator, (void **)&w->ids, &w->cap_ids, w->n_ids + 1, sizeof *w->ids))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "token ids (%zu)", w->n_ids + 1);
+    w->ids[w->n_ids++] = id;
+    return TE_LLAMA_OK;
+}
+
+static int te_llama__merge_less(const te_llama__merge_ent *a, const te_llama__merge_ent *b) {
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+/* Queue the merge of symbol pos with its right neighbour, if there is one. */
+static int te_llama__heap_push_pair(te_llama__work *w, int32_t pos) {
+    const te_llama_tokenizer *t = w->t;
+    size_t s = te_llama__merge_slot(t, w->syms[pos].id, w->syms[w->syms[pos].next].id), i;
+    te_llama__merge_ent e;
+    if (t->merge_keys[s] == UINT64_MAX) return 1;
+    if (w->n_heap == w->cap_heap && !te_llama__grow(&t->allocator, (void **)&w->heap, &w->cap_heap, w->n_heap + 1, sizeof *w->heap))
+        return 0;
+    e.rank = t->merge_rank[s];
+    e.pos = (uint32_t)pos;
+    e.new_id = t->merge_new[s];
+    for (i = w->n_heap++; i > 0 && te_llama__merge_less(&e, &w->heap[(i - 1) / 2]); i = (i - 1) / 2) w->heap[i] = w->heap[(i - 1) / 2];
+    w->heap[i] = e;
+    return 1;
+}
+/* Sift the entry at i down to its place. */
+static void te_llama__heap_down(te_llama__work *w, size_t i) {
+    te_llama__merge_ent e = w->heap[i];
+    size_t n = w->n_heap;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && te_llama__merge_less(&w->heap[c + 1], &w->heap[c])) c++;
+        if (!te_llama__merge_less(&w->heap[c], &e)) break;
+        w->heap[i] = w->heap[c];
+        i = c;
+    }
+    w->heap[i] = e;
+}
+static te_llama__merge_ent te_llama__heap_pop(te_llama__work *w) {
+    te_llama__merge_ent top = w->heap[0];
+    w->heap[0] = w->heap[--w->n_heap];
+    if (w->n_heap) te_llama__heap_down(w, 0);
+    return top;
+}
+
+/* BPE of one pre-token s (valid UTF-8, in the vocabulary's spelling), as HF's BPE::tokenize: the whole word
+   when ignore_merges finds it; else one symbol per character (byte fallback, unk), then merges, lowest rank
+   first and leftmost among equals, with HF's queue (a queued merge is checked against the merged id). */
+static te_llama_result te_llama__bpe_word(te_llama__work *w, const char *s, size_t n) {
+    const te_llama_tokenizer *t = w->t;
+    size_t i, nsym = 0;
+    int unk = 0;
+    int32_t id, p;
+    te_llama__sym *sy;
+    if (!n) return TE_LLAMA_OK;
+    if (t->ignore_merges && (id = te_llama__vocab_find(t, s, n)) >= 0) return te_llama__push_id(w, id);
+    if (n > 0x7fffffff) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "a pre-token of %zu bytes", n);
+    if (!te_llama__grow(&t->allocator, (void **)&w->syms, &w->cap_syms, n, sizeof *w->syms))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "BPE symbols (%zu)", n);
+    sy = w->syms;
+#define TE_LLAMA__ADD_SYM(x)                                                                                  \
+    do {                                                                                                      \
+        sy[nsym].id = (x); sy[nsym].prev = (int32_t)nsym - 1; sy[nsym].next = (int32_t)nsym + 1;              \
+        sy[nsym].alive = 1; nsym++;                                                                           \
+    } while (0)
+    for (i = 0; i < n;) {
+        size_t cl;
+        uint32_t cp = te_llama__utf8_dec((const unsigned char *)s + i, &cl);
+        id = cp < 512 ? t->char_ids[cp] : te_llama__vocab_find(t, s + i, cl);
+        if (id >= 0) {
+            if (unk) { TE_LLAMA__ADD_SYM(t->unk_id); unk = 0; }
+            TE_LLAMA__ADD_SYM(id);
+        } else {
+            size_t k;
+            int ok = t->byte_fallback;
+            for (k = 0; ok && k < cl; k++) ok = t->fallback_ids[(unsigned char)s[i + k]] >= 0;
+            if (ok) { /* as HF: a pending unk is not flushed first */
+                for (k = 0; k < cl; k++) TE_LLAMA__ADD_SYM(t->fallback_ids[(unsigned char)s[i + k]]);
+            } else if (t->unk_missing) {
+                return te_llama__fail(TE_LLAMA_ERR_TOKENIZER, "the unk token is not in the vocabulary");
+            } else if (t->unk_id >= 0) {
+                if (unk && !t->fuse_unk) TE_LLAMA__ADD_SYM(t->unk_id);
+                unk = 1;
+            } /* no unk token: the character is dropped, as in HF */
+        }
+        i += cl;
+    }
+    if (unk) TE_LLAMA__ADD_SYM(t->unk_id);
+#undef TE_LLAMA__ADD_SYM
+    if (!nsym) return TE_LLAMA_OK;
+    sy[nsym - 1].next = -1;
+    w->n_heap = 0;
+    if (!te_llama__grow(&t->allocator, (void **)&w->heap, &w->cap_heap, nsym, sizeof *w->heap))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "BPE queue (%zu)", nsym);
+    for (p = 0; p + 1 < (int32_t)nsym; p++) { /* the pairs in position order, then heapified in O(n) */
+        size_t s2 = te_llama__merge_slot(t, sy[p].id, sy[p + 1].id);
+        if (t->merge_keys[s2] == UINT64_MAX) continue;
+        w->heap[w->n_heap].rank = t->merge_rank[s2];
+        w->heap[w->n_heap].pos = (uint32_t)p;
+        w->heap[w->n_heap].new_id = t->merge_new[s2];
+        w->n_heap++;
+    }
+    for (i = w->n_heap / 2; i-- > 0;) te_llama__heap_down(w, i);
+    while (w->n_heap) {
+        te_llama__merge_ent top = te_llama__heap_pop(w);
+        int32_t q;
+        size_t slot;
+        p = (int32_t)top.pos;
+        if (!sy[p].alive || sy[p].next < 0) continue;
+        q = sy[p].next;
+        slot = te_llama__merge_slot(t, sy[p].id, sy[q].id);
+        if (t->merge_keys[slot] == UINT64_MAX || t->merge_new[slot] != top.new_id) continue;
+        sy[p].id = (int32_t)top.new_id;
+        sy[q].alive = 0;
+        sy[p].next = sy[q].next;
+        if (sy[q].next >= 0) sy[sy[q].next].prev = p;
+        if ((sy[p].prev >= 0 && !te_llama__heap_push_pair(w, sy[p].prev)) || (sy[p].next >= 0 && !te_llama__heap_push_pair(w, p)))
+            return te_llama__fail(TE_LLAMA_ERR_NOMEM, "BPE queue");
+    }
+    for (p = 0; p >= 0; p = sy[p].next) {
+        te_llama_result r = te_llama__push_id(w, sy[p].id);
+        if (r) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+/* One pre-token: through the ByteLevel alphabet when that pre-tokenizer is on, then BPE. */
+static te_llama_result te_llama__encode_word(te_llama__work *w, const char *s, size_t n) {
+    const te_llama_tokenizer *t = w->t;
+    size_t i;
+    char *m;
+    if (!t->byte_level) return te_llama__bpe_word(w, s, n);
+    if (n > ((size_t)-1) / 2 - 1 || !te_llama__grow(&t->allocator, (void **)&w->mapped.data, &w->mapped.cap, 2 * n + 1, 1))
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "byte-level pre-token (%zu bytes)", n);
+    for (i = 0, m = w->mapped.data; i < n; i++) {
+        unsigned cp = t->bl_map[(unsigned char)s[i]];
+        if (cp < 0x80) *m++ = (char)cp;
+        else { *m++ = (char)(0xc0 | (cp >> 6)); *m++ = (char)(0x80 | (cp & 0x3f)); }
+    }
+    return te_llama__bpe_word(w, w->mapped.data, (size_t)(m - w->mapped.data));
+}
+
+/* Normalized text between added tokens: pre-tokenize, then each pre-token. */
+static te_llama_result te_llama__encode_piece(te_llama__work *w, const char *s, size_t n) {
+    size_t p, e;
+    te_llama_result r;
+    if (!w->t->split_llama3) return te_llama__encode_word(w, s, n);
+    for (p = 0; p < n; p = e) {
+        e = te_llama__llama3_match(s, n, p);
+        if ((r = te_llama__encode_word(w, s + p, e - p))) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__encode_split(te_llama__work *w, const char *s, size_t n, int normalized_pass);
+
+/* Text between added tokens of the first pass: normalize, then look for normalized added tokens. */
+static te_llama_result te_llama__encode_gap(te_llama__work *w, const char *s, size_t n, int normalized_pass) {
+    const te_llama_tokenizer *t = w->t;
+    if (normalized_pass) return te_llama__encode_piece(w, s, n);
+    if (t->n_norm) {
+        w->norm.len = 0;
+        te_llama__normalize(t, s, n, &w->norm, &w->tmp);
+        if (w->norm.failed || w->tmp.failed) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "normalizing %zu bytes", n);
+        s = w->norm.data ? w->norm.data : "";
+        n = w->norm.len;
+    }
+    return te_llama__encode_split(w, s, n, 1);
+}
+
+static int te_llama__is_ws_at(const unsigned char *s, size_t n, size_t i, size_t *len) {
+    size_t bad;
+    int cut;
+    size_t k = te_llama__utf8_scan(s + i, n - i, &bad, &cut);
+    *len = k;
+    return k && (te_llama__uclass(te_llama__utf8_dec(s + i, &k)) & TE_LLAMA__UWS);
+}
+
+/* Split out the added tokens of one pass (HF's two: tokens with normalized false on the raw text, then tokens
+   with normalized true on the normalized text), leftmost-longest as HF's Aho-Corasick; lstrip and rstrip take
+   the white space beside a token into it. The text between goes on to encode_gap. */
+static te_llama_result te_llama__encode_split(te_llama__work *w, const char *s, size_t n, int normalized_pass) {
+    const te_llama_tokenizer *t = w->t;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, gap = 0, k;
+    te_llama_result r;
+    while (i < n) {
+        const te_llama__tok_added *a = NULL;
+        size_t start, stop, cl;
+        for (k = t->added_first[u[i]]; k < t->added_first[u[i] + 1]; k++) {
+            const te_llama__tok_added *c = &t->added[k];
+            if (c->normalized != normalized_pass || (c->special && !w->match_special)) continue;
+            if (c->len <= n - i && memcmp(t->arena + c->off, s + i, c->len) == 0) { a = c; break; }
+        }
+        if (!a) { i++; continue; }
+        start = i;
+        stop = i + a->len;
+        if (a->lstrip) {
+            while (start > gap) {
+                size_t b = start - 1;
+                while (b > gap && (u[b] & 0xc0) == 0x80) b--;
+                if (!te_llama__is_ws_at(u, n, b, &cl) || b + cl != start) break;
+                start = b;
+            }
+        }
+        if (a->rstrip)
+            while (stop < n && te_llama__is_ws_at(u, n, stop, &cl)) stop += cl;
+        if ((r = te_llama__encode_gap(w, s + gap, start - gap, normalized_pass))) return r;
+        if ((r = te_llama__push_id(w, a->id))) return r;
+        gap = i = stop;
+    }
+    return te_llama__encode_gap(w, s + gap, n - gap, normalized_pass);
+}
+
+/* Whole text: made valid UTF-8 (from_utf8_lossy), then split and encoded. */
+static te_llama_result te_llama__encode_text(te_llama__work *w, const char *text, size_t len) {
+    const unsigned char *u = (const unsigned char *)text;
+    size_t i = 0, bad;
+    int cut;
+    while (i < len) {
+        size_t k = u[i] < 0x80 ? 1 : te_llama__utf8_scan(u + i, len - i, &bad, &cut);
+        if (!k) break;
+        i += k;
+    }
+    if (i < len) {
+        w->text.len = 0;
+        te_llama__bytes_put_lossy(&w->t->allocator, &w->text, text, len);
+        if (w->text.failed) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "text (%zu bytes)", len);
+        text = w->text.data;
+        len = w->text.len;
+    }
+    return te_llama__encode_split(w, text ? text : "", len, 0);
+}
+
+static te_llama_result te_llama__encode_finish(te_llama__work *w, te_llama_result r, int32_t **ids, size_t *n_ids) {
+    if (!r && !w->ids && !te_llama__grow(&w->t->allocator, (void **)&w->ids, &w->cap_ids, 1, sizeof *w->ids))
+        r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "token ids");
+    if (!r) {
+        *ids = w->ids;
+        *n_ids = w->n_ids;
+        w->ids = NULL;
+    }
+    te_llama__work_free(w);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_encode(const te_llama_tokenizer *t, const char *text, size_t len,
+                                                       int add_special, int32_t **ids, size_t *n_ids) {
+    te_llama__work w;
+    te_llama_result r = TE_LLAMA_OK;
+    int k;
+    if (!t || !ids || !n_ids || (!text && len)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_encode: NULL");
+    *ids = NULL;
+    *n_ids = 0;
+    memset(&w, 0, sizeof w);
+    w.t = t;
+    w.match_special = 1;
+    for (k = 0; add_special && k < t->n_pre && !r; k++) r = te_llama__push_id(&w, t->tmpl_pre[k]);
+    if (!r) r = te_llama__encode_text(&w, text, len);
+    for (k = 0; add_special && k < t->n_post && !r; k++) r = te_llama__push_id(&w, t->tmpl_post[k]);
+    return te_llama__encode_finish(&w, r, ids, n_ids);
+}
+
+TE_LLAMA_API void te_llama_tokenizer_free_ids(const te_llama_tokenizer *t, int32_t *ids) {
+    te_llama__free(t ? &t->allocator : NULL, ids);
+}
+TE_LLAMA_API void te_llama_tokenizer_free_text(const te_llama_tokenizer *t, char *text) {
+    te_llama__free(t ? &t->allocator : NULL, text);
+}
+
+/* ------------------------------------------------------------------------------------------------- decoding */
+
+/* A list of strings back to back in one buffer, as HF's decoders pass Vec<String> along. */
+typedef struct te_llama__strs {
+    te_llama__bytes b;
+    size_t *end;
+    size_t n, cap;
+    int failed;
+} te_llama__strs;
+
+static void te_llama__strs_cut(const te_llama_allocator *a, te_llama__strs *l) {
+    if (l->failed || l->b.failed) { l->failed = 1; return; }
+    if (!te_llama__grow(a, (void **)&l->end, &l->cap, l->n + 1, sizeof *l->end)) { l->failed = 1; return; }
+    l->end[l->n++] = l->b.len;
+}
+static void te_llama__strs_clear(te_llama__strs *l) { l->b.len = 0; l->n = 0; l->failed = 0; l->b.failed = 0; }
+
+/* The ByteLevel decoder's bytes of one token: each character back to its byte, or the token's own bytes when
+   a character is outside the alphabet. */
+static void te_llama__byte_level_bytes(const te_llama_tokenizer *t, const char *s, size_t n, te_llama__bytes *out) {
+    size_t i, cl, start = out->len;
+    for (i = 0; i < n; i += cl) {
+        uint32_t cp = te_llama__utf8_dec((const unsigned char *)s + i, &cl);
+        if (cp >= 324 || t->bl_unmap[cp] < 0) { out->len = start; te_llama__bytes_put(&t->allocator, out, s, n); return; }
+        {
+            char b = (char)t->bl_unmap[cp];
+            te_llama__bytes_put(&t->allocator, out, &b, 1);
+        }
+    }
+}
+static int te_llama__byte_token(const char *s, size_t n) { /* <0xNN> -> NN, else -1 */
+    int hi, lo;
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    hi = te_llama__hex(s[3]);
+    lo = te_llama__hex(s[4]);
+    return (hi < 0 || lo < 0) ? -1 : hi * 16 + lo;
+}
+static int te_llama__utf8_valid(const char *s, size_t n) {
+    size_t i = 0, bad;
+    int cut;
+    while (i < n) {
+        size_t k = te_llama__utf8_scan((const unsigned char *)s + i, n - i, &bad, &cut);
+        if (!k) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* One decoder step over the whole list: in -> out. */
+static void te_llama__decode_step(const te_llama_tokenizer *t, const te_llama__tok_step *st, const te_llama__strs *in,
+                                  te_llama__strs *out, te_llama__bytes *tmp) {
+    const te_llama_allocator *a = &t->allocator;
+    size_t i, begin;
+    te_llama__strs_clear(out);
+    if (st->kind == TE_LLAMA__STEP_BYTE_LEVEL) { /* all tokens' bytes, then from_utf8_lossy: one string */
+        tmp->len = 0;
+        for (i = 0, begin = 0; i < in->n; begin = in->end[i++]) te_llama__byte_level_bytes(t, in->b.data + begin, in->end[i] - begin, tmp);
+        if (tmp->failed) { out->failed = 1; return; }
+        te_llama__bytes_put_lossy(a, &out->b, tmp->data ? tmp->data : "", tmp->len);
+        te_llama__strs_cut(a, out);
+        return;
+    }
+    if (st->kind == TE_LLAMA__STEP_FUSE) {
+        te_llama__bytes_put(a, &out->b, in->b.data ? in->b.data : "", in->b.len);
+        te_llama__strs_cut(a, out);
+        return;
+    }
+    tmp->len = 0; /* ByteFallback: pending bytes */
+    for (i = 0, begin = 0; i <= in->n; begin = in->end[i++]) {
+        const char *s = i < in->n ? in->b.data + begin : "";
+        size_t n = i < in->n ? in->end[i] - begin : 0, k;
+        if (st->kind == TE_LLAMA__STEP_BYTE_FALLBACK) {
+            int byte = i < in->n ? te_llama__byte_token(s, n) : -1;
+            if (byte >= 0) { char c = (char)byte; te_llama__bytes_put(a, tmp, &c, 1); continue; }
+            if (tmp->len) {
+                if (te_llama__utf8_valid(tmp->data, tmp->len)) {
+                    te_llama__bytes_put(a, &out->b, tmp->data, tmp->len);
+                    te_llama__strs_cut(a, out);
+                } else {
+                    for (k = 0; k < tmp->len; k++) { te_llama__bytes_put(a, &out->b, "\xef\xbf\xbd", 3); te_llama__strs_cut(a, out); }
+                }
+                tmp->len = 0;
+            }
+            if (i == in->n) break;
+            te_llama__bytes_put(a, &out->b, s, n);
+        } else if (i == in->n) {
+            break;
+        } else if (st->kind == TE_LLAMA__STEP_REPLACE) {
+            const char *pat = t->arena + st->a_off;
+            size_t pl = st->a_len, run = 0;
+            for (k = 0; n >= pl && k <= n - pl;) {
+                if (s[k] == pat[0] && memcmp(s + k, pat, pl) == 0) {
+                    te_llama__bytes_put(a, &out->b, s + run, k - run);
+                    te_llama__bytes_put(a, &out->b, t->arena + st->b_off, st->b_len);
+                    k += pl;
+                    run = k;
+                } else {
+                    k++;
+                }
+            }
+            te_llama__bytes_put(a, &out->b, s + run, n - run);
+        } else { /* STRIP: up to start leading and stop trailing copies of the character */
+            const char *c = t->arena + st->a_off;
+            size_t cl = st->a_len, lo = 0, hi = n;
+            int m;
+            for (m = 0; m < st->start && hi - lo >= cl && memcmp(s + lo, c, cl) == 0; m++) lo += cl;
+            for (m = 0; m < st->stop && hi - lo >= cl && memcmp(s + hi - cl, c, cl) == 0; m++) hi -= cl;
+            te_llama__bytes_put(a, &out->b, s + lo, hi - lo);
+        }
+        te_llama__strs_cut(a, out);
+    }
+    if (tmp->failed) out->failed = 1;
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode(const te_llama_tokenizer *t, const int32_t *ids, size_t n,
+                                                       int skip_special, char **text, size_t *len) {
+    te_llama__strs l[2];
+    te_llama__bytes tmp;
+    const te_llama_allocator *a;
+    size_t i;
+    int k, cur = 0;
+    te_llama_result r = TE_LLAMA_OK;
+    if (!t || !text || (!ids && n)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_decode: NULL");
+    *text = NULL;
+    if (len) *len = 0;
+    a = &t->allocator;
+    memset(l, 0, sizeof l);
+    memset(&tmp, 0, sizeof tmp);
+    for (i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || (size_t)id >= t->n_vocab || !t->tok_flags[id]) continue; /* HF skips ids it does not know */
+        if (skip_special && (t->tok_flags[id] & TE_LLAMA__TOK_SPECIAL)) continue;
+        if (!t->has_decoder && l[0].n) te_llama__bytes_put(a, &l[0].b, " ", 1); /* no decoder: joined by spaces */
+        te_llama__bytes_put(a, &l[0].b, t->arena + t->tok_off[id], t->tok_len[id]);
+        te_llama__strs_cut(a, &l[0]);
+    }
+    for (k = 0; k < t->n_dec && !l[cur].failed; k++, cur ^= 1) te_llama__decode_step(t, &t->dec[k], &l[cur], &l[cur ^ 1], &tmp);
+    te_llama__bytes_put(a, &l[cur].b, "", 0); /* NUL-terminated even when empty */
+    if (l[cur].failed || l[cur].b.failed || tmp.failed) r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "decoding %zu ids", n);
+    if (!r) {
+        *text = l[cur].b.data;
+        if (len) *len = l[cur].b.len;
+        l[cur].b.data = NULL;
+    }
+    te_llama__free(a, l[0].b.data);
+    te_llama__free(a, l[1].b.data);
+    te_llama__free(a, l[0].end);
+    te_llama__free(a, l[1].end);
+    te_llama__free(a, tmp.data);
+    return r;
+}
+
+/* Streaming: one token through the decoder chain on its own (ByteFallback and ByteLevel give raw bytes, a
+   Strip after Fuse acts on the start of the whole stream), then complete UTF-8 characters out, an incomplete
+   one kept in the state. Invalid bytes become one U+FFFD per maximal invalid subpart (HF's ByteFallback gives
+   one per byte: the two differ only on invalid UTF-8). */
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode_piece(const te_llama_tokenizer *t, te_llama_decode_state *state,
+                                                             int32_t id, int skip_special, char *out, size_t cap,
+                                                             size_t *len) {
+    const te_llama_allocator *a;
+    te_llama__bytes cur, nxt, text;
+    const te_llama__tok_step *strip = NULL;
+    te_llama_decode_state st;
+    te_llama_result r = TE_LLAMA_OK;
+    size_t i;
+    int k, fused = 0;
+    if (!t || !state || !len || (!out && cap)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_decode_piece: NULL");
+    *len = 0;
+    if (id < 0 || (size_t)id >= t->n_vocab || !t->tok_flags[id]) return TE_LLAMA_OK;
+    if (skip_special && (t->tok_flags[id] & TE_LLAMA__TOK_SPECIAL)) return TE_LLAMA_OK;
+    a = &t->allocator;
+    st = *state;
+    memset(&cur, 0, sizeof cur);
+    memset(&nxt, 0, sizeof nxt);
+    memset(&text, 0, sizeof text);
+    te_llama__bytes_put(a, &cur, st.pending, st.n_pending);
+    if (!t->has_decoder && st.started) te_llama__bytes_put(a, &cur, " ", 1);
+    i = cur.len; /* this token's bytes start here */
+    te_llama__bytes_put(a, &cur, t->arena + t->tok_off[id], t->tok_len[id]);
+    for (k = 0; k < t->n_dec && !cur.failed; k++) {
+        const te_llama__tok_step *s = &t->dec[k];
+        const char *p = cur.data + i;
+        size_t n = cur.len - i, j, run;
+        nxt.len = 0;
+        te_llama__bytes_put(a, &nxt, cur.data, i);
+        if (s->kind == TE_LLAMA__STEP_FUSE) { fused = 1; continue; }
+        if (s->kind == TE_LLAMA__STEP_STRIP && fused) { if (!strip) strip = s; continue; }
+        if (s->kind == TE_LLAMA__STEP_BYTE_LEVEL) te_llama__byte_level_bytes(t, p, n, &nxt);
+        else if (s->kind == TE_LLAMA__STEP_BYTE_FALLBACK) {
+            int b = te_llama__byte_token(p, n);
+            char c = (char)b;
+            if (b >= 0) te_llama__bytes_put(a, &nxt, &c, 1);
+            else te_llama__bytes_put(a, &nxt, p, n);
+        } else if (s->kind == TE_LLAMA__STEP_REPLACE) {
+            const char *pat = t->arena + s->a_off;
+            size_t pl = s->a_len;
+            for (j = 0, run = 0; n >= pl && j <= n - pl;) {
+                if (p[j] == pat[0] && memcmp(p + j, pat, pl) == 0) {
+                    te_llama__bytes_put(a, &nxt, p + run, j - run);
+                    te_llama__bytes_put(a, &nxt, t->arena + s->b_off, s->b_len);
+                    j += pl;
+                    run = j;
+                } else {
+                    j++;
+                }
+            }
+            te_llama__bytes_put(a, &nxt, p + run, n - run);
+        } else { /* a per-token Strip */
+            const char *c = t->arena + s->a_off;
+            size_t cl = s->a_len, lo = 0, hi = n;
+            int m;
+            for (m = 0; m < s->start && hi - lo >= cl && memcmp(p + lo, c, cl) == 0; m++) lo += cl;
+            for (m = 0; m < s->stop && hi - lo >= cl && memcmp(p + hi - cl, c, cl) == 0; m++) hi -= cl;
+            te_llama__bytes_put(a, &nxt, p + lo, hi - lo);
+        }
+        { te_llama__bytes x = cur; cur = nxt; nxt = x; }
+    }
+    st.started = 1;
+    st.n_pending = 0;
+    for (i = 0; i < cur.len && !cur.failed;) { /* complete characters out */
+        const unsigned char *u = (const unsigned char *)cur.data + i;
+        size_t bad = 0, c;
+        int cut;
+        c = te_llama__utf8_scan(u, cur.len - i, &bad, &cut);
+        if (!c && cut) { memcpy(st.pending, u, bad); st.n_pending = (unsigned)bad; break; }
+        if (!c) { te_llama__bytes_put(a, &text, "\xef\xbf\xbd", 3); st.emitted = 1; i += bad; continue; }
+        if (strip && !st.emitted && st.n_stripped < (unsigned)strip->start && c == strip->a_len &&
+            memcmp(u, t->arena + strip->a_off, c) == 0) {
+            st.n_stripped++;
+            i += c;
+            continue;
+        }
+        st.emitted = 1;
+        te_llama__bytes_put(a, &text, u, c);
+        i += c;
+    }
+    if (cur.failed || nxt.failed || text.failed) r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "decoding token %ld", (long)id);
+    else if (text.len > cap) r = te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "token %ld decodes to %zu bytes, above the %zu given", (long)id, text.len, cap);
+    if (!r || r == TE_LLAMA_ERR_OUT_OF_RANGE) *len = text.len;
+    if (!r) {
+        if (text.len) memcpy(out, text.data, text.len);
+        *state = st;
+    }
+    te_llama__free(a, cur.data);
+    te_llama__free(a, nxt.data);
+    te_llama__free(a, text.data);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_decode_flush(const te_llama_tokenizer *t, te_llama_decode_state *state,
+                                                             char *out, size_t cap, size_t *len) {
+    size_t n;
+    if (!t || !state || !len || (!out && cap)) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_decode_flush: NULL");
+    n = state->n_pending ? 3 : 0; /* a cut character is one maximal invalid subpart: one U+FFFD */
+    *len = n;
+    if (n > cap) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "flush needs %zu bytes, %zu given", n, cap);
+    if (n) memcpy(out, "\xef\xbf\xbd", 3);
+    memset(state, 0, sizeof *state);
+    return TE_LLAMA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------- chat */
+
+/* Python's str.strip(), which the chat template's trim is: White_Space and U+001C..U+001F. */
+static int te_llama__strip_char(const unsigned char *s, size_t n, size_t *cl) {
+    size_t bad;
+    int cut;
+    uint32_t cp;
+    *cl = te_llama__utf8_scan(s, n, &bad, &cut);
+    if (!*cl) return 0;
+    cp = te_llama__utf8_dec(s, cl);
+    return (cp >= 0x1c && cp <= 0x1f) || (te_llama__uclass(cp) & TE_LLAMA__UWS);
+}
+
+/* Encode plain text (special tokens not recognised) onto w's ids: prefix then the trimmed content. */
+static te_llama_result te_llama__chat_text(te_llama__work *w, const char *prefix, const char *content, te_llama__bytes *buf) {
+    const unsigned char *u = (const unsigned char *)(content ? content : "");
+    size_t n = strlen((const char *)u), lo = 0, hi, cl;
+    buf->len = 0;
+    te_llama__bytes_put(&w->t->allocator, buf, prefix, strlen(prefix));
+    if (content) {
+        while (lo < n && te_llama__strip_char(u + lo, n - lo, &cl)) lo += cl;
+        for (hi = n; hi > lo;) {
+            size_t b = hi - 1;
+            while (b > lo && (u[b] & 0xc0) == 0x80) b--;
+            if (!te_llama__strip_char(u + b, hi - b, &cl) || b + cl != hi) break;
+            hi = b;
+        }
+        te_llama__bytes_put(&w->t->allocator, buf, u + lo, hi - lo);
+    }
+    if (buf->failed) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "chat text");
+    return te_llama__encode_text(w, buf->data, buf->len);
+}
+
+TE_LLAMA_API te_llama_result te_llama_tokenizer_chat(const te_llama_tokenizer *t, const char *system, const char *user,
+                                                     int32_t **ids, size_t *n_ids) {
+    static const char *const names[4] = {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+    int32_t sp[4];
+    te_llama__work w;
+    te_llama__bytes buf;
+    te_llama_result r = TE_LLAMA_OK;
+    int k, turn;
+    if (!t || !ids || !n_ids) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_tokenizer_chat: NULL");
+    *ids = NULL;
+    *n_ids = 0;
+    for (k = 0; k < 4; k++)
+        if ((sp[k] = te_llama_tokenizer_token_id(t, names[k])) < 0)
+            return te_llama__fail(TE_LLAMA_ERR_NOT_FOUND, "chat: the tokenizer has no %s token", names[k]);
+    memset(&w, 0, sizeof w);
+    memset(&buf, 0, sizeof buf);
+    w.t = t;
+    w.match_special = 0;
+    r = te_llama__push_id(&w, sp[0]);
+    for (turn = system ? 0 : 1; turn < 3 && !r; turn++) {
+        static const char *const roles[3] = {"system", "user", "assistant"};
+        if (!r) r = te_llama__push_id(&w, sp[1]);
+        if (!r) r = te_llama__chat_text(&w, roles[turn], NULL, &buf);
+        if (!r) r = te_llama__push_id(&w, sp[2]);
+        if (!r) r = te_llama__chat_text(&w, "\n\n", turn == 0 ? system : turn == 1 ? user : NULL, &buf);
+        if (!r && turn < 2) r = te_llama__push_id(&w, sp[3]);
+    }
+    te_llama__free(&t->allocator, buf.data);
+    return te_llama__encode_finish(&w, r, ids, n_ids);
+}
 
 #ifdef __cplusplus
 }
