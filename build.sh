@@ -93,6 +93,8 @@ cmd_test() {
     run_one header-static $CC -std=c99 -Wall -Wextra -Werror -Wno-unused-function -DTE_LLAMA_STATIC -I. build/tmp/header.c -o build/tmp/header-static -lm
     run_one header-allocator $CC -std=c99 -Wall -Wextra -Werror "-DTE_LLAMA_MALLOC(n)=malloc(n)" "-DTE_LLAMA_REALLOC(p,n)=realloc(p,n)" "-DTE_LLAMA_FREE(p)=free(p)" -I. build/tmp/header.c -o build/tmp/header-alloc -lm
     run_one header-cuda-decls $CC -std=c99 -Wall -Wextra -Werror -DTE_LLAMA_CUDA -I. -c build/tmp/header.c -o build/tmp/header-cuda.o
+    # tokenizer references from HF tokenizers, on the shared real tokenizers and corpus
+    TE_LLAMA_SHARED=${TE_LLAMA_SHARED:-../shared} .venv/bin/python tests/tokenizer_ref.py build/tokref >/dev/null
     # the test programs, plain, then under AddressSanitizer + UndefinedBehaviorSanitizer as C and as C++
     for t in tests/test_*.c; do
         local name
