@@ -3045,16 +3045,16 @@ static void te_llama__rope(float *v, int half, const float *cs, const float *sn)
 }
 
 /* Scratch of one layer forward, carved from step->work. */
-typedef struct te_llama__work {
+typedef struct te_llama__layer_work {
     float *xn;     /* (n, hidden) normed input, then projection outputs */
     float *qkv;    /* (n, q_dim + 2 kv_dim) */
     float *att;    /* (n, q_dim) attention output */
     float *mlp;    /* (n, 2 intermediate): gate then up */
     float *rowbuf; /* (max(hidden, q_dim, intermediate)) a weight row in float32 */
     float *scores; /* (max_len) one head's attention scores */
-} te_llama__work;
+} te_llama__layer_work;
 
-static size_t te_llama__work_layout(const te_llama_config *c, int n, int max_len, float *base, te_llama__work *w) {
+static size_t te_llama__layer_work_layout(const te_llama_config *c, int n, int max_len, float *base, te_llama__layer_work *w) {
     size_t q = (size_t)c->num_attention_heads * c->head_dim, kv = (size_t)c->num_key_value_heads * c->head_dim;
     size_t h = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, widest = h, off = 0;
     if (q > widest) widest = q;
@@ -3071,7 +3071,7 @@ static size_t te_llama__work_layout(const te_llama_config *c, int n, int max_len
 }
 
 TE_LLAMA_API size_t te_llama_work_floats(const te_llama_config *config, int n_tokens, int max_len) {
-    return te_llama__work_layout(config, n_tokens, max_len, NULL, NULL);
+    return te_llama__layer_work_layout(config, n_tokens, max_len, NULL, NULL);
 }
 
 /* The shared body of both decoder kinds. The kinds differ in how the weights are grouped: the TE layer passes
@@ -3087,8 +3087,8 @@ static te_llama_result te_llama__cpu_layer(const te_llama_step *step, float *x, 
     int nh = c->num_attention_heads, nkv = c->num_key_value_heads, q_dim = nh * hd, kv_dim = nkv * hd;
     int ld_qkv = q_dim + 2 * kv_dim, group = nh / nkv, t, k, col;
     float scale = 1.0f / sqrtf((float)hd);
-    te_llama__work w;
-    te_llama__work_layout(c, n, cache->max_len, step->work, &w);
+    te_llama__layer_work w;
+    te_llama__layer_work_layout(c, n, cache->max_len, step->work, &w);
     if (cache->on_device) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "CPU layer given a device cache");
     /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
     for (t = 0; t < n; t++) te_llama__rmsnorm(w.xn + (size_t)t * h, x + (size_t)t * h, ln1, h, c->rms_norm_eps, w.rowbuf);
