@@ -340,7 +340,8 @@ te_llama__attention_kernel(const float *qkv, const int32_t *pos, const int32_t *
                 if ((c > 0 && groups > 1) || d >= pairs) continue;
                 float a0 = acc[c][0] * corr, a1 = acc[c][1] * corr;
                 const te_llama__bf16 *vr = vc + base + (size_t)j0 * kv_dim + 2 * d;
-                for (int jj = g; jj < in_tile; jj += groups) {
+#pragma unroll 4
+                for (int jj = g; jj < in_tile; jj += groups) { /* unrolled: several value loads in flight */
                     float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)(vr + (size_t)jj * kv_dim));
                     a0 += sp[jj] * f.x;
                     a1 += sp[jj] * f.y;
