@@ -58,11 +58,21 @@ static void log_message(void *user, te_llama_log_level level, const char *msg) {
 typedef struct stream_state {
     int print_ids;
     int count;
+    te_llama_tokenizer *tok;
+    te_llama_decode_state decode; /* a token may end in the middle of a UTF-8 character */
 } stream_state;
 
+/* Print each token as it comes: its id, or its text. */
 static int on_token(void *user, int32_t token) {
     stream_state *s = (stream_state *)user;
-    if (s->print_ids) printf(s->count ? " %d" : "%d", token);
+    if (s->print_ids || !s->tok) {
+        printf(s->count ? " %d" : "%d", token);
+    } else {
+        char piece[256];
+        size_t len = 0;
+        if (te_llama_tokenizer_decode_piece(s->tok, &s->decode, token, 1, piece, sizeof piece, &len) == TE_LLAMA_OK)
+            fwrite(piece, 1, len, stdout);
+    }
     s->count++;
     fflush(stdout);
     return 0;
@@ -143,9 +153,32 @@ int main(int argc, char **argv) {
         }
         while (*s == ' ' || *s == '\n' || *s == '\t') s++;
         if (*s) { fprintf(stderr, "generate: --prompt-ids: not an id at \"%s\"\n", s); return 2; }
-    } else {
-        (void)chat;
-        fprintf(stderr, "generate: text prompts need the tokenizer; give --prompt-ids\n");
+    }
+    if (!st.print_ids || text) { /* text in or text out: the checkpoint's tokenizer.json */
+        te_llama_tokenizer *tok = NULL;
+        if ((r = te_llama_tokenizer_load(dir, NULL, &tok))) {
+            if (text) { fprintf(stderr, "generate: %s\n", te_llama_last_error()); return 1; }
+            if (!quiet) fprintf(stderr, "generate: no usable tokenizer (%s): printing ids\n", te_llama_last_error());
+        }
+        st.tok = tok;
+    }
+    if (text) {
+        size_t n = 0;
+        if (chat) r = te_llama_tokenizer_chat(st.tok, NULL, text, &prompt, &n);
+        else r = te_llama_tokenizer_encode(st.tok, text, strlen(text), 1, &prompt, &n);
+        if (r) { fprintf(stderr, "generate: %s\n", te_llama_last_error()); return 1; }
+        {   /* Llama expects BOS first; Llama 3's tokenizer template does not add it, so add it here */
+            int add_bos = m->config.bos_token_id >= 0 && (n == 0 || prompt[0] != m->config.bos_token_id);
+            int32_t *copy = (int32_t *)malloc(sizeof(int32_t) * (n + 1));
+            if (add_bos) copy[0] = m->config.bos_token_id;
+            memcpy(copy + add_bos, prompt, sizeof(int32_t) * n);
+            te_llama_tokenizer_free_ids(st.tok, prompt);
+            prompt = copy;
+            n_prompt = (int)n + add_bos;
+        }
+        if (!st.print_ids) { fputs(text, stdout); fflush(stdout); }
+    } else if (!ids_text) {
+        fprintf(stderr, "generate: give a prompt with -p TEXT or --prompt-ids \"1 2 3\" (try --help)\n");
         return 2;
     }
     if (n_prompt == 0) { fprintf(stderr, "generate: empty prompt\n"); return 2; }
@@ -189,6 +222,7 @@ int main(int argc, char **argv) {
     }
     free(out);
     free(prompt);
+    te_llama_tokenizer_free(st.tok);
     te_llama_free(m);
     return 0;
 }

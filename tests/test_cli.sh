@@ -53,5 +53,11 @@ check "convert back" build/convert $tmp/conv $tmp/conv2 --dtype f16 --quiet
 check "f16 -> f32 -> f16 is the identity" $py tests/check_saved.py $tmp/conv2 tests/fixtures/headdim_f16
 check "inspect" build/inspect tests/fixtures/gqa_tied_llama3
 build/inspect tests/fixtures/gqa_tied_llama3 | grep -q "layernorm_mlp.fc1_weight" && ok || bad "inspect names TE parameters"
+# the default model, from text: the prompt comes back followed by a continuation
+out=$(build/generate -p "It is a truth universally acknowledged" -n 24 --seed 3 --quiet 2>$tmp/err)
+case "$out" in "It is a truth universally acknowledged"?*) ok ;; *) bad "default model text: '$out' $(cat $tmp/err)" ;; esac
+a=$(echo "It is a truth" | build/tokenize -t models/austen)
+b=$(echo "$a" | build/tokenize -t models/austen --decode)
+[ "$b" = "It is a truth" ] && ok || bad "tokenize round trip: '$a' -> '$b'"
 echo "cli: $passed passed, $failed failed"
 [ $failed -eq 0 ]

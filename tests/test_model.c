@@ -932,15 +932,17 @@ static void test_atomic_save(void) {
 
 /* ------------------------------------------------------------------------------------------------ forward */
 
-static void test_golden(const char *name) {
-    char dir[2048];
+/* model_dir: NULL when the references sit beside the checkpoint in fixtures/name */
+static void test_golden(const char *name, const char *model_dir) {
+    char dir[2048], ref_dir[2048];
     reference ref;
     te_llama_model *te = NULL, *van = NULL;
     float *a, *b;
     size_t n;
     int k;
-    snprintf(dir, sizeof dir, "%s/%s", fixtures, name);
-    CHECK(load_reference(dir, &ref), "%s: reference files", name);
+    snprintf(ref_dir, sizeof ref_dir, "%s/%s", fixtures, name);
+    snprintf(dir, sizeof dir, "%s", model_dir ? model_dir : ref_dir);
+    CHECK(load_reference(ref_dir, &ref), "%s: reference files", name);
     if (!ref.logits) return;
     n = (size_t)ref.n_prompt * ref.vocab;
     a = (float *)calloc(n, sizeof(float));
@@ -1237,9 +1239,10 @@ int main(void) {
     test_peak_memory();
     test_load_errors();
     test_atomic_save();
-    test_golden("gqa_tied_llama3");
-    test_golden("mha_untied_bf16");
-    test_golden("headdim_f16");
+    test_golden("gqa_tied_llama3", NULL);
+    test_golden("mha_untied_bf16", NULL);
+    test_golden("headdim_f16", NULL);
+    test_golden("austen_ref", "models/austen"); /* the shipped default model */
     test_batch_and_layers();
     test_user_factory_runs();
     test_sampling();

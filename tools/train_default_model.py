@@ -42,6 +42,24 @@ def train_tokenizer(text, vocab_size):
     return tok
 
 
+def write_references(model_dir, ref_out, tok, held_text):
+    """Golden references for the C tests: HF float64 logits of a held-out prompt and a 24-token greedy
+    continuation (argmax step by step: eos does not stop it)."""
+    ref = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="eager").eval()
+    bos = ref.config.bos_token_id
+    prompt = [bos] + tok.encode(held_text[1000:1400], add_special_tokens=False).ids[:31]
+    with torch.no_grad():
+        logits = ref(torch.tensor([prompt])).logits[0]
+        seq = list(prompt)
+        for _ in range(24):
+            seq.append(int(ref(torch.tensor([seq])).logits[0, -1].argmax()))
+    os.makedirs(ref_out, exist_ok=True)
+    logits.to(torch.float32).numpy().astype("<f4").tofile(os.path.join(ref_out, "ref_logits.f32"))
+    with open(os.path.join(ref_out, "reference.json"), "w") as f:
+        json.dump({"model": model_dir, "prompt_ids": prompt, "n_prompt": len(prompt), "vocab": ref.config.vocab_size,
+                   "greedy_ids": seq[len(prompt):], "logits_file": "ref_logits.f32"}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--text", default="../shared/data/austen/austen.txt")
@@ -53,7 +71,14 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--references-only", action="store_true", help="only rewrite the golden references of --out")
     args = ap.parse_args()
+    if args.references_only:
+        text = open(args.text, encoding="utf-8").read()
+        cut = text.rfind("\n", 0, int(len(text) * 0.95)) + 1
+        tok = Tokenizer.from_file(os.path.join(args.out, "tokenizer.json"))
+        write_references(args.out, args.ref_out, tok, text[cut:])
+        return
     torch.manual_seed(args.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     t_start = time.time()
@@ -125,18 +150,7 @@ def main():
     shards = sorted(f for f in os.listdir(args.out) if f.endswith(".safetensors"))
     assert len(shards) >= 2, shards
 
-    # golden references for the C tests: HF float64 logits of a held-out prompt, and a greedy continuation
-    ref = LlamaForCausalLM.from_pretrained(args.out, dtype=torch.float64, attn_implementation="eager").eval()
-    prompt = [config.bos_token_id] + tok.encode(held_text[1000:1400], add_special_tokens=False).ids[:31]
-    with torch.no_grad():
-        logits = ref(torch.tensor([prompt])).logits[0]
-        gen = ref.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)[0, len(prompt):].tolist()
-    os.makedirs(args.ref_out, exist_ok=True)
-    logits.to(torch.float32).numpy().astype("<f4").tofile(os.path.join(args.ref_out, "ref_logits.f32"))
-    with open(os.path.join(args.ref_out, "reference.json"), "w") as f:
-        json.dump({"model": args.out, "prompt_ids": prompt, "n_prompt": len(prompt), "vocab": config.vocab_size,
-                   "greedy_ids": gen, "logits_file": "ref_logits.f32"}, f, indent=1)
+    write_references(args.out, args.ref_out, tok, held_text)
 
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     card = f"""# austen: the default model
