@@ -1,0 +1,149 @@
+/* bench: the project's side of bench/bench.py. Loads a checkpoint, then times prefill and greedy decode.
+   build/bench -m MODEL_DIR [--backend cpu|cuda] [--prefill-batch B] [--prefill-len T] [--decode-batch B]
+               [--prompt N] [--new N] [--repeat R]
+   Prints one JSON object on stdout: load_s, peak_rss_mib (after loading), prefill_ms, prefill_tok_s,
+   decode_tok_s (new tokens per second summed over the batch). */
+#define TE_LLAMA_IMPLEMENTATION
+#include "../te_llama.h"
+
+#include <sys/resource.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: bench -m MODEL_DIR [--backend cpu|cuda] [--prefill-batch B] [--prefill-len T]\n"
+               "             [--decode-batch B] [--prompt N] [--new N] [--repeat R]\n"
+               "Loads MODEL_DIR, times a prefill of B sequences of T tokens (best of R) and a greedy decode of N new\n"
+               "tokens after an N-token prompt for a batch of sequences; prints JSON on stdout.\n"
+               "Defaults: cpu, prefill 1 x 128, decode batch 1, prompt 128, new 128, repeat 3. 0 skips a part.\n");
+}
+
+static int die(const char *what) {
+    fprintf(stderr, "bench: %s: %s\n", what, te_llama_last_error());
+    return 1;
+}
+
+/* Deterministic pseudo-random token ids (not zeros: real data, METHOD.md). */
+static int32_t token_at(int seq, int pos, int vocab) { return (int32_t)((seq * 7919u + pos * 104729u + 17u) % (unsigned)vocab); }
+
+int main(int argc, char **argv) {
+    te_llama_options opt;
+    te_llama_model *m;
+    const char *dir = NULL;
+    int pb = 1, pt = 128, db = 1, prompt = 128, n_new = 128, repeat = 3, i, s, r;
+    double t0, load_s, prefill_best = 0, decode_s = 0;
+    struct rusage ru;
+    memset(&opt, 0, sizeof opt);
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!v) { usage(stderr); return 2; }
+        else if (!strcmp(a, "-m")) dir = v;
+        else if (!strcmp(a, "--backend")) opt.backend = strcmp(v, "cuda") ? TE_LLAMA_BACKEND_CPU : TE_LLAMA_BACKEND_CUDA;
+        else if (!strcmp(a, "--prefill-batch")) pb = atoi(v);
+        else if (!strcmp(a, "--prefill-len")) pt = atoi(v);
+        else if (!strcmp(a, "--decode-batch")) db = atoi(v);
+        else if (!strcmp(a, "--prompt")) prompt = atoi(v);
+        else if (!strcmp(a, "--new")) n_new = atoi(v);
+        else if (!strcmp(a, "--repeat")) repeat = atoi(v);
+        else { usage(stderr); return 2; }
+        i++;
+    }
+    if (!dir || repeat < 1) { usage(stderr); return 2; }
+    t0 = now_s();
+    if (te_llama_load(dir, &opt, &m)) return die("load");
+    load_s = now_s() - t0;
+    getrusage(RUSAGE_SELF, &ru);
+    if (pb > 0 && pt > 0) { /* prefill: pb sequences of pt tokens in one forward, logits of the last token of each */
+        int n = pb * pt;
+        int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)n), *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+        int32_t *seq = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+        uint8_t *want = (uint8_t *)calloc((size_t)n, 1);
+        float *logits = (float *)malloc(sizeof(float) * (size_t)pb * m->config.vocab_size);
+        te_llama_kv_cache *cache;
+        te_llama_batch b;
+        for (s = 0; s < pb; s++)
+            for (i = 0; i < pt; i++) {
+                tok[s * pt + i] = token_at(s, i, m->config.vocab_size);
+                pos[s * pt + i] = i;
+                seq[s * pt + i] = s;
+                want[s * pt + i] = i == pt - 1;
+            }
+        if (te_llama_kv_cache_create(m, pb, pt, &cache)) return die("kv cache");
+        memset(&b, 0, sizeof b);
+        b.n_tokens = n; b.tokens = tok; b.pos = pos; b.seq = seq; b.want_logits = want;
+        for (r = 0; r < repeat + 1; r++) { /* the first run warms up (handles, workspace, module load) */
+            t0 = now_s();
+            if (te_llama_forward(m, cache, &b, logits)) return die("prefill"); /* logits on the host: synchronised */
+            t0 = now_s() - t0;
+            if (r > 0 && (prefill_best == 0 || t0 < prefill_best)) prefill_best = t0;
+        }
+        te_llama_kv_cache_free(cache);
+        free(tok); free(pos); free(seq); free(want); free(logits);
+    }
+    if (db > 0 && n_new > 0) { /* greedy decode after a prompt */
+        if (db == 1) { /* te_llama_generate: sampling stays on the device */
+            te_llama_generate_options g;
+            int32_t *p = (int32_t *)malloc(sizeof(int32_t) * (size_t)prompt), *out = (int32_t *)malloc(sizeof(int32_t) * (size_t)n_new);
+            int n_out = 0;
+            double prefill_only;
+            memset(&g, 0, sizeof g);
+            g.ignore_eos = 1;
+            for (i = 0; i < prompt; i++) p[i] = token_at(0, i, m->config.vocab_size);
+            g.max_new_tokens = 1; /* warm up, and time the prompt alone to subtract it */
+            if (te_llama_generate(m, &g, p, prompt, out, n_new, &n_out)) return die("generate");
+            t0 = now_s();
+            if (te_llama_generate(m, &g, p, prompt, out, n_new, &n_out)) return die("generate");
+            prefill_only = now_s() - t0;
+            g.max_new_tokens = n_new;
+            t0 = now_s();
+            if (te_llama_generate(m, &g, p, prompt, out, n_new, &n_out)) return die("generate");
+            decode_s = now_s() - t0 - prefill_only; /* the n_new - 1 decode steps */
+            n_new = n_out - 1;
+            free(p); free(out);
+        } else { /* a batch of sequences, one forward per step, greedy on the host */
+            int V = m->config.vocab_size, step;
+            int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt), *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt);
+            int32_t *seq = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt);
+            uint8_t *want = (uint8_t *)calloc((size_t)db * prompt, 1);
+            float *logits = (float *)malloc(sizeof(float) * (size_t)db * V);
+            te_llama_kv_cache *cache;
+            te_llama_batch b;
+            if (te_llama_kv_cache_create(m, db, prompt + n_new, &cache)) return die("kv cache");
+            for (s = 0; s < db; s++)
+                for (i = 0; i < prompt; i++) {
+                    tok[s * prompt + i] = token_at(s, i, V); pos[s * prompt + i] = i; seq[s * prompt + i] = s; want[s * prompt + i] = i == prompt - 1;
+                }
+            memset(&b, 0, sizeof b);
+            b.n_tokens = db * prompt; b.tokens = tok; b.pos = pos; b.seq = seq; b.want_logits = want;
+            if (te_llama_forward(m, cache, &b, logits)) return die("prompt");
+            t0 = now_s();
+            for (step = 0; step < n_new; step++) {
+                for (s = 0; s < db; s++) {
+                    const float *l = logits + (size_t)s * V;
+                    int best = 0, k;
+                    for (k = 1; k < V; k++) if (l[k] > l[best]) best = k;
+                    tok[s] = best; pos[s] = prompt + step; seq[s] = s;
+                }
+                b.n_tokens = db; b.want_logits = NULL;
+                if (step == n_new - 1) break; /* the last token needs no forward */
+                if (te_llama_forward(m, cache, &b, logits)) return die("decode");
+            }
+            decode_s = now_s() - t0;
+            n_new = n_new - 1;
+            te_llama_kv_cache_free(cache);
+            free(tok); free(pos); free(seq); free(want); free(logits);
+        }
+    }
+    printf("{\"load_s\": %.4f, \"peak_rss_mib\": %.1f, \"prefill_batch\": %d, \"prefill_len\": %d, \"prefill_ms\": %.3f, "
+           "\"prefill_tok_s\": %.1f, \"decode_batch\": %d, \"decode_new\": %d, \"decode_tok_s\": %.2f}\n",
+           load_s, ru.ru_maxrss / 1024.0, pb, pt, prefill_best * 1e3, prefill_best > 0 ? pb * pt / prefill_best : 0.0, db,
+           n_new, decode_s > 0 ? (double)db * n_new / decode_s : 0.0);
+    te_llama_free(m);
+    return 0;
+}
