@@ -23,11 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #define FIXTURES "tests/fixtures/"
-#define OUT_DIR "build/test_cuda_out"
+
+static char out_dir[1024]; /* saved checkpoints: $TE_LLAMA_TMP, else build/tmp/cuda */
 
 static void quiet_log(void *user, te_llama_log_level level, const char *message) {
     (void)user;
@@ -466,9 +466,9 @@ static void check_generate(const char *name, te_llama_model *gpu, te_llama_model
 }
 
 static void check_save(const char *name, te_llama_model *gpu, te_llama_model *cpu) {
-    char dg[256], dc[256], a[300], b[300];
-    snprintf(dg, sizeof dg, OUT_DIR "/%s_cuda", name);
-    snprintf(dc, sizeof dc, OUT_DIR "/%s_cpu", name);
+    char dg[1100], dc[1100], a[1200], b[1200];
+    snprintf(dg, sizeof dg, "%s/%s_cuda", out_dir, name);
+    snprintf(dc, sizeof dc, "%s/%s_cpu", out_dir, name);
     CHECK_RESULT(te_llama_save(gpu, dg, NULL), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_save(cpu, dc, NULL), TE_LLAMA_OK);
     snprintf(a, sizeof a, "%s/model.safetensors", dg);
@@ -651,10 +651,13 @@ static void test_errors(void) {
 
 int main(void) {
     static const char *const fixtures[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
+    const char *env = getenv("TE_LLAMA_TMP");
+    char cmd[1100];
     te_llama_model *probe;
     size_t f;
-    mkdir("build", 0755);
-    mkdir(OUT_DIR, 0755);
+    snprintf(out_dir, sizeof out_dir, "%s", env ? env : "build/tmp/cuda");
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", out_dir);
+    if (system(cmd) != 0) return 2;
     probe = load(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA);
     if (probe && probe->options.backend != TE_LLAMA_BACKEND_CUDA) {
         printf("cuda: no CUDA device here; the CUDA load fell back to the CPU (checked), GPU tests skipped\n");
