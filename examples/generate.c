@@ -20,7 +20,8 @@ static void usage(FILE *f) {
             "  --top-k K           keep the K most likely tokens (default 0: off)\n"
             "  --top-p P           keep the smallest set of tokens with probability mass P (default 0.95)\n"
             "  --seed S            random seed (default: from the clock, printed on stderr)\n"
-            "  --backend cpu|cuda  where to run (default cpu; cuda needs a build with the CUDA backend)\n"
+            "  --backend cpu|cuda  where to run (default: the GPU when this build has the CUDA backend and the\n"
+            "                      machine has a GPU, else the CPU)\n"
             "  --decoder te|vanilla  decoder layer layout (default te: fused QKV and fc1)\n"
             "  --num-layers N      load only the first N decoder layers\n"
             "  --ignore-eos        do not stop at the model's end-of-sequence ids\n"
@@ -50,8 +51,10 @@ static void progress(void *user, const te_llama_progress *p) {
     if (p->bytes_done >= p->bytes_total) { fputc('\n', stderr); shard_started = 0; }
 }
 
+static int backend_chosen; /* --backend given: then falling back to the CPU is worth a warning */
 static void log_message(void *user, te_llama_log_level level, const char *msg) {
     (void)user;
+    if (!backend_chosen && strstr(msg, "no CUDA device")) return; /* the default just means "GPU if there is one" */
     fprintf(stderr, "%s: %s\n", level == TE_LLAMA_LOG_WARN ? "warning" : "info", msg);
 }
 
@@ -101,6 +104,9 @@ int main(int argc, char **argv) {
     memset(&g, 0, sizeof g);
     memset(&st, 0, sizeof st);
     opt.decoder = te_llama_te_decoder;
+#ifdef TE_LLAMA_CUDA
+    opt.backend = TE_LLAMA_BACKEND_CUDA; /* falls back to the CPU when there is no GPU */
+#endif
     g.sampler.temperature = 0.8f;
     g.sampler.top_p = 0.95f;
     for (i = 1; i < argc; i++) {
@@ -139,7 +145,9 @@ int main(int argc, char **argv) {
     t0 = now_s();
     if ((r = te_llama_load(dir, &opt, &m))) { fprintf(stderr, "generate: %s\n", te_llama_last_error()); return 1; }
     t1 = now_s();
-    if (!quiet) fprintf(stderr, "loaded %s (%d layers, %s) in %.2f s\n", dir, m->config.num_hidden_layers, m->layers[0]->kind, t1 - t0);
+    if (!quiet)
+        fprintf(stderr, "loaded %s (%d layers, %s, %s) in %.2f s\n", dir, m->config.num_hidden_layers, m->layers[0]->kind,
+                m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu", t1 - t0);
     /* the prompt */
     if (ids_text) {
         const char *s = ids_text;
