@@ -488,11 +488,16 @@ typedef struct te_llama_sampler_options {
     uint64_t seed;                    /* runs with one seed repeat exactly */
 } te_llama_sampler_options;
 
+typedef struct te_llama_candidate {
+    float p;
+    int32_t id;
+} te_llama_candidate;
+
 typedef struct te_llama_sampler {
     te_llama_sampler_options options;
     uint64_t rng;
     float *probs;                     /* (vocab) */
-    int32_t *order;                   /* (vocab) */
+    te_llama_candidate *candidates;   /* (vocab) tokens still in the draw */
     int vocab;
     te_llama_allocator allocator;
 } te_llama_sampler;
@@ -3296,24 +3301,23 @@ TE_LLAMA_API te_llama_result te_llama_sampler_init(te_llama_sampler *s, const te
     s->vocab = vocab;
     s->rng = s->options.seed ^ 0x853c49e6748fea9bull;
     s->probs = (float *)te_llama__alloc(&s->allocator, sizeof(float) * (size_t)vocab);
-    s->order = (int32_t *)te_llama__alloc(&s->allocator, sizeof(int32_t) * (size_t)vocab);
-    if (!s->probs || !s->order) { te_llama_sampler_free(s); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "sampler"); }
+    s->candidates = (te_llama_candidate *)te_llama__alloc(&s->allocator, sizeof *s->candidates * (size_t)vocab);
+    if (!s->probs || !s->candidates) { te_llama_sampler_free(s); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "sampler"); }
     return TE_LLAMA_OK;
 }
 
 TE_LLAMA_API void te_llama_sampler_free(te_llama_sampler *s) {
     if (!s) return;
     te_llama__free(&s->allocator, s->probs);
-    te_llama__free(&s->allocator, s->order);
+    te_llama__free(&s->allocator, s->candidates);
     s->probs = NULL;
-    s->order = NULL;
+    s->candidates = NULL;
 }
 
-static const float *te_llama__sort_probs;
 static int te_llama__by_prob_desc(const void *a, const void *b) {
-    float x = te_llama__sort_probs[*(const int32_t *)a], y = te_llama__sort_probs[*(const int32_t *)b];
-    if (x != y) return x > y ? -1 : 1;
-    return *(const int32_t *)a - *(const int32_t *)b;
+    const te_llama_candidate *x = (const te_llama_candidate *)a, *y = (const te_llama_candidate *)b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
 }
 
 /* Greedy when temperature is 0; else softmax(logits / T), keep the top_k most likely, then the smallest set
@@ -3331,27 +3335,27 @@ TE_LLAMA_API int32_t te_llama_sample(te_llama_sampler *s, const float *logits) {
     for (i = 0; i < v; i++) s->probs[i] /= sum;
     /* candidates: a token below (1 - top_p) / (v - 1) can never be inside the nucleus (llama2.c's bound) */
     cut = (s->options.top_p > 0 && s->options.top_p < 1 && v > 1) ? (1.0f - s->options.top_p) / (float)(v - 1) : 0.0f;
-    for (i = 0; i < v; i++) if (s->probs[i] >= cut) s->order[n++] = i;
-    te_llama__sort_probs = s->probs; /* not reentrant across threads sampling at once; qsort has no context */
-    qsort(s->order, (size_t)n, sizeof(int32_t), te_llama__by_prob_desc);
+    for (i = 0; i < v; i++)
+        if (s->probs[i] >= cut) { s->candidates[n].p = s->probs[i]; s->candidates[n].id = i; n++; }
+    qsort(s->candidates, (size_t)n, sizeof *s->candidates, te_llama__by_prob_desc);
     keep = n;
     if (s->options.top_k > 0 && s->options.top_k < keep) keep = s->options.top_k;
     if (s->options.top_p > 0 && s->options.top_p < 1) {
         float mass = 0, total = 0;
-        for (i = 0; i < keep; i++) total += s->probs[s->order[i]];
+        for (i = 0; i < keep; i++) total += s->candidates[i].p;
         for (i = 0; i < keep; i++) {
-            mass += s->probs[s->order[i]] / total;
+            mass += s->candidates[i].p / total;
             if (mass >= s->options.top_p) { keep = i + 1; break; }
         }
     }
     sum = 0;
-    for (i = 0; i < keep; i++) sum += s->probs[s->order[i]];
+    for (i = 0; i < keep; i++) sum += s->candidates[i].p;
     r = te_llama__rand_unit(&s->rng) * sum;
     for (i = 0; i < keep; i++) {
-        acc += s->probs[s->order[i]];
-        if (r < acc) return s->order[i];
+        acc += s->candidates[i].p;
+        if (r < acc) return s->candidates[i].id;
     }
-    return s->order[keep - 1];
+    return s->candidates[keep - 1].id;
 }
 
 /* ------------------------------------------------------------------------------------------------ generation */

@@ -330,7 +330,8 @@ static void test_json(void) {
             }
             printf("  json: parsed %.1f MB tokenizer.json (%zu tokens) in %.1f ms\n", len / 1e6, j.n_tokens, best);
 #if !defined(__SANITIZE_ADDRESS__)
-            CHECK(best < 100.0, "parse took %.1f ms", best); /* timed in the optimised build only */
+            /* timed in the optimised build only; about 32 ms on an idle core, the bound leaves room for a busy machine */
+            CHECK(best < 250.0, "parse took %.1f ms", best);
 #endif
             te_llama_json_free(&j);
             free(text);
