@@ -20,11 +20,15 @@
      te_llama_model *m;
      te_llama_load("path/to/hf_dir", &opt, &m);           TELlamaForCausalLM.from_pretrained_local: builds
                                                           TE decoder layers, streams one shard at a time
-     te_llama_generate(m, &gen, prompt, n, out, cap, &n_out);
+     te_llama_tokenizer_load("path/to/hf_dir", NULL, &tok);  tokenizer.json (Llama 3 and Llama 2 families)
+     te_llama_tokenizer_encode(tok, text, len, 1, &ids, &n); text -> ids, BOS as the tokenizer's template says
+     te_llama_generate(m, &gen, prompt, n, out, cap, &n_out);  greedy or sampled; on_token streams each id
+     te_llama_tokenizer_decode_piece(tok, &state, id, ...);   id -> text, safe across split UTF-8 characters
      te_llama_save(m, "out_dir", &save_opt);              save_pretrained: HF names, shards, index
      for (i = 0; i < te_llama_num_parameters(m); i++)     parameters(): name, shape, dtype, data
          te_llama_parameter(m, i);
      te_llama_free(m);
+   Below generate: te_llama_kv_cache_create + te_llama_forward run batches mixing several sequences.
    On failure every call returns a te_llama_result; te_llama_last_error() says what and where (file, tensor,
    byte offset, expected vs found). The library never prints and never exits: install options.log to hear it.
 
