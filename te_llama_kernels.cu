@@ -12,12 +12,23 @@
      -> rmsnorm -> fc1 GEMM -> SwiGLU -> fc2 GEMM (+= x) -> final rmsnorm on the rows that want logits -> lm_head GEMM.
    GEMMs are cuBLASLt, y = x @ W^T with W the transposed operand ("TN"), bf16 inputs, fp32 accumulation; the
    residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream).
+   Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
+     - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
+       128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);
+     - otherwise, up to 8 query heads a kv head and head_dim <= 256 (decode steps, interleaved batches):
+       te_llama__decode_attention_kernel, split-KV (flash-decoding) with one block per (token, split, kv head),
+       then te_llama__decode_combine_kernel; the splits' extent is computed on the device from the positions, so
+       the captured decode graph stays valid at every position;
+     - otherwise te_llama__attention_kernel, one block per (token, query head) on the CUDA cores.
 
    NUMERICS (what differs from the fp32 CPU reference, te_llama__cpu_layer)
      - The residual stream x is fp32, as are the QKV and fc1 GEMM outputs, RoPE and the softmax statistics.
      - Every GEMM input is bf16: the normed activations, the attention output and the SwiGLU output are rounded
        to bf16 before their GEMM (the CPU keeps them fp32). Keys and values are cached in bf16.
      - cos and sin of the rotary angle are computed as the CPU does (float32 angle, double cos/sin, then float).
+     - The tensor-core prefill attention rounds q (after RoPE, before the 1/sqrt(hd) scale) and the softmax
+       probabilities to bf16 for its two products (fp32 accumulation, fp32 softmax statistics and row sums); the
+       other two attention kernels keep q and the probabilities in fp32.
      Expected relative L2 error of the logits against the CPU over the same bf16 weights: a few 1e-3.
 
    SAMPLING (te_llama_cuda_generate)
@@ -33,7 +44,9 @@
    MEMORY
      Model parameters are allocated by the library through te_llama_cuda_malloc. The device context holds a cuBLASLt
      workspace (32 MiB), per-token scratch grown to the largest batch seen (~ 4 (hidden + q_dim + 2 kv_dim + 2 I)
-     + 2 (hidden + q_dim + I) bytes a token) and a logits buffer of up to 128 rows x vocab fp32. The KV cache is two
+     + 2 (hidden + q_dim + I) + 32 bytes a token), the split-KV attention's partial results (tokens x heads x
+     splits x (head_dim + 2) fp32, for batches small enough to split: at most ~ 2 x SMs x G (head_dim + 2) x 4
+     bytes, 0.5 MiB for Llama-3-8B) and a logits buffer of up to 128 rows x vocab fp32. The KV cache is two
      bf16 buffers of n_layers x n_seq x max_len x kv_dim. A failed allocation frees what the call took and returns
      TE_LLAMA_ERR_CUDA_OOM. The loader's pinned staging buffers are freed at the first forward call.
 */
@@ -146,8 +159,12 @@ typedef struct te_llama__cuda {
     te_llama__bf16 *att; /* (cap, q_dim) attention output */
     float *mlp;          /* (cap, 2 I) fc1 output: gate then up */
     te_llama__bf16 *act; /* (cap, I) silu(gate) * up */
-    int32_t *ints;       /* (4, cap): tokens, positions, sequences, rows wanting logits */
-    int32_t *host_ints;  /* (4, cap) host copy being uploaded */
+    int32_t *ints;       /* (8, cap): tokens, positions, sequences, rows wanting logits, then the prefill tile table
+                            (4 ints a tile, at most cap tiles) */
+    int32_t *host_ints;  /* (8, cap) host copy being uploaded */
+    int n_sm;            /* multiprocessors: sizes the decode attention's splits */
+    float *part;         /* split-KV partial results of the decode attention */
+    size_t part_floats;
     int cap_rows;
     float *logits;       /* (cap_rows, vocab) */
     /* generation */
@@ -372,6 +389,393 @@ te_llama__attention_kernel(const float *qkv, const int32_t *pos, const int32_t *
     }
 }
 
+/* ------------------------------------------------------------------------------- tensor-core prefill attention */
+
+#define TE_LLAMA__FA_BM 64      /* query rows of a block: 4 warps of 16 */
+#define TE_LLAMA__FA_BN 64      /* keys of a shared-memory tile */
+#define TE_LLAMA__FA_THREADS 128
+#define TE_LLAMA__FA_MIN_ROWS 16 /* the tiled path runs when the batch's tiles average at least this many rows */
+
+__device__ __forceinline__ void te_llama__cp_async16(void *smem, const void *gmem, int src_bytes) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void te_llama__cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void te_llama__cp_async_wait(void) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void te_llama__ldmatrix_x4(uint32_t r[4], const void *smem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+}
+__device__ __forceinline__ void te_llama__ldmatrix_x4_trans(uint32_t r[4], const void *smem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s) : "memory");
+}
+/* c (16 x 8 fp32) += a (16 x 16 bf16, row) b (16 x 8 bf16, col) */
+__device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower index */
+    return *(uint32_t *)&v;
+}
+
+/* Causal GQA attention for runs of consecutive tokens (same sequence, positions +1 each), FlashAttention-2 style on
+   the tensor cores. A block is one tile of up to 64 query rows of one run and one query head (grid: heads x tiles;
+   tiles[] = {first token, rows, sequence, position of the first row}, heaviest first). Its 4 warps own 16 rows
+   each. Keys and values [0, last row's position] of the sequence stream through shared memory in tiles of 64
+   (cp.async, two stages; rows padded by 16 bytes so that ldmatrix is conflict-free); S = Q K^T and O += P V are
+   mma.sync m16n8k16 bf16 with fp32 accumulation; the online softmax (running max and sum) is fp32, in the base-2
+   domain (scale * log2 e folded into the scores).
+   Rounding (beyond the general kernel's): q is read from the fp32 QKV row after RoPE and rounded to bf16 (RNE)
+   before the product, unscaled; the probabilities P are rounded to bf16 for the P V product, while the row sums
+   use the fp32 P. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
+   group and the run's other tiles re-read them, mostly from L2), 64 x HD fp32 of q, 64 x HD bf16 written. */
+template <int HD>
+__global__ void __launch_bounds__(TE_LLAMA__FA_THREADS, 3)
+te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
+                               te_llama__bf16 *out, int n_heads, int n_kv, int max_len, float scale_log2) {
+    constexpr int BN = TE_LLAMA__FA_BN, LD = HD + 8, KCH = HD / 16, NT = HD / 8, CPR = HD / 8 /* 16-byte chunks a row */;
+    extern __shared__ __align__(16) unsigned char te_llama__fa_smem[];
+    te_llama__bf16 *sk = (te_llama__bf16 *)te_llama__fa_smem; /* [2][BN][LD] */
+    te_llama__bf16 *sv = sk + 2 * BN * LD;                      /* [2][BN][LD] */
+    const int head = blockIdx.x, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int4 tile = tiles[blockIdx.y];
+    const int q_dim = n_heads * HD, kv_dim = n_kv * HD, ld = q_dim + 2 * kv_dim;
+    const int n_keys = tile.w + tile.y, n_kt = (n_keys + BN - 1) / BN;
+    const size_t kv_base = (size_t)tile.z * (size_t)max_len * (size_t)kv_dim + (size_t)(head / (n_heads / n_kv)) * HD;
+    const te_llama__bf16 *kg = kc + kv_base, *vg = vc + kv_base;
+    const int r0 = min(warp * 16 + g, tile.y - 1), r1 = min(warp * 16 + g + 8, tile.y - 1); /* rows past the run: copies */
+    const int p0 = tile.w + r0, p1 = tile.w + r1;
+    uint32_t qf[KCH][4];
+    {
+        const float *q0 = qkv + (size_t)(tile.x + r0) * ld + (size_t)head * HD + 2 * c;
+        const float *q1 = qkv + (size_t)(tile.x + r1) * ld + (size_t)head * HD + 2 * c;
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+            float2 a = *(const float2 *)(q0 + 16 * k), b = *(const float2 *)(q1 + 16 * k);
+            float2 a8 = *(const float2 *)(q0 + 16 * k + 8), b8 = *(const float2 *)(q1 + 16 * k + 8);
+            qf[k][0] = te_llama__pack_bf16(a.x, a.y);
+            qf[k][1] = te_llama__pack_bf16(b.x, b.y);
+            qf[k][2] = te_llama__pack_bf16(a8.x, a8.y);
+            qf[k][3] = te_llama__pack_bf16(b8.x, b8.y);
+        }
+    }
+    float o[NT][4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+    /* keys past the last row's position are zero-filled (never read from the cache) and masked */
+#define TE_LLAMA__FA_LOAD(kt, st)                                                                                   \
+    do {                                                                                                          \
+        const int j0_ = (kt) * BN;                                                                                \
+        for (int i_ = tid; i_ < BN * CPR; i_ += TE_LLAMA__FA_THREADS) {                                           \
+            const int row_ = i_ / CPR, col_ = (i_ - row_ * CPR) * 8, j_ = j0_ + row_, ok_ = j_ < n_keys;        \
+            const size_t at_ = (size_t)(ok_ ? j_ : 0) * (size_t)kv_dim + col_;                                    \
+            te_llama__cp_async16(sk + ((st) * BN + row_) * LD + col_, kg + at_, ok_ ? 16 : 0);                    \
+            te_llama__cp_async16(sv + ((st) * BN + row_) * LD + col_, vg + at_, ok_ ? 16 : 0);                    \
+        }                                                                                                         \
+        te_llama__cp_async_commit();                                                                              \
+    } while (0)
+    TE_LLAMA__FA_LOAD(0, 0);
+    for (int kt = 0; kt < n_kt; kt++) {
+        if (kt + 1 < n_kt) {
+            TE_LLAMA__FA_LOAD(kt + 1, (kt + 1) & 1);
+            te_llama__cp_async_wait<1>();
+        } else {
+            te_llama__cp_async_wait<0>();
+        }
+        __syncthreads();
+        const te_llama__bf16 *K = sk + (kt & 1) * BN * LD, *V = sv + (kt & 1) * BN * LD;
+        float s[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        /* S = Q K^T: per 16 keys, one ldmatrix.x4 gives the B fragments of two 8-key tiles for 16 dims */
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
+                uint32_t b[4];
+                te_llama__ldmatrix_x4(b, K + (np * 16 + ((lane >> 4) << 3) + (lane & 7)) * LD + k * 16 + (((lane >> 3) & 1) << 3));
+                te_llama__mma_bf16(s[2 * np], qf[k], b[0], b[1]);
+                te_llama__mma_bf16(s[2 * np + 1], qf[k], b[2], b[3]);
+            }
+        }
+        /* scale, causal mask (key j visible to the row at position p when j <= p), running max */
+        const int j0 = kt * BN;
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            const int j = j0 + nt * 8 + 2 * c;
+            s[nt][0] = j <= p0 ? s[nt][0] * scale_log2 : -INFINITY;
+            s[nt][1] = j + 1 <= p0 ? s[nt][1] * scale_log2 : -INFINITY;
+            s[nt][2] = j <= p1 ? s[nt][2] * scale_log2 : -INFINITY;
+            s[nt][3] = j + 1 <= p1 ? s[nt][3] * scale_log2 : -INFINITY;
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        /* finite: key 0 is visible to every row, so the first tile sets a finite max */
+        const float corr0 = exp2f(m0 - mx0), corr1 = exp2f(m1 - mx1);
+        m0 = mx0;
+        m1 = mx1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - mx0);
+            s[nt][1] = exp2f(s[nt][1] - mx0);
+            s[nt][2] = exp2f(s[nt][2] - mx1);
+            s[nt][3] = exp2f(s[nt][3] - mx1);
+            ls0 += s[nt][0] + s[nt][1];
+            ls1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * corr0 + ls0; /* this thread's share of the row sum; the quad's shares add at the end */
+        l1 = l1 * corr1 + ls1;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            o[nt][0] *= corr0;
+            o[nt][1] *= corr0;
+            o[nt][2] *= corr1;
+            o[nt][3] *= corr1;
+        }
+        /* O += P V: the S accumulators of 16 keys are the A fragment; V's B fragments by ldmatrix.trans */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t a[4];
+            a[0] = te_llama__pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = te_llama__pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = te_llama__pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = te_llama__pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t b[4];
+                te_llama__ldmatrix_x4_trans(b, V + (kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7)) * LD + dp * 16 + ((lane >> 4) << 3));
+                te_llama__mma_bf16(o[2 * dp], a, b[0], b[1]);
+                te_llama__mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads(); /* this stage is refilled by the next iteration's load */
+    }
+#undef TE_LLAMA__FA_LOAD
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    const int w0 = warp * 16 + g, w1 = w0 + 8;
+    te_llama__bf16 *o0 = out + (size_t)(tile.x + w0) * q_dim + (size_t)head * HD + 2 * c;
+    te_llama__bf16 *o1 = out + (size_t)(tile.x + w1) * q_dim + (size_t)head * HD + 2 * c;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        if (w0 < tile.y) *(__nv_bfloat162 *)(o0 + nt * 8) = __floats2bfloat162_rn(o[nt][0] * inv0, o[nt][1] * inv0);
+        if (w1 < tile.y) *(__nv_bfloat162 *)(o1 + nt * 8) = __floats2bfloat162_rn(o[nt][2] * inv1, o[nt][3] * inv1);
+    }
+}
+
+/* Shared memory of the prefill kernel: K and V, two stages, padded rows. */
+static size_t te_llama__fa_smem_bytes(int hd) { return (size_t)2 * 2 * TE_LLAMA__FA_BN * (size_t)(hd + 8) * sizeof(te_llama__bf16); }
+
+/* --------------------------------------------------------------------------- split-KV (flash-decoding) attention */
+
+#define TE_LLAMA__DEC_THREADS 128
+#define TE_LLAMA__DEC_GMAX 8        /* query heads per kv head it takes */
+#define TE_LLAMA__DEC_MAX_HD 256
+#define TE_LLAMA__DEC_TILE 64
+#define TE_LLAMA__DEC_MAX_SPLITS 64
+#define TE_LLAMA__DEC_MIN_CHUNK 16
+
+/* Keys a split covers, from the device-side key count: the splits of a token share its keys evenly, in multiples
+   of 16; the ones past the last key have nothing to do. Both kernels below compute it the same way. */
+__device__ __forceinline__ int te_llama__split_chunk(int n_keys, int splits) {
+    const int c = (n_keys + splits - 1) / splits;
+    return (c + TE_LLAMA__DEC_MIN_CHUNK - 1) / TE_LLAMA__DEC_MIN_CHUNK * TE_LLAMA__DEC_MIN_CHUNK;
+}
+
+/* Attention of single tokens over long caches, any positions and sequences: one block per (token, split, kv
+   head), all the group's query heads together so that each key and value row is read once per group. The split's
+   keys stream in tiles of 64: scores by 4 keys a warp (8 lanes a key, 16-byte loads), the online softmax per head
+   in fp32 (base 2), then P V with the threads over value dimension pairs and key groups. With one split the block
+   writes the bf16 output; else its unnormalised sums and (max, sum) go to part[(t, head, split)] (hd + 2 floats)
+   and te_llama__decode_combine_kernel merges them. q stays fp32 (as the general kernel). The grid is fixed by the
+   host (tokens x splits x kv heads) and the work found on the device from pos[]: CUDA-graph safe.
+   Traffic: (pos + 1) x hd x 2 x 2 bytes per (token, kv head), hd x G fp32 of q; part: splits x (hd + 2) floats
+   per (token, head) written and read back. */
+__global__ void __launch_bounds__(TE_LLAMA__DEC_THREADS)
+te_llama__decode_attention_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
+                                  const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, int n_heads, int n_kv,
+                                  int hd, int max_len, float scale_log2) {
+    extern __shared__ float te_llama__dec_smem[];
+    __shared__ float s_m[TE_LLAMA__DEC_GMAX], s_l[TE_LLAMA__DEC_GMAX], s_c[TE_LLAMA__DEC_GMAX];
+    const int t = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z, S = gridDim.y, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, sub = lane >> 3, part8 = lane & 7;
+    const int G = n_heads / n_kv, q_dim = n_heads * hd, kv_dim = n_kv * hd, pairs = hd >> 1;
+    const int octs = (hd & 7) ? 0 : hd >> 3; /* 16-byte loads need rows of whole 16-byte chunks */
+    const int n_keys = pos[t] + 1, chunk = te_llama__split_chunk(n_keys, S), k0 = split * chunk;
+    const int k1 = min(n_keys, k0 + chunk);
+    if (k0 >= n_keys) return; /* the whole block: nothing of this token's keys is left for it */
+    float *sq = te_llama__dec_smem;           /* (G, hd) q * scale * log2 e */
+    float *sp = sq + G * hd;                  /* (G, TILE) scores, then probabilities */
+    float *sacc = sp + G * TE_LLAMA__DEC_TILE; /* (G, groups, pairs, 2) */
+    const float *q = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * hd;
+    for (int i = tid; i < G * hd; i += TE_LLAMA__DEC_THREADS) sq[i] = q[i] * scale_log2;
+    if (tid < G) { s_m[tid] = -INFINITY; s_l[tid] = 0.0f; }
+    const size_t base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * hd;
+    const int groups = TE_LLAMA__DEC_THREADS / pairs, grp = tid / pairs, d2 = tid - grp * pairs;
+    float acc[TE_LLAMA__DEC_GMAX][2];
+#pragma unroll
+    for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++) acc[g][0] = acc[g][1] = 0.0f;
+    __syncthreads();
+    for (int j0 = k0; j0 < k1; j0 += TE_LLAMA__DEC_TILE) {
+        const int in_tile = min(TE_LLAMA__DEC_TILE, k1 - j0);
+        for (int jb = warp * 4; jb < TE_LLAMA__DEC_TILE; jb += 16) { /* 4 keys a warp at a time: uniform trip count */
+            const int jj = jb + sub;
+            float d[TE_LLAMA__DEC_GMAX];
+#pragma unroll
+            for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++) d[g] = 0.0f;
+            if (jj < in_tile) {
+                const te_llama__bf16 *kr = kc + base + (size_t)(j0 + jj) * kv_dim;
+                for (int o8 = part8; o8 < octs; o8 += 8) { /* 8 dims, one 16-byte load */
+                    uint4 u = *(const uint4 *)(kr + 8 * o8);
+                    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const float2 f = __bfloat1622float2(b2[e]);
+#pragma unroll
+                        for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++)
+                            if (g < G) {
+                                const float2 qq = *(const float2 *)(sq + g * hd + 8 * o8 + 2 * e);
+                                d[g] += qq.x * f.x + qq.y * f.y;
+                            }
+                    }
+                }
+                for (int p = 4 * octs + part8; p < pairs; p += 8) { /* head dims not a multiple of 8 */
+                    const float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)(kr + 2 * p));
+#pragma unroll
+                    for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++)
+                        if (g < G) d[g] += sq[g * hd + 2 * p] * f.x + sq[g * hd + 2 * p + 1] * f.y;
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++) {
+                if (g >= G) break;
+                d[g] += __shfl_xor_sync(0xffffffffu, d[g], 1);
+                d[g] += __shfl_xor_sync(0xffffffffu, d[g], 2);
+                d[g] += __shfl_xor_sync(0xffffffffu, d[g], 4);
+                if (part8 == 0 && jj < in_tile) sp[g * TE_LLAMA__DEC_TILE + jj] = d[g];
+            }
+        }
+        __syncthreads();
+        for (int g = warp; g < G; g += TE_LLAMA__DEC_THREADS / 32) { /* a warp per head: max, p, sum */
+            float *row = sp + g * TE_LLAMA__DEC_TILE;
+            const float s0 = lane < in_tile ? row[lane] : -INFINITY, s1 = lane + 32 < in_tile ? row[lane + 32] : -INFINITY;
+            const float m_old = s_m[g], m_new = fmaxf(m_old, te_llama__warp_max(fmaxf(s0, s1))); /* finite: in_tile >= 1 */
+            const float p0 = exp2f(s0 - m_new), p1 = exp2f(s1 - m_new);
+            row[lane] = p0;
+            row[lane + 32] = p1;
+            const float sum = te_llama__warp_sum(p0 + p1);
+            if (lane == 0) {
+                const float corr = exp2f(m_old - m_new);
+                s_c[g] = corr;
+                s_l[g] = s_l[g] * corr + sum;
+                s_m[g] = m_new;
+            }
+        }
+        __syncthreads();
+        if (grp < groups) {
+            const te_llama__bf16 *vr = vc + base + (size_t)j0 * kv_dim + 2 * d2;
+#pragma unroll
+            for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++)
+                if (g < G) { acc[g][0] *= s_c[g]; acc[g][1] *= s_c[g]; }
+#pragma unroll 4
+            for (int jj = grp; jj < in_tile; jj += groups) {
+                const float2 f = __bfloat1622float2(*(const __nv_bfloat162 *)(vr + (size_t)jj * kv_dim));
+#pragma unroll
+                for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++)
+                    if (g < G) {
+                        const float p = sp[g * TE_LLAMA__DEC_TILE + jj];
+                        acc[g][0] += p * f.x;
+                        acc[g][1] += p * f.y;
+                    }
+            }
+        }
+        __syncthreads(); /* sp is rewritten by the next tile */
+    }
+    /* the key groups saw disjoint keys under the same running max: their sums add */
+    if (grp < groups) {
+#pragma unroll
+        for (int g = 0; g < TE_LLAMA__DEC_GMAX; g++)
+            if (g < G) {
+                float *a = sacc + (((size_t)g * groups + grp) * pairs + d2) * 2;
+                a[0] = acc[g][0];
+                a[1] = acc[g][1];
+            }
+    }
+    __syncthreads();
+    if (grp == 0) {
+        for (int g = 0; g < G; g++) {
+            float a0 = 0.0f, a1 = 0.0f;
+            for (int k = 0; k < groups; k++) {
+                const float *a = sacc + (((size_t)g * groups + k) * pairs + d2) * 2;
+                a0 += a[0];
+                a1 += a[1];
+            }
+            const int head = kvh * G + g;
+            if (S == 1) {
+                const float inv = 1.0f / s_l[g];
+                *(__nv_bfloat162 *)(out + (size_t)t * q_dim + (size_t)head * hd + 2 * d2) = __floats2bfloat162_rn(a0 * inv, a1 * inv);
+            } else {
+                float *po = part + ((size_t)t * n_heads + head) * (size_t)S * (hd + 2) + (size_t)split * (hd + 2);
+                po[2 * d2] = a0;
+                po[2 * d2 + 1] = a1;
+                if (d2 == 0) { po[hd] = s_m[g]; po[hd + 1] = s_l[g]; }
+            }
+        }
+    }
+}
+
+/* Merge the splits of te_llama__decode_attention_kernel: one block per (token, head) reads the (max, sum) of the
+   splits that had keys (the count follows from pos[] as there), weights each by 2^(m_s - M), and writes
+   bf16(sum_s w_s o_s / sum_s w_s l_s). */
+__global__ void __launch_bounds__(TE_LLAMA__DEC_THREADS)
+te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama__bf16 *out, int n_heads, int hd, int S) {
+    __shared__ float w[TE_LLAMA__DEC_MAX_SPLITS];
+    __shared__ float inv_l;
+    const int t = blockIdx.x, head = blockIdx.y, tid = threadIdx.x;
+    const int n_keys = pos[t] + 1, chunk = te_llama__split_chunk(n_keys, S), active = (n_keys + chunk - 1) / chunk;
+    const float *p = part + ((size_t)t * n_heads + head) * (size_t)S * (hd + 2);
+    if (tid < 32) {
+        float mx = -INFINITY, l = 0.0f;
+        for (int s = tid; s < active; s += 32) mx = fmaxf(mx, p[(size_t)s * (hd + 2) + hd]);
+        mx = te_llama__warp_max(mx);
+        for (int s = tid; s < active; s += 32) {
+            const float ws = exp2f(p[(size_t)s * (hd + 2) + hd] - mx);
+            w[s] = ws;
+            l += ws * p[(size_t)s * (hd + 2) + hd + 1];
+        }
+        l = te_llama__warp_sum(l);
+        if (tid == 0) inv_l = 1.0f / l;
+    }
+    __syncthreads();
+    for (int d = tid; d < hd; d += TE_LLAMA__DEC_THREADS) {
+        float o = 0.0f;
+        for (int s = 0; s < active; s++) o += w[s] * p[(size_t)s * (hd + 2) + d];
+        out[(size_t)t * n_heads * hd + (size_t)head * hd + d] = __float2bfloat16(o * inv_l);
+    }
+}
+
+/* Shared memory of the decode kernel for G query heads a kv head. */
+static size_t te_llama__dec_smem_bytes(int G, int hd) {
+    return sizeof(float) * ((size_t)G * hd + (size_t)G * TE_LLAMA__DEC_TILE + (size_t)G * 2 * TE_LLAMA__DEC_THREADS);
+}
+
 /* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i]. Grid-stride: reads n x 2I fp32,
    writes n x I bf16. */
 __global__ void te_llama__swiglu_kernel(const float *mlp, te_llama__bf16 *act, int n, int I) {
@@ -392,7 +796,7 @@ __device__ __forceinline__ unsigned te_llama__order_key(float f) {
 }
 
 /* One token from a row of logits, in one block of 1024 threads; each thread owns a contiguous chunk of ids.
-   Greedy (temperature <= 0): argmax, ties to the lowest id. Else p_i = exp((l_i - max) / T); top_k keeps the ids
+   Greedy (temperature <= 0): argmax, ties to the lowest id, over ids strided across the threads. Else p_i = exp((l_i - max) / T); top_k keeps the ids
    whose logit key is >= the largest key that still leaves k ids (32 counting passes over the vocabulary); top_p
    then keeps those >= the largest key whose kept mass reaches top_p of the top_k mass (32 summing passes); the
    draw u * mass (xorshift64* state in *rng, as te_llama_sample's) picks the id whose interval in id order holds
@@ -411,9 +815,21 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
     if (temperature <= 0.0f) {
         float best = -INFINITY;
         int bi = -1;
-        for (int i = lo; i < hi; i++) { /* the first maximum; NaN never wins */
-            float v = logits[i];
-            if (bi < 0 ? v == v : v > best) { best = v; bi = i; }
+        /* strided over the threads (coalesced, 16-byte loads when the row allows); each thread meets its ids in
+           increasing order, so a strict > keeps its first maximum; NaN never wins */
+        if ((vocab & 3) == 0 && ((size_t)logits & 15) == 0) {
+            for (int i4 = tid; i4 < vocab / 4; i4 += TE_LLAMA__SAMPLE_THREADS) {
+                const float4 v4 = ((const float4 *)logits)[i4];
+                const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (bi < 0 ? v[e] == v[e] : v[e] > best) { best = v[e]; bi = 4 * i4 + e; }
+            }
+        } else {
+            for (int i = tid; i < vocab; i += TE_LLAMA__SAMPLE_THREADS) {
+                const float v = logits[i];
+                if (bi < 0 ? v == v : v > best) { best = v; bi = i; }
+            }
         }
         for (int o = 16; o > 0; o >>= 1) {
             float ob = __shfl_xor_sync(0xffffffffu, best, o);
@@ -585,7 +1001,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     TE_LLAMA__PART(o_att, cap * q * 2);
     TE_LLAMA__PART(o_mlp, cap * 2 * I * 4);
     TE_LLAMA__PART(o_act, cap * I * 2);
-    TE_LLAMA__PART(o_ints, cap * 4 * 4);
+    TE_LLAMA__PART(o_ints, cap * 8 * 4);
 #undef TE_LLAMA__PART
     TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
     TE_LLAMA__CU(cudaFree(ctx->scratch));
@@ -593,7 +1009,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     ctx->scratch = NULL;
     ctx->host_ints = NULL;
     ctx->cap_tokens = 0;
-    hp = te_llama__host_alloc(&ctx->allocator, cap * 4 * 4);
+    hp = te_llama__host_alloc(&ctx->allocator, cap * 8 * 4);
     if (!hp) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "host copy of the batch indices");
     if ((e = cudaMalloc(&p, off)) != cudaSuccess) {
         te_llama__host_free(&ctx->allocator, hp);
@@ -626,6 +1042,23 @@ static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *
         return te_llama__cuda_error(e, "cudaMalloc(logits)", __FILE__, __LINE__);
     ctx->logits = (float *)p;
     ctx->cap_rows = rows;
+    return TE_LLAMA_OK;
+}
+
+/* Grow the decode attention's split buffer to n floats. Outside a graph capture only: a decode step runs plainly
+   before the step is captured, with the same shape, so the capture finds the buffer already large enough. */
+static te_llama_result te_llama__ensure_part(te_llama__cuda *ctx, size_t n) {
+    void *p = NULL;
+    cudaError_t e;
+    if (n <= ctx->part_floats) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    TE_LLAMA__CU(cudaFree(ctx->part));
+    ctx->part = NULL;
+    ctx->part_floats = 0;
+    if ((e = cudaMalloc(&p, n * sizeof(float))) != cudaSuccess)
+        return te_llama__cuda_error(e, "cudaMalloc(split attention partials)", __FILE__, __LINE__);
+    ctx->part = (float *)p;
+    ctx->part_floats = n;
     return TE_LLAMA_OK;
 }
 
@@ -707,19 +1140,92 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
 
 /* =================================================================================================== forward */
 
-/* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device):
-   stream work only, so that a decode step can be captured in a graph. */
-static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n) {
+/* Which attention kernel a forward runs. */
+enum { TE_LLAMA__ATT_GENERAL, TE_LLAMA__ATT_TILED, TE_LLAMA__ATT_DECODE };
+typedef struct te_llama__att {
+    int mode;
+    int n_tiles; /* TILED: entries of the tile table (ctx->ints + 4 cap) */
+    int splits;  /* DECODE: blocks per (token, kv head) */
+} te_llama__att;
+
+/* The kernel for n tokens; n_tiles: the tiles te_llama__upload_batch found (0 for a decode step, whose positions
+   are on the device only). Tiled (tensor cores) when the tokens come in runs averaging 16 or more a tile and the
+   head dim is 64 or 128; else the split-KV kernel when a kv head has at most 8 query heads and head_dim <= 256;
+   else the general kernel. The split count depends on host values only (n, kv heads, max_len), so a captured
+   decode step keeps it. */
+static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llama__cuda *ctx,
+                                          const te_llama_kv_cache *cache, int n, int n_tiles) {
+    const te_llama_config *c = &m->config;
+    const int hd = c->head_dim, nkv = c->num_key_value_heads, G = c->num_attention_heads / nkv;
+    te_llama__att a;
+    memset(&a, 0, sizeof a);
+    a.mode = TE_LLAMA__ATT_GENERAL;
+    if ((hd == 64 || hd == 128) && n_tiles > 0 && n_tiles <= 65535 && (long)n_tiles * TE_LLAMA__FA_MIN_ROWS <= (long)n) {
+        a.mode = TE_LLAMA__ATT_TILED;
+        a.n_tiles = n_tiles;
+    } else if (G <= TE_LLAMA__DEC_GMAX && hd <= TE_LLAMA__DEC_MAX_HD && nkv <= 65535) {
+        long blocks = (long)n * nkv, target = 2L * (ctx->n_sm > 0 ? ctx->n_sm : 132);
+        long s = (target + blocks - 1) / blocks, most = (cache->max_len + TE_LLAMA__DEC_MIN_CHUNK - 1) / TE_LLAMA__DEC_MIN_CHUNK;
+        if (s > most) s = most;
+        if (s > TE_LLAMA__DEC_MAX_SPLITS) s = TE_LLAMA__DEC_MAX_SPLITS;
+        a.mode = TE_LLAMA__ATT_DECODE;
+        a.splits = s < 1 ? 1 : (int)s;
+    }
+    return a;
+}
+
+/* Attention of layer kc/vc for the n tokens, into ctx->att. */
+static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ctx, const te_llama__att *a,
+                                           const te_llama__bf16 *kc, const te_llama__bf16 *vc, int max_len, int n) {
+    const te_llama_config *c = &m->config;
+    const int hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads, cap = ctx->cap_tokens;
+    const int32_t *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
+    const float scale = 1.0f / sqrtf((float)hd), scale_log2 = scale * 1.4426950408889634f;
+    if (a->mode == TE_LLAMA__ATT_TILED) {
+        const dim3 grid((unsigned)nh, (unsigned)a->n_tiles);
+        const int4 *tiles = (const int4 *)(ctx->ints + 4 * cap);
+        if (hd == 128)
+            te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
+                ctx->qkv, tiles, kc, vc, ctx->att, nh, nkv, max_len, scale_log2);
+        else
+            te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
+                ctx->qkv, tiles, kc, vc, ctx->att, nh, nkv, max_len, scale_log2);
+        TE_LLAMA__LAUNCHED(flash_prefill);
+    } else if (a->mode == TE_LLAMA__ATT_DECODE) {
+        const dim3 grid((unsigned)n, (unsigned)a->splits, (unsigned)nkv);
+        te_llama__decode_attention_kernel<<<grid, TE_LLAMA__DEC_THREADS, te_llama__dec_smem_bytes(nh / nkv, hd), ctx->stream>>>(
+            ctx->qkv, pos, seq, kc, vc, ctx->att, ctx->part, nh, nkv, hd, max_len, scale_log2);
+        TE_LLAMA__LAUNCHED(decode_attention);
+        if (a->splits > 1) {
+            te_llama__decode_combine_kernel<<<dim3((unsigned)n, (unsigned)nh), TE_LLAMA__DEC_THREADS, 0, ctx->stream>>>(
+                ctx->part, pos, ctx->att, nh, hd, a->splits);
+            TE_LLAMA__LAUNCHED(decode_combine);
+        }
+    } else {
+        te_llama__attention_kernel<<<dim3((unsigned)n, (unsigned)nh), TE_LLAMA__ATT_THREADS, 0, ctx->stream>>>(
+            ctx->qkv, pos, seq, kc, vc, ctx->att, nh, nkv, hd, max_len, scale);
+        TE_LLAMA__LAUNCHED(attention);
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
+   attention by plan a: stream work only, so that a decode step can be captured in a graph. */
+static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                        const te_llama__att *a) {
     const te_llama_config *c = &m->config;
     const te_llama__kv *kv = (const te_llama__kv *)cache->device;
     const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
     const int q_dim = nh * hd, kv_dim = nkv * hd, I = c->intermediate_size, cap = ctx->cap_tokens;
     const int32_t *tokens = ctx->ints, *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
     const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
-    const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    const float eps = (float)c->rms_norm_eps;
     const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     te_llama_result r;
     int l;
+    if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
+        (r = te_llama__ensure_part(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2))))
+        return r;
     te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, tokens, ctx->x, h);
     TE_LLAMA__LAUNCHED(embed);
     te_llama__rope_table_kernel<<<n, 64, 0, ctx->stream>>>(pos, ctx->inv_freq, ctx->rope, hd / 2);
@@ -733,9 +1239,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if ((r = te_llama__gemm(ctx, P[1].data, ctx->xn, ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n, h, 0))) return r;
         te_llama__rope_kv_kernel<<<n, 128, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
         TE_LLAMA__LAUNCHED(rope_kv);
-        te_llama__attention_kernel<<<dim3((unsigned)n, (unsigned)nh), TE_LLAMA__ATT_THREADS, 0, ctx->stream>>>(
-            ctx->qkv, pos, seq, kc, vc, ctx->att, nh, nkv, hd, cache->max_len, scale);
-        TE_LLAMA__LAUNCHED(attention);
+        if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
         if ((r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1))) return r;
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
         te_llama__rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
@@ -766,19 +1270,43 @@ static te_llama_result te_llama__prepare(te_llama_model *m, te_llama__cuda **ctx
     return te_llama__ensure_inv_freq(m, *ctx);
 }
 
-/* Upload the batch's ids, positions, sequences and the rows wanting logits; returns how many want them. */
-static te_llama_result te_llama__upload_batch(te_llama__cuda *ctx, const te_llama_batch *b, int *n_rows) {
-    int i, n = b->n_tokens, cap = ctx->cap_tokens, rows = 0;
-    int32_t *h = ctx->host_ints;
+/* Tiles with more work (a later last position: more keys) first, so that the short ones fill the tail. */
+static int te_llama__tile_cmp(const void *pa, const void *pb) {
+    const int32_t *a = (const int32_t *)pa, *b = (const int32_t *)pb;
+    const int32_t ea = a[3] + a[1], eb = b[3] + b[1];
+    if (ea != eb) return ea > eb ? -1 : 1;
+    return a[0] < b[0] ? -1 : a[0] > b[0]; /* deterministic */
+}
+
+/* Upload the batch's ids, positions, sequences, the rows wanting logits and the prefill tile table; returns how
+   many rows want logits and how many tiles there are. A run is a stretch of tokens of one sequence at consecutive
+   positions (the usual prompt); each run is cut into tiles of up to 64 tokens {first token, rows, sequence,
+   position of the first row}. */
+static te_llama_result te_llama__upload_batch(te_llama__cuda *ctx, const te_llama_batch *b, int *n_rows, int *n_tiles) {
+    int i, n = b->n_tokens, cap = ctx->cap_tokens, rows = 0, tiles = 0;
+    int32_t *h = ctx->host_ints, *tt = h + 4 * cap;
     for (i = 0; i < n; i++) {
         h[i] = b->tokens[i];
         h[cap + i] = b->pos[i];
         h[2 * cap + i] = b->seq ? b->seq[i] : 0;
         if (!b->want_logits || b->want_logits[i]) h[3 * cap + rows++] = i;
     }
+    for (i = 0; i < n;) {
+        int j = i + 1, t0;
+        while (j < n && h[2 * cap + j] == h[2 * cap + i] && h[cap + j] == h[cap + j - 1] + 1) j++;
+        for (t0 = i; t0 < j; t0 += TE_LLAMA__FA_BM, tiles++) {
+            tt[4 * tiles] = t0;
+            tt[4 * tiles + 1] = j - t0 < TE_LLAMA__FA_BM ? j - t0 : TE_LLAMA__FA_BM;
+            tt[4 * tiles + 2] = h[2 * cap + i];
+            tt[4 * tiles + 3] = h[cap + t0];
+        }
+        i = j;
+    }
+    qsort(tt, (size_t)tiles, 4 * sizeof(int32_t), te_llama__tile_cmp);
     /* pageable source: the copy has taken the bytes when the call returns */
-    TE_LLAMA__CU(cudaMemcpyAsync(ctx->ints, h, sizeof(int32_t) * 4 * (size_t)cap, cudaMemcpyHostToDevice, ctx->stream));
+    TE_LLAMA__CU(cudaMemcpyAsync(ctx->ints, h, sizeof(int32_t) * (4 * (size_t)cap + 4 * (size_t)tiles), cudaMemcpyHostToDevice, ctx->stream));
     *n_rows = rows;
+    *n_tiles = tiles;
     return TE_LLAMA_OK;
 }
 
@@ -822,6 +1350,10 @@ TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
         cublasStatus_t s = cublasLtCreate(&ctx->lt);
         if (s != CUBLAS_STATUS_SUCCESS) { r = te_llama__cublas_error(s, "cublasLtCreate", __FILE__, __LINE__); goto fail; }
     }
+    TE_LLAMA__CU_GOTO(cudaDeviceGetAttribute(&ctx->n_sm, cudaDevAttrMultiProcessorCount, dev), fail);
+    /* the prefill attention's K and V stages exceed the default 48 KiB of shared memory at head_dim 128 */
+    TE_LLAMA__CU_GOTO(cudaFuncSetAttribute(te_llama__flash_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)te_llama__fa_smem_bytes(128)), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc(&ctx->workspace, TE_LLAMA__WORKSPACE_BYTES), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&ctx->rng, sizeof(unsigned long long)), fail);
     TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, sizeof(int32_t), cudaHostAllocDefault), fail);
@@ -845,6 +1377,7 @@ TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
     for (i = 0; i < ctx->n_plans; i++) te_llama__plan_destroy(&ctx->plans[i]);
     cudaFree(ctx->scratch);
     cudaFree(ctx->logits);
+    cudaFree(ctx->part);
     cudaFree(ctx->inv_freq);
     cudaFree(ctx->workspace);
     cudaFree(ctx->rng);
@@ -979,8 +1512,9 @@ TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache) {
 TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_kv_cache *cache, const te_llama_batch *b,
                                                    float *logits) {
     te_llama__cuda *ctx = NULL;
+    te_llama__att att;
     te_llama_result r;
-    int i, n_rows, vocab;
+    int i, n_rows, n_tiles, vocab;
     char msg[160];
     if (!b || b->n_tokens < 1 || !b->tokens || !b->pos) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "empty batch");
     if ((r = te_llama__prepare(m, &ctx))) return r;
@@ -994,8 +1528,9 @@ TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_k
         }
     }
     if ((r = te_llama__ensure_tokens(m, ctx, b->n_tokens))) return r;
-    if ((r = te_llama__upload_batch(ctx, b, &n_rows))) return r;
-    if ((r = te_llama__layers(m, ctx, cache, b->n_tokens))) return r;
+    if ((r = te_llama__upload_batch(ctx, b, &n_rows, &n_tiles))) return r;
+    att = te_llama__att_choose(m, ctx, cache, b->n_tokens, n_tiles);
+    if ((r = te_llama__layers(m, ctx, cache, b->n_tokens, &att))) return r;
     if (logits && n_rows > 0) {
         int r0;
         if ((r = te_llama__ensure_rows(m, ctx, n_rows))) return r;
@@ -1019,8 +1554,9 @@ TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_k
    Stream work only: captured once, then replayed. */
 static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache,
                                              const te_llama_sampler_options *s) {
+    const te_llama__att att = te_llama__att_choose(m, ctx, cache, 1, 0);
     te_llama_result r;
-    if ((r = te_llama__layers(m, ctx, cache, 1))) return r;
+    if ((r = te_llama__layers(m, ctx, cache, 1, &att))) return r;
     if ((r = te_llama__head(m, ctx, NULL, 1))) return r;
     te_llama__sample_kernel<<<1, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, s->temperature,
                                                                             s->top_k, s->top_p, ctx->rng, ctx->ints,
@@ -1045,7 +1581,8 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     cudaGraphExec_t exec = NULL;
     int32_t *pos = NULL, next_pos;
     unsigned long long rng;
-    int i, k, produced = 0, limit, n_rows, steps = 0, graph_failed = 0;
+    te_llama__att att;
+    int i, k, produced = 0, limit, n_rows, n_tiles, steps = 0, graph_failed = 0;
     te_llama_result r;
     char msg[160];
     if (!m || !prompt || n_prompt < 1 || (!out && cap > 0) || !n_out)
@@ -1078,10 +1615,11 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     /* prefill: logits of the last prompt token only, sampled on the device */
     if ((r = te_llama__ensure_tokens(m, ctx, n_prompt))) goto done;
     if ((r = te_llama__ensure_rows(m, ctx, 1))) goto done;
-    if ((r = te_llama__upload_batch(ctx, &batch, &n_rows))) goto done;
+    if ((r = te_llama__upload_batch(ctx, &batch, &n_rows, &n_tiles))) goto done;
+    att = te_llama__att_choose(m, ctx, cache, n_prompt, n_tiles);
     rng = g.sampler.seed ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding */
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, &rng, sizeof rng, cudaMemcpyHostToDevice, ctx->stream), done);
-    if ((r = te_llama__layers(m, ctx, cache, n_prompt))) goto done;
+    if ((r = te_llama__layers(m, ctx, cache, n_prompt, &att))) goto done;
     {
         const int32_t *last = ctx->ints + 3 * ctx->cap_tokens + (n_prompt - 1); /* rows[] holds 0..n-1 */
         if ((r = te_llama__head(m, ctx, last, 1))) goto done;
@@ -1118,7 +1656,7 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
             if (graph_failed) {
                 (void)cudaGetLastError();
                 if (graph) { cudaGraphDestroy(graph); graph = NULL; }
-                snprintf(msg, sizeof msg, "te_llama_cuda_generate: decode graph capture failed (%s); plain launches", te_llama_last_error());
+                snprintf(msg, sizeof msg, "te_llama_cuda_generate: decode graph capture failed (%.80s); plain launches", te_llama_last_error());
                 te_llama__info(m, msg);
             } else {
                 te_llama__info(m, "te_llama_cuda_generate: decode step captured in a CUDA graph");

@@ -11,7 +11,8 @@
    Both sides load with the TE decoder and BF16 storage, so they compute over the same rounded weights; what
    differs is the GPU's bf16 activations at GEMM inputs and bf16 KV cache (see te_llama_kernels.cu, NUMERICS).
    Tolerances: relative L2 error of logits (||gpu - cpu|| / ||cpu||) < 1e-2 against the CPU; < 5e-3 between two
-   GPU computations of the same logits (decode vs recompute, batch vs separate). Greedy tokens are compared step by
+   GPU computations of the same logits by the same kernels (decode vs recompute, batch vs separate), 1e-2 where the
+   prompt went through the tensor-core attention and the decode steps through the split-KV one (check_decode). Greedy tokens are compared step by
    step while the CPU's top-1 minus top-2 logit gap exceeds 3x the largest absolute logit difference measured on
    the prompt: a flip needs the two logits' errors to add up to the gap, so below that bound a different token is
    not a bug, and from the first such step on the two continuations may legitimately part. */
@@ -306,8 +307,12 @@ static void check_emulated(const char *name, te_llama_model *cpu, const int32_t 
     free(emu);
 }
 
-/* KV-cache decode vs recompute on the GPU: prefill half the prompt, then one token at a time. */
+/* KV-cache decode vs recompute on the GPU: prefill half the prompt, then one token at a time. Where the prompt
+   ran through the tensor-core prefill attention (head_dim 64 or 128: q and the probabilities rounded to bf16) and
+   the steps through the split-KV kernel (fp32), the two are independent bf16 roundings of the same math, and the
+   tolerance is the bf16 one (1e-2); where one kernel did both, 5e-3 (measured 0 before the tiled kernel). */
 static void check_decode(const char *name, te_llama_model *gpu, const int32_t *prompt, int n, const float *full) {
+    const double tol = (gpu->config.head_dim == 64 || gpu->config.head_dim == 128) && n / 2 >= 16 ? 1e-2 : 5e-3;
     int V = gpu->config.vocab_size, k = n / 2, i;
     te_llama_kv_cache *cache = NULL;
     float *got = (float *)malloc(sizeof(float) * (size_t)n * V);
@@ -317,8 +322,8 @@ static void check_decode(const char *name, te_llama_model *gpu, const int32_t *p
     CHECK_RESULT(run(gpu, cache, prompt, k, 0, NULL, got), TE_LLAMA_OK);
     for (i = k; i < n; i++) CHECK_RESULT(run(gpu, cache, prompt + i, 1, i, NULL, got + (size_t)i * V), TE_LLAMA_OK);
     e = rel_l2(got, full, (size_t)n * V, NULL);
-    printf("  %s: decode after a %d-token prefill vs recompute: rel L2 %.2e\n", name, k, e);
-    CHECK(e < 5e-3, "%s: decode vs recompute rel L2 %g", name, e);
+    printf("  %s: decode after a %d-token prefill vs recompute: rel L2 %.2e (tolerance %.0e)\n", name, k, e, tol);
+    CHECK(e < tol, "%s: decode vs recompute rel L2 %g", name, e);
     te_llama_kv_cache_free(cache);
     free(got);
 }
@@ -614,6 +619,177 @@ done:
     te_llama_free(gpu);
 }
 
+/* A random model of config c on both sides (one seed), or 0 when either failed. */
+static int random_pair(const te_llama_config *c, te_llama_model **cpu, te_llama_model **gpu) {
+    te_llama_options o;
+    memset(&o, 0, sizeof o);
+    o.decoder = te_llama_te_decoder;
+    o.dtype = TE_LLAMA_BF16;
+    o.log = quiet_log;
+    *cpu = *gpu = NULL;
+    CHECK_RESULT(te_llama_create(c, &o, cpu), TE_LLAMA_OK);
+    o.backend = TE_LLAMA_BACKEND_CUDA;
+    CHECK_RESULT(te_llama_create(c, &o, gpu), TE_LLAMA_OK);
+    return *cpu && *gpu;
+}
+
+static void random_config(te_llama_config *c, int hidden, int inter, int layers, int nh, int nkv, int hd, int vocab) {
+    memset(c, 0, sizeof *c);
+    c->vocab_size = vocab;
+    c->hidden_size = hidden;
+    c->intermediate_size = inter;
+    c->num_hidden_layers = layers;
+    c->num_attention_heads = nh;
+    c->num_key_value_heads = nkv;
+    c->head_dim = hd;
+    c->max_position_embeddings = 4096;
+    c->rms_norm_eps = 1e-5;
+    c->rope_theta = 10000;
+    c->dtype = TE_LLAMA_BF16;
+    c->initializer_range = 0.03;
+    c->bos_token_id = -1;
+}
+
+/* Greedy continuation on the GPU by forward calls (plain launches, no graph, host argmax). */
+static void gpu_forward_greedy(te_llama_model *gpu, const int32_t *prompt, int n, int steps, int max_len, int32_t *ids) {
+    int V = gpu->config.vocab_size, s;
+    te_llama_kv_cache *cache = NULL;
+    uint8_t *want = (uint8_t *)calloc((size_t)n, 1);
+    float *logits = (float *)malloc(sizeof(float) * V);
+    want[n - 1] = 1;
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, max_len, &cache), TE_LLAMA_OK);
+    if (cache) CHECK_RESULT(run(gpu, cache, prompt, n, 0, want, logits), TE_LLAMA_OK);
+    for (s = 0; s < steps && cache; s++) {
+        ids[s] = argmax(logits, V, NULL);
+        if (s + 1 < steps) CHECK_RESULT(run(gpu, cache, &ids[s], 1, n + s, NULL, logits), TE_LLAMA_OK);
+    }
+    te_llama_kv_cache_free(cache);
+    free(want);
+    free(logits);
+}
+
+/* Long prompts through the tensor-core prefill attention (head_dim 64 or 128: many 64-row tiles, the causal
+   diagonal inside tiles, a last partial tile when n % 64 != 0), then: chunked prefill (a second forward whose
+   keys start in the cache), two sequences of unequal lengths as contiguous runs in one batch, single-token decode
+   through the split-KV kernel at every position from n/2 on (the split boundaries move with the position), and
+   te_llama_generate's captured decode graph against the same steps by plain forward calls. */
+static void test_long_prompt(const char *name, int hd, int nh, int nkv, int n) {
+    enum { STEPS = 24 };
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    int V, i, k = n * 3 / 10, na = n, nb = n / 2 + 37, n_out = 0, same = 1;
+    int32_t *prompt = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n + nb));
+    int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)(na + nb) * 3), *pos = tok + na + nb, *seq = pos + na + nb;
+    int32_t out[STEPS], ref_ids[STEPS];
+    uint64_t x = 777;
+    float *lc, *lg, *got, *lb;
+    double e, max_abs, t0;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_batch b;
+    te_llama_generate_options g;
+    random_config(&c, 256, 512, 2, nh, nkv, hd, 1024);
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    V = c.vocab_size;
+    for (i = 0; i < n + nb; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % (uint64_t)V); }
+    lc = prompt_logits(cpu, prompt, n);
+    t0 = now_s();
+    lg = prompt_logits(gpu, prompt, n);
+    t0 = now_s() - t0;
+    e = rel_l2(lg, lc, (size_t)n * V, &max_abs);
+    printf("  %s (head_dim %d, %d:%d heads): %d-token prefill logits GPU vs CPU rel L2 %.2e (max abs %.2e), GPU %.1f ms\n",
+           name, hd, nh, nkv, n, e, max_abs, 1e3 * t0);
+    CHECK(e < 1e-2, "%s: GPU vs CPU rel L2 %g", name, e);
+    check_emulated(name, cpu, prompt, n, lg, e, 1e-2);
+    /* chunked prefill: k tokens, then the other n - k in one forward at positions k.. */
+    got = (float *)malloc(sizeof(float) * (size_t)n * V);
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, n, &cache), TE_LLAMA_OK);
+    if (cache) {
+        CHECK_RESULT(run(gpu, cache, prompt, k, 0, NULL, got), TE_LLAMA_OK);
+        CHECK_RESULT(run(gpu, cache, prompt + k, n - k, k, NULL, got + (size_t)k * V), TE_LLAMA_OK);
+        e = rel_l2(got, lg, (size_t)n * V, NULL);
+        printf("  %s: prefill in chunks of %d + %d vs one: rel L2 %.2e\n", name, k, n - k, e);
+        CHECK(e < 5e-3, "%s: chunked prefill vs one rel L2 %g", name, e);
+    }
+    te_llama_kv_cache_free(cache);
+    cache = NULL;
+    /* two sequences as contiguous runs: slot 1 holds the prompt (na tokens), slot 0 another (nb), in that order */
+    for (i = 0; i < na; i++) { tok[i] = prompt[i]; pos[i] = i; seq[i] = 1; }
+    for (i = 0; i < nb; i++) { tok[na + i] = prompt[n + i]; pos[na + i] = i; seq[na + i] = 0; }
+    memset(&b, 0, sizeof b);
+    b.n_tokens = na + nb;
+    b.tokens = tok;
+    b.pos = pos;
+    b.seq = seq;
+    free(got);
+    got = (float *)malloc(sizeof(float) * (size_t)(na + nb) * V);
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 2, na, &cache), TE_LLAMA_OK);
+    if (cache) {
+        double e_b, e_cpu;
+        float *cpu_b;
+        CHECK_RESULT(te_llama_forward(gpu, cache, &b, got), TE_LLAMA_OK);
+        lb = prompt_logits(gpu, prompt + n, nb);
+        cpu_b = prompt_logits(cpu, prompt + n, nb);
+        e = rel_l2(got, lg, (size_t)na * V, NULL);
+        e_b = rel_l2(got + (size_t)na * V, lb, (size_t)nb * V, NULL);
+        e_cpu = rel_l2(got + (size_t)na * V, cpu_b, (size_t)nb * V, NULL);
+        printf("  %s: batch of %d + %d tokens (contiguous runs) vs each alone: GPU %.2e and %.2e, second vs CPU %.2e\n", name,
+               na, nb, e, e_b, e_cpu);
+        CHECK(e < 5e-3 && e_b < 5e-3, "%s: batch vs alone rel L2 %g, %g", name, e, e_b);
+        CHECK(e_cpu < 1e-2, "%s: batch vs CPU rel L2 %g", name, e_cpu);
+        free(lb);
+        free(cpu_b);
+    }
+    te_llama_kv_cache_free(cache);
+    cache = NULL;
+    /* decode one token at a time from n / 2 (split-KV) vs the prefill (tiled) */
+    check_decode(name, gpu, prompt, n, lg);
+    /* the captured decode graph vs plain forward calls of the same steps, with the same cache length */
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = STEPS;
+    g.ignore_eos = 1;
+    t0 = now_s();
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n - STEPS, out, STEPS, &n_out), TE_LLAMA_OK);
+    t0 = now_s() - t0;
+    gpu_forward_greedy(gpu, prompt, n - STEPS, STEPS, n - STEPS + STEPS + 1, ref_ids);
+    for (i = 0; i < n_out; i++) same &= out[i] == ref_ids[i];
+    printf("  %s: generate %d tokens after %d (graph) in %.1f ms: %s plain forward greedy\n", name, n_out, n - STEPS,
+           1e3 * t0, same && n_out == STEPS ? "identical to" : "DIFFERENT from");
+    CHECK(n_out == STEPS && same, "%s: generate (graph) differs from forward greedy", name);
+    free(got);
+    free(lc);
+    free(lg);
+done:
+    free(prompt);
+    free(tok);
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+/* More than 8 query heads a kv head: the general attention kernel (the split-KV kernel takes up to 8). */
+static void test_general_attention(void) {
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    int n = 150, i;
+    int32_t prompt[150];
+    uint64_t x = 4242;
+    float *lc, *lg;
+    double e;
+    random_config(&c, 256, 512, 2, 16, 1, 32, 512);
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    for (i = 0; i < n; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % 512u); }
+    lc = prompt_logits(cpu, prompt, n);
+    lg = prompt_logits(gpu, prompt, n);
+    e = rel_l2(lg, lc, (size_t)n * c.vocab_size, NULL);
+    printf("  MQA 16:1 head_dim 32 (general kernel): %d-token prefill GPU vs CPU rel L2 %.2e\n", n, e);
+    CHECK(e < 1e-2, "MQA 16:1: GPU vs CPU rel L2 %g", e);
+    check_decode("MQA 16:1", gpu, prompt, n, lg);
+    free(lc);
+    free(lg);
+done:
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
 static void test_errors(void) {
     void *p = (void *)1;
     te_llama_model *m;
@@ -668,5 +844,8 @@ int main(void) {
     test_errors();
     for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
     test_random_model();
+    test_long_prompt("long prompt hd128", 128, 4, 1, 1024);
+    test_long_prompt("long prompt hd64", 64, 8, 2, 777);
+    test_general_attention();
     return CHECK_DONE("cuda");
 }
