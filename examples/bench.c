@@ -6,13 +6,24 @@
 #define TE_LLAMA_IMPLEMENTATION
 #include "../te_llama.h"
 
-#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* This process's peak resident memory. Not getrusage's ru_maxrss: Linux keeps that across exec, so a child of a
+   big Python parent would report the parent's peak. VmHWM belongs to this program's own address space. */
+static double peak_rss_mib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb / 1024.0;
 }
 
 static void usage(FILE *f) {
@@ -37,7 +48,7 @@ int main(int argc, char **argv) {
     const char *dir = NULL;
     int pb = 1, pt = 128, db = 1, prompt = 128, n_new = 128, repeat = 3, i, s, r;
     double t0, load_s, prefill_best = 0, decode_s = 0;
-    struct rusage ru;
+    double rss_after_load;
     memset(&opt, 0, sizeof opt);
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -58,7 +69,7 @@ int main(int argc, char **argv) {
     t0 = now_s();
     if (te_llama_load(dir, &opt, &m)) return die("load");
     load_s = now_s() - t0;
-    getrusage(RUSAGE_SELF, &ru);
+    rss_after_load = peak_rss_mib();
     if (pb > 0 && pt > 0) { /* prefill: pb sequences of pt tokens in one forward, logits of the last token of each */
         int n = pb * pt;
         int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)n), *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
@@ -142,7 +153,7 @@ int main(int argc, char **argv) {
     }
     printf("{\"load_s\": %.4f, \"peak_rss_mib\": %.1f, \"prefill_batch\": %d, \"prefill_len\": %d, \"prefill_ms\": %.3f, "
            "\"prefill_tok_s\": %.1f, \"decode_batch\": %d, \"decode_new\": %d, \"decode_tok_s\": %.2f}\n",
-           load_s, ru.ru_maxrss / 1024.0, pb, pt, prefill_best * 1e3, prefill_best > 0 ? pb * pt / prefill_best : 0.0, db,
+           load_s, rss_after_load, pb, pt, prefill_best * 1e3, prefill_best > 0 ? pb * pt / prefill_best : 0.0, db,
            n_new, decode_s > 0 ? (double)db * n_new / decode_s : 0.0);
     te_llama_free(m);
     return 0;
