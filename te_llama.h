@@ -555,6 +555,89 @@ TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const
                                                     const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                     int *n_out);
 
+/* =================================================================================================== training */
+/* Fine-tuning on the CPU in fp32 (the CUDA backend does not train yet). A training forward over B sequences of T
+   tokens keeps the activations the backward needs; the backward covers every op of the decoder layer and the
+   model ends; AdamW updates fp32 master weights.
+   Loss: HF's LlamaForCausalLM(labels=...): the logits at position t are scored against labels[t + 1] (the shift
+   happens inside, per sequence), labels equal to TE_LLAMA_IGNORE_INDEX are skipped, and the loss is the mean
+   token cross-entropy over the labels that count (0 when none count). labels NULL means labels = tokens.
+   Gradients: one fp32 buffer per parameter, in te_llama_parameter order and in the parameter's own layout (a TE
+   layer's query/key/value views are consecutive rows of the fused QKV gradient; fc1 is gate rows then up rows;
+   a tied lm_head adds into the embedding's gradient). Layers of the built-in kinds "te" and "vanilla" train;
+   another kind, or parameters on the device, is TE_LLAMA_ERR_UNSUPPORTED.
+   Optimizer: torch.optim.AdamW on fp32 master weights and moments; after each step the master weights are
+   written back into the model's storage, rounded to its dtype, and the next forward uses those stored values.
+   Weight decay applies to the 2-D parameters (embeddings, projections, lm_head) and not to the 1-D ones (RMSNorm
+   weights): in torch, two param groups. Clipping is torch.nn.utils.clip_grad_norm_ over all gradients.
+   Gradient accumulation sums over micro-batches weighted by their label counts, so K micro-batches give exactly
+   the gradient of one batch holding all of them. Learning rate of optimizer step s (0-based): lr (s + 1) / warmup
+   while s < warmup_steps; then, when total_steps > warmup_steps, cosine from lr down to min_lr_ratio lr at
+   total_steps (and flat after); else lr. */
+
+#define TE_LLAMA_IGNORE_INDEX (-100)
+
+/* All-zero means defaults. Where zero is a meaningful value that is not the default, a negative value asks for it. */
+typedef struct te_llama_train_options {
+    float lr;                 /* peak learning rate; 0: 3e-4 */
+    float beta1, beta2;       /* 0: 0.9 and 0.999 (torch's) */
+    float eps;                /* 0: 1e-8 */
+    float weight_decay;       /* decoupled, on 2-D parameters; 0: 0.01 (torch's AdamW default); < 0: none */
+    float clip_norm;          /* clip the global gradient norm to this; 0: 1.0; < 0: no clipping */
+    int warmup_steps;         /* linear warmup over this many optimizer steps; 0: none */
+    int total_steps;          /* cosine decay ends here; 0: constant after warmup */
+    float min_lr_ratio;       /* the cosine's floor, as a fraction of lr; 0: 0.1; < 0: 0 */
+    int grad_accum;           /* micro-batches per optimizer step; 0: 1 */
+} te_llama_train_options;
+
+typedef struct te_llama_trainer {
+    te_llama_model *model;
+    te_llama_train_options options;   /* resolved: no zeros left */
+    int n_params;
+    size_t *offset;                   /* (n_params + 1) parameter i is [offset[i], offset[i + 1]) of each array */
+    float *master;                    /* (offset[n_params]) fp32 master weights */
+    float *weights;                   /* what the forward uses: the stored values in fp32 (== master when all F32) */
+    float *grad;                      /* gradient of the mean loss over the labels since the last step */
+    float *exp_avg, *exp_avg_sq;      /* AdamW moments */
+    int64_t step;                     /* optimizer steps taken */
+    int micro;                        /* micro-batches in grad */
+    int64_t n_labels;                 /* labels counted in grad */
+    double loss_sum;                  /* their summed token loss */
+    double last_loss;                 /* of the last optimizer step: mean loss over all its micro-batches */
+    double last_grad_norm;            /* its global gradient norm before clipping */
+    double last_lr;                   /* its learning rate */
+    te_llama_allocator allocator;
+} te_llama_trainer;
+
+/* A trainer for model (CPU, layers "te" or "vanilla"): master weights from the model, zero moments. options may
+   be NULL. The model must outlive the trainer; the trainer writes into its parameters. */
+TE_LLAMA_API te_llama_result te_llama_trainer_create(te_llama_model *model, const te_llama_train_options *options,
+                                                     te_llama_trainer **out);
+TE_LLAMA_API void te_llama_trainer_free(te_llama_trainer *trainer);
+/* Forward and backward of one micro-batch: tokens and labels (B, T) row-major, labels NULL = tokens. Adds to
+   the gradients; *loss (may be NULL) gets this micro-batch's mean loss. No optimizer step. */
+TE_LLAMA_API te_llama_result te_llama_trainer_backward(te_llama_trainer *trainer, const int32_t *tokens,
+                                                       const int32_t *labels, int B, int T, double *loss);
+/* The optimizer step: clip, AdamW at the scheduled lr, write back, zero the gradients. */
+TE_LLAMA_API te_llama_result te_llama_trainer_update(te_llama_trainer *trainer);
+/* te_llama_trainer_backward, then te_llama_trainer_update every grad_accum micro-batches. */
+TE_LLAMA_API te_llama_result te_llama_train_step(te_llama_trainer *trainer, const int32_t *tokens,
+                                                 const int32_t *labels, int B, int T, double *loss);
+/* The gradient buffer of parameter i (te_llama_parameter order, te_llama_param_numel floats), or NULL. */
+TE_LLAMA_API float *te_llama_trainer_grad(te_llama_trainer *trainer, int i);
+/* The learning rate of optimizer step `step` (0-based) under options (defaults filled in). */
+TE_LLAMA_API double te_llama_train_lr(const te_llama_train_options *options, int64_t step);
+/* The mean loss of the model as it is stored (no trainer needed), as te_llama_trainer_backward defines it. */
+TE_LLAMA_API te_llama_result te_llama_eval_loss(te_llama_model *model, const int32_t *tokens, const int32_t *labels,
+                                                int B, int T, double *loss);
+/* Optimizer state as a safetensors file: F32 "master", "exp_avg", "exp_avg_sq" (all parameters, enumeration
+   order), I64 "numel" (the size of each HF tensor behind them, checked on load: te and vanilla layers lay their
+   parameters out alike, so a state moves between the kinds) and I64 "step". Save between optimizer steps
+   (not with a partial accumulation). Loading writes the master weights into the model, rounded to its storage,
+   and zeroes the gradients; the options are the trainer's own, not the file's. */
+TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *trainer, const char *path);
+TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *trainer, const char *path);
+
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
 /* A HuggingFace tokenizer.json, encoded and decoded exactly as the `tokenizers` package does, for the two kinds
@@ -3422,6 +3505,713 @@ done:
     te_llama__free(&m->allocator, pos);
     te_llama_kv_cache_free(cache);
     te_llama_sampler_free(&sampler);
+    return r;
+}
+
+/* -------------------------------------------------------------------------------------------------- training */
+/* The training pass is the CPU reference for the backward, in fp32 like the forward above; it shares its dot
+   product, RMSNorm arithmetic, rotation tables and SwiGLU, but works on fp32 copies of the weights laid out in
+   parameter enumeration order. In that order a layer's q, k, v rows and its gate, up rows are consecutive, so
+   both layer kinds become the same fused matrices: one code path, whichever factory built the model. */
+
+/* C (M, N) = A (M, K) B (N, K)^T, or C += when accumulate. Blocks of 64 rows of B stay in cache across A. */
+static void te_llama__gemm_nt(float *C, const float *A, const float *B, int M, int N, int K, int accumulate) {
+    int j0, i, j;
+    for (j0 = 0; j0 < N; j0 += 64) {
+        int j1 = j0 + 64 < N ? j0 + 64 : N;
+        for (i = 0; i < M; i++) {
+            const float *a = A + (size_t)i * K;
+            float *c = C + (size_t)i * N;
+            for (j = j0; j < j1; j++) {
+                float s = te_llama__dot(a, B + (size_t)j * K, K);
+                c[j] = accumulate ? c[j] + s : s;
+            }
+        }
+    }
+}
+
+static void te_llama__transpose(float *out, const float *in, int rows, int cols) {
+    int r0, r, c;
+    for (r0 = 0; r0 < rows; r0 += 32)
+        for (c = 0; c < cols; c++)
+            for (r = r0; r < rows && r < r0 + 32; r++) out[(size_t)c * rows + r] = in[(size_t)r * cols + c];
+}
+
+/* Backward of out (n, rows) = x (n, cols) W^T: dx = dout W (overwritten), dW += dout^T x. Both as gemm_nt on
+   transposed copies; scratch holds max(rows cols, n rows) + n cols floats. */
+static void te_llama__linear_back(float *dx, float *dW, const float *dout, const float *x, const float *W, int n,
+                                  int rows, int cols, float *scratch) {
+    size_t a = (size_t)rows * cols > (size_t)n * rows ? (size_t)rows * cols : (size_t)n * rows;
+    float *t1 = scratch, *t2 = scratch + a;
+    te_llama__transpose(t1, W, rows, cols); /* (cols, rows) */
+    te_llama__gemm_nt(dx, dout, t1, n, cols, rows, 0);
+    te_llama__transpose(t1, dout, n, rows); /* (rows, n) */
+    te_llama__transpose(t2, x, n, cols);    /* (cols, n) */
+    te_llama__gemm_nt(dW, t1, t2, rows, cols, n, 1);
+}
+
+/* te_llama__rmsnorm on fp32 weights, returning 1 / rms for the backward. */
+static float te_llama__rmsnorm_f(float *out, const float *x, const float *w, int n, double eps) {
+    double ss = 0;
+    float inv;
+    int i;
+    for (i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+    return inv;
+}
+
+/* y = w x inv, inv = (mean(x^2) + eps)^-1/2: dx += w dy inv - x inv^3 sum(w dy x) / n; dw += dy x inv. */
+static void te_llama__rmsnorm_back(float *dx, float *dw, const float *dy, const float *x, float inv, const float *w,
+                                   int n) {
+    double s = 0;
+    float k;
+    int i;
+    for (i = 0; i < n; i++) s += (double)w[i] * dy[i] * x[i];
+    k = (float)((double)inv * inv * inv * s / n);
+    for (i = 0; i < n; i++) {
+        dx[i] += w[i] * dy[i] * inv - k * x[i];
+        dw[i] += dy[i] * x[i] * inv;
+    }
+}
+
+/* The transpose of te_llama__rope: rotate back by the same angle. */
+static void te_llama__rope_back(float *d, int half, const float *cs, const float *sn) {
+    int i;
+    for (i = 0; i < half; i++) {
+        float a = d[i], b = d[i + half];
+        d[i] = a * cs[i] + b * sn[i];
+        d[i + half] = b * cs[i] - a * sn[i];
+    }
+}
+
+/* One layer's fp32 weights (or their gradients) in the training pass. */
+typedef struct te_llama__tw {
+    float *ln1;  /* (hidden) */
+    float *qkv;  /* (q_dim + 2 kv_dim, hidden) */
+    float *proj; /* (hidden, q_dim) */
+    float *ln2;  /* (hidden) */
+    float *fc1;  /* (2 intermediate, hidden) gate rows, then up rows */
+    float *fc2;  /* (hidden, intermediate) */
+} te_llama__tw;
+
+/* What the training forward keeps of one layer; n = B T tokens. */
+typedef struct te_llama__act {
+    float *x;    /* (n, hidden) the layer's input residual stream */
+    float *inv1; /* (n) 1 / rms of x */
+    float *xn1;  /* (n, hidden) */
+    float *qkv;  /* (n, q_dim + 2 kv_dim) q and k rotated */
+    float *prob; /* (B, heads, T, T) attention probabilities, zero above the diagonal */
+    float *att;  /* (n, q_dim) */
+    float *xmid; /* (n, hidden) residual stream after attention */
+    float *inv2; /* (n) */
+    float *xn2;  /* (n, hidden) */
+    float *fc1;  /* (n, 2 intermediate) gate then up, before the activation */
+    float *act;  /* (n, intermediate) silu(gate) * up */
+} te_llama__act;
+
+/* The position of parameter `slot` of each layer's six weights in the enumeration, relative to the layer's first
+   parameter: ln1, qkv (first of q, k, v), proj, ln2, fc1 (first of gate, up or the fused fc1), fc2. */
+static te_llama_result te_llama__train_slots(te_llama_model *m, int l, int slot[6]) {
+    static const int te[6] = {0, 1, 4, 5, 6, 7}, vanilla[6] = {0, 1, 4, 5, 6, 8};
+    const te_llama_config *c = &m->config;
+    te_llama_layer *L = m->layers[l];
+    const int *s;
+    size_t h = (size_t)c->hidden_size, q = (size_t)c->num_attention_heads * c->head_dim;
+    size_t kv = (size_t)c->num_key_value_heads * c->head_dim, I = (size_t)c->intermediate_size;
+    size_t want[6], got[6] = {0, 0, 0, 0, 0, 0};
+    int k, i;
+    if (L->kind && strcmp(L->kind, "te") == 0 && L->n_params == 8) s = te;
+    else if (L->kind && strcmp(L->kind, "vanilla") == 0 && L->n_params == 9) s = vanilla;
+    else return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training layer %d of kind \"%s\" (only te and vanilla train)", l, L->kind ? L->kind : "");
+    want[0] = h; want[1] = (q + 2 * kv) * h; want[2] = h * q; want[3] = h; want[4] = 2 * I * h; want[5] = h * I;
+    for (k = 0; k < 6; k++) {
+        int end = k < 5 ? s[k + 1] : L->n_params;
+        for (i = s[k]; i < end; i++) {
+            if (L->params[i].on_device) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training %s: parameters on the device", L->params[i].name);
+            got[k] += te_llama_param_numel(&L->params[i]);
+        }
+        if (got[k] != want[k]) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training layer %d: weight %d has %zu values, expected %zu", l, k, got[k], want[k]);
+        slot[k] = s[k];
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Offsets of every parameter in an fp32 array in enumeration order; checks the layers can train. */
+static te_llama_result te_llama__train_offsets(te_llama_model *m, size_t *off) {
+    int i, l, slot[6], n = te_llama_num_parameters(m);
+    te_llama_result r;
+    if (m->options.backend != TE_LLAMA_BACKEND_CPU || m->embed_tokens.on_device) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training runs on the CPU backend only");
+    for (l = 0; l < m->config.num_hidden_layers; l++)
+        if ((r = te_llama__train_slots(m, l, slot))) return r;
+    off[0] = 0;
+    for (i = 0; i < n; i++) off[i + 1] = off[i] + te_llama_param_numel(te_llama_parameter(m, i));
+    if (off[n] > ((size_t)1 << 36)) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "%zu parameters are too many to train on the CPU", off[n]);
+    return TE_LLAMA_OK;
+}
+
+/* Check a batch; *count gets the labels that count. */
+static te_llama_result te_llama__train_batch(const te_llama_model *m, const int32_t *tokens, const int32_t *labels,
+                                             int B, int T, int64_t *count) {
+    int64_t i, n;
+    int b, t, V = m->config.vocab_size;
+    if (!tokens || B < 1 || T < 1 || (int64_t)B * T > ((int64_t)1 << 24))
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "training batch of %d x %d tokens", B, T);
+    if (T > m->config.max_position_embeddings)
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "sequences of %d tokens exceed max_position_embeddings %d", T, m->config.max_position_embeddings);
+    n = (int64_t)B * T;
+    for (i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "token %d at %lld is outside the vocabulary of %d", tokens[i], (long long)i, V);
+    if (!labels) labels = tokens;
+    *count = 0;
+    for (b = 0; b < B; b++)
+        for (t = 1; t < T; t++) {
+            int32_t y = labels[(size_t)b * T + t];
+            if (y == TE_LLAMA_IGNORE_INDEX) continue;
+            if (y < 0 || y >= V) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "label %d at (%d, %d) is outside the vocabulary of %d", y, b, t, V);
+            ++*count;
+        }
+    return TE_LLAMA_OK;
+}
+
+static void te_llama__train_layer_fwd(const te_llama_config *c, const te_llama__tw *w, te_llama__act *a, float *xout,
+                                      int B, int T, const float *rcos, const float *rsin) {
+    int n = B * T, h = c->hidden_size, hd = c->head_dim, half = hd / 2, I = c->intermediate_size;
+    int nh = c->num_attention_heads, nkv = c->num_key_value_heads, q_dim = nh * hd, kv_dim = nkv * hd;
+    int ld = q_dim + 2 * kv_dim, group = nh / nkv, t, k, b, hh, j, d;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (t = 0; t < n; t++) a->inv1[t] = te_llama__rmsnorm_f(a->xn1 + (size_t)t * h, a->x + (size_t)t * h, w->ln1, h, c->rms_norm_eps);
+    te_llama__gemm_nt(a->qkv, a->xn1, w->qkv, n, ld, h, 0);
+    for (t = 0; t < n; t++) {
+        float *row = a->qkv + (size_t)t * ld;
+        const float *cs = rcos + (size_t)(t % T) * half, *sn = rsin + (size_t)(t % T) * half;
+        for (hh = 0; hh < nh + nkv; hh++) te_llama__rope(row + hh * hd, half, cs, sn); /* q heads, then k heads */
+    }
+    for (b = 0; b < B; b++)
+        for (hh = 0; hh < nh; hh++)
+            for (t = 0; t < T; t++) {
+                const float *qh = a->qkv + (size_t)(b * T + t) * ld + hh * hd;
+                float *p = a->prob + (((size_t)b * nh + hh) * T + t) * T, mx = -INFINITY, sum = 0;
+                float *out = a->att + (size_t)(b * T + t) * q_dim + hh * hd;
+                size_t koff = (size_t)q_dim + (size_t)(hh / group) * hd, voff = koff + kv_dim;
+                for (j = 0; j <= t; j++) {
+                    p[j] = te_llama__dot(qh, a->qkv + (size_t)(b * T + j) * ld + koff, hd) * scale;
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (j = 0; j <= t; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+                for (j = 0; j <= t; j++) p[j] /= sum;
+                for (j = t + 1; j < T; j++) p[j] = 0;
+                memset(out, 0, sizeof(float) * (size_t)hd);
+                for (j = 0; j <= t; j++) {
+                    const float *vj = a->qkv + (size_t)(b * T + j) * ld + voff;
+                    for (d = 0; d < hd; d++) out[d] += p[j] * vj[d];
+                }
+            }
+    te_llama__gemm_nt(a->xmid, a->att, w->proj, n, h, q_dim, 0);
+    for (k = 0; k < n * h; k++) a->xmid[k] += a->x[k];
+    for (t = 0; t < n; t++) a->inv2[t] = te_llama__rmsnorm_f(a->xn2 + (size_t)t * h, a->xmid + (size_t)t * h, w->ln2, h, c->rms_norm_eps);
+    te_llama__gemm_nt(a->fc1, a->xn2, w->fc1, n, 2 * I, h, 0);
+    for (t = 0; t < n; t++) {
+        const float *g = a->fc1 + (size_t)t * 2 * I, *u = g + I;
+        float *o = a->act + (size_t)t * I;
+        for (k = 0; k < I; k++) o[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+    }
+    te_llama__gemm_nt(xout, a->act, w->fc2, n, h, I, 0);
+    for (k = 0; k < n * h; k++) xout[k] += a->xmid[k];
+}
+
+/* Gradient buffers of the layer backward. */
+typedef struct te_llama__grad_work {
+    float *dxn;     /* (n, hidden) */
+    float *dqkv;    /* (n, q_dim + 2 kv_dim) */
+    float *datt;    /* (n, q_dim) */
+    float *dfc1;    /* (n, 2 intermediate) */
+    float *dact;    /* (n, intermediate) */
+    float *dp;      /* (T) */
+    float *scratch; /* for te_llama__linear_back */
+} te_llama__grad_work;
+
+/* dx: (n, hidden) the gradient at the layer's output on entry, at its input on return. */
+static void te_llama__train_layer_back(const te_llama_config *c, const te_llama__tw *w, const te_llama__tw *g,
+                                       const te_llama__act *a, float *dx, const te_llama__grad_work *s, int B, int T,
+                                       const float *rcos, const float *rsin) {
+    int n = B * T, h = c->hidden_size, hd = c->head_dim, half = hd / 2, I = c->intermediate_size;
+    int nh = c->num_attention_heads, nkv = c->num_key_value_heads, q_dim = nh * hd, kv_dim = nkv * hd;
+    int ld = q_dim + 2 * kv_dim, group = nh / nkv, t, k, b, hh, j, d;
+    float scale = 1.0f / sqrtf((float)hd);
+    /* MLP block: the residual passes dx through; fc2, SwiGLU, fc1, RMSNorm add the rest */
+    te_llama__linear_back(s->dact, g->fc2, dx, a->act, w->fc2, n, h, I, s->scratch);
+    for (t = 0; t < n; t++) {
+        const float *gt = a->fc1 + (size_t)t * 2 * I, *u = gt + I, *da = s->dact + (size_t)t * I;
+        float *dg = s->dfc1 + (size_t)t * 2 * I, *du = dg + I;
+        for (k = 0; k < I; k++) {
+            float sg = 1.0f / (1.0f + expf(-gt[k]));
+            du[k] = da[k] * gt[k] * sg;
+            dg[k] = da[k] * u[k] * sg * (1.0f + gt[k] * (1.0f - sg));
+        }
+    }
+    te_llama__linear_back(s->dxn, g->fc1, s->dfc1, a->xn2, w->fc1, n, 2 * I, h, s->scratch);
+    for (t = 0; t < n; t++)
+        te_llama__rmsnorm_back(dx + (size_t)t * h, g->ln2, s->dxn + (size_t)t * h, a->xmid + (size_t)t * h, a->inv2[t], w->ln2, h);
+    /* attention block */
+    te_llama__linear_back(s->datt, g->proj, dx, a->att, w->proj, n, h, q_dim, s->scratch);
+    memset(s->dqkv, 0, sizeof(float) * (size_t)n * ld);
+    for (b = 0; b < B; b++)
+        for (hh = 0; hh < nh; hh++)
+            for (t = 0; t < T; t++) {
+                const float *p = a->prob + (((size_t)b * nh + hh) * T + t) * T;
+                const float *qh = a->qkv + (size_t)(b * T + t) * ld + hh * hd, *dout = s->datt + (size_t)(b * T + t) * q_dim + hh * hd;
+                float *dq = s->dqkv + (size_t)(b * T + t) * ld + hh * hd, sum = 0;
+                size_t koff = (size_t)q_dim + (size_t)(hh / group) * hd, voff = koff + kv_dim;
+                for (j = 0; j <= t; j++) { /* out = sum_j p_j v_j */
+                    float *dv = s->dqkv + (size_t)(b * T + j) * ld + voff;
+                    s->dp[j] = te_llama__dot(dout, a->qkv + (size_t)(b * T + j) * ld + voff, hd);
+                    sum += p[j] * s->dp[j];
+                    for (d = 0; d < hd; d++) dv[d] += p[j] * dout[d];
+                }
+                for (j = 0; j <= t; j++) { /* through the softmax and the scaled dot product */
+                    const float *kj = a->qkv + (size_t)(b * T + j) * ld + koff;
+                    float *dk = s->dqkv + (size_t)(b * T + j) * ld + koff, ds = p[j] * (s->dp[j] - sum) * scale;
+                    for (d = 0; d < hd; d++) { dq[d] += ds * kj[d]; dk[d] += ds * qh[d]; }
+                }
+            }
+    for (t = 0; t < n; t++) {
+        float *row = s->dqkv + (size_t)t * ld;
+        const float *cs = rcos + (size_t)(t % T) * half, *sn = rsin + (size_t)(t % T) * half;
+        for (hh = 0; hh < nh + nkv; hh++) te_llama__rope_back(row + hh * hd, half, cs, sn);
+    }
+    te_llama__linear_back(s->dxn, g->qkv, s->dqkv, a->xn1, w->qkv, n, ld, h, s->scratch);
+    for (t = 0; t < n; t++)
+        te_llama__rmsnorm_back(dx + (size_t)t * h, g->ln1, s->dxn + (size_t)t * h, a->x + (size_t)t * h, a->inv1[t], w->ln1, h);
+}
+
+/* Forward, loss and (when G) backward over B sequences of T tokens. W, G: (n_params) fp32 weights and gradients
+   per parameter. *loss_sum gets the summed token loss; gradients get d(loss_sum)/dW times grad_scale. */
+static te_llama_result te_llama__train_pass(te_llama_model *m, float *const *W, float *const *G, const int32_t *tokens,
+                                            const int32_t *labels, int B, int T, float grad_scale, double *loss_sum) {
+    const te_llama_config *c = &m->config;
+    int n = B * T, h = c->hidden_size, hd = c->head_dim, half = hd / 2, I = c->intermediate_size, V = c->vocab_size;
+    int L = c->num_hidden_layers, nh = c->num_attention_heads, q_dim = nh * hd;
+    int ld = q_dim + 2 * c->num_key_value_heads * hd, np = te_llama_num_parameters(m), lm = c->tie_word_embeddings ? 0 : np - 1;
+    size_t per_layer = (size_t)n * (4 * (size_t)h + 2 + (size_t)ld + (size_t)q_dim + 3 * (size_t)I) + (size_t)B * nh * T * T;
+    size_t widest = (size_t)(h > ld ? h : ld), max_w, total, off = 0;
+    float *base, *rcos, *rsin, *xf, *invf, *logits, *dx;
+    te_llama__act *acts;
+    te_llama__grad_work gw;
+    int l, t, i, pidx = 1;
+    double sum = 0;
+    if ((size_t)V > widest) widest = (size_t)V;
+    if ((size_t)2 * I > widest) widest = (size_t)2 * I;
+    if ((size_t)q_dim > widest) widest = (size_t)q_dim;
+    max_w = (size_t)V * h; /* the largest weight matrix */
+    if ((size_t)ld * h > max_w) max_w = (size_t)ld * h;
+    if ((size_t)2 * I * h > max_w) max_w = (size_t)2 * I * h;
+    if ((size_t)q_dim * h > max_w) max_w = (size_t)q_dim * h;
+    total = (size_t)T * half * 2 + per_layer * L + (size_t)n * (2 * (size_t)h + 1 + (size_t)V);
+    if (G) total += (size_t)n * (2 * (size_t)h + (size_t)ld + (size_t)q_dim + 3 * (size_t)I) + (size_t)T + max_w + 2 * (size_t)n * widest;
+    base = (float *)te_llama__alloc(&m->allocator, sizeof(float) * total);
+    acts = (te_llama__act *)te_llama__alloc(&m->allocator, sizeof(te_llama__act) * (size_t)(L ? L : 1));
+    if (!base || !acts) {
+        te_llama__free(&m->allocator, base);
+        te_llama__free(&m->allocator, acts);
+        return te_llama__fail(TE_LLAMA_ERR_NOMEM, "training pass of %d x %d tokens (%zu floats)", B, T, total);
+    }
+#define TE_LLAMA__TAKE(count) (off += (count), base + off - (count))
+    rcos = TE_LLAMA__TAKE((size_t)T * half);
+    rsin = TE_LLAMA__TAKE((size_t)T * half);
+    for (l = 0; l < L; l++) {
+        te_llama__act *a = &acts[l];
+        a->x = TE_LLAMA__TAKE((size_t)n * h);
+        a->inv1 = TE_LLAMA__TAKE((size_t)n);
+        a->xn1 = TE_LLAMA__TAKE((size_t)n * h);
+        a->qkv = TE_LLAMA__TAKE((size_t)n * ld);
+        a->prob = TE_LLAMA__TAKE((size_t)B * nh * T * T);
+        a->att = TE_LLAMA__TAKE((size_t)n * q_dim);
+        a->xmid = TE_LLAMA__TAKE((size_t)n * h);
+        a->inv2 = TE_LLAMA__TAKE((size_t)n);
+        a->xn2 = TE_LLAMA__TAKE((size_t)n * h);
+        a->fc1 = TE_LLAMA__TAKE((size_t)n * 2 * I);
+        a->act = TE_LLAMA__TAKE((size_t)n * I);
+    }
+    dx = TE_LLAMA__TAKE((size_t)n * h); /* the last layer's output, then its gradient */
+    xf = TE_LLAMA__TAKE((size_t)n * h);
+    invf = TE_LLAMA__TAKE((size_t)n);
+    logits = TE_LLAMA__TAKE((size_t)n * V);
+    memset(&gw, 0, sizeof gw);
+    if (G) {
+        gw.dxn = TE_LLAMA__TAKE((size_t)n * h);
+        gw.dqkv = TE_LLAMA__TAKE((size_t)n * ld);
+        gw.datt = TE_LLAMA__TAKE((size_t)n * q_dim);
+        gw.dfc1 = TE_LLAMA__TAKE((size_t)n * 2 * I);
+        gw.dact = TE_LLAMA__TAKE((size_t)n * I);
+        gw.dp = TE_LLAMA__TAKE((size_t)T);
+        gw.scratch = TE_LLAMA__TAKE(max_w + 2 * (size_t)n * widest);
+    }
+#undef TE_LLAMA__TAKE
+    for (t = 0; t < T; t++) /* as te_llama_forward: float32 angle = position x inv_freq */
+        for (i = 0; i < half; i++) {
+            float angle = (float)t * m->rope_inv_freq[i];
+            rcos[(size_t)t * half + i] = (float)cos((double)angle);
+            rsin[(size_t)t * half + i] = (float)sin((double)angle);
+        }
+    for (t = 0; t < n; t++) memcpy((L ? acts[0].x : dx) + (size_t)t * h, W[0] + (size_t)tokens[t] * h, sizeof(float) * (size_t)h);
+    for (l = 0; l < L; l++) {
+        te_llama__tw w;
+        int s[6];
+        te_llama__train_slots(m, l, s); /* checked when the offsets were made */
+        w.ln1 = W[pidx + s[0]]; w.qkv = W[pidx + s[1]]; w.proj = W[pidx + s[2]];
+        w.ln2 = W[pidx + s[3]]; w.fc1 = W[pidx + s[4]]; w.fc2 = W[pidx + s[5]];
+        te_llama__train_layer_fwd(c, &w, &acts[l], l + 1 < L ? acts[l + 1].x : dx, B, T, rcos, rsin);
+        pidx += m->layers[l]->n_params;
+    }
+    for (t = 0; t < n; t++) invf[t] = te_llama__rmsnorm_f(xf + (size_t)t * h, dx + (size_t)t * h, W[pidx], h, c->rms_norm_eps);
+    te_llama__gemm_nt(logits, xf, W[lm], n, V, h, 0);
+    if (!labels) labels = tokens;
+    for (t = 0; t < n; t++) { /* cross-entropy of position t against the next label of its sequence */
+        float *row = logits + (size_t)t * V;
+        int32_t y = (t % T) + 1 < T ? labels[t + 1] : TE_LLAMA_IGNORE_INDEX;
+        double mx = -INFINITY, z = 0;
+        if (y == TE_LLAMA_IGNORE_INDEX) { memset(row, 0, sizeof(float) * (size_t)V); continue; }
+        for (i = 0; i < V; i++) if (row[i] > mx) mx = row[i];
+        for (i = 0; i < V; i++) z += exp((double)row[i] - mx);
+        sum += mx + log(z) - row[y];
+        if (G) { /* d loss / d logits = softmax - onehot */
+            for (i = 0; i < V; i++) row[i] = (float)(exp((double)row[i] - mx) / z) * grad_scale;
+            row[y] -= grad_scale;
+        }
+    }
+    *loss_sum = sum;
+    if (G) {
+        float *dnorm = G[pidx];
+        te_llama__linear_back(gw.dxn, G[lm], logits, xf, W[lm], n, V, h, gw.scratch);
+        /* dx holds the last layer's output, the final norm's input: move it to xf (done with) and let dx hold
+           the gradient of the residual stream from here down */
+        memcpy(xf, dx, sizeof(float) * (size_t)n * h);
+        memset(dx, 0, sizeof(float) * (size_t)n * h);
+        for (t = 0; t < n; t++)
+            te_llama__rmsnorm_back(dx + (size_t)t * h, dnorm, gw.dxn + (size_t)t * h, xf + (size_t)t * h, invf[t], W[pidx], h);
+        for (l = L - 1; l >= 0; l--) {
+            te_llama__tw w, g;
+            int s[6];
+            pidx -= m->layers[l]->n_params;
+            te_llama__train_slots(m, l, s);
+            w.ln1 = W[pidx + s[0]]; w.qkv = W[pidx + s[1]]; w.proj = W[pidx + s[2]];
+            w.ln2 = W[pidx + s[3]]; w.fc1 = W[pidx + s[4]]; w.fc2 = W[pidx + s[5]];
+            g.ln1 = G[pidx + s[0]]; g.qkv = G[pidx + s[1]]; g.proj = G[pidx + s[2]];
+            g.ln2 = G[pidx + s[3]]; g.fc1 = G[pidx + s[4]]; g.fc2 = G[pidx + s[5]];
+            te_llama__train_layer_back(c, &w, &g, &acts[l], dx, &gw, B, T, rcos, rsin);
+        }
+        for (t = 0; t < n; t++) { /* the embedding: a row gather, so a row scatter-add */
+            float *ge = G[0] + (size_t)tokens[t] * h;
+            const float *d = dx + (size_t)t * h;
+            for (i = 0; i < h; i++) ge[i] += d[i];
+        }
+    }
+    te_llama__free(&m->allocator, acts);
+    te_llama__free(&m->allocator, base);
+    return TE_LLAMA_OK;
+}
+
+static void te_llama__train_defaults(te_llama_train_options *o, const te_llama_train_options *in) {
+    memset(o, 0, sizeof *o);
+    if (in) *o = *in;
+    if (o->lr == 0) o->lr = 3e-4f;
+    if (o->beta1 == 0) o->beta1 = 0.9f;
+    if (o->beta2 == 0) o->beta2 = 0.999f;
+    if (o->eps == 0) o->eps = 1e-8f;
+    if (o->weight_decay == 0) o->weight_decay = 0.01f;
+    if (o->weight_decay < 0) o->weight_decay = 0;
+    if (o->clip_norm == 0) o->clip_norm = 1.0f;
+    if (o->clip_norm < 0) o->clip_norm = -1.0f; /* off */
+    if (o->min_lr_ratio == 0) o->min_lr_ratio = 0.1f;
+    if (o->min_lr_ratio < 0) o->min_lr_ratio = 0;
+    if (o->grad_accum <= 0) o->grad_accum = 1;
+    if (o->warmup_steps < 0) o->warmup_steps = 0;
+    if (o->total_steps < 0) o->total_steps = 0;
+}
+
+TE_LLAMA_API double te_llama_train_lr(const te_llama_train_options *options, int64_t step) {
+    te_llama_train_options o;
+    te_llama__train_defaults(&o, options);
+    if (step < o.warmup_steps) return (double)o.lr * (double)(step + 1) / (double)o.warmup_steps;
+    if (o.total_steps > o.warmup_steps) {
+        double p = (double)(step - o.warmup_steps) / (double)(o.total_steps - o.warmup_steps);
+        if (p > 1) p = 1;
+        return (double)o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + cos(3.14159265358979323846 * p)));
+    }
+    return o.lr;
+}
+
+/* Parameter i's fp32 values into dst (its stored values), or dst's values into its storage, rounded. */
+static te_llama_result te_llama__param_f32(te_llama_param *p, float *dst, int store) {
+    if (store) return te_llama_convert(p->data, p->dtype, dst, TE_LLAMA_F32, te_llama_param_numel(p));
+    return te_llama_convert(dst, TE_LLAMA_F32, p->data, p->dtype, te_llama_param_numel(p));
+}
+
+TE_LLAMA_API te_llama_result te_llama_trainer_create(te_llama_model *m, const te_llama_train_options *options,
+                                                     te_llama_trainer **out) {
+    te_llama_trainer *tr;
+    te_llama_result r;
+    size_t N;
+    int i, all_f32 = 1;
+    if (!m || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_create: NULL");
+    *out = NULL;
+    tr = (te_llama_trainer *)te_llama__calloc(&m->allocator, sizeof *tr);
+    if (!tr) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "trainer");
+    tr->allocator = m->allocator;
+    tr->model = m;
+    te_llama__train_defaults(&tr->options, options);
+    tr->n_params = te_llama_num_parameters(m);
+    tr->offset = (size_t *)te_llama__alloc(&tr->allocator, sizeof(size_t) * (size_t)(tr->n_params + 1));
+    if (!tr->offset) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "trainer"); goto fail; }
+    if ((r = te_llama__train_offsets(m, tr->offset))) goto fail;
+    N = tr->offset[tr->n_params];
+    for (i = 0; i < tr->n_params; i++) all_f32 &= te_llama_parameter(m, i)->dtype == TE_LLAMA_F32;
+    tr->master = (float *)te_llama__alloc(&tr->allocator, sizeof(float) * N);
+    tr->weights = all_f32 ? tr->master : (float *)te_llama__alloc(&tr->allocator, sizeof(float) * N);
+    tr->grad = (float *)te_llama__calloc(&tr->allocator, sizeof(float) * N);
+    tr->exp_avg = (float *)te_llama__calloc(&tr->allocator, sizeof(float) * N);
+    tr->exp_avg_sq = (float *)te_llama__calloc(&tr->allocator, sizeof(float) * N);
+    if (!tr->master || !tr->weights || !tr->grad || !tr->exp_avg || !tr->exp_avg_sq) {
+        r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "trainer state: 5 x %zu floats", N);
+        goto fail;
+    }
+    for (i = 0; i < tr->n_params; i++) {
+        if ((r = te_llama__param_f32(te_llama_parameter(m, i), tr->master + tr->offset[i], 0))) goto fail;
+        if (!all_f32) memcpy(tr->weights + tr->offset[i], tr->master + tr->offset[i], sizeof(float) * (tr->offset[i + 1] - tr->offset[i]));
+    }
+    *out = tr;
+    return TE_LLAMA_OK;
+fail:
+    te_llama_trainer_free(tr);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_trainer_free(te_llama_trainer *tr) {
+    te_llama_allocator a;
+    if (!tr) return;
+    a = tr->allocator;
+    if (tr->weights != tr->master) te_llama__free(&a, tr->weights);
+    te_llama__free(&a, tr->master);
+    te_llama__free(&a, tr->grad);
+    te_llama__free(&a, tr->exp_avg);
+    te_llama__free(&a, tr->exp_avg_sq);
+    te_llama__free(&a, tr->offset);
+    te_llama__free(&a, tr);
+}
+
+TE_LLAMA_API float *te_llama_trainer_grad(te_llama_trainer *tr, int i) {
+    if (!tr || i < 0 || i >= tr->n_params) return NULL;
+    return tr->grad + tr->offset[i];
+}
+
+/* Per-parameter pointers into an fp32 array in enumeration order. */
+static float **te_llama__train_ptrs(const te_llama_allocator *a, float *arena, const size_t *off, int n) {
+    float **p = (float **)te_llama__alloc(a, sizeof(float *) * (size_t)n);
+    int i;
+    if (p) for (i = 0; i < n; i++) p[i] = arena + off[i];
+    return p;
+}
+
+TE_LLAMA_API te_llama_result te_llama_trainer_backward(te_llama_trainer *tr, const int32_t *tokens,
+                                                       const int32_t *labels, int B, int T, double *loss) {
+    float **W, **G;
+    int64_t count, total;
+    double sum = 0;
+    size_t k, N;
+    te_llama_result r;
+    if (!tr) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_backward: NULL trainer");
+    if ((r = te_llama__train_batch(tr->model, tokens, labels, B, T, &count))) return r;
+    total = tr->n_labels + count;
+    N = tr->offset[tr->n_params];
+    if (tr->n_labels > 0 && count > 0) { /* grad holds the mean over n_labels: make it the mean over total */
+        float keep = (float)((double)tr->n_labels / (double)total);
+        for (k = 0; k < N; k++) tr->grad[k] *= keep;
+    }
+    W = te_llama__train_ptrs(&tr->allocator, tr->weights, tr->offset, tr->n_params);
+    G = te_llama__train_ptrs(&tr->allocator, tr->grad, tr->offset, tr->n_params);
+    if (!W || !G) r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "trainer pointers");
+    else r = te_llama__train_pass(tr->model, W, G, tokens, labels, B, T, total > 0 ? (float)(1.0 / (double)total) : 0.0f, &sum);
+    te_llama__free(&tr->allocator, W);
+    te_llama__free(&tr->allocator, G);
+    if (r) return r;
+    tr->n_labels = total;
+    tr->loss_sum += sum;
+    tr->micro++;
+    if (loss) *loss = count ? sum / (double)count : 0.0;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_trainer_update(te_llama_trainer *tr) {
+    const te_llama_train_options *o;
+    double norm = 0, lr, bc1, bc2_sqrt, step_size;
+    size_t k, N;
+    int i;
+    te_llama_result r = TE_LLAMA_OK;
+    if (!tr) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_update: NULL trainer");
+    o = &tr->options;
+    N = tr->offset[tr->n_params];
+    for (k = 0; k < N; k++) norm += (double)tr->grad[k] * tr->grad[k];
+    norm = sqrt(norm);
+    if (o->clip_norm > 0) { /* torch.nn.utils.clip_grad_norm_ */
+        float coef = (float)(o->clip_norm / (norm + 1e-6));
+        if (coef < 1.0f) for (k = 0; k < N; k++) tr->grad[k] *= coef;
+    }
+    lr = te_llama_train_lr(o, tr->step);
+    tr->step++;
+    bc1 = 1.0 - pow((double)o->beta1, (double)tr->step);
+    bc2_sqrt = sqrt(1.0 - pow((double)o->beta2, (double)tr->step));
+    step_size = lr / bc1;
+    for (i = 0; i < tr->n_params && !r; i++) { /* torch.optim.AdamW, single-tensor path */
+        te_llama_param *p = te_llama_parameter(tr->model, i);
+        float decay = p->ndim == 2 ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+        float b1 = o->beta1, b2 = o->beta2, eps = o->eps, ss = (float)step_size, bc2 = (float)bc2_sqrt;
+        float *w = tr->master + tr->offset[i], *g = tr->grad + tr->offset[i];
+        float *m1 = tr->exp_avg + tr->offset[i], *m2 = tr->exp_avg_sq + tr->offset[i];
+        size_t n = tr->offset[i + 1] - tr->offset[i];
+        for (k = 0; k < n; k++) {
+            w[k] *= decay;
+            m1[k] += (1.0f - b1) * (g[k] - m1[k]);
+            m2[k] = m2[k] * b2 + (1.0f - b2) * g[k] * g[k];
+            w[k] -= ss * m1[k] / (sqrtf(m2[k]) / bc2 + eps);
+        }
+        r = te_llama__param_f32(p, w, 1);
+        if (!r && tr->weights != tr->master) r = te_llama__param_f32(p, tr->weights + tr->offset[i], 0);
+    }
+    tr->last_loss = tr->n_labels ? tr->loss_sum / (double)tr->n_labels : 0.0;
+    tr->last_grad_norm = norm;
+    tr->last_lr = lr;
+    memset(tr->grad, 0, sizeof(float) * N);
+    tr->n_labels = 0;
+    tr->loss_sum = 0;
+    tr->micro = 0;
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_train_step(te_llama_trainer *tr, const int32_t *tokens, const int32_t *labels,
+                                                 int B, int T, double *loss) {
+    te_llama_result r = te_llama_trainer_backward(tr, tokens, labels, B, T, loss);
+    if (r) return r;
+    return tr->micro >= tr->options.grad_accum ? te_llama_trainer_update(tr) : TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_eval_loss(te_llama_model *m, const int32_t *tokens, const int32_t *labels,
+                                                int B, int T, double *loss) {
+    size_t *off = NULL;
+    float *arena = NULL, **W = NULL;
+    int64_t count;
+    double sum = 0;
+    int i, n;
+    te_llama_result r;
+    if (!m || !loss) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_eval_loss: NULL");
+    if ((r = te_llama__train_batch(m, tokens, labels, B, T, &count))) return r;
+    n = te_llama_num_parameters(m);
+    off = (size_t *)te_llama__alloc(&m->allocator, sizeof(size_t) * (size_t)(n + 1));
+    if (!off) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "eval");
+    if ((r = te_llama__train_offsets(m, off))) goto done;
+    arena = (float *)te_llama__alloc(&m->allocator, sizeof(float) * off[n]);
+    if (arena) W = te_llama__train_ptrs(&m->allocator, arena, off, n);
+    if (!arena || !W) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "eval: %zu floats of weights", off[n]); goto done; }
+    for (i = 0; i < n && !r; i++) r = te_llama__param_f32(te_llama_parameter(m, i), W[i], 0);
+    if (!r) r = te_llama__train_pass(m, W, NULL, tokens, labels, B, T, 0.0f, &sum);
+    if (!r) *loss = count ? sum / (double)count : 0.0;
+done:
+    te_llama__free(&m->allocator, W);
+    te_llama__free(&m->allocator, arena);
+    te_llama__free(&m->allocator, off);
+    return r;
+}
+
+/* The size of every HF tensor behind the parameters, in enumeration order (NULL out: just count them). */
+static int te_llama__state_sizes(te_llama_trainer *tr, int64_t *out) {
+    int i, s, n = 0;
+    for (i = 0; i < tr->n_params; i++) {
+        te_llama_param *p = te_llama_parameter(tr->model, i);
+        for (s = 0; s < p->n_sources; s++, n++)
+            if (out) out[n] = p->sources[s].n_rows * (p->ndim == 2 ? p->shape[1] : 1);
+    }
+    return n;
+}
+
+TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *tr, const char *path) {
+    te_llama_st_write_tensor t[5];
+    int64_t shape_n, shape_p, shape_1 = 1, *numel;
+    int i;
+    te_llama_result r;
+    if (!tr || !path) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_save_state: NULL");
+    if (tr->micro) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "saving optimizer state with %d micro-batches accumulated: save after an optimizer step", tr->micro);
+    shape_p = te_llama__state_sizes(tr, NULL);
+    numel = (int64_t *)te_llama__alloc(&tr->allocator, sizeof(int64_t) * (size_t)shape_p);
+    if (!numel) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "optimizer state");
+    te_llama__state_sizes(tr, numel);
+    shape_n = (int64_t)tr->offset[tr->n_params];
+    memset(t, 0, sizeof t);
+    t[0].name = "exp_avg"; t[0].data = tr->exp_avg;
+    t[1].name = "exp_avg_sq"; t[1].data = tr->exp_avg_sq;
+    t[2].name = "master"; t[2].data = tr->master;
+    for (i = 0; i < 3; i++) { t[i].dtype = TE_LLAMA_F32; t[i].ndim = 1; t[i].shape = &shape_n; }
+    t[3].name = "numel"; t[3].dtype = TE_LLAMA_I64; t[3].ndim = 1; t[3].shape = &shape_p; t[3].data = numel;
+    t[4].name = "step"; t[4].dtype = TE_LLAMA_I64; t[4].ndim = 1; t[4].shape = &shape_1; t[4].data = &tr->step;
+    r = te_llama_safetensors_write(path, t, 5);
+    te_llama__free(&tr->allocator, numel);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, const char *path) {
+    static const char *const names[5] = {"exp_avg", "exp_avg_sq", "master", "numel", "step"};
+    te_llama_safetensors st;
+    int64_t *numel = NULL, *sizes, step = 0;
+    size_t N;
+    int fd = -1, i, n_sizes;
+    te_llama_result r;
+    if (!tr || !path) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_load_state: NULL");
+    N = tr->offset[tr->n_params];
+    n_sizes = te_llama__state_sizes(tr, NULL);
+    if ((r = te_llama_safetensors_open(path, &tr->allocator, &st))) return r;
+    numel = (int64_t *)te_llama__alloc(&tr->allocator, sizeof(int64_t) * 2 * (size_t)n_sizes);
+    if (!numel) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "optimizer state"); goto done; }
+    sizes = numel + n_sizes;
+    te_llama__state_sizes(tr, sizes);
+    for (i = 0; i < 5; i++) { /* every tensor present with the size this trainer expects */
+        const te_llama_st_tensor *t = te_llama_safetensors_find(&st, names[i]);
+        int64_t want = i < 3 ? (int64_t)N : i == 3 ? n_sizes : 1;
+        if (!t) { r = te_llama__fail(TE_LLAMA_ERR_MISSING_TENSOR, "%s: no tensor \"%s\"", path, names[i]); goto done; }
+        if (t->dtype != (i < 3 ? TE_LLAMA_F32 : TE_LLAMA_I64) || t->ndim != 1 || t->shape[0] != want) {
+            r = te_llama__fail(TE_LLAMA_ERR_SHAPE_MISMATCH, "%s: \"%s\" is %s [%lld], expected %s [%lld] (a state of another model?)", path, names[i],
+                               te_llama_dtype_name(t->dtype), t->ndim == 1 ? (long long)t->shape[0] : -1LL, i < 3 ? "F32" : "I64", (long long)want);
+            goto done;
+        }
+    }
+    fd = open(path, O_RDONLY);
+    if (fd < 0) { r = te_llama__fail(TE_LLAMA_ERR_IO, "%s: %s", path, strerror(errno)); goto done; }
+#define TE_LLAMA__READ(name, dst) do { const te_llama_st_tensor *t_ = te_llama_safetensors_find(&st, name); \
+        if ((r = te_llama__pread(fd, dst, (size_t)t_->nbytes, st.data_start + t_->offset, path))) goto done; } while (0)
+    TE_LLAMA__READ("numel", numel);
+    for (i = 0; i < n_sizes; i++)
+        if (numel[i] != sizes[i]) {
+            r = te_llama__fail(TE_LLAMA_ERR_SHAPE_MISMATCH, "%s: tensor %d has %lld values, this model's has %lld", path, i, (long long)numel[i], (long long)sizes[i]);
+            goto done;
+        }
+    TE_LLAMA__READ("step", &step);
+    if (step < 0) { r = te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "%s: step %lld", path, (long long)step); goto done; }
+    TE_LLAMA__READ("exp_avg", tr->exp_avg);
+    TE_LLAMA__READ("exp_avg_sq", tr->exp_avg_sq);
+    TE_LLAMA__READ("master", tr->master);
+#undef TE_LLAMA__READ
+    tr->step = step;
+    for (i = 0; i < tr->n_params && !r; i++) {
+        te_llama_param *p = te_llama_parameter(tr->model, i);
+        r = te_llama__param_f32(p, tr->master + tr->offset[i], 1);
+        if (!r && tr->weights != tr->master) r = te_llama__param_f32(p, tr->weights + tr->offset[i], 0);
+    }
+    memset(tr->grad, 0, sizeof(float) * N);
+    tr->n_labels = 0;
+    tr->loss_sum = 0;
+    tr->micro = 0;
+done:
+    if (fd >= 0) close(fd);
+    te_llama__free(&tr->allocator, numel);
+    te_llama_safetensors_free(&st);
     return r;
 }
 

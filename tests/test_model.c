@@ -178,7 +178,7 @@ static int same_checkpoint(const char *ref_dir, const char *out_dir) {
     for (d = 0; d < 2; d++) { /* list the shard files of each directory */
         char cmd[2048];
         FILE *p;
-        snprintf(cmd, sizeof cmd, "ls '%s' | grep '\\.safetensors$'", dirs[d]);
+        snprintf(cmd, sizeof cmd, "ls '%s' | grep '\\.safetensors$' | grep -v '^ref_'", dirs[d]);
         p = popen(cmd, "r");
         n_files[d] = 0;
         while (p && n_files[d] < 64 && fgets(names[d][n_files[d]], 128, p)) {
