@@ -468,6 +468,18 @@ TE_LLAMA_API te_llama_result te_llama_kv_cache_create(te_llama_model *model, int
                                                       te_llama_kv_cache **out);
 TE_LLAMA_API void te_llama_kv_cache_free(te_llama_kv_cache *cache);
 
+/* What a model and a cache take: parameters, the KV cache (NULL: none), the backend's workspace; on the GPU also
+   the device's free and total memory. */
+typedef struct te_llama_memory {
+    uint64_t parameter_bytes;
+    uint64_t kv_cache_bytes;
+    uint64_t workspace_bytes;
+    uint64_t device_free, device_total; /* 0 on the CPU */
+} te_llama_memory;
+
+TE_LLAMA_API te_llama_result te_llama_memory_usage(const te_llama_model *model, const te_llama_kv_cache *cache,
+                                                   te_llama_memory *out);
+
 /* One forward call over tokens of one or more sequences. */
 typedef struct te_llama_batch {
     int n_tokens;
@@ -550,6 +562,9 @@ TE_LLAMA_API te_llama_result te_llama_cuda_kv_cache_alloc(te_llama_model *model,
 TE_LLAMA_API void te_llama_cuda_kv_cache_free(te_llama_kv_cache *cache);
 TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *model, te_llama_kv_cache *cache,
                                                    const te_llama_batch *batch, float *logits);
+/* Device bytes the context holds besides parameters and caches, and the device's free and total memory. */
+TE_LLAMA_API te_llama_result te_llama_cuda_memory_info(const te_llama_model *model, size_t *workspace_bytes,
+                                                       size_t *device_free, size_t *device_total);
 /* te_llama_generate on the device: sampling there too, so no vocabulary of logits crosses per token. */
 TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const te_llama_generate_options *options,
                                                     const int32_t *prompt, int n_prompt, int32_t *out, int cap,
@@ -3295,6 +3310,29 @@ TE_LLAMA_API void te_llama_kv_cache_free(te_llama_kv_cache *c) {
     te_llama__free(&a, c->k);
     te_llama__free(&a, c->v);
     te_llama__free(&a, c);
+}
+
+TE_LLAMA_API te_llama_result te_llama_memory_usage(const te_llama_model *m, const te_llama_kv_cache *cache,
+                                                   te_llama_memory *out) {
+    int i, n;
+    if (!m || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_memory_usage: NULL");
+    memset(out, 0, sizeof *out);
+    n = te_llama_num_parameters(m);
+    for (i = 0; i < n; i++) out->parameter_bytes += te_llama_param_bytes(te_llama_parameter((te_llama_model *)m, i));
+    if (cache) /* keys and values: floats on the CPU, bf16 on the device */
+        out->kv_cache_bytes = 2ull * (uint64_t)cache->n_layers * (uint64_t)cache->n_seq * (uint64_t)cache->max_len *
+                              (uint64_t)cache->kv_dim * (cache->on_device ? 2u : 4u);
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) {
+        size_t ws = 0, f = 0, t = 0;
+        te_llama_result r = te_llama_cuda_memory_info(m, &ws, &f, &t);
+        if (r) return r;
+        out->workspace_bytes = ws;
+        out->device_free = f;
+        out->device_total = t;
+    }
+#endif
+    return TE_LLAMA_OK;
 }
 
 static te_llama_result te_llama__check_batch(const te_llama_model *m, const te_llama_kv_cache *cache,

@@ -152,6 +152,7 @@ typedef struct te_llama__cuda {
     /* per-token scratch for up to cap_tokens tokens, one allocation */
     int cap_tokens;
     void *scratch;
+    size_t scratch_bytes;
     float *x;            /* (cap, hidden) residual stream */
     te_llama__bf16 *xn;  /* (cap, hidden) normed input of a GEMM */
     float *qkv;          /* (cap, q_dim + 2 kv_dim) */
@@ -1007,6 +1008,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     TE_LLAMA__CU(cudaFree(ctx->scratch));
     te_llama__host_free(&ctx->allocator, ctx->host_ints);
     ctx->scratch = NULL;
+    ctx->scratch_bytes = 0;
     ctx->host_ints = NULL;
     ctx->cap_tokens = 0;
     hp = te_llama__host_alloc(&ctx->allocator, cap * 8 * 4);
@@ -1016,6 +1018,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
         return te_llama__cuda_error(e, "cudaMalloc(scratch for a batch of tokens)", __FILE__, __LINE__);
     }
     ctx->scratch = p;
+    ctx->scratch_bytes = off;
     ctx->host_ints = (int32_t *)hp;
     ctx->x = (float *)((char *)p + o_x);
     ctx->xn = (te_llama__bf16 *)((char *)p + o_xn);
@@ -1675,4 +1678,25 @@ done:
     te_llama__host_free(&m->allocator, pos);
     te_llama_kv_cache_free(cache);
     return r;
+}
+
+/* ====================================================================================== memory report */
+
+/* The device memory the context holds besides parameters and KV caches: cuBLASLt's workspace, the per-batch
+   scratch, the logits rows, the decode attention's partials and the small tables; and the device's free/total. */
+extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model, size_t *workspace_bytes,
+                                                     size_t *device_free, size_t *device_total) {
+    const te_llama__cuda *ctx = model ? (const te_llama__cuda *)model->backend : NULL;
+    size_t ws = 0, f = 0, t = 0;
+    if (ctx) {
+        ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
+             ctx->part_floats * sizeof(float) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
+             sizeof(unsigned long long);
+        TE_LLAMA__CU(cudaSetDevice(ctx->device));
+    }
+    TE_LLAMA__CU(cudaMemGetInfo(&f, &t));
+    if (workspace_bytes) *workspace_bytes = ws;
+    if (device_free) *device_free = f;
+    if (device_total) *device_total = t;
+    return TE_LLAMA_OK;
 }

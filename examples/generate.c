@@ -145,9 +145,16 @@ int main(int argc, char **argv) {
     t0 = now_s();
     if ((r = te_llama_load(dir, &opt, &m))) { fprintf(stderr, "generate: %s\n", te_llama_last_error()); return 1; }
     t1 = now_s();
-    if (!quiet)
-        fprintf(stderr, "loaded %s (%d layers, %s, %s) in %.2f s\n", dir, m->config.num_hidden_layers, m->layers[0]->kind,
+    if (!quiet) {
+        te_llama_memory mem;
+        fprintf(stderr, "loaded %s (%d layers, %s, %s) in %.2f s", dir, m->config.num_hidden_layers, m->layers[0]->kind,
                 m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu", t1 - t0);
+        if (te_llama_memory_usage(m, NULL, &mem) == TE_LLAMA_OK) {
+            fprintf(stderr, ": %.1f MB of parameters", mem.parameter_bytes / 1e6);
+            if (mem.device_total) fprintf(stderr, ", device %.1f of %.1f GB free", mem.device_free / 1e9, mem.device_total / 1e9);
+        }
+        fputc('\n', stderr);
+    }
     /* the prompt */
     if (ids_text) {
         const char *s = ids_text;

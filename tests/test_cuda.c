@@ -101,6 +101,16 @@ static int json_ints(const te_llama_json *j, size_t arr, int32_t *out, int cap) 
     return n;
 }
 
+static te_llama_result load_status(const char *dir, te_llama_backend backend, te_llama_model **m) {
+    te_llama_options o;
+    memset(&o, 0, sizeof o);
+    o.backend = backend;
+    o.decoder = te_llama_te_decoder;
+    o.dtype = TE_LLAMA_BF16;
+    *m = NULL;
+    return te_llama_load(dir, &o, m);
+}
+
 static te_llama_model *load(const char *dir, te_llama_backend backend) {
     te_llama_options o;
     te_llama_model *m = NULL;
@@ -819,10 +829,49 @@ static void test_errors(void) {
     if (cpu && te_llama_kv_cache_create(cpu, 1, 8, &cpu_cache) == TE_LLAMA_OK)
         CHECK_RESULT(te_llama_forward(m, cpu_cache, &b, logits), TE_LLAMA_ERR_INVALID_ARGUMENT);
     te_llama_kv_cache_free(cpu_cache);
+    { /* the memory report: parameters, cache, workspace, and the device */
+        te_llama_memory mem;
+        CHECK_RESULT(te_llama_memory_usage(m, cache, &mem), TE_LLAMA_OK);
+        printf("  memory: parameters %llu B, kv cache %llu B, workspace %llu B, device free %.1f of %.1f GiB\n",
+               (unsigned long long)mem.parameter_bytes, (unsigned long long)mem.kv_cache_bytes,
+               (unsigned long long)mem.workspace_bytes, mem.device_free / 1073741824.0, mem.device_total / 1073741824.0);
+        CHECK(mem.parameter_bytes == 2ull * (256 * 64 + 3 * (64 + 128 * 64 + 64 * 64 + 64 + 2 * 96 * 64 + 64 * 96) + 64),
+              "parameter bytes %llu", (unsigned long long)mem.parameter_bytes);
+        CHECK(mem.kv_cache_bytes == 2ull * 3 * 1 * 8 * 32 * 2, "kv cache bytes %llu", (unsigned long long)mem.kv_cache_bytes);
+        CHECK(mem.workspace_bytes >= ((size_t)32 << 20) && mem.device_total > mem.device_free && mem.device_free > 0, "workspace and device");
+    }
     te_llama_kv_cache_free(cache);
     te_llama_free(cpu);
     te_llama_free(m);
     free(logits);
+    { /* a model larger than the device: a clean OOM partway through the parameters, nothing leaked, and the next
+         load in this process succeeds */
+        char dir[1200], path[1300];
+        size_t free0 = 0, free1 = 0, total = 0;
+        FILE *f;
+        te_llama_model *big = NULL, *again = NULL;
+        snprintf(dir, sizeof dir, "%s/too_big", out_dir);
+        snprintf(path, sizeof path, "mkdir -p '%s'", dir);
+        if (system(path) != 0) return;
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        f = fopen(path, "w");
+        if (!f) return;
+        /* ~7.5 GB a layer, 64 layers: about 480 GB of bf16 parameters */
+        fputs("{\"model_type\":\"llama\",\"hidden_size\":16384,\"intermediate_size\":65536,\"num_hidden_layers\":64,"
+              "\"num_attention_heads\":128,\"num_key_value_heads\":8,\"vocab_size\":131072,\"torch_dtype\":\"bfloat16\"}", f);
+        fclose(f);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        f = fopen(path, "w");
+        if (f) { fputs("not read: the parameters do not fit", f); fclose(f); }
+        te_llama_cuda_memory_info(NULL, NULL, &free0, &total);
+        CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, &big), TE_LLAMA_ERR_CUDA_OOM);
+        CHECK(big == NULL, "a failed load returned a model");
+        te_llama_cuda_memory_info(NULL, NULL, &free1, &total);
+        printf("  oom: device free %.2f GiB before the oversized load, %.2f GiB after it failed\n", free0 / 1073741824.0, free1 / 1073741824.0);
+        CHECK(free1 + ((size_t)64 << 20) >= free0, "the failed load leaked %.1f MiB of device memory", ((double)free0 - (double)free1) / 1048576.0);
+        CHECK_RESULT(load_status(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA, &again), TE_LLAMA_OK);
+        te_llama_free(again);
+    }
 }
 
 int main(void) {
