@@ -41,7 +41,9 @@
      scope of te_llama_te_decoder, so the result is an ordinary te_llama_model whose layers are TE layers.
 
    REVISION HISTORY
-     0.1  first version: JSON, safetensors, config, factory, load/save, CPU forward, generation, tokenizer
+     0.1  first version: JSON, safetensors, config, factory, load/save, CPU forward, generation, tokenizer,
+          the CUDA backend (cuBLASLt, tensor-core prefill attention, split-KV decode, graph-captured decode),
+          CPU training (backward, AdamW, optimizer state)
 
    LICENSE: MIT (see the end of this file).
 */
