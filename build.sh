@@ -116,6 +116,8 @@ cmd_test() {
     # the command-line programs, as a user runs them
     build_examples >/dev/null
     if [ -x tests/test_cli.sh ]; then run_counted cli tests/test_cli.sh; fi
+    # hostile input: broken checkpoints with exact result codes, fuzz corpus replay and a short fuzz run
+    if [ -x tests/test_bad.sh ]; then run_counted bad tests/test_bad.sh; fi
     echo
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ]

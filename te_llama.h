@@ -803,6 +803,31 @@ static te_llama_result te_llama__fail(te_llama_result r, const char *fmt, ...) {
     return r;
 }
 
+/* Put context (a file, a key) in front of this thread's message and return r: "code: context: detail", where
+   detail is the old message without its own code. The old message is copied first: it lives in the same buffer. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static te_llama_result te_llama__wrap(te_llama_result r, const char *fmt, ...) {
+    char old[sizeof te_llama__error], context[512];
+    const char *detail = old;
+    va_list ap;
+    int k;
+    memcpy(old, te_llama__error, sizeof old);
+    for (k = 0; k < (int)TE_LLAMA_RESULT_COUNT; k++) {
+        size_t n = strlen(te_llama_result_string((te_llama_result)k));
+        if (strncmp(old, te_llama_result_string((te_llama_result)k), n) == 0 && old[n] == ':' && old[n + 1] == ' ') {
+            detail = old + n + 2;
+            break;
+        }
+    }
+    va_start(ap, fmt);
+    vsnprintf(context, sizeof context, fmt, ap);
+    va_end(ap);
+    snprintf(te_llama__error, sizeof te_llama__error, "%s: %s: %s", te_llama_result_string(r), context, detail);
+    return r;
+}
+
 TE_LLAMA_API te_llama_result te_llama_set_error(te_llama_result r, const char *message) {
     return te_llama__fail(r, "%s", message ? message : "");
 }
@@ -1470,7 +1495,7 @@ static te_llama_result te_llama__pread(int fd, void *buf, size_t n, uint64_t off
 /* Read a whole (small) file into memory, NUL-terminated. */
 static te_llama_result te_llama__read_file(const char *path, const te_llama_allocator *a, size_t limit, char **out,
                                            size_t *len) {
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not block: it is refused below as not a regular file */
     struct stat st;
     te_llama_result r;
     char *buf;
@@ -1570,7 +1595,14 @@ TE_LLAMA_API te_llama_result te_llama_safetensors_parse(const void *bytes, size_
         }
         ts = &out->tensors[t++];
         ts->name = names;
-        names += te_llama__json_decode(j.text, j.tokens[i].start, j.tokens[i].end, names, (size_t)-1);
+        {
+            size_t name_len = te_llama__json_decode(j.text, j.tokens[i].start, j.tokens[i].end, names, (size_t)-1);
+            if (memchr(names, 0, name_len)) { /* "a\u0000b" would read as the C string "a" */
+                r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor name \"%s\\u0000...\" at byte %u holds a NUL character", names, j.tokens[i].start);
+                goto fail;
+            }
+            names += name_len;
+        }
         *names++ = 0;
         if (j.tokens[v].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": entry is not an object", name); goto fail; }
         if (!(f = te_llama_json_get(&j, v, "dtype")) || j.tokens[f].type != TE_LLAMA_JSON_STRING) { r = te_llama__fail(TE_LLAMA_ERR_ST_HEADER, "tensor \"%s\": no dtype", name); goto fail; }
@@ -1649,7 +1681,7 @@ static te_llama_result te_llama__st_open_fd(int fd, const char *path, const te_l
     for (k = 0; k < 8; k++) hlen |= (uint64_t)prefix[k] << (8 * k);
     if (hlen > TE_LLAMA_ST_MAX_HEADER || hlen > size - 8) {
         r = te_llama_safetensors_parse(prefix, 8, size, a, out); /* produces the precise header error */
-        return te_llama__fail(r, "%s: %s", path, te_llama_last_error());
+        return te_llama__wrap(r, "%s", path);
     }
     buf = (char *)te_llama__alloc(a, (size_t)hlen + 8);
     if (!buf) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "%s: header of %llu bytes", path, (unsigned long long)hlen);
@@ -1657,12 +1689,7 @@ static te_llama_result te_llama__st_open_fd(int fd, const char *path, const te_l
     r = te_llama__pread(fd, buf + 8, (size_t)hlen, 8, path);
     if (!r) {
         r = te_llama_safetensors_parse(buf, (size_t)hlen + 8, size, a, out);
-        if (r) {
-            char msg[sizeof te_llama__error];
-            memcpy(msg, te_llama__error, sizeof msg);
-            /* keep the code, name the file (the JSON part's offsets are within the header, after 8 bytes) */
-            te_llama__fail(r, "%s: %s", path, strchr(msg, ':') ? strchr(msg, ':') + 2 : msg);
-        }
+        if (r) te_llama__wrap(r, "%s (header bytes count from byte 8)", path);
     }
     te_llama__free(a, buf);
     return r;
@@ -1673,7 +1700,7 @@ TE_LLAMA_API te_llama_result te_llama_safetensors_open(const char *path, const t
     int fd;
     te_llama_result r;
     if (!path || !out) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_safetensors_open: NULL");
-    fd = open(path, O_RDONLY);
+    fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not block: it is refused below as not a regular file */
     if (fd < 0) return te_llama__fail(errno == ENOENT ? TE_LLAMA_ERR_NOT_FOUND : TE_LLAMA_ERR_IO, "%s: %s", path, strerror(errno));
     r = te_llama__st_open_fd(fd, path, allocator, out);
     close(fd);
@@ -1916,7 +1943,7 @@ static te_llama_result te_llama__cfg_int(const te_llama_json *j, size_t obj, con
         return TE_LLAMA_OK;
     }
     if (j->tokens[v].type != TE_LLAMA_JSON_NUMBER) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not a number", key);
-    if (te_llama_json_int64(j, v, &x)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s: %s", key, te_llama_last_error());
+    if (te_llama_json_int64(j, v, &x)) return te_llama__wrap(TE_LLAMA_ERR_CONFIG, "%s", key);
     if (x < lo || x > hi) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s = %lld, must be in [%lld, %lld]", key, (long long)x, (long long)lo, (long long)hi);
     *out = (int)x;
     return TE_LLAMA_OK;
@@ -1925,7 +1952,7 @@ static te_llama_result te_llama__cfg_double(const te_llama_json *j, size_t obj, 
     size_t v = te_llama_json_get(j, obj, key);
     if (!v || j->tokens[v].type == TE_LLAMA_JSON_NULL) return TE_LLAMA_OK;
     if (j->tokens[v].type != TE_LLAMA_JSON_NUMBER) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s is not a number", key);
-    if (te_llama_json_double(j, v, out)) return te_llama__fail(TE_LLAMA_ERR_CONFIG, "%s: %s", key, te_llama_last_error());
+    if (te_llama_json_double(j, v, out)) return te_llama__wrap(TE_LLAMA_ERR_CONFIG, "%s", key);
     return TE_LLAMA_OK;
 }
 static te_llama_result te_llama__cfg_bool(const te_llama_json *j, size_t obj, const char *key, int *out) {
@@ -2068,7 +2095,7 @@ TE_LLAMA_API te_llama_result te_llama_config_load(const char *path, te_llama_con
     if (r) return r;
     r = te_llama_config_parse(text, len, out);
     te_llama__free(NULL, text);
-    if (r) return te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') ? strchr(te_llama__error, ':') + 2 : "");
+    if (r) return te_llama__wrap(r, "%s", path);
     return TE_LLAMA_OK;
 }
 
@@ -2143,7 +2170,7 @@ TE_LLAMA_API te_llama_result te_llama_param_init(te_llama_param *p, const te_lla
     if (options && options->backend == TE_LLAMA_BACKEND_CUDA) {
 #ifdef TE_LLAMA_CUDA
         te_llama_result r = te_llama_cuda_malloc(&p->data, (size_t)bytes);
-        if (r) return te_llama__fail(r, "parameter %s (%llu bytes): %s", name, (unsigned long long)bytes, te_llama_last_error());
+        if (r) return te_llama__wrap(r, "parameter %s (%llu bytes)", name, (unsigned long long)bytes);
         p->on_device = 1;
         return te_llama_cuda_memset(p->data, 0, (size_t)bytes);
 #else
@@ -2706,7 +2733,7 @@ static te_llama_result te_llama__load_shard(te_llama__loader *L, const char *dir
         if (strncmp(real_file, real_dir, n) != 0 || real_file[n] != '/' || strchr(real_file + n + 1, '/'))
             return te_llama__fail(TE_LLAMA_ERR_UNSAFE_PATH, "shard %s is a link out of the checkpoint directory (to %s)", path, real_file);
     }
-    fd = open(path, O_RDONLY);
+    fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO must not block: it is refused below as not a regular file */
     if (fd < 0) return te_llama__fail(errno == ENOENT ? TE_LLAMA_ERR_NOT_FOUND : TE_LLAMA_ERR_IO, "shard %s: %s", path, strerror(errno));
     if ((r = te_llama__st_open_fd(fd, path, &m->allocator, &st))) { close(fd); return r; }
     L->progress.file = file;
@@ -2731,7 +2758,7 @@ static te_llama_result te_llama__load_shard(te_llama__loader *L, const char *dir
             L->progress.bytes_done += t->nbytes;
             continue;
         }
-        if (found) { r = te_llama__fail(found, "%s: tensor %s: %s", path, t->name, te_llama_last_error()); break; }
+        if (found) { r = te_llama__wrap(found, "%s: tensor %s", path, t->name); break; }
         if (!te_llama__is_float(t->dtype)) { r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "%s: tensor %s has dtype %s", path, t->name, te_llama_dtype_name(t->dtype)); break; }
         rows_ok = p->ndim == 2 ? (t->ndim == 2 && t->shape[0] == p->sources[src].n_rows && t->shape[1] == p->shape[1])
                                : (t->ndim == 1 && t->shape[0] == p->sources[src].n_rows);
@@ -2776,7 +2803,7 @@ static te_llama_result te_llama__index_shards(const char *path, const te_llama_a
     if ((r = te_llama__read_file(path, a, (size_t)64 << 20, &text, &len))) return r;
     if ((r = te_llama_json_parse(text, len, a, &j))) {
         te_llama__free(a, text);
-        return te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') + 2);
+        return te_llama__wrap(r, "%s", path);
     }
     wm = j.tokens[0].type == TE_LLAMA_JSON_OBJECT ? te_llama_json_get(&j, 0, "weight_map") : 0;
     if (!wm || j.tokens[wm].type != TE_LLAMA_JSON_OBJECT) { r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s has no weight_map object", path); goto done; }
@@ -2843,7 +2870,7 @@ static te_llama_result te_llama__load_generation_config(te_llama_model *m, const
             for (k = 0; k < m->n_eos_token_ids; k++) seen |= m->eos_token_ids[k] == ids[i];
             if (!seen && m->n_eos_token_ids < TE_LLAMA_MAX_EOS) m->eos_token_ids[m->n_eos_token_ids++] = ids[i];
         }
-    if (r) r = te_llama__fail(r, "%s: %s", path, strchr(te_llama__error, ':') + 2);
+    if (r) r = te_llama__wrap(r, "%s", path);
     if (j.tokens) te_llama_json_free(&j);
     te_llama__free(&m->allocator, text);
     return r;
@@ -4222,7 +4249,7 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, c
             goto done;
         }
     }
-    fd = open(path, O_RDONLY);
+    fd = open(path, O_RDONLY); /* a regular file: te_llama_safetensors_open read it above */
     if (fd < 0) { r = te_llama__fail(TE_LLAMA_ERR_IO, "%s: %s", path, strerror(errno)); goto done; }
 #define TE_LLAMA__READ(name, dst) do { const te_llama_st_tensor *t_ = te_llama_safetensors_find(&st, name); \
         if ((r = te_llama__pread(fd, dst, (size_t)t_->nbytes, st.data_start + t_->offset, path))) goto done; } while (0)
@@ -5222,7 +5249,7 @@ TE_LLAMA_API te_llama_result te_llama_tokenizer_load(const char *path, const te_
     if ((r = te_llama__read_file(file, allocator, (size_t)1 << 30, &text, &len))) return r;
     r = te_llama_tokenizer_parse(text, len, allocator, out);
     te_llama__free(allocator, text);
-    if (r) return r;
+    if (r) return te_llama__wrap(r, "%s", file);
     {
         char cfg[4096];
         te_llama_json j;
@@ -5230,7 +5257,7 @@ TE_LLAMA_API te_llama_result te_llama_tokenizer_load(const char *path, const te_
         r = te_llama__read_file(cfg, allocator, (size_t)64 << 20, &text, &len);
         if (r == TE_LLAMA_ERR_NOT_FOUND) return TE_LLAMA_OK;
         if (!r) {
-            r = te_llama_json_parse(text, len, allocator, &j);
+            if ((r = te_llama_json_parse(text, len, allocator, &j))) te_llama__wrap(r, "%s", cfg);
             if (!r && (!j.n_tokens || j.tokens[0].type != TE_LLAMA_JSON_OBJECT))
                 r = te_llama__fail(TE_LLAMA_ERR_JSON_SCHEMA, "%s: not a JSON object", cfg);
             if (!r) {
