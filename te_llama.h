@@ -1377,9 +1377,17 @@ TE_LLAMA_API int te_llama_json_equals(const te_llama_json *j, size_t tok, const 
     if (t->type != TE_LLAMA_JSON_STRING) return 0;
     if (!t->escaped) return (size_t)(t->end - t->start) == n && memcmp(j->text + t->start, s, n) == 0;
     {
-        char buf[256];
+        char buf[256], *heap = NULL;
         size_t m = te_llama__json_decode(j->text, t->start, t->end, buf, sizeof buf);
-        return m == n && n <= sizeof buf && memcmp(buf, s, n) == 0;
+        int eq;
+        if (m != n) return 0;
+        if (m <= sizeof buf) return memcmp(buf, s, n) == 0;
+        heap = (char *)te_llama__alloc(&j->allocator, m); /* a long escaped string */
+        if (!heap) return 0;
+        te_llama__json_decode(j->text, t->start, t->end, heap, m);
+        eq = memcmp(heap, s, n) == 0;
+        te_llama__free(&j->allocator, heap);
+        return eq;
     }
 }
 

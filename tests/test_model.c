@@ -244,6 +244,20 @@ static void test_json(void) {
     CHECK_RESULT(te_llama_json_string(&j, te_llama_json_get(&j, c, "d"), buf, sizeof buf, &len), TE_LLAMA_OK);
     CHECK(len == 8 && memcmp(buf, "x\xc3\xa9\xf0\x9f\x98\x80\n", 8) == 0, "escapes decode to UTF-8");
     CHECK(te_llama_json_get(&j, 0, "zz") == 0, "absent key");
+    { /* a long escaped string compares by its decoded bytes */
+        char text[1200], want[600];
+        te_llama_json k;
+        int i;
+        strcpy(text, "[\"");
+        for (i = 0; i < 300; i++) { strcat(text, "\\u0041"); want[i] = 'A'; }
+        want[300] = 0;
+        strcat(text, "\"]");
+        CHECK_RESULT(te_llama_json_parse(text, strlen(text), NULL, &k), TE_LLAMA_OK);
+        CHECK(te_llama_json_equals(&k, 1, want), "300 escaped characters equal their decoded string");
+        want[299] = 'B';
+        CHECK(!te_llama_json_equals(&k, 1, want), "and differ from another");
+        te_llama_json_free(&k);
+    }
     CHECK(j.tokens[te_llama_json_get(&j, 0, "b")].next == te_llama_json_get(&j, 0, "c") - 1, "next skips the subtree");
     te_llama_json_free(&j);
 
