@@ -824,7 +824,8 @@ static te_llama_result te_llama__wrap(te_llama_result r, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(context, sizeof context, fmt, ap);
     va_end(ap);
-    snprintf(te_llama__error, sizeof te_llama__error, "%s: %s: %s", te_llama_result_string(r), context, detail);
+    /* the code is under 60 bytes: 60 + 300 + 600 + separators fit the 1024-byte buffer */
+    snprintf(te_llama__error, sizeof te_llama__error, "%s: %.300s: %.600s", te_llama_result_string(r), context, detail);
     return r;
 }
 
