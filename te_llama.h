@@ -318,6 +318,9 @@ struct te_llama_options {
     void (*progress)(void *user, const te_llama_progress *progress);
     void *user;                        /* passed to log and progress */
     int cuda_device;                   /* CUDA device ordinal */
+    /* FP8 inference (see FP8 below): non-NULL switches it on after load or create; the recipe is copied. The
+       CPU backend emulates it; the CUDA backend has none yet (TE_LLAMA_ERR_UNSUPPORTED). */
+    const struct te_llama_fp8_recipe *fp8;
 };
 
 /* ================================================================================================= parameters */
@@ -361,6 +364,7 @@ typedef struct te_llama_step {
     const float *rope_cos, *rope_sin; /* (n_tokens, head_dim / 2): the rotation of each token's position */
     float *work;                      /* scratch of te_llama_work_floats(config, n_tokens, cache->max_len) */
     void *backend;                    /* backend state (CUDA: the device context) */
+    void *fp8;                        /* the model's FP8 state (te_llama_fp8_enable); NULL when off */
 } te_llama_step;
 
 /* A decoder layer: an object with function pointers, as a Python module is. The built-in kinds fill params,
@@ -425,6 +429,7 @@ typedef struct te_llama_model {
     int n_eos_token_ids;
     void *backend;                    /* CUDA: device context */
     te_llama_allocator allocator;     /* the one options->allocator pointed to, or the C allocator */
+    void *fp8;                        /* FP8 state (te_llama_fp8_enable); NULL when off */
 } te_llama_model;
 
 /* LlamaForCausalLM(config): random initialisation as HF does it (normal(0, initializer_range), norms 1), layers
@@ -654,6 +659,94 @@ TE_LLAMA_API te_llama_result te_llama_eval_loss(te_llama_model *model, const int
    and zeroes the gradients; the options are the trainer's own, not the file's. */
 TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *trainer, const char *path);
 TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *trainer, const char *path);
+
+/* ======================================================================================================= FP8 */
+/* FP8 as TransformerEngine does it (DelayedScaling). Every GEMM has three scaling states (input, weight,
+   output); a tensor goes to FP8 as fp8(x * scale) and comes back as fp8 * scale_inv (scale_inv = 1 / scale).
+   Each state keeps a ring buffer of the last amax_history_len amaxes (absolute maxima); after a step the new
+   amax goes in and scale = fp8_max / amax_used / 2^margin, where amax_used is the history's maximum (MAX) or
+   the amax just recorded (MOST_RECENT). When amax_used is zero or not finite, or the new scale is not finite,
+   the old scale stays (as TE does). The forward tensors are E4M3 (max 448) in both formats; HYBRID would give
+   the gradients E5M2 (max 57344), and training does not use FP8 yet.
+   The CPU backend EMULATES FP8 inference (quantise, dequantise, multiply in float32): set options.fp8 to a
+   recipe, or call te_llama_fp8_enable on a loaded model. Each GEMM weight of the decoder layers (fused QKV,
+   proj, fc1, fc2; a vanilla layer's q/k/v and gate/up parts share one scale, as if fused) is quantised once to
+   E4M3 with scale = 448 / amax / 2^margin from its own amax; the high-precision weights stay (calibration and
+   training read them). Each GEMM's input activation is quantised with its delayed scale: the scale computed
+   after the previous forward, while this forward's amax is recorded; te_llama_forward updates every scale at
+   its end. The embeddings, norms, attention (softmax, KV cache) and lm_head stay in float32.
+   Calibration (TE's calibrating=True): te_llama_fp8_calibrate(model, 1) makes forwards run in high precision
+   while still recording amaxes and updating scales, to seed the activation scales before FP8 is switched on.
+   te_llama_save of an FP8 model writes the dequantised GEMM weights in each parameter's dtype.
+   The CUDA backend has no FP8 path yet: options.fp8 with options.backend CUDA is TE_LLAMA_ERR_UNSUPPORTED. */
+
+#define TE_LLAMA_FP8_E4M3_MAX 448.0f
+#define TE_LLAMA_FP8_E5M2_MAX 57344.0f
+#define TE_LLAMA_FP8_MAX_HISTORY 1024 /* the longest amax history (TE's default length) */
+
+typedef enum te_llama_fp8_format {
+    TE_LLAMA_FP8_FORMAT_E4M3 = 0,     /* E4M3 everywhere */
+    TE_LLAMA_FP8_FORMAT_HYBRID        /* E4M3 forward, E5M2 for gradients */
+} te_llama_fp8_format;
+
+typedef enum te_llama_fp8_amax_algo {
+    TE_LLAMA_FP8_AMAX_MAX = 0,        /* the maximum over the history */
+    TE_LLAMA_FP8_AMAX_MOST_RECENT     /* the amax just recorded */
+} te_llama_fp8_amax_algo;
+
+/* TE's DelayedScaling. All-zero means TE's defaults: E4M3, history 1024, max, margin 0. */
+typedef struct te_llama_fp8_recipe {
+    te_llama_fp8_format format;
+    int amax_history_len;             /* 1 .. TE_LLAMA_FP8_MAX_HISTORY; 0: 1024 */
+    te_llama_fp8_amax_algo amax_compute_algo;
+    int margin;                       /* scale = fp8_max / amax / 2^margin; >= 0 */
+} te_llama_fp8_recipe;
+
+/* One tensor's scaling state. */
+typedef struct te_llama_fp8_meta {
+    te_llama_dtype dtype;             /* TE_LLAMA_F8_E4M3 or TE_LLAMA_F8_E5M2 */
+    te_llama_fp8_amax_algo algo;
+    int margin;
+    int history_len;                  /* of the ring buffer */
+    int next;                         /* where the next amax goes */
+    int64_t n_updates;                /* amaxes recorded so far */
+    float scale, scale_inv;           /* 1 until the first usable amax */
+    float amax;                       /* of the step in progress: quantising raises it; the update consumes it */
+    float history[TE_LLAMA_FP8_MAX_HISTORY]; /* (history_len) the last amaxes, 0 where none yet */
+} te_llama_fp8_meta;
+
+/* The largest finite value of an FP8 dtype (448 for E4M3, 57344 for E5M2), 0 for any other dtype. */
+TE_LLAMA_API float te_llama_fp8_max(te_llama_dtype dtype);
+/* A fresh state for a tensor of dtype (E4M3 or E5M2) under recipe (NULL: defaults): scale 1, empty history. */
+TE_LLAMA_API te_llama_result te_llama_fp8_meta_init(te_llama_fp8_meta *meta, const te_llama_fp8_recipe *recipe,
+                                                    te_llama_dtype dtype);
+/* End a step: record amax in the history, recompute the scale as above, return the new scale. */
+TE_LLAMA_API float te_llama_fp8_meta_update(te_llama_fp8_meta *meta, float amax);
+/* dst[i] = fp8(src[i] * scale), round to nearest even, saturating at the dtype's max (NaN stays NaN).
+   *amax (may be NULL) is raised to the largest |src[i]| that is not NaN (an infinity makes it infinite). */
+TE_LLAMA_API te_llama_result te_llama_fp8_quantize(uint8_t *dst, const float *src, size_t n, float scale,
+                                                   te_llama_dtype dtype, float *amax);
+/* dst[i] = fp8_to_f32(src[i]) * scale_inv. */
+TE_LLAMA_API te_llama_result te_llama_fp8_dequantize(float *dst, const uint8_t *src, size_t n, float scale_inv,
+                                                     te_llama_dtype dtype);
+
+/* The GEMMs of a decoder layer, and the three tensors of each. */
+typedef enum te_llama_fp8_gemm { TE_LLAMA_FP8_QKV = 0, TE_LLAMA_FP8_PROJ, TE_LLAMA_FP8_FC1, TE_LLAMA_FP8_FC2, TE_LLAMA_FP8_GEMMS } te_llama_fp8_gemm;
+typedef enum te_llama_fp8_tensor { TE_LLAMA_FP8_INPUT = 0, TE_LLAMA_FP8_WEIGHT, TE_LLAMA_FP8_OUTPUT } te_llama_fp8_tensor;
+
+/* Switch FP8 emulation on for a CPU model whose layers are "te" or "vanilla" (recipe NULL: defaults; a copy is
+   kept), quantising every GEMM weight; on an FP8 model it starts over (new weights, fresh activation states). */
+TE_LLAMA_API te_llama_result te_llama_fp8_enable(te_llama_model *model, const te_llama_fp8_recipe *recipe);
+/* Back to the high-precision path; the FP8 state is freed. */
+TE_LLAMA_API void te_llama_fp8_disable(te_llama_model *model);
+/* Quantise the GEMM weights again from the stored weights (after changing them; training's optimizer step
+   calls it). Activation states are kept. */
+TE_LLAMA_API te_llama_result te_llama_fp8_update_weights(te_llama_model *model);
+/* on: forwards run in high precision and record amaxes (TE's calibrating=True); off: FP8 again. */
+TE_LLAMA_API te_llama_result te_llama_fp8_calibrate(te_llama_model *model, int on);
+/* The scaling state of one tensor of one GEMM of layer `layer`; NULL when FP8 is off or out of range. */
+TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *model, int layer, te_llama_fp8_gemm gemm,
+                                                     te_llama_fp8_tensor tensor);
 
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
@@ -1782,6 +1875,7 @@ typedef struct te_llama__st_source {
     const void *src;
     te_llama_dtype src_dtype;
     int src_on_device;
+    float src_scale_inv;              /* nonzero: src is FP8 to multiply by this (an FP8 model's GEMM weights) */
 } te_llama__st_source;
 
 
@@ -1834,7 +1928,8 @@ static te_llama_result te_llama__st_write_file(const char *path, const te_llama_
         size_t src_es = te_llama_dtype_size(t[i].src_dtype), dst_es = te_llama_dtype_size(t[i].dtype);
         uint64_t count = te_llama__st_source_bytes(&t[i]) / dst_es, done = 0;
         size_t per = staging_bytes / (src_es > dst_es ? src_es : dst_es) / 2; /* half for the source, half converted */
-        if (!t[i].src_on_device && t[i].src_dtype == t[i].dtype) {
+        if (t[i].src_scale_inv != 0.0f) per = staging_bytes / 8; /* dequantised to float32 first */
+        if (!t[i].src_on_device && t[i].src_dtype == t[i].dtype && t[i].src_scale_inv == 0.0f) {
             r = te_llama__write(f, t[i].src, (size_t)(count * dst_es), path);
             pr.bytes_done += count * dst_es;
             if (progress && progress->progress) progress->progress(progress->user, &pr);
@@ -1854,7 +1949,14 @@ static te_llama_result te_llama__st_write_file(const char *path, const te_llama_
                 break;
 #endif
             }
-            if ((r = te_llama_convert(conv, t[i].dtype, src, t[i].src_dtype, m))) break;
+            if (t[i].src_scale_inv != 0.0f) { /* FP8 source: dequantise into the first half */
+                if ((r = te_llama_fp8_dequantize((float *)staging, (const uint8_t *)src, m, t[i].src_scale_inv, t[i].src_dtype))) break;
+                conv = (char *)staging + per * 4;
+                r = te_llama_convert(conv, t[i].dtype, staging, TE_LLAMA_F32, m);
+            } else {
+                r = te_llama_convert(conv, t[i].dtype, src, t[i].src_dtype, m);
+            }
+            if (r) break;
             r = te_llama__write(f, conv, m * dst_es, path);
             done += m;
             pr.bytes_done += m * dst_es;
@@ -2459,6 +2561,7 @@ static void te_llama__resolve_options(te_llama_model *m, const te_llama_options 
     if (options) m->options = *options;
     m->allocator = te_llama__allocator_copy(options ? options->allocator : NULL);
     m->options.allocator = &m->allocator;
+    m->options.fp8 = NULL; /* read once by load and create; the FP8 state keeps its own copy */
     if (!m->options.staging_bytes) m->options.staging_bytes = (size_t)16 << 20;
     if (m->options.staging_bytes < 4096) m->options.staging_bytes = 4096;
 }
@@ -2474,6 +2577,8 @@ static te_llama_result te_llama__build(const te_llama_config *config, const te_l
     int i;
     *out = NULL;
     if ((r = te_llama_config_validate(config))) return r;
+    if (options && options->fp8 && options->backend == TE_LLAMA_BACKEND_CUDA)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 on the CUDA backend is not implemented yet (the CPU backend emulates it)");
     if (options && options->backend == TE_LLAMA_BACKEND_CUDA) {
 #ifndef TE_LLAMA_CUDA
         return te_llama__fail(TE_LLAMA_ERR_NO_CUDA, "this build has no CUDA backend (compile te_llama_kernels.cu and define TE_LLAMA_CUDA)");
@@ -2536,6 +2641,7 @@ TE_LLAMA_API void te_llama_free(te_llama_model *m) {
     int i;
     if (!m) return;
     a = m->allocator;
+    te_llama_fp8_disable(m);
     for (i = 0; m->layers && i < m->config.num_hidden_layers; i++)
         if (m->layers[i]) m->layers[i]->destroy(m->layers[i]);
     te_llama__param_release(&m->embed_tokens, &a);
@@ -2622,6 +2728,7 @@ TE_LLAMA_API te_llama_result te_llama_create(const te_llama_config *config, cons
         te_llama_param *p = te_llama_parameter(m, i);
         if ((r = te_llama__init_param(m, p, &rng))) { te_llama_free(m); return r; }
     }
+    if (options && options->fp8 && (r = te_llama_fp8_enable(m, options->fp8))) { te_llama_free(m); return r; }
     *out = m;
     return TE_LLAMA_OK;
 }
@@ -2955,6 +3062,7 @@ TE_LLAMA_API te_llama_result te_llama_load(const char *dir, const te_llama_optio
             }
     }
     if (missing) r = te_llama__fail(TE_LLAMA_ERR_MISSING_TENSOR, "%s: %d tensor(s) never found in the checkpoint: %s%s", dir, missing, path, missing > 3 ? ", ..." : "");
+    if (!r && o.fp8) r = te_llama_fp8_enable(m, o.fp8);
 done:
     if (!(m && m->options.backend == TE_LLAMA_BACKEND_CUDA)) te_llama__free(&a, L.staging[0]);
     te_llama__free(&a, L.skipped);
@@ -2965,6 +3073,12 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------------------- saving */
+
+/* FP8 hooks (defined with the FP8 section) */
+static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, float *out, int ld_out, float *x,
+                              int ld_x, int n, float *rowbuf);
+static void te_llama__fp8_end_step(te_llama_model *m);
+static const uint8_t *te_llama__fp8_saved(te_llama_model *m, const te_llama_param *p, float *scale_inv);
 
 typedef struct te_llama__saved_file {
     char final_name[64];
@@ -3027,6 +3141,15 @@ TE_LLAMA_API te_llama_result te_llama_save(te_llama_model *m, const char *dir, c
             t->src_dtype = p->dtype;
             t->src_on_device = p->on_device;
             t->src = (const char *)p->data + (size_t)p->sources[s].row_begin * (size_t)te_llama__param_cols(p) * te_llama_dtype_size(p->dtype);
+            {   /* an FP8 model saves what it computes with: the dequantised GEMM weights */
+                float sinv;
+                const uint8_t *q = te_llama__fp8_saved(m, p, &sinv);
+                if (q) {
+                    t->src = q + (size_t)p->sources[s].row_begin * (size_t)te_llama__param_cols(p);
+                    t->src_dtype = TE_LLAMA_F8_E4M3;
+                    t->src_scale_inv = sinv;
+                }
+            }
             bytes = te_llama__st_source_bytes(t);
             if (cur > 0 && cur + bytes > max_shard) { n_shards++; cur = 0; } /* HF's greedy split */
             shard_of[n_src] = n_shards;
@@ -3237,8 +3360,9 @@ static te_llama_result te_llama__cpu_layer(const te_llama_step *step, float *x, 
     if (cache->on_device) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "CPU layer given a device cache");
     /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
     for (t = 0; t < n; t++) te_llama__rmsnorm(w.xn + (size_t)t * h, x + (size_t)t * h, ln1, h, c->rms_norm_eps, w.rowbuf);
-    for (k = 0, col = 0; k < n_qkv; col += (int)qkv[k]->shape[0], k++)
-        te_llama__matmul(w.qkv + col, ld_qkv, w.xn, h, n, qkv[k], w.rowbuf);
+    if (!te_llama__fp8_gemm(step, layer, 0, w.qkv, ld_qkv, w.xn, h, n, w.rowbuf))
+        for (k = 0, col = 0; k < n_qkv; col += (int)qkv[k]->shape[0], k++)
+            te_llama__matmul(w.qkv + col, ld_qkv, w.xn, h, n, qkv[k], w.rowbuf);
     for (t = 0; t < n; t++) { /* rotate q and k, then store k and v at this token's cache position */
         float *row = w.qkv + (size_t)t * ld_qkv;
         const float *cs = step->rope_cos + (size_t)t * half, *sn = step->rope_sin + (size_t)t * half;
@@ -3271,17 +3395,20 @@ static te_llama_result te_llama__cpu_layer(const te_llama_step *step, float *x, 
             }
         }
     }
-    te_llama__matmul(w.xn, h, w.att, q_dim, n, proj, w.rowbuf);
+    if (!te_llama__fp8_gemm(step, layer, 1, w.xn, h, w.att, q_dim, n, w.rowbuf))
+        te_llama__matmul(w.xn, h, w.att, q_dim, n, proj, w.rowbuf);
     for (k = 0; k < n * h; k++) x[k] += w.xn[k];
     /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
     for (t = 0; t < n; t++) te_llama__rmsnorm(w.xn + (size_t)t * h, x + (size_t)t * h, ln2, h, c->rms_norm_eps, w.rowbuf);
-    for (k = 0, col = 0; k < n_fc1; col += (int)fc1[k]->shape[0], k++)
-        te_llama__matmul(w.mlp + col, 2 * I, w.xn, h, n, fc1[k], w.rowbuf);
+    if (!te_llama__fp8_gemm(step, layer, 2, w.mlp, 2 * I, w.xn, h, n, w.rowbuf))
+        for (k = 0, col = 0; k < n_fc1; col += (int)fc1[k]->shape[0], k++)
+            te_llama__matmul(w.mlp + col, 2 * I, w.xn, h, n, fc1[k], w.rowbuf);
     for (t = 0; t < n; t++) {
         float *g = w.mlp + (size_t)t * 2 * I, *u = g + I;
         for (k = 0; k < I; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
     }
-    te_llama__matmul(w.xn, h, w.mlp, 2 * I, n, fc2, w.rowbuf);
+    if (!te_llama__fp8_gemm(step, layer, 3, w.xn, h, w.mlp, 2 * I, n, w.rowbuf))
+        te_llama__matmul(w.xn, h, w.mlp, 2 * I, n, fc2, w.rowbuf);
     for (k = 0; k < n * h; k++) x[k] += w.xn[k];
     return TE_LLAMA_OK;
 }
@@ -3437,7 +3564,9 @@ TE_LLAMA_API te_llama_result te_llama_forward(te_llama_model *m, te_llama_kv_cac
     step.rope_cos = rope;
     step.rope_sin = rope + (size_t)n * half;
     step.work = work;
+    step.fp8 = m->fp8;
     for (l = 0; l < c->num_hidden_layers && !r; l++) r = m->layers[l]->forward(m->layers[l], &step, x);
+    if (!r) te_llama__fp8_end_step(m); /* delayed scaling: the amaxes of this forward set the next one's scales */
     if (!r && logits) {
         for (i = 0; i < n; i++) {
             if (b->want_logits && !b->want_logits[i]) continue;
@@ -4154,6 +4283,7 @@ TE_LLAMA_API te_llama_result te_llama_trainer_update(te_llama_trainer *tr) {
         r = te_llama__param_f32(p, w, 1);
         if (!r && tr->weights != tr->master) r = te_llama__param_f32(p, tr->weights + tr->offset[i], 0);
     }
+    if (!r && tr->model->fp8) r = te_llama_fp8_update_weights(tr->model);
     tr->last_loss = tr->n_labels ? tr->loss_sum / (double)tr->n_labels : 0.0;
     tr->last_grad_norm = norm;
     tr->last_lr = lr;
@@ -4280,6 +4410,7 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, c
         r = te_llama__param_f32(p, tr->master + tr->offset[i], 1);
         if (!r && tr->weights != tr->master) r = te_llama__param_f32(p, tr->weights + tr->offset[i], 0);
     }
+    if (!r && tr->model->fp8) r = te_llama_fp8_update_weights(tr->model);
     memset(tr->grad, 0, sizeof(float) * N);
     tr->n_labels = 0;
     tr->loss_sum = 0;
@@ -4289,6 +4420,296 @@ done:
     te_llama__free(&tr->allocator, numel);
     te_llama_safetensors_free(&st);
     return r;
+}
+
+/* ------------------------------------------------------------------------------------------------------- FP8 */
+
+TE_LLAMA_API float te_llama_fp8_max(te_llama_dtype dtype) {
+    return dtype == TE_LLAMA_F8_E4M3 ? TE_LLAMA_FP8_E4M3_MAX : dtype == TE_LLAMA_F8_E5M2 ? TE_LLAMA_FP8_E5M2_MAX : 0.0f;
+}
+
+static te_llama_result te_llama__fp8_check_recipe(const te_llama_fp8_recipe *r) {
+    if (!r) return TE_LLAMA_OK;
+    if ((int)r->format < 0 || r->format > TE_LLAMA_FP8_FORMAT_HYBRID || (int)r->amax_compute_algo < 0 ||
+        r->amax_compute_algo > TE_LLAMA_FP8_AMAX_MOST_RECENT)
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "FP8 recipe: format %d or amax_compute_algo %d", (int)r->format, (int)r->amax_compute_algo);
+    if (r->amax_history_len < 0 || r->amax_history_len > TE_LLAMA_FP8_MAX_HISTORY || r->margin < 0 || r->margin > 64)
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: amax_history_len %d (0..%d) or margin %d (0..64)",
+                              r->amax_history_len, TE_LLAMA_FP8_MAX_HISTORY, r->margin);
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_meta_init(te_llama_fp8_meta *meta, const te_llama_fp8_recipe *recipe,
+                                                    te_llama_dtype dtype) {
+    te_llama_result r;
+    if (!meta) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_meta_init: NULL");
+    if (dtype != TE_LLAMA_F8_E4M3 && dtype != TE_LLAMA_F8_E5M2)
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "FP8 scaling state of dtype %s", te_llama_dtype_name(dtype));
+    if ((r = te_llama__fp8_check_recipe(recipe))) return r;
+    memset(meta, 0, sizeof *meta);
+    meta->dtype = dtype;
+    meta->algo = recipe ? recipe->amax_compute_algo : TE_LLAMA_FP8_AMAX_MAX;
+    meta->margin = recipe ? recipe->margin : 0;
+    meta->history_len = recipe && recipe->amax_history_len ? recipe->amax_history_len : TE_LLAMA_FP8_MAX_HISTORY;
+    meta->scale = meta->scale_inv = 1.0f;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API float te_llama_fp8_meta_update(te_llama_fp8_meta *meta, float amax) {
+    float used = amax, scale;
+    int i;
+    if (meta->history_len < 1 || meta->history_len > TE_LLAMA_FP8_MAX_HISTORY) return meta->scale; /* not initialised */
+    meta->history[meta->next] = amax;
+    meta->next = (meta->next + 1) % meta->history_len;
+    meta->n_updates++;
+    meta->amax = 0.0f;
+    if (meta->algo == TE_LLAMA_FP8_AMAX_MAX) /* a NaN in the history is the maximum, as torch.amax has it */
+        for (i = 0, used = 0.0f; i < meta->history_len; i++) {
+            if (isnan(meta->history[i])) { used = meta->history[i]; break; }
+            if (meta->history[i] > used) used = meta->history[i];
+        }
+    if (!(used > 0.0f) || !isfinite(used)) return meta->scale;
+    scale = (float)((double)te_llama_fp8_max(meta->dtype) / (double)used / ldexp(1.0, meta->margin));
+    if (!isfinite(scale) || !(scale > 0.0f)) return meta->scale;
+    meta->scale = scale;
+    meta->scale_inv = 1.0f / scale;
+    return scale;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_quantize(uint8_t *dst, const float *src, size_t n, float scale,
+                                                   te_llama_dtype dtype, float *amax) {
+    int e5m2 = dtype == TE_LLAMA_F8_E5M2;
+    float mx = amax ? *amax : 0.0f;
+    size_t i;
+    if (dtype != TE_LLAMA_F8_E4M3 && !e5m2) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "quantising to %s", te_llama_dtype_name(dtype));
+    for (i = 0; i < n; i++) {
+        float a = fabsf(src[i]);
+        if (a > mx) mx = a;
+        dst[i] = te_llama__f32_to_fp8(src[i] * scale, e5m2);
+    }
+    if (amax) *amax = mx;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_dequantize(float *dst, const uint8_t *src, size_t n, float scale_inv,
+                                                     te_llama_dtype dtype) {
+    int e5m2 = dtype == TE_LLAMA_F8_E5M2;
+    size_t i;
+    if (dtype != TE_LLAMA_F8_E4M3 && !e5m2) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "dequantising %s", te_llama_dtype_name(dtype));
+    for (i = 0; i < n; i++) dst[i] = te_llama__fp8_to_f32(src[i], e5m2) * scale_inv;
+    return TE_LLAMA_OK;
+}
+
+/* One GEMM of one layer: its weight parts (the fused buffer, or a vanilla layer's separate tensors stacked in
+   output order), their E4M3 copy and the three scaling states. */
+typedef struct te_llama__fp8_gemm_state {
+    const te_llama_param *parts[3];
+    int n_parts;
+    int64_t rows, cols;
+    uint8_t *weight;                  /* (rows, cols) E4M3 */
+    te_llama_fp8_meta meta[3];        /* input, weight, output */
+} te_llama__fp8_gemm_state;
+
+typedef struct te_llama__fp8_model {
+    te_llama_fp8_recipe recipe;
+    int calibrating;
+    int n_layers;
+    float lut[256];                   /* E4M3 byte -> float */
+    te_llama__fp8_gemm_state *gemms;  /* (n_layers, TE_LLAMA_FP8_GEMMS) */
+} te_llama__fp8_model;
+
+/* Which parameters feed each GEMM of a built-in layer. */
+static te_llama_result te_llama__fp8_parts(te_llama_layer *L, te_llama__fp8_gemm_state *g) {
+    te_llama_param *P = L->params;
+    if (L->kind && strcmp(L->kind, "te") == 0 && L->n_params == 8) {
+        g[0].parts[0] = &((te_llama__te_impl *)L->impl)->qkv; g[0].n_parts = 1;
+        g[1].parts[0] = &P[4]; g[1].n_parts = 1;
+        g[2].parts[0] = &P[6]; g[2].n_parts = 1;
+        g[3].parts[0] = &P[7]; g[3].n_parts = 1;
+    } else if (L->kind && strcmp(L->kind, "vanilla") == 0 && L->n_params == 9) {
+        g[0].parts[0] = &P[1]; g[0].parts[1] = &P[2]; g[0].parts[2] = &P[3]; g[0].n_parts = 3;
+        g[1].parts[0] = &P[4]; g[1].n_parts = 1;
+        g[2].parts[0] = &P[6]; g[2].parts[1] = &P[7]; g[2].n_parts = 2;
+        g[3].parts[0] = &P[8]; g[3].n_parts = 1;
+    } else {
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 for layer %d of kind \"%s\" (te and vanilla layers have it)", L->index, L->kind ? L->kind : "");
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Quantise one GEMM's weight: amax over all its parts, scale = 448 / amax / 2^margin, E4M3 bytes. */
+static te_llama_result te_llama__fp8_quantize_weight(te_llama_model *m, te_llama__fp8_gemm_state *g) {
+    float *row = (float *)te_llama__alloc(&m->allocator, sizeof(float) * (size_t)g->cols);
+    float amax = 0.0f;
+    int k, pass;
+    int64_t r;
+    if (!row) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "FP8 weight row");
+    te_llama_fp8_meta_init(&g->meta[TE_LLAMA_FP8_WEIGHT], &((te_llama__fp8_model *)m->fp8)->recipe, TE_LLAMA_F8_E4M3);
+    for (pass = 0; pass < 2; pass++) { /* first the amax, then the bytes */
+        uint8_t *dst = g->weight;
+        if (pass) te_llama_fp8_meta_update(&g->meta[TE_LLAMA_FP8_WEIGHT], amax);
+        for (k = 0; k < g->n_parts; k++)
+            for (r = 0; r < g->parts[k]->shape[0]; r++, dst += g->cols) {
+                const float *x = te_llama__row(g->parts[k], r, row);
+                if (!pass) { int64_t i; for (i = 0; i < g->cols; i++) if (fabsf(x[i]) > amax) amax = fabsf(x[i]); }
+                else te_llama_fp8_quantize(dst, x, (size_t)g->cols, g->meta[TE_LLAMA_FP8_WEIGHT].scale, TE_LLAMA_F8_E4M3, NULL);
+            }
+    }
+    g->meta[TE_LLAMA_FP8_WEIGHT].amax = 0.0f;
+    te_llama__free(&m->allocator, row);
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API void te_llama_fp8_disable(te_llama_model *m) {
+    te_llama__fp8_model *f;
+    int i;
+    if (!m || !m->fp8) return;
+    f = (te_llama__fp8_model *)m->fp8;
+    for (i = 0; f->gemms && i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) te_llama__free(&m->allocator, f->gemms[i].weight);
+    te_llama__free(&m->allocator, f->gemms);
+    te_llama__free(&m->allocator, f);
+    m->fp8 = NULL;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_update_weights(te_llama_model *m) {
+    te_llama__fp8_model *f;
+    te_llama_result r = TE_LLAMA_OK;
+    int i;
+    if (!m || !m->fp8) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_update_weights: FP8 is off");
+    f = (te_llama__fp8_model *)m->fp8;
+    for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS && !r; i++) r = te_llama__fp8_quantize_weight(m, &f->gemms[i]);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_enable(te_llama_model *m, const te_llama_fp8_recipe *recipe) {
+    te_llama__fp8_model *f;
+    te_llama_result r;
+    int l, g, k;
+    if (!m) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_enable: NULL model");
+    if ((r = te_llama__fp8_check_recipe(recipe))) return r;
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA)
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 on the CUDA backend is not implemented yet (the CPU backend emulates it)");
+    te_llama_fp8_disable(m);
+    f = (te_llama__fp8_model *)te_llama__calloc(&m->allocator, sizeof *f);
+    if (!f) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "FP8 state");
+    if (recipe) f->recipe = *recipe;
+    f->n_layers = m->config.num_hidden_layers;
+    for (k = 0; k < 256; k++) f->lut[k] = te_llama__fp8_to_f32((uint8_t)k, 0);
+    m->fp8 = f;
+    f->gemms = (te_llama__fp8_gemm_state *)te_llama__calloc(&m->allocator, sizeof *f->gemms * (size_t)f->n_layers * TE_LLAMA_FP8_GEMMS);
+    if (!f->gemms) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "FP8 state"); goto fail; }
+    for (l = 0; l < f->n_layers; l++) {
+        te_llama__fp8_gemm_state *gs = f->gemms + (size_t)l * TE_LLAMA_FP8_GEMMS;
+        if ((r = te_llama__fp8_parts(m->layers[l], gs))) goto fail;
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++) {
+            te_llama__fp8_gemm_state *s = &gs[g];
+            for (k = 0, s->rows = 0; k < s->n_parts; k++) s->rows += s->parts[k]->shape[0];
+            s->cols = s->parts[0]->shape[1];
+            for (k = 0; k < s->n_parts; k++)
+                if (s->parts[k]->on_device || s->parts[k]->ndim != 2 || s->parts[k]->shape[1] != s->cols) {
+                    r = te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8: %s is not a host matrix of %lld columns", s->parts[k]->name, (long long)s->cols);
+                    goto fail;
+                }
+            s->weight = (uint8_t *)te_llama__alloc(&m->allocator, (size_t)s->rows * (size_t)s->cols);
+            if (!s->weight) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "FP8 copy of %s", s->parts[0]->name); goto fail; }
+            te_llama_fp8_meta_init(&s->meta[TE_LLAMA_FP8_INPUT], recipe, TE_LLAMA_F8_E4M3);
+            te_llama_fp8_meta_init(&s->meta[TE_LLAMA_FP8_OUTPUT], recipe, TE_LLAMA_F8_E4M3);
+            if ((r = te_llama__fp8_quantize_weight(m, s))) goto fail;
+        }
+    }
+    return TE_LLAMA_OK;
+fail:
+    te_llama_fp8_disable(m);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_fp8_calibrate(te_llama_model *m, int on) {
+    if (!m || !m->fp8) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_calibrate: FP8 is off");
+    ((te_llama__fp8_model *)m->fp8)->calibrating = on != 0;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *m, int layer, te_llama_fp8_gemm gemm,
+                                                     te_llama_fp8_tensor tensor) {
+    te_llama__fp8_model *f = m ? (te_llama__fp8_model *)m->fp8 : NULL;
+    if (!f || layer < 0 || layer >= f->n_layers || (int)gemm < 0 || gemm >= TE_LLAMA_FP8_GEMMS || (int)tensor < 0 || tensor > TE_LLAMA_FP8_OUTPUT) return NULL;
+    return &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm].meta[tensor];
+}
+
+/* One GEMM of the CPU layer under FP8: out[t, 0:rows] = x[t, 0:cols] @ W^T. Records the input's amax; unless
+   calibrating, the input is quantised and dequantised in place with its delayed scale (the callers' inputs are
+   scratch they no longer need) and W is the E4M3 copy, its scale_inv applied to the float32 sums as TE's GEMM
+   applies it to the accumulator. Returns 0 (the caller runs its own GEMM) when FP8 is off. */
+static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, float *out, int ld_out, float *x,
+                              int ld_x, int n, float *rowbuf) {
+    te_llama__fp8_model *f = (te_llama__fp8_model *)step->fp8;
+    te_llama__fp8_gemm_state *g;
+    te_llama_fp8_meta *in, *o;
+    int64_t r, col;
+    int t, k, cols;
+    if (!f || layer >= f->n_layers) return 0;
+    g = &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm];
+    in = &g->meta[TE_LLAMA_FP8_INPUT];
+    o = &g->meta[TE_LLAMA_FP8_OUTPUT];
+    cols = (int)g->cols;
+    for (t = 0; t < n; t++) {
+        float *xt = x + (size_t)t * ld_x, mx = in->amax;
+        for (k = 0; k < cols; k++) if (fabsf(xt[k]) > mx) mx = fabsf(xt[k]);
+        in->amax = mx;
+        if (!f->calibrating)
+            for (k = 0; k < cols; k++) xt[k] = f->lut[te_llama__f32_to_fp8(xt[k] * in->scale, 0)] * in->scale_inv;
+    }
+    if (f->calibrating) {
+        for (k = 0, col = 0; k < g->n_parts; col += g->parts[k]->shape[0], k++)
+            te_llama__matmul(out + col, ld_out, x, ld_x, n, g->parts[k], rowbuf);
+    } else {
+        float sw = g->meta[TE_LLAMA_FP8_WEIGHT].scale_inv;
+        for (r = 0; r < g->rows; r++) {
+            const uint8_t *wr = g->weight + (size_t)r * (size_t)cols;
+            for (k = 0; k < cols; k++) rowbuf[k] = f->lut[wr[k]];
+            for (t = 0; t < n; t++) out[(size_t)t * ld_out + r] = te_llama__dot(x + (size_t)t * ld_x, rowbuf, cols) * sw;
+        }
+    }
+    for (t = 0; t < n; t++) {
+        const float *ot = out + (size_t)t * ld_out;
+        float mx = o->amax;
+        for (r = 0; r < g->rows; r++) if (fabsf(ot[r]) > mx) mx = fabsf(ot[r]);
+        o->amax = mx;
+    }
+    return 1;
+}
+
+/* After a forward: every activation state takes the amax it recorded and gets its next scale. */
+static void te_llama__fp8_end_step(te_llama_model *m) {
+    te_llama__fp8_model *f = (te_llama__fp8_model *)m->fp8;
+    int i;
+    if (!f) return;
+    for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
+        te_llama_fp8_meta_update(&f->gemms[i].meta[TE_LLAMA_FP8_INPUT], f->gemms[i].meta[TE_LLAMA_FP8_INPUT].amax);
+        te_llama_fp8_meta_update(&f->gemms[i].meta[TE_LLAMA_FP8_OUTPUT], f->gemms[i].meta[TE_LLAMA_FP8_OUTPUT].amax);
+    }
+}
+
+/* For te_llama_save: the dequantised E4M3 rows of a GEMM weight part, or NULL when p is not one. */
+static const uint8_t *te_llama__fp8_saved(te_llama_model *m, const te_llama_param *p, float *scale_inv) {
+    te_llama__fp8_model *f = (te_llama__fp8_model *)m->fp8;
+    int i, k;
+    if (!f) return NULL;
+    for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
+        const te_llama__fp8_gemm_state *g = &f->gemms[i];
+        size_t row = 0;
+        for (k = 0; k < g->n_parts; row += (size_t)g->parts[k]->shape[0], k++) {
+            const te_llama_param *q = g->parts[k];
+            /* a te layer's q/k/v views are rows of the fused buffer */
+            uintptr_t at = (uintptr_t)p->data, lo = (uintptr_t)q->data, hi = lo + te_llama_param_bytes(q);
+            if (q == p || (p->is_view && at >= lo && at < hi)) {
+                size_t off = (size_t)((const char *)p->data - (const char *)q->data) / te_llama_dtype_size(q->dtype);
+                *scale_inv = g->meta[TE_LLAMA_FP8_WEIGHT].scale_inv;
+                return g->weight + row * (size_t)g->cols + off;
+            }
+        }
+    }
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------------------- tokenizer */

@@ -1,6 +1,7 @@
 /* generate: text (or token ids) in, a continuation out, from an HF Llama checkpoint.
    build/generate [-m MODEL_DIR] [-p TEXT | --prompt-ids "1 2 3"] [-n N] [--temp T] [--top-k K] [--top-p P]
-                  [--seed S] [--backend cpu|cuda] [--decoder te|vanilla] [--num-layers N] [--print-ids]
+                  [--seed S] [--backend cpu|cuda] [--decoder te|vanilla] [--dtype f32|bf16|f16|fp8]
+                  [--num-layers N] [--print-ids]
                   [--logits-out FILE] [--chat] [--quiet] */
 #define TE_LLAMA_IMPLEMENTATION
 #include "../te_llama.h"
@@ -23,6 +24,9 @@ static void usage(FILE *f) {
             "  --backend cpu|cuda  where to run (default: the GPU when this build has the CUDA backend and the\n"
             "                      machine has a GPU, else the CPU)\n"
             "  --decoder te|vanilla  decoder layer layout (default te: fused QKV and fc1)\n"
+            "  --dtype D           f32, bf16 or f16: parameter storage (default: the checkpoint's); fp8: FP8 GEMMs as\n"
+            "                      TransformerEngine's DelayedScaling (E4M3), emulated on the CPU backend (the default\n"
+            "                      with fp8; the CUDA backend has no FP8 yet), activation scales calibrated on the prompt\n"
             "  --num-layers N      load only the first N decoder layers\n"
             "  --ignore-eos        do not stop at the model's end-of-sequence ids\n"
             "  --print-ids         print the generated token ids on stdout, space separated, instead of text\n"
@@ -97,12 +101,14 @@ int main(int argc, char **argv) {
     const char *dir = NULL, *text = NULL, *ids_text = NULL, *logits_out = NULL;
     int32_t *prompt = NULL, *out = NULL;
     int n_prompt = 0, n_new = 128, i, n_out = 0, quiet = 0, seed_given = 0, chat = 0;
+    te_llama_fp8_recipe fp8; /* all-zero: TE's defaults */
     stream_state st;
     double t0, t1, t2;
     te_llama_result r;
     memset(&opt, 0, sizeof opt);
     memset(&g, 0, sizeof g);
     memset(&st, 0, sizeof st);
+    memset(&fp8, 0, sizeof fp8);
     opt.decoder = te_llama_te_decoder;
 #ifdef TE_LLAMA_CUDA
     opt.backend = TE_LLAMA_BACKEND_CUDA; /* falls back to the CPU when there is no GPU */
@@ -128,17 +134,27 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--num-layers")) { opt.num_layers = atoi(v); i++; }
         else if (!strcmp(a, "--logits-out")) { logits_out = v; i++; }
         else if (!strcmp(a, "--backend")) {
+            backend_chosen = 1;
             if (!strcmp(v, "cuda")) opt.backend = TE_LLAMA_BACKEND_CUDA;
-            else if (strcmp(v, "cpu")) { fprintf(stderr, "generate: --backend is cpu or cuda\n"); return 2; }
+            else if (!strcmp(v, "cpu")) opt.backend = TE_LLAMA_BACKEND_CPU;
+            else { fprintf(stderr, "generate: --backend is cpu or cuda\n"); return 2; }
             i++;
         } else if (!strcmp(a, "--decoder")) {
             if (!strcmp(v, "vanilla")) opt.decoder = te_llama_vanilla_decoder;
             else if (strcmp(v, "te")) { fprintf(stderr, "generate: --decoder is te or vanilla\n"); return 2; }
             i++;
+        } else if (!strcmp(a, "--dtype")) {
+            if (!strcmp(v, "f32")) opt.dtype = TE_LLAMA_F32;
+            else if (!strcmp(v, "bf16")) opt.dtype = TE_LLAMA_BF16;
+            else if (!strcmp(v, "f16")) opt.dtype = TE_LLAMA_F16;
+            else if (!strcmp(v, "fp8")) opt.fp8 = &fp8;
+            else { fprintf(stderr, "generate: --dtype is f32, bf16, f16 or fp8\n"); return 2; }
+            i++;
         } else { fprintf(stderr, "generate: unknown option %s (try --help)\n", a); return 2; }
     }
     if (n_new < 0 || (text && ids_text)) { usage(stderr); return 2; }
     if (!dir) dir = default_model(argv[0]);
+    if (opt.fp8 && !backend_chosen) opt.backend = TE_LLAMA_BACKEND_CPU; /* FP8 is emulated on the CPU for now */
     if (!seed_given) g.sampler.seed = (uint64_t)time(NULL);
     if (!quiet && isatty(2)) opt.progress = progress;
     opt.log = log_message;
@@ -147,8 +163,8 @@ int main(int argc, char **argv) {
     t1 = now_s();
     if (!quiet) {
         te_llama_memory mem;
-        fprintf(stderr, "loaded %s (%d layers, %s, %s) in %.2f s", dir, m->config.num_hidden_layers, m->layers[0]->kind,
-                m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu", t1 - t0);
+        fprintf(stderr, "loaded %s (%d layers, %s, %s%s) in %.2f s", dir, m->config.num_hidden_layers, m->layers[0]->kind,
+                m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu", m->fp8 ? ", FP8 emulated" : "", t1 - t0);
         if (te_llama_memory_usage(m, NULL, &mem) == TE_LLAMA_OK) {
             fprintf(stderr, ": %.1f MB of parameters", mem.parameter_bytes / 1e6);
             if (mem.device_total) fprintf(stderr, ", device %.1f of %.1f GB free", mem.device_free / 1e9, mem.device_total / 1e9);
@@ -197,6 +213,24 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (n_prompt == 0) { fprintf(stderr, "generate: empty prompt\n"); return 2; }
+    if (m->fp8) { /* FP8: seed the activation scales with one high-precision pass over the prompt (TE's calibrating) */
+        te_llama_kv_cache *cache;
+        te_llama_batch b;
+        int32_t *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n_prompt);
+        for (i = 0; i < n_prompt; i++) pos[i] = i;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = n_prompt;
+        b.tokens = prompt;
+        b.pos = pos;
+        if ((r = te_llama_fp8_calibrate(m, 1)) || (r = te_llama_kv_cache_create(m, 1, n_prompt, &cache))) {
+            fprintf(stderr, "generate: %s\n", te_llama_last_error());
+            return 1;
+        }
+        r = te_llama_forward(m, cache, &b, NULL);
+        te_llama_kv_cache_free(cache);
+        free(pos);
+        if (r || (r = te_llama_fp8_calibrate(m, 0))) { fprintf(stderr, "generate: %s\n", te_llama_last_error()); return 1; }
+    }
     if (logits_out) { /* every prompt position's logits */
         te_llama_kv_cache *cache;
         te_llama_batch b;
