@@ -59,7 +59,7 @@ run_counted() {
     out=$("$@" 2>&1) || rc=$?
     printf '%s\n' "$out" | grep -E "^(FAIL|  )|passed" || true
     local line
-    line=$(printf '%s\n' "$out" | grep -E "^[a-z_+ -]+: [0-9]+ passed, [0-9]+ failed$" | tail -1)
+    line=$(printf '%s\n' "$out" | grep -E "^[a-z0-9_+ -]+: [0-9]+ passed, [0-9]+ failed$" | tail -1) || true
     if [ -z "$line" ]; then
         echo "$name: crashed or printed no summary (exit $rc)"
         printf '%s\n' "$out" | tail -20

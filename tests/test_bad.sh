@@ -9,7 +9,7 @@ CC=${CC:-cc}
 passed=0; failed=0
 count() { # add the "NAME: N passed, N failed" line of a run's output; a run without one is a failure
     local what=$1 out=$2 rc=$3 line p f
-    line=$(printf '%s\n' "$out" | grep -E "^[a-z_+ -]+: [0-9]+ passed, [0-9]+ failed$" | tail -1)
+    line=$(printf '%s\n' "$out" | grep -E "^[a-z0-9_+ -]+: [0-9]+ passed, [0-9]+ failed$" | tail -1)
     printf '%s\n' "$out" | grep -E "^(FAIL|  )" || true
     if [ -z "$line" ]; then
         echo "FAIL $what: crashed or printed no summary (exit $rc)"; printf '%s\n' "$out" | tail -20
