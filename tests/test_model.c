@@ -21,21 +21,6 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = (char *)malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(buf); return NULL; }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
 
 static void write_all(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
@@ -104,7 +89,7 @@ static int json_ints(const te_llama_json *j, size_t arr, int *out, int cap) {
 
 static float *read_floats(const char *path, size_t count) {
     size_t len;
-    char *buf = read_all(path, &len);
+    char *buf = check_read_file(path, &len);
     if (!buf || len != count * 4) { free(buf); return NULL; }
     return (float *)buf;
 }
@@ -116,7 +101,7 @@ static int load_reference(const char *dir, reference *ref) {
     te_llama_json j;
     memset(ref, 0, sizeof *ref);
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    if (!(text = read_all(path, &len)) || te_llama_json_parse(text, len, NULL, &j)) { free(text); return 0; }
+    if (!(text = check_read_file(path, &len)) || te_llama_json_parse(text, len, NULL, &j)) { free(text); return 0; }
     ref->n_prompt = json_ints(&j, te_llama_json_get(&j, 0, "prompt_ids"), ref->prompt, 64);
     ref->n_greedy = json_ints(&j, te_llama_json_get(&j, 0, "greedy_ids"), ref->greedy, 64);
     {
@@ -331,7 +316,7 @@ static void test_json(void) {
         const char *shared = getenv("TE_LLAMA_SHARED") ? getenv("TE_LLAMA_SHARED") : "../shared";
         char *text;
         snprintf(path, sizeof path, "%s/data/tokenizers/llama3/tokenizer.json", shared);
-        text = read_all(path, &len);
+        text = check_read_file(path, &len);
         CHECK(text != NULL, "%s readable", path);
         if (text) {
             double best = 1e9, t0;
@@ -745,7 +730,7 @@ static void rewrite_single(const char *src_file, const char *dst_file, const cha
     size_t len, i, n = 0;
     int64_t extra_shape[1] = {4};
     static float extra_data[4] = {1, 2, 3, 4};
-    data = read_all(src_file, &len);
+    data = check_read_file(src_file, &len);
     if (te_llama_safetensors_open(src_file, NULL, &st)) exit(2);
     t = (te_llama_st_write_tensor *)calloc(st.n_tensors + 1, sizeof *t);
     for (i = 0; i < st.n_tensors; i++) {
@@ -776,7 +761,7 @@ static void test_load_errors(void) {
     dir = fresh_dir("bad_index");
     copy_dir(src, dir);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    index = read_all(path, &len);
+    index = check_read_file(path, &len);
     {
         static const struct { const char *to; te_llama_result r; } cases[] = {
             {"../x.safetensors", TE_LLAMA_ERR_UNSAFE_PATH},
@@ -818,7 +803,7 @@ static void test_load_errors(void) {
     m = NULL;
     /* a shard truncated */
     {
-        char *shard = read_all(path, &len);
+        char *shard = check_read_file(path, &len);
         write_all(path, shard, len - 10);
         CHECK_RESULT(load_with(dir, NULL, &m), TE_LLAMA_ERR_ST_OFFSETS);
         write_all(path, shard, len);
@@ -876,7 +861,7 @@ static void test_load_errors(void) {
     m = NULL;
     rewrite_single(path, path2, NULL, NULL);
     {
-        char cfg[2048], *text = read_all("tests/fixtures/mha_untied_bf16/config.json", &len), *at;
+        char cfg[2048], *text = check_read_file("tests/fixtures/mha_untied_bf16/config.json", &len), *at;
         snprintf(cfg, sizeof cfg, "%s/config.json", dir);
         at = strstr(text, "\"intermediate_size\": 128");
         CHECK(at != NULL, "fixture config layout");
@@ -1035,7 +1020,7 @@ static void test_batch_and_layers(void) {
     te_llama_options o;
     snprintf(dir, sizeof dir, "%s/gqa_tied_llama3", fixtures);
     snprintf(path, sizeof path, "%s/ref_batch.json", dir);
-    text = read_all(path, &len);
+    text = check_read_file(path, &len);
     CHECK(text && te_llama_json_parse(text, len, NULL, &j) == TE_LLAMA_OK, "ref_batch.json");
     if (!text) return;
     {

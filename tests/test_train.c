@@ -13,21 +13,6 @@ static char tmp_root[1024];
 
 /* ------------------------------------------------------------------------------------------------- helpers */
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = (char *)malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(buf); return NULL; }
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
 
 /* ref_train.json of a fixture. */
 typedef struct train_ref {
@@ -68,7 +53,7 @@ static int load_train_ref(const char *dir, train_ref *ref) {
     unsigned k;
     memset(ref, 0, sizeof *ref);
     snprintf(path, sizeof path, "%s/ref_train.json", dir);
-    if (!(text = read_all(path, &len)) || te_llama_json_parse(text, len, NULL, &j)) { free(text); return 0; }
+    if (!(text = check_read_file(path, &len)) || te_llama_json_parse(text, len, NULL, &j)) { free(text); return 0; }
     ref->B = (int)json_num(&j, 0, "B");
     ref->T = (int)json_num(&j, 0, "T");
     ref->loss = json_num(&j, 0, "loss");
