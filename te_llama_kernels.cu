@@ -63,6 +63,7 @@
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -229,6 +230,11 @@ __device__ int te_llama__block_isum(int v, int *red) {
     return te_llama__warp_isum(lane < nw ? red[lane] : 0);
 }
 
+__device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower index */
+    return *(uint32_t *)&v;
+}
+
 /* x[t, :] = float(embed[tokens[t], :]). One block per token: reads n x hidden bf16 (scattered rows), writes
    n x hidden fp32. */
 __global__ void te_llama__embed_kernel(const te_llama__bf16 *embed, const int32_t *tokens, float *x, int h) {
@@ -252,43 +258,78 @@ __global__ void te_llama__rope_table_kernel(const int32_t *pos, const float *inv
 }
 
 /* HF LlamaRMSNorm into bf16: out[r, :] = bf16(w * (x[src, :] / sqrt(mean(x[src, :]^2) + eps))), src = rows[r] when
-   rows is given, else r. One block per row: reads hidden fp32 + hidden bf16, writes hidden bf16. */
+   rows is given, else r. One block per row: reads hidden fp32 + hidden bf16, writes hidden bf16. A decode step runs
+   it with one row, where it is pure latency: 16-byte loads (when h % 4 == 0) and a wide block (te_llama__norm_threads)
+   make it one round of loads, a reduction and one round of stores; the second pass reads x again from L1. */
 __global__ void te_llama__rmsnorm_kernel(const float *x, const int32_t *rows, const te_llama__bf16 *w,
                                          te_llama__bf16 *out, int h, float eps) {
     __shared__ float red[32];
     const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
     te_llama__bf16 *o = out + (size_t)blockIdx.x * h;
     float ss = 0.0f, inv;
+    if ((h & 3) == 0) {
+        const float4 *x4 = (const float4 *)xr;
+        const uint2 *w4 = (const uint2 *)w;
+        uint2 *o4 = (uint2 *)o;
+        for (int i = threadIdx.x; i < h / 4; i += blockDim.x) {
+            const float4 v = x4[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = te_llama__block_sum(ss, red);
+        inv = 1.0f / sqrtf(ss / (float)h + eps);
+        for (int i = threadIdx.x; i < h / 4; i += blockDim.x) {
+            const float4 v = x4[i];
+            const uint2 wv = w4[i];
+            const __nv_bfloat162 w01 = *(const __nv_bfloat162 *)&wv.x, w23 = *(const __nv_bfloat162 *)&wv.y;
+            uint2 r;
+            r.x = te_llama__pack_bf16(__low2float(w01) * (v.x * inv), __high2float(w01) * (v.y * inv));
+            r.y = te_llama__pack_bf16(__low2float(w23) * (v.z * inv), __high2float(w23) * (v.w * inv));
+            o4[i] = r;
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
     ss = te_llama__block_sum(ss, red);
     inv = 1.0f / sqrtf(ss / (float)h + eps);
     for (int i = threadIdx.x; i < h; i += blockDim.x) o[i] = __float2bfloat16(__bfloat162float(w[i]) * (xr[i] * inv));
 }
 
+/* Threads for the norm of n rows of h: a few rows (decode) get wide blocks, one 16-byte load a thread; many rows
+   (prefill) 256 threads, which keeps the SMs full. */
+static int te_llama__norm_threads(int n, int h) {
+    int t = n <= 64 ? (h / 4 + 31) / 32 * 32 : 256;
+    return t < 32 ? 32 : t > 1024 ? 1024 : t;
+}
+
 /* RoPE in HF's rotate-half convention (pairs (i, i + half)) on the q and k heads of each token's fused QKV row,
-   in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. One block per token:
-   reads and writes n x (q_dim + kv_dim) fp32, reads n x kv_dim fp32 (v), writes 2 n x kv_dim bf16. */
+   in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. Grid (tokens, q + 2 kv
+   heads), one block of head_dim / 2 threads (rounded up to a warp) a head, one pair a thread: every block is one
+   round of loads, so a decode step's single token costs one short wave, not a loop over its heads. Reads and
+   writes n x (q_dim + kv_dim) fp32, reads n x kv_dim fp32 (v), writes 2 n x kv_dim bf16. */
 __global__ void te_llama__rope_kv_kernel(float *qkv, const float *rope, const int32_t *pos, const int32_t *seq,
                                          te_llama__bf16 *kc, te_llama__bf16 *vc, int n_heads, int n_kv, int hd,
                                          int max_len) {
-    int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd, t = blockIdx.x;
-    float *row = qkv + (size_t)t * (q_dim + 2 * kv_dim);
+    const int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd, t = blockIdx.x, head = blockIdx.y;
+    float *v = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)head * hd; /* q heads, then k heads, then v heads */
     const float *cs = rope + (size_t)t * hd, *sn = cs + half;
-    size_t at = ((size_t)seq[t] * (size_t)max_len + (size_t)pos[t]) * (size_t)kv_dim;
-    for (int idx = threadIdx.x; idx < (n_heads + n_kv) * half; idx += blockDim.x) {
-        int head = idx / half, i = idx - head * half;
-        float *v = row + head * hd; /* the k heads follow the q heads in the row */
-        float a = v[i], b = v[i + half];
-        float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
+    const size_t at = ((size_t)seq[t] * (size_t)max_len + (size_t)pos[t]) * (size_t)kv_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float a = v[i], b = v[i + half];
+        if (head >= n_heads + n_kv) { /* a v head: stored as it is */
+            te_llama__bf16 *d = vc + at + (size_t)(head - n_heads - n_kv) * hd;
+            d[i] = __float2bfloat16(a);
+            d[i + half] = __float2bfloat16(b);
+            continue;
+        }
+        const float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
         v[i] = ra;
         v[i + half] = rb;
         if (head >= n_heads) {
-            size_t k = at + (size_t)(head - n_heads) * hd + i;
-            kc[k] = __float2bfloat16(ra);
-            kc[k + half] = __float2bfloat16(rb);
+            te_llama__bf16 *d = kc + at + (size_t)(head - n_heads) * hd;
+            d[i] = __float2bfloat16(ra);
+            d[i + half] = __float2bfloat16(rb);
         }
     }
-    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) vc[at + i] = __float2bfloat16(row[q_dim + kv_dim + i]);
 }
 
 #define TE_LLAMA__ATT_THREADS 128
@@ -421,10 +462,6 @@ __device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[
                  "{%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower index */
-    return *(uint32_t *)&v;
 }
 
 /* Causal GQA attention for runs of consecutive tokens (same sequence, positions +1 each), FlashAttention-2 style on
@@ -777,6 +814,233 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
     return sizeof(float) * ((size_t)G * hd + (size_t)G * TE_LLAMA__DEC_TILE + (size_t)G * 2 * TE_LLAMA__DEC_THREADS);
 }
 
+/* ============================================================================== small-batch GEMV (decode) */
+
+/* Y (n, m) = X (n, k) @ W^T for n <= 16 tokens: a decode step reads every weight once for a handful of tokens, so
+   it is bound by the weight bytes. cuBLASLt's GEMMs at n = 1..16 leave part of the bandwidth unused and their
+   outputs need separate kernels for RoPE, the KV store and SwiGLU; this kernel streams W at full width and finishes
+   those in its epilogue.
+   Work split: a block owns RT tiles of 16 rows of W (which rows: te_llama__gemv_row) and all n tokens; its
+   KW warps split k. Each lane loads 16 bytes of each of its two rows (g = lane / 4 and g + 8) per "chunk": a quad of
+   lanes covers 4 x 16 contiguous bytes of a row, so W is read in full 32-byte sectors, with U chunks in flight.
+   The 16 bytes feed the tensor cores (mma.sync m16n8k16, fp32 accumulation, A = the 16 rows, B = 8 tokens) under a
+   permutation of k that is the same for W and X, so no shuffles are needed: lane (g, t) holds elements [E t, E t + E)
+   of the chunk (E = 8 bf16 or 16 e4m3), and mma i of the chunk takes elements 4i, 4i + 1 as logical k 2t, 2t + 1 and
+   4i + 2, 4i + 3 as 2t + 8, 2t + 9. X's elements for token g come by the same 16-byte loads (L1/L2: X is tiny).
+   E4M3 operands (W and X both, the FP8 path) are widened to fp16 exactly and multiplied in fp16 (every E4M3 value
+   is an fp16 value); the scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
+   fixed order (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
+   (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
+#define TE_LLAMA__GEMV_MAX_N 16
+#define TE_LLAMA__GEMV_MAX_KW 16
+
+enum {
+    TE_LLAMA__EPI_STORE = 0, /* y[t, row] = (y[t, row] if accumulate) + sum: an fp32 output or the residual stream */
+    TE_LLAMA__EPI_ROPE_KV,   /* the fused QKV rows: RoPE on q and k, q to the fp32 QKV row, k and v to the cache */
+    TE_LLAMA__EPI_SWIGLU     /* fc1: tiles pair gate rows j and up rows I + j; writes silu(gate) * up */
+};
+
+typedef struct te_llama__gemv_args {
+    const void *w;           /* (m, k) row-major, bf16 or e4m3 */
+    const void *x;           /* (n, k) row-major, same type as w */
+    int n, m, k, accumulate;
+    const float *scale_inv;  /* e4m3: the two dequantisation factors (weight, input) as device pointers; else NULL */
+    const float *scale_inv_x;
+    float *y;                /* STORE: (n, m) fp32 */
+    /* ROPE_KV */
+    float *qkv;              /* (n, q_dim + 2 kv_dim): only the q part is written */
+    const float *rope;       /* (n, hd): cos then sin */
+    const int32_t *pos, *seq;
+    te_llama__bf16 *kc, *vc; /* this layer's cache, (n_seq, max_len, kv_dim) */
+    int n_heads, n_kv, hd, max_len;
+    /* SWIGLU: act (n, I) bf16, or e4m3 with act_scale (device) and its amax recorded in act_amax */
+    void *act;
+    int inter;
+    const float *act_scale;
+    float *act_amax;
+} te_llama__gemv_args;
+
+/* Row of W that row r (0..15) of tile tt stands for. ROPE_KV: a tile holds dims [8a, 8a + 8) of a head in rows 0..7
+   and their rotation partners [hd/2 + 8a, ...) in rows 8..15, so a lane owns both halves of each RoPE pair. */
+template <int EPI>
+__device__ __forceinline__ int te_llama__gemv_row(int tt, int r, const te_llama__gemv_args &a) {
+    if (EPI == TE_LLAMA__EPI_ROPE_KV) {
+        const int per_head = a.hd / 16, head = tt / per_head, blk = tt - head * per_head;
+        return head * a.hd + (r < 8 ? 8 * blk + r : a.hd / 2 + 8 * blk + r - 8);
+    }
+    return tt * 16 + r;
+}
+
+/* two e4m3 (the low 16 bits, low byte first) as an fp16 pair, exactly */
+__device__ __forceinline__ uint32_t te_llama__e4m3x2_to_f16x2(uint32_t two) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+__device__ __forceinline__ void te_llama__mma_f16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* 16 bytes of W, streamed past L1 (each weight is read once per step). The L2::256B hint makes each miss fetch the
+   whole 256-byte span around it, which the lane's next chunks (and the quad's neighbours) read next: measured 3.7
+   to 4.0 TB/s on the 8B fc1 / lm_head shapes with it, 2.1 to 2.5 TB/s without (bench/NOTES.md, run 3). */
+__device__ __forceinline__ uint4 te_llama__ld_stream(const void *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+/* acc (16 rows x 8 tokens) += the chunk's products: w0 = row g, w1 = row g + 8, xv = token g's elements */
+template <bool FP8>
+__device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0, const uint4 &w1, const uint4 &xv) {
+    const uint32_t a0[4] = {w0.x, w0.y, w0.z, w0.w}, a1[4] = {w1.x, w1.y, w1.z, w1.w}, b[4] = {xv.x, xv.y, xv.z, xv.w};
+    if (!FP8) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) { /* 8 bf16: words 2i (k 4i, 4i+1) and 2i + 1 (4i+2, 4i+3) */
+            const uint32_t fa[4] = {a0[2 * i], a1[2 * i], a0[2 * i + 1], a1[2 * i + 1]};
+            te_llama__mma_bf16(acc, fa, b[2 * i], b[2 * i + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) { /* 16 e4m3: word i holds elements 4i..4i+3 */
+            const uint32_t fa[4] = {te_llama__e4m3x2_to_f16x2(a0[i]), te_llama__e4m3x2_to_f16x2(a1[i]),
+                                    te_llama__e4m3x2_to_f16x2(a0[i] >> 16), te_llama__e4m3x2_to_f16x2(a1[i] >> 16)};
+            te_llama__mma_f16(acc, fa, te_llama__e4m3x2_to_f16x2(b[i]), te_llama__e4m3x2_to_f16x2(b[i] >> 16));
+        }
+    }
+}
+
+template <int NT, int RT, int EPI, bool FP8>
+__global__ void __launch_bounds__(32 * TE_LLAMA__GEMV_MAX_KW)
+te_llama__gemv_kernel(const te_llama__gemv_args a) {
+    constexpr int ES = FP8 ? 1 : 2;          /* bytes an element */
+    constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
+    constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane */
+    __shared__ float red[TE_LLAMA__GEMV_MAX_KW][RT * NT * 4][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
+    const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
+    const char *wrow[RT][2];
+    const char *xrow[NT];
+    float acc[RT][NT][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+        const int tt = EPI == TE_LLAMA__EPI_SWIGLU ? (rt == 0 ? blockIdx.x : blockIdx.x + a.inter / 16) : blockIdx.x * RT + rt;
+        wrow[rt][0] = (const char *)a.w + ((size_t)te_llama__gemv_row<EPI>(tt, g, a) * a.k + (size_t)t * (16 / ES)) * ES;
+        wrow[rt][1] = (const char *)a.w + ((size_t)te_llama__gemv_row<EPI>(tt, g + 8, a) * a.k + (size_t)t * (16 / ES)) * ES;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.0f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int tok = nt * 8 + g;
+        xrow[nt] = tok < a.n ? (const char *)a.x + ((size_t)tok * a.k + (size_t)t * (16 / ES)) * ES : NULL;
+    }
+    for (int c = c0; c < c1; c += U) {
+        uint4 wv[U][RT][2], xv[U][NT];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const size_t off = (size_t)(c + u) * 64;
+            const bool in = c + u < c1;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                wv[u][rt][0] = in ? te_llama__ld_stream(wrow[rt][0] + off) : make_uint4(0, 0, 0, 0);
+                wv[u][rt][1] = in ? te_llama__ld_stream(wrow[rt][1] + off) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                xv[u][nt] = in && xrow[nt] ? __ldg((const uint4 *)(xrow[nt] + off)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) te_llama__gemv_mma<FP8>(acc[rt][nt], wv[u][rt][0], wv[u][rt][1], xv[u][nt]);
+    }
+    /* the warps' partial sums, added in warp order by warp 0 */
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) red[warp][(rt * NT + nt) * 4 + e][lane] = acc[rt][nt][e];
+    __syncthreads();
+    if (warp) return;
+    float scale = 1.0f, amax = 0.0f;
+    if (FP8) scale = *a.scale_inv * *a.scale_inv_x;
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float s = red[0][(rt * NT + nt) * 4 + e][lane];
+                for (int w = 1; w < KW; w++) s += red[w][(rt * NT + nt) * 4 + e][lane];
+                acc[rt][nt][e] = FP8 ? s * scale : s;
+            }
+    /* acc[rt][nt][e]: row g (e < 2) or g + 8 (e >= 2) of tile rt, token nt * 8 + 2t + (e & 1) */
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int tok = nt * 8 + 2 * t + j;
+            if (tok >= a.n) continue;
+            if (EPI == TE_LLAMA__EPI_STORE) {
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        float *y = a.y + (size_t)tok * a.m + te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a);
+                        const float v = acc[rt][nt][2 * h + j];
+                        *y = a.accumulate ? *y + v : v;
+                    }
+            } else if (EPI == TE_LLAMA__EPI_ROPE_KV) {
+                const int per_head = a.hd / 16, head = blockIdx.x / per_head, i = 8 * (blockIdx.x - head * per_head) + g;
+                const int half = a.hd / 2, q_dim = a.n_heads * a.hd, kv_dim = a.n_kv * a.hd;
+                const float lo = acc[0][nt][j], hi = acc[0][nt][2 + j];
+                if (head < a.n_heads + a.n_kv) { /* q or k: rotate the pair (i, i + half) */
+                    const float *cs = a.rope + (size_t)tok * a.hd;
+                    const float ra = lo * cs[i] - hi * cs[half + i], rb = hi * cs[i] + lo * cs[half + i];
+                    if (head < a.n_heads) {
+                        float *q = a.qkv + (size_t)tok * (q_dim + 2 * kv_dim) + (size_t)head * a.hd;
+                        q[i] = ra;
+                        q[i + half] = rb;
+                    } else {
+                        te_llama__bf16 *k = a.kc + ((size_t)a.seq[tok] * a.max_len + a.pos[tok]) * kv_dim + (size_t)(head - a.n_heads) * a.hd;
+                        k[i] = __float2bfloat16(ra);
+                        k[i + half] = __float2bfloat16(rb);
+                    }
+                } else {
+                    te_llama__bf16 *v = a.vc + ((size_t)a.seq[tok] * a.max_len + a.pos[tok]) * kv_dim +
+                                        (size_t)(head - a.n_heads - a.n_kv) * a.hd;
+                    v[i] = __float2bfloat16(lo);
+                    v[i + half] = __float2bfloat16(hi);
+                }
+            } else { /* SWIGLU: tile 0 is gate rows, tile 1 the matching up rows */
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float gt = acc[0][nt][2 * h + j], up = acc[RT - 1][nt][2 * h + j];
+                    const float v = gt / (1.0f + expf(-gt)) * up;
+                    const size_t at = (size_t)tok * a.inter + (size_t)blockIdx.x * 16 + g + 8 * h;
+                    if (a.act_scale) {
+                        __nv_fp8_e4m3 q(v * *a.act_scale);
+                        ((__nv_fp8_e4m3 *)a.act)[at] = q;
+                        amax = fmaxf(amax, fabsf(v));
+                    } else {
+                        ((te_llama__bf16 *)a.act)[at] = __float2bfloat16(v);
+                    }
+                }
+            }
+        }
+    if (EPI == TE_LLAMA__EPI_SWIGLU && a.act_amax) {
+        amax = te_llama__warp_max(amax);
+        if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
+    }
+}
+
 /* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i]. Grid-stride: reads n x 2I fp32,
    writes n x I bf16. */
 __global__ void te_llama__swiglu_kernel(const float *mlp, te_llama__bf16 *act, int n, int I) {
@@ -1083,13 +1347,17 @@ static void te_llama__plan_destroy(te_llama__plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *p) {
+#define TE_LLAMA__ALGOS 8        /* heuristic candidates timed for each new GEMM shape */
+#define TE_LLAMA__TUNE_MIN_N 64  /* below this many tokens the heuristic's choice stands (see te_llama__plan_tune) */
+
+/* Descriptors for p's shape and the heuristic's first TE_LLAMA__ALGOS algorithms (*n_algos of them). */
+static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *p, cublasLtMatmulHeuristicResult_t *res,
+                                           int *n_algos) {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res;
     size_t ws = TE_LLAMA__WORKSPACE_BYTES;
-    int found = 0;
     cublasStatus_t s;
+    *n_algos = 0;
     TE_LLAMA__LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
@@ -1100,21 +1368,66 @@ static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *
     TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
     s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, TE_LLAMA__ALGOS, res, n_algos);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
-    if (found < 1) {
+    if (*n_algos < 1) {
         char msg[160];
         snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d bf16 GEMM", p->m, p->n, p->k);
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, msg);
     }
-    p->algo = res.algo;
+    p->algo = res[0].algo;
+    return TE_LLAMA_OK;
+}
+
+/* Pick the fastest of the heuristic's candidates on the call's own operands, for GEMMs of at least 64 tokens
+   (prefill), where the heuristic's first choice is not always the fastest. Not for decode shapes: there a GEMM is
+   a stream of weights that come from DRAM once per step, while back-to-back timing finds them in L2, and the
+   kernels it then prefers ran slower in the real step (bench/NOTES.md, run 3). Each candidate runs once to warm up,
+   then 3 times, into a scratch output (beta = 0: the real output is not touched). Never inside a
+   graph capture: a shape's first call runs plainly (te_llama_cuda_generate's first decode step). The timings run
+   a few ms once per shape; ties and errors keep the heuristic's order. */
+static te_llama_result te_llama__plan_tune(te_llama__cuda *ctx, te_llama__plan *p, const cublasLtMatmulHeuristicResult_t *res,
+                                           int n_algos, const void *W, const void *X) {
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    void *y = NULL;
+    float best = 0.0f;
+    const float alpha = 1.0f, beta = 0.0f;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    int i, rep;
+    if (n_algos < 2 || p->n < TE_LLAMA__TUNE_MIN_N) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaStreamIsCapturing(ctx->stream, &cs));
+    if (cs != cudaStreamCaptureStatusNone) return TE_LLAMA_OK;
+    if (cudaMalloc(&y, (size_t)p->m * (size_t)p->n * (p->ctype == CUDA_R_32F ? 4 : 2)) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no room to time: the heuristic's choice */
+        return TE_LLAMA_OK;
+    }
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) goto done;
+    for (i = 0; i < n_algos; i++) {
+        float ms = 0.0f;
+        cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+        for (rep = 0; rep < 4 && s == CUBLAS_STATUS_SUCCESS; rep++) {
+            if (rep == 1) cudaEventRecord(e0, ctx->stream);
+            s = cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, y, p->c, y, p->c, &res[i].algo,
+                               ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream);
+        }
+        if (s != CUBLAS_STATUS_SUCCESS) continue;
+        cudaEventRecord(e1, ctx->stream);
+        if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) break;
+        if (i == 0 || ms < best * 0.97f) { best = ms; p->algo = res[i].algo; }
+    }
+done:
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    (void)cudaGetLastError();
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    TE_LLAMA__CU(cudaFree(y));
     return TE_LLAMA_OK;
 }
 
 /* Y (n, m) row-major = X (n, k) @ W^T (+ Y when accumulate): W (m, k) row-major bf16 as nn.Linear stores it,
    X bf16, Y fp32 or bf16. In cuBLAS's column-major terms Y^T = op(W') X' with W' the (k, m) column-major view of W
-   and op = transpose: the "TN" GEMM. Plans are cached by shape; the heuristic runs once per shape. */
+   and op = transpose: the "TN" GEMM. Plans are cached by shape; the heuristic and the timing run once per shape. */
 static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const void *X, void *Y, cudaDataType_t ctype,
                                       int m, int n, int k, int accumulate) {
     te_llama__plan *p = NULL;
@@ -1126,11 +1439,13 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
         if (q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
     }
     if (!p) {
+        cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
+        int n_algos = 0;
         if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
         else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
         te_llama__plan_destroy(p);
         p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
-        if ((r = te_llama__plan_make(ctx, p))) {
+        if ((r = te_llama__plan_make(ctx, p, res, &n_algos)) || (r = te_llama__plan_tune(ctx, p, res, n_algos, W, X))) {
             te_llama__plan_destroy(p);
             p->m = -1; /* matches nothing; the slot is reused */
             return r;
@@ -1139,6 +1454,36 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
     TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
                                 ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
     return TE_LLAMA_OK;
+}
+
+/* Whether a GEMM of n tokens, m output rows and k inputs takes the small-batch GEMV (te_llama__gemv_kernel). */
+static int te_llama__gemv_ok(int n, int m, int k) {
+    return n >= 1 && n <= TE_LLAMA__GEMV_MAX_N && m % 16 == 0 && k % 64 == 0 && k > 0;
+}
+
+/* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair). The k split gives about 32 warps
+   an SM in all (enough 16-byte loads in flight to cover the latency), never more than the chunks of k. */
+template <int EPI, bool FP8>
+static te_llama_result te_llama__gemv(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks) {
+    constexpr int RT = EPI == TE_LLAMA__EPI_SWIGLU ? 2 : 1;
+    const int chunks = a.k / (FP8 ? 64 : 32), sms = ctx->n_sm > 0 ? ctx->n_sm : 132;
+    int kw = (32 * sms + blocks - 1) / blocks;
+    if (kw > TE_LLAMA__GEMV_MAX_KW) kw = TE_LLAMA__GEMV_MAX_KW;
+    if (kw > chunks) kw = chunks;
+    if (kw < 1) kw = 1;
+    if (a.n <= 8) te_llama__gemv_kernel<1, RT, EPI, FP8><<<blocks, 32 * kw, 0, ctx->stream>>>(a);
+    else te_llama__gemv_kernel<2, RT, EPI, FP8><<<blocks, 32 * kw, 0, ctx->stream>>>(a);
+    TE_LLAMA__LAUNCHED(gemv);
+    return TE_LLAMA_OK;
+}
+
+/* Y (n, m) fp32 (+)= X (n, k) bf16 @ W^T by the GEMV. */
+static te_llama_result te_llama__gemv_store(te_llama__cuda *ctx, const void *W, const void *X, float *Y, int m, int n, int k,
+                                            int accumulate) {
+    te_llama__gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.w = W; a.x = X; a.y = Y; a.n = n; a.m = m; a.k = k; a.accumulate = accumulate;
+    return te_llama__gemv<TE_LLAMA__EPI_STORE, false>(ctx, a, m / 16);
 }
 
 /* =================================================================================================== forward */
@@ -1224,6 +1569,12 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
     const float eps = (float)c->rms_norm_eps;
     const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
+    const int norm_threads = te_llama__norm_threads(n, h);
+    /* a few tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue. fc1, fc2
+       and lm_head stay with cuBLASLt, whose TMA-pipelined kernels stream their larger weights faster than the
+       GEMV's register loads (bench/NOTES.md, run 3). */
+    const int small = te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
+    te_llama__gemv_args ga;
     te_llama_result r;
     int l;
     if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
@@ -1233,19 +1584,30 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     TE_LLAMA__LAUNCHED(embed);
     te_llama__rope_table_kernel<<<n, 64, 0, ctx->stream>>>(pos, ctx->inv_freq, ctx->rope, hd / 2);
     TE_LLAMA__LAUNCHED(rope_table);
+    memset(&ga, 0, sizeof ga);
+    ga.n = n;
     for (l = 0; l < c->num_hidden_layers; l++) {
         const te_llama_param *P = m->layers[l]->params;
         te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
         /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
-        te_llama__rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
+        te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
         TE_LLAMA__LAUNCHED(rmsnorm);
-        if ((r = te_llama__gemm(ctx, P[1].data, ctx->xn, ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n, h, 0))) return r;
-        te_llama__rope_kv_kernel<<<n, 128, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
-        TE_LLAMA__LAUNCHED(rope_kv);
+        if (small) {
+            ga.w = P[1].data; ga.x = ctx->xn; ga.m = q_dim + 2 * kv_dim; ga.k = h;
+            ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = pos; ga.seq = seq; ga.kc = kc; ga.vc = vc;
+            ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
+            if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, false>(ctx, ga, ga.m / 16))) return r;
+        } else {
+            if ((r = te_llama__gemm(ctx, P[1].data, ctx->xn, ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n, h, 0))) return r;
+            te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
+            TE_LLAMA__LAUNCHED(rope_kv);
+        }
         if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
-        if ((r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1))) return r;
+        if (small) r = te_llama__gemv_store(ctx, P[4].data, ctx->att, ctx->x, h, n, q_dim, 1);
+        else r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1);
+        if (r) return r;
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
-        te_llama__rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
+        te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
         TE_LLAMA__LAUNCHED(rmsnorm);
         if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_32F, 2 * I, n, h, 0))) return r;
         te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(ctx->mlp, ctx->act, n, I);
@@ -1258,7 +1620,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
 /* Final norm and lm_head for n_rows rows of x (rows: device indices, NULL for rows 0..n_rows-1) into ctx->logits. */
 static te_llama_result te_llama__head(te_llama_model *m, te_llama__cuda *ctx, const int32_t *rows, int n_rows) {
     const te_llama_config *c = &m->config;
-    te_llama__rmsnorm_kernel<<<n_rows, 256, 0, ctx->stream>>>(ctx->x, rows, (const te_llama__bf16 *)m->norm.data, ctx->xn,
+    te_llama__rmsnorm_kernel<<<n_rows, te_llama__norm_threads(n_rows, c->hidden_size), 0, ctx->stream>>>(ctx->x, rows, (const te_llama__bf16 *)m->norm.data, ctx->xn,
                                                               c->hidden_size, (float)c->rms_norm_eps);
     TE_LLAMA__LAUNCHED(rmsnorm);
     return te_llama__gemm(ctx, m->lm_head.data, ctx->xn, ctx->logits, CUDA_R_32F, c->vocab_size, n_rows, c->hidden_size, 0);
@@ -1699,4 +2061,86 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     if (device_free) *device_free = f;
     if (device_total) *device_total = t;
     return TE_LLAMA_OK;
+}
+
+/* ================================================================================================ test hooks */
+
+/* For tests/test_cuda.c and bench/bench_gemv.c only (not in the public header): the small-batch GEMV on random bf16
+   operands, Y = X W^T (+ Y0 when accumulate), n tokens, m rows, k inputs, against a float64 host product of the same
+   bf16 values (relative L2 in *rel_gemv) and cuBLASLt's GEMM of the same shape (*rel_lt); when reps > 0, the
+   average time of reps launches of each (event-timed, back to back) in *us_gemv and *us_lt. The timed launches
+   cycle through copies of W spanning at least 512 MiB, so that W comes from DRAM as in a decode step, not from
+   the 60 MB L2. */
+extern "C" te_llama_result te_llama_cuda_test_gemv(te_llama_model *model, int n, int m, int k, int accumulate, int reps,
+                                                   double *rel_gemv, double *rel_lt, double *us_gemv, double *us_lt) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r = TE_LLAMA_OK;
+    const size_t nw = (size_t)m * k, nx = (size_t)n * k, ny = (size_t)n * m;
+    te_llama__bf16 *hw = NULL, *hx = NULL, *dw = NULL, *dx = NULL;
+    float *hy0 = NULL, *hy = NULL, *dy = NULL;
+    double *ref = NULL, num, den;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    const size_t copies = ((size_t)512 << 20) / (nw * 2) + 1;
+    size_t i;
+    int pass, rep;
+    if ((r = te_llama__enter(model, &ctx))) return r;
+    if (!te_llama__gemv_ok(n, m, k)) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemv: shape outside the GEMV");
+    hw = (te_llama__bf16 *)malloc(nw * 2); hx = (te_llama__bf16 *)malloc(nx * 2);
+    hy0 = (float *)malloc(ny * 4); hy = (float *)malloc(ny * 4); ref = (double *)malloc(ny * 8);
+    if (!hw || !hx || !hy0 || !hy || !ref) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "test buffers"); goto done; }
+    for (i = 0; i < nw + nx + ny; i++) { /* uniform in [-1, 1) */
+        float v;
+        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+        v = (float)((s * 0x2545f4914f6cdd1dull) >> 40) / 8388608.0f - 1.0f;
+        if (i < nw) hw[i] = __float2bfloat16(v);
+        else if (i < nw + nx) hx[i - nw] = __float2bfloat16(v);
+        else hy0[i - nw - nx] = v;
+    }
+    for (i = 0; i < ny && (rel_gemv || rel_lt); i++) { /* the reference only when asked for: it is slow */
+        const size_t t = i / m, row = i % m;
+        double acc = accumulate ? hy0[i] : 0.0;
+        for (size_t j = 0; j < (size_t)k; j++) acc += (double)__bfloat162float(hx[t * k + j]) * (double)__bfloat162float(hw[row * k + j]);
+        ref[i] = acc;
+    }
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&dw, nw * 2 * (reps > 0 ? copies : 1)), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&dx, nx * 2), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&dy, ny * 4), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpy(dw, hw, nw * 2, cudaMemcpyHostToDevice), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpy(dx, hx, nx * 2, cudaMemcpyHostToDevice), done);
+    TE_LLAMA__CU_GOTO(cudaEventCreate(&e0), done);
+    TE_LLAMA__CU_GOTO(cudaEventCreate(&e1), done);
+    for (pass = 0; pass < 2; pass++) {
+        double *rel = pass ? rel_lt : rel_gemv, *us = pass ? us_lt : us_gemv;
+        float ms = 0.0f;
+        TE_LLAMA__CU_GOTO(cudaMemcpy(dy, hy0, ny * 4, cudaMemcpyHostToDevice), done);
+        r = pass ? te_llama__gemm(ctx, dw, dx, dy, CUDA_R_32F, m, n, k, accumulate) : te_llama__gemv_store(ctx, dw, dx, dy, m, n, k, accumulate);
+        if (r) goto done;
+        TE_LLAMA__CU_GOTO(cudaMemcpyAsync(hy, dy, ny * 4, cudaMemcpyDeviceToHost, ctx->stream), done);
+        TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+        for (i = 0, num = den = 0.0; i < ny && rel; i++) {
+            num += ((double)hy[i] - ref[i]) * ((double)hy[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        if (rel) *rel = den > 0 ? sqrt(num / den) : sqrt(num);
+        if (reps > 0 && us) {
+            TE_LLAMA__CU_GOTO(cudaEventRecord(e0, ctx->stream), done);
+            for (rep = 0; rep < reps && !r; rep++)
+            {
+                const te_llama__bf16 *w = dw + nw * (rep % copies); /* contents beyond copy 0 do not matter for time */
+                r = pass ? te_llama__gemm(ctx, w, dx, dy, CUDA_R_32F, m, n, k, 0) : te_llama__gemv_store(ctx, w, dx, dy, m, n, k, 0);
+            }
+            if (r) goto done;
+            TE_LLAMA__CU_GOTO(cudaEventRecord(e1, ctx->stream), done);
+            TE_LLAMA__CU_GOTO(cudaEventSynchronize(e1), done);
+            TE_LLAMA__CU_GOTO(cudaEventElapsedTime(&ms, e0, e1), done);
+            *us = 1e3 * ms / reps;
+        }
+    }
+done:
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(dw); cudaFree(dx); cudaFree(dy);
+    free(hw); free(hx); free(hy0); free(hy); free(ref);
+    return r;
 }

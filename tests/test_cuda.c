@@ -874,6 +874,31 @@ static void test_errors(void) {
     }
 }
 
+/* test hook in te_llama_kernels.cu: the small-batch GEMV and cuBLASLt against a float64 product */
+te_llama_result te_llama_cuda_test_gemv(te_llama_model *model, int n, int m, int k, int accumulate, int reps,
+                                        double *rel_gemv, double *rel_lt, double *us_gemv, double *us_lt);
+
+/* The decode GEMV over the shapes it takes: 1 to 16 tokens (one and two 8-token tiles, a partial last one), rows
+   a multiple of 16, k a multiple of 64 split over 1 to 16 warps (uneven splits when the chunks do not divide),
+   plain and accumulating. Both it and cuBLASLt should sit at fp32 summation error (1e-6) from the float64 product
+   of the same bf16 values; a wrong row, token or k mapping gives O(1). */
+static void test_gemv(te_llama_model *gpu) {
+    static const int shapes[][3] = {{1, 16, 64}, {1, 4096, 4096}, {3, 48, 1088}, {8, 1024, 2048}, {9, 512, 4160},
+                                    {16, 256, 14336}, {16, 8192, 64}, {5, 2048, 192}};
+    size_t i;
+    int acc;
+    for (i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (acc = 0; acc < 2; acc++) {
+            double eg = 1, el = 1;
+            CHECK_RESULT(te_llama_cuda_test_gemv(gpu, shapes[i][0], shapes[i][1], shapes[i][2], acc, 0, &eg, &el, NULL, NULL), TE_LLAMA_OK);
+            CHECK(eg < 1e-5, "gemv n %d m %d k %d acc %d: rel L2 %g against float64", shapes[i][0], shapes[i][1], shapes[i][2], acc, eg);
+            CHECK(el < 1e-5, "cuBLASLt n %d m %d k %d acc %d: rel L2 %g against float64", shapes[i][0], shapes[i][1], shapes[i][2], acc, el);
+            if (acc) printf("  gemv n %2d, %5d x %5d: rel L2 vs float64 %.1e (cuBLASLt %.1e)\n", shapes[i][0], shapes[i][1], shapes[i][2], eg, el);
+        }
+    CHECK_RESULT(te_llama_cuda_test_gemv(gpu, 17, 16, 64, 0, 0, NULL, NULL, NULL, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_cuda_test_gemv(gpu, 1, 16, 96, 0, 0, NULL, NULL, NULL, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
+}
+
 int main(void) {
     static const char *const fixtures[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
     const char *env = getenv("TE_LLAMA_TMP");
@@ -889,6 +914,7 @@ int main(void) {
         te_llama_free(probe);
         return CHECK_DONE("cuda");
     }
+    test_gemv(probe);
     te_llama_free(probe);
     test_errors();
     for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
