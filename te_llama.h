@@ -590,6 +590,10 @@ TE_LLAMA_API te_llama_result te_llama_cuda_memory_info(const te_llama_model *mod
 TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const te_llama_generate_options *options,
                                                     const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                     int *n_out);
+/* te_llama_generate_batch on the device: n_seq sampling blocks a step, only the n_seq ids cross per step. */
+TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *model, const te_llama_generate_options *options,
+                                                          const int32_t *const *prompts, const int *n_prompt, int n_seq,
+                                                          int32_t *out, int cap, int *n_out);
 
 /* =================================================================================================== training */
 /* Fine-tuning on the CPU in fp32 (the CUDA backend does not train yet). A training forward over B sequences of T
@@ -3773,6 +3777,9 @@ TE_LLAMA_API te_llama_result te_llama_generate_batch(te_llama_model *m, const te
                               (long long)total, longest, limit);
     if (!te_llama__mul((uint64_t)n_seq, (uint64_t)m->config.vocab_size, &logit_floats) || logit_floats > (uint64_t)SIZE_MAX / sizeof(float))
         return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "te_llama_generate_batch: logits of %d sequences x vocab %d overflow", n_seq, m->config.vocab_size);
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) return te_llama_cuda_generate_batch(m, options, prompts, n_prompt, n_seq, out, cap, n_out);
+#endif
     if (limit == 0) return TE_LLAMA_OK;
     /* one sampler's scratch serves every sequence; each keeps its own generator state, seeded by seed + s */
     memset(&sampler, 0, sizeof sampler);

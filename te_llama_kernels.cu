@@ -31,7 +31,7 @@
        other two attention kernels keep q and the probabilities in fp32.
      Expected relative L2 error of the logits against the CPU over the same bf16 weights: a few 1e-3.
 
-   SAMPLING (te_llama_cuda_generate)
+   SAMPLING (te_llama_cuda_generate, te_llama_cuda_generate_batch)
      One block a sequence. Greedy: an argmax kernel, ties to the lowest id as the CPU. Otherwise the block draws
      from softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits' bit patterns (no
      sort), with the library's xorshift64* generator kept in device memory, one state a sequence. The distribution
@@ -40,7 +40,8 @@
      the host per step.
      The decode step (forward of one token a sequence, lm_head, sampling, the copy of the ids) is captured once in a
      CUDA graph and replayed: tokens and positions are read from device memory, which the sampling kernel advances.
-     If the capture fails, the steps run as plain launches.
+     A batch keeps its finished sequences in the step (their ids are dropped) so that the graph keeps its shape. If
+     the capture fails, the steps run as plain launches.
 
    MEMORY
      Model parameters are allocated by the library through te_llama_cuda_malloc. The device context holds a cuBLASLt
@@ -1741,6 +1742,135 @@ done:
     te_llama__decoder_free(&dec);
     if (r) cudaStreamSynchronize(ctx->stream);
     te_llama__host_free(&m->allocator, pos);
+    te_llama_kv_cache_free(cache);
+    return r;
+}
+
+/* n_seq sequences: one prefill forward of every prompt (rows wanting logits: each prompt's last token), lm_head and
+   sampling by chunks of those rows, then decode steps of all n_seq sequences through te_llama__decode_next.
+   Device state of a decode step, as te_llama__decode_step reads it: ints[s] the token of sequence s, ints[cap + s]
+   its position, ints[2 cap + s] = s its cache slot, ints[3 cap + s] = s its logits row, rng[s] its sampler. A
+   finished sequence stays in the batch (its ids are dropped): the graph keeps one shape and its positions keep
+   advancing, at most to longest prompt + limit - 1, inside the cache of longest prompt + limit + 1 positions. */
+extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *m, const te_llama_generate_options *options,
+                                                                     const int32_t *const *prompts, const int *n_prompt,
+                                                                     int n_seq, int32_t *out, int cap, int *n_out) {
+    te_llama_generate_options g;
+    te_llama__cuda *ctx = NULL;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_batch batch;
+    te_llama__decoder dec;
+    int32_t *tokens = NULL, *pos, *seq;
+    unsigned long long *rng;
+    uint8_t *want, *done_seq;
+    void *host = NULL;
+    te_llama__att att;
+    long long total = 0;
+    int s, i, j, k, limit, longest = 0, n_rows, n_tiles, running, r0, tcap;
+    te_llama_result r = TE_LLAMA_OK;
+    char msg[200];
+    if (!m || !prompts || !n_prompt || n_seq < 1 || cap < 0 || (!out && cap > 0) || !n_out)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_generate_batch: needs a model, prompts, n_prompt and n_out, n_seq >= 1, cap >= 0 and out when cap > 0");
+    for (s = 0; s < n_seq; s++) n_out[s] = 0;
+    memset(&g, 0, sizeof g);
+    if (options) g = *options;
+    if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
+    limit = g.max_new_tokens < cap ? g.max_new_tokens : cap;
+    if (g.sampler.temperature < 0 || g.sampler.top_k < 0 || g.sampler.top_p < 0 || g.sampler.top_p > 1 ||
+        g.sampler.temperature != g.sampler.temperature || g.sampler.top_p != g.sampler.top_p) {
+        snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: sampler temperature %g, top_k %d, top_p %g", g.sampler.temperature,
+                 g.sampler.top_k, g.sampler.top_p);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+    }
+    for (s = 0; s < n_seq; s++) { /* te_llama_generate_batch checked these too; a direct call must not index wild */
+        if (!prompts[s] || n_prompt[s] < 1) {
+            snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: prompt %d is %s", s, prompts[s] ? "empty" : "NULL");
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+        }
+        for (i = 0; i < n_prompt[s]; i++)
+            if (prompts[s][i] < 0 || prompts[s][i] >= m->config.vocab_size) {
+                snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: prompt %d token %d at index %d is outside the vocabulary of %d",
+                         s, prompts[s][i], i, m->config.vocab_size);
+                return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+            }
+        total += n_prompt[s];
+        if (n_prompt[s] > longest) longest = n_prompt[s];
+    }
+    if (total > INT32_MAX || (long long)longest + limit + 1 > INT32_MAX) {
+        snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: %lld prompt tokens (longest %d) and %d new tokens do not fit an int",
+                 total, longest, limit);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+    }
+    if (limit == 0) return TE_LLAMA_OK;
+    memset(&dec, 0, sizeof dec);
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama_kv_cache_create(m, n_seq, longest + limit + 1, &cache))) return r;
+    /* host side: (3, total) tokens, positions, sequences; (n_seq) seeds; (total) want_logits; (n_seq) finished */
+    host = te_llama__host_alloc(&m->allocator, sizeof(int32_t) * 3 * (size_t)total + sizeof(unsigned long long) * (size_t)n_seq +
+                                                   (size_t)total + (size_t)n_seq);
+    if (!host) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "te_llama_cuda_generate_batch: host buffers"); goto done; }
+    rng = (unsigned long long *)host;
+    tokens = (int32_t *)(rng + n_seq);
+    pos = tokens + total;
+    seq = pos + total;
+    want = (uint8_t *)(seq + total);
+    done_seq = want + total;
+    memset(want, 0, (size_t)total + (size_t)n_seq);
+    for (s = 0, j = 0; s < n_seq; s++) {
+        for (i = 0; i < n_prompt[s]; i++, j++) { tokens[j] = prompts[s][i]; pos[j] = i; seq[j] = s; }
+        want[j - 1] = 1;
+        rng[s] = (g.sampler.seed + (unsigned long long)s) ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding of seed + s */
+    }
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = (int)total;
+    batch.tokens = tokens;
+    batch.pos = pos;
+    batch.seq = seq;
+    batch.want_logits = want;
+    if ((r = te_llama__ensure_tokens(m, ctx, (int)total))) goto done;
+    if ((r = te_llama__ensure_rows(m, ctx, n_seq))) goto done;
+    if ((r = te_llama__ensure_seqs(ctx, n_seq))) goto done;
+    tcap = ctx->cap_tokens;
+    /* pageable sources: each copy has taken the bytes when the call returns */
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, rng, sizeof(unsigned long long) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    if ((r = te_llama__upload_batch(ctx, &batch, &n_rows, &n_tiles))) goto done;
+    att = te_llama__att_choose(m, ctx, cache, (int)total, n_tiles);
+    if ((r = te_llama__layers(m, ctx, cache, (int)total, &att))) goto done;
+    /* first tokens: lm_head over each prompt's last row (indices at ints[3 cap + s]), sampled into ints[s] */
+    for (r0 = 0; r0 < n_seq; r0 += TE_LLAMA__LOGIT_ROWS) {
+        const int rows = n_seq - r0 < TE_LLAMA__LOGIT_ROWS ? n_seq - r0 : TE_LLAMA__LOGIT_ROWS;
+        if ((r = te_llama__head(m, ctx, ctx->ints + 3 * tcap + r0, rows))) goto done;
+        te_llama__sample_kernel<<<rows, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, g.sampler.temperature,
+                                                                                   g.sampler.top_k, g.sampler.top_p, ctx->rng + r0,
+                                                                                   ctx->ints + r0, NULL);
+        TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    }
+    /* the decode state: positions right after each prompt (the sampler advances them), slots and rows 0..n_seq-1;
+       written after the prefill's readers of the same ints in stream order */
+    for (s = 0; s < n_seq; s++) { pos[s] = n_prompt[s]; seq[s] = s; tokens[s] = s; }
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + tcap, pos, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 2 * tcap, seq, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 3 * tcap, tokens, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+    for (running = n_seq;;) {
+        for (s = 0; s < n_seq; s++) {
+            int32_t token;
+            int stop = 0;
+            if (done_seq[s]) continue;
+            token = ctx->pinned_token[s];
+            out[(size_t)s * (size_t)cap + (size_t)n_out[s]++] = token;
+            if (!g.ignore_eos)
+                for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
+            if (stop || n_out[s] == limit) { done_seq[s] = 1; running--; }
+        }
+        if (!running) break;
+        if ((r = te_llama__decode_next(m, ctx, cache, n_seq, &g.sampler, &dec, "te_llama_cuda_generate_batch"))) goto done;
+    }
+done:
+    te_llama__decoder_free(&dec);
+    if (r && ctx) cudaStreamSynchronize(ctx->stream);
+    te_llama__host_free(&m->allocator, host);
     te_llama_kv_cache_free(cache);
     return r;
 }
