@@ -23,6 +23,7 @@
      te_llama_tokenizer_load("path/to/hf_dir", NULL, &tok);  tokenizer.json (Llama 3 and Llama 2 families)
      te_llama_tokenizer_encode(tok, text, len, 1, &ids, &n); text -> ids, BOS as the tokenizer's template says
      te_llama_generate(m, &gen, prompt, n, out, cap, &n_out);  greedy or sampled; on_token streams each id
+     te_llama_generate_batch(m, &gen, prompts, lens, n_seq, out, cap, n_out);  several prompts, one forward a step
      te_llama_tokenizer_decode_piece(tok, &state, id, ...);   id -> text, safe across split UTF-8 characters
      te_llama_save(m, "out_dir", &save_opt);              save_pretrained: HF names, shards, index
      for (i = 0; i < te_llama_num_parameters(m); i++)     parameters(): name, shape, dtype, data
@@ -546,6 +547,19 @@ typedef struct te_llama_generate_options {
 TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *model, const te_llama_generate_options *options,
                                                const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                int *n_out);
+/* Generate for n_seq prompts together: one forward per step over all the sequences still running. prompts[s]
+   holds n_prompt[s] >= 1 tokens; sequence s's new tokens go to out + s * cap (out: (n_seq, cap)) and their count
+   to n_out[s] (n_seq). Each sequence stops at its own eos id (unless ignore_eos) or at max_new_tokens / cap;
+   sequence s samples with seed options->sampler.seed + s, so n_seq = 1 samples as te_llama_generate does.
+   on_token is not called: one callback cannot say which sequence a token belongs to; read out and n_out after.
+   On the CPU every sequence computes exactly as it would alone (greedy sequence s == te_llama_generate of prompt
+   s), except under FP8 emulation, whose activation scales follow what each forward saw. On CUDA the decode step
+   of the whole batch is one captured graph; finished sequences keep being computed, their tokens dropped, until
+   the last one is done; and the GEMMs' summation order depends on the batch size, so a sequence may part from
+   its single-sequence run where its two best logits are within rounding of each other. */
+TE_LLAMA_API te_llama_result te_llama_generate_batch(te_llama_model *model, const te_llama_generate_options *options,
+                                                     const int32_t *const *prompts, const int *n_prompt, int n_seq,
+                                                     int32_t *out, int cap, int *n_out);
 
 /* ============================================================================================== CUDA backend */
 /* Implemented by te_llama_kernels.cu (nvcc); called by the implementation when TE_LLAMA_CUDA is defined and
@@ -576,6 +590,10 @@ TE_LLAMA_API te_llama_result te_llama_cuda_memory_info(const te_llama_model *mod
 TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *model, const te_llama_generate_options *options,
                                                     const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                     int *n_out);
+/* te_llama_generate_batch on the device: n_seq sampling blocks a step, only the n_seq ids cross per step. */
+TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *model, const te_llama_generate_options *options,
+                                                          const int32_t *const *prompts, const int *n_prompt, int n_seq,
+                                                          int32_t *out, int cap, int *n_out);
 
 /* =================================================================================================== training */
 /* Fine-tuning on the CPU in fp32 (the CUDA backend does not train yet). A training forward over B sequences of T
@@ -3582,6 +3600,9 @@ TE_LLAMA_API te_llama_result te_llama_forward(te_llama_model *m, te_llama_kv_cac
 
 /* -------------------------------------------------------------------------------------------------- sampling */
 
+/* The generator state a seed starts from (the CUDA sampler seeds its own the same way). */
+static uint64_t te_llama__seed_rng(uint64_t seed) { return seed ^ 0x853c49e6748fea9bull; }
+
 TE_LLAMA_API te_llama_result te_llama_sampler_init(te_llama_sampler *s, const te_llama_sampler_options *options,
                                                    int vocab, const te_llama_allocator *allocator) {
     if (!s || vocab < 1) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "sampler of vocab %d", vocab);
@@ -3591,7 +3612,7 @@ TE_LLAMA_API te_llama_result te_llama_sampler_init(te_llama_sampler *s, const te
         return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "sampler: temperature %g, top_k %d, top_p %g", s->options.temperature, s->options.top_k, s->options.top_p);
     s->allocator = te_llama__allocator_copy(allocator);
     s->vocab = vocab;
-    s->rng = s->options.seed ^ 0x853c49e6748fea9bull;
+    s->rng = te_llama__seed_rng(s->options.seed);
     s->probs = (float *)te_llama__alloc(&s->allocator, sizeof(float) * (size_t)vocab);
     s->candidates = (te_llama_candidate *)te_llama__alloc(&s->allocator, sizeof *s->candidates * (size_t)vocab);
     if (!s->probs || !s->candidates) { te_llama_sampler_free(s); return te_llama__fail(TE_LLAMA_ERR_NOMEM, "sampler"); }
@@ -3708,6 +3729,117 @@ done:
     te_llama__free(&m->allocator, logits);
     te_llama__free(&m->allocator, want);
     te_llama__free(&m->allocator, pos);
+    te_llama_kv_cache_free(cache);
+    te_llama_sampler_free(&sampler);
+    return r;
+}
+
+TE_LLAMA_API te_llama_result te_llama_generate_batch(te_llama_model *m, const te_llama_generate_options *options,
+                                                     const int32_t *const *prompts, const int *n_prompt, int n_seq,
+                                                     int32_t *out, int cap, int *n_out) {
+    te_llama_generate_options g;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_sampler sampler;
+    te_llama_batch batch;
+    int32_t *tokens = NULL, *pos = NULL, *seq = NULL, *live = NULL;
+    uint64_t *rng = NULL, logit_floats;
+    uint8_t *want = NULL;
+    float *logits = NULL;
+    int64_t total = 0;
+    int s, i, j, k, n, limit, longest = 0, n_live;
+    te_llama_result r;
+    if (!m || !prompts || !n_prompt || n_seq < 1 || cap < 0 || (!out && cap > 0) || !n_out)
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_generate_batch: needs a model, prompts, n_prompt and n_out, n_seq >= 1 (got %d), cap >= 0 (got %d) and out when cap > 0",
+                              n_seq, cap);
+    for (s = 0; s < n_seq; s++) n_out[s] = 0;
+    memset(&g, 0, sizeof g);
+    if (options) g = *options;
+    if (g.sampler.temperature < 0 || g.sampler.top_k < 0 || g.sampler.top_p < 0 || g.sampler.top_p > 1 ||
+        g.sampler.temperature != g.sampler.temperature || g.sampler.top_p != g.sampler.top_p) /* NaN too */
+        return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_generate_batch: sampler temperature %g, top_k %d, top_p %g (want temperature >= 0, top_k >= 0, 0 <= top_p <= 1)",
+                              (double)g.sampler.temperature, g.sampler.top_k, (double)g.sampler.top_p);
+    for (s = 0; s < n_seq; s++) {
+        if (!prompts[s] || n_prompt[s] < 1)
+            return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_generate_batch: prompt %d is %s", s, prompts[s] ? "empty" : "NULL");
+        for (i = 0; i < n_prompt[s]; i++)
+            if (prompts[s][i] < 0 || prompts[s][i] >= m->config.vocab_size)
+                return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "te_llama_generate_batch: prompt %d token %d at index %d is outside the vocabulary of %d",
+                                      s, prompts[s][i], i, m->config.vocab_size);
+        total += n_prompt[s];
+        if (n_prompt[s] > longest) longest = n_prompt[s];
+    }
+    if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
+    limit = g.max_new_tokens < cap ? g.max_new_tokens : cap;
+    /* one forward takes every prompt token (n_tokens is an int); the cache holds the longest prompt, its new tokens
+       and one spare position */
+    if (total > INT32_MAX || (int64_t)longest + limit + 1 > INT32_MAX)
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "te_llama_generate_batch: %lld prompt tokens (longest %d) and %d new tokens do not fit an int",
+                              (long long)total, longest, limit);
+    if (!te_llama__mul((uint64_t)n_seq, (uint64_t)m->config.vocab_size, &logit_floats) || logit_floats > (uint64_t)SIZE_MAX / sizeof(float))
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "te_llama_generate_batch: logits of %d sequences x vocab %d overflow", n_seq, m->config.vocab_size);
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) return te_llama_cuda_generate_batch(m, options, prompts, n_prompt, n_seq, out, cap, n_out);
+#endif
+    if (limit == 0) return TE_LLAMA_OK;
+    /* one sampler's scratch serves every sequence; each keeps its own generator state, seeded by seed + s */
+    memset(&sampler, 0, sizeof sampler);
+    if ((r = te_llama_sampler_init(&sampler, &g.sampler, m->config.vocab_size, &m->allocator))) return r;
+    if ((r = te_llama_kv_cache_create(m, n_seq, longest + limit + 1, &cache))) goto done;
+    n = (int)total;
+    tokens = (int32_t *)te_llama__alloc(&m->allocator, sizeof(int32_t) * (size_t)n * 3);   /* (3, total) tokens, pos, seq */
+    live = (int32_t *)te_llama__alloc(&m->allocator, sizeof(int32_t) * (size_t)n_seq);     /* (n_seq) running sequences */
+    rng = (uint64_t *)te_llama__alloc(&m->allocator, sizeof(uint64_t) * (size_t)n_seq);    /* (n_seq) */
+    want = (uint8_t *)te_llama__calloc(&m->allocator, (size_t)n);                          /* (total) */
+    logits = (float *)te_llama__alloc(&m->allocator, sizeof(float) * (size_t)logit_floats); /* (n_seq, vocab) */
+    if (!tokens || !live || !rng || !want || !logits) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "te_llama_generate_batch: buffers for %d sequences", n_seq); goto done; }
+    pos = tokens + n;
+    seq = pos + n;
+    /* prefill: every prompt in one forward, logits of each prompt's last token (rows in sequence order) */
+    for (s = 0, j = 0; s < n_seq; s++) {
+        for (i = 0; i < n_prompt[s]; i++, j++) { tokens[j] = prompts[s][i]; pos[j] = i; seq[j] = s; }
+        want[j - 1] = 1;
+        live[s] = s;
+        rng[s] = te_llama__seed_rng(g.sampler.seed + (uint64_t)s);
+    }
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = n;
+    batch.tokens = tokens;
+    batch.pos = pos;
+    batch.seq = seq;
+    batch.want_logits = want;
+    if ((r = te_llama_forward(m, cache, &batch, logits))) goto done;
+    batch.want_logits = NULL;
+    for (n_live = n_seq; n_live > 0;) {
+        int still = 0;
+        /* logits row j belongs to live[j]; the sequences that go on are compacted to the front in the same order */
+        for (j = 0; j < n_live; j++) {
+            int32_t token;
+            int stop = 0;
+            s = live[j];
+            sampler.rng = rng[s];
+            token = te_llama_sample(&sampler, logits + (size_t)j * (size_t)m->config.vocab_size);
+            rng[s] = sampler.rng;
+            out[(size_t)s * (size_t)cap + (size_t)n_out[s]++] = token;
+            if (!g.ignore_eos)
+                for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
+            if (stop || n_out[s] == limit) continue;
+            live[still] = s;
+            tokens[still] = token;
+            pos[still] = n_prompt[s] + n_out[s] - 1;
+            seq[still] = s;
+            still++;
+        }
+        n_live = still;
+        if (!n_live) break;
+        batch.n_tokens = n_live;
+        if ((r = te_llama_forward(m, cache, &batch, logits))) break;
+    }
+done:
+    te_llama__free(&m->allocator, logits);
+    te_llama__free(&m->allocator, want);
+    te_llama__free(&m->allocator, rng);
+    te_llama__free(&m->allocator, live);
+    te_llama__free(&m->allocator, tokens);
     te_llama_kv_cache_free(cache);
     te_llama_sampler_free(&sampler);
     return r;

@@ -31,15 +31,17 @@
        other two attention kernels keep q and the probabilities in fp32.
      Expected relative L2 error of the logits against the CPU over the same bf16 weights: a few 1e-3.
 
-   SAMPLING (te_llama_cuda_generate)
-     Greedy: an argmax kernel, ties to the lowest id as the CPU. Otherwise one block draws from
-     softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits' bit patterns (no sort),
-     with the library's xorshift64* generator kept in device memory. The distribution is the CPU's; the draw is not
-     bit-identical to te_llama_sample's (that walks tokens in probability order, this one in id order), and ties at
-     the top_k / top_p boundary keep every tied token. Only the sampled id crosses to the host per step.
-     The decode step (forward of one token, lm_head, sampling, the copy of the id) is captured once in a CUDA graph
-     and replayed: tokens and positions are read from device memory, which the sampling kernel advances. If the
-     capture fails, the steps run as plain launches.
+   SAMPLING (te_llama_cuda_generate, te_llama_cuda_generate_batch)
+     One block a sequence. Greedy: an argmax kernel, ties to the lowest id as the CPU. Otherwise the block draws
+     from softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits' bit patterns (no
+     sort), with the library's xorshift64* generator kept in device memory, one state a sequence. The distribution
+     is the CPU's; the draw is not bit-identical to te_llama_sample's (that walks tokens in probability order, this
+     one in id order), and ties at the top_k / top_p boundary keep every tied token. Only the sampled ids cross to
+     the host per step.
+     The decode step (forward of one token a sequence, lm_head, sampling, the copy of the ids) is captured once in a
+     CUDA graph and replayed: tokens and positions are read from device memory, which the sampling kernel advances.
+     A batch keeps its finished sequences in the step (their ids are dropped) so that the graph keeps its shape. If
+     the capture fails, the steps run as plain launches.
 
    MEMORY
      Model parameters are allocated by the library through te_llama_cuda_malloc. The device context holds a cuBLASLt
@@ -170,8 +172,9 @@ typedef struct te_llama__cuda {
     int cap_rows;
     float *logits;       /* (cap_rows, vocab) */
     /* generation */
-    unsigned long long *rng; /* (1) device: the sampler's state */
-    int32_t *pinned_token;   /* (1) pinned host: the id sampled last */
+    int cap_seqs;            /* sequences rng and pinned_token hold; grown by te_llama__ensure_seqs */
+    unsigned long long *rng; /* (cap_seqs) device: each sequence's sampler state */
+    int32_t *pinned_token;   /* (cap_seqs) pinned host: the ids sampled last */
     te_llama__plan plans[TE_LLAMA__MAX_PLANS];
     int n_plans, next_plan;
 } te_llama__cuda;
@@ -1060,13 +1063,14 @@ __device__ __forceinline__ unsigned te_llama__order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* One token from a row of logits, in one block of 1024 threads; each thread owns a contiguous chunk of ids.
+/* One token from each row of logits, one block of 1024 threads a row: block b reads logits + b * vocab, draws
+   with rng[b], writes token[b] and advances pos[b]. Each thread owns a contiguous chunk of the row's ids.
    Greedy (temperature <= 0): argmax, ties to the lowest id, over ids strided across the threads. Else p_i = exp((l_i - max) / T); top_k keeps the ids
    whose logit key is >= the largest key that still leaves k ids (32 counting passes over the vocabulary); top_p
    then keeps those >= the largest key whose kept mass reaches top_p of the top_k mass (32 summing passes); the
-   draw u * mass (xorshift64* state in *rng, as te_llama_sample's) picks the id whose interval in id order holds
-   it. Writes *token, and advances *pos when given (the next decode step's position). Traffic: vocab fp32 reads
-   per pass (1 for greedy, 3 to 67 for sampling), mostly from L2. */
+   draw u * mass (xorshift64* state in rng[b], as te_llama_sample's) picks the id whose interval in id order holds
+   it. Writes token[b], and advances pos[b] when pos is given (the next decode step's position). Traffic per row:
+   vocab fp32 reads per pass (1 for greedy, 3 to 67 for sampling), mostly from L2. */
 __global__ void __launch_bounds__(TE_LLAMA__SAMPLE_THREADS)
 te_llama__sample_kernel(const float *logits, int vocab, float temperature, int top_k, float top_p,
                         unsigned long long *rng, int32_t *token, int32_t *pos) {
@@ -1077,6 +1081,10 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
     const int tid = threadIdx.x, chunk = (vocab + TE_LLAMA__SAMPLE_THREADS - 1) / TE_LLAMA__SAMPLE_THREADS;
     const int lo = min(vocab, tid * chunk), hi = min(vocab, lo + chunk);
     int result;
+    logits += (size_t)blockIdx.x * (size_t)vocab; /* this block's row (the float4 path checks its alignment) */
+    rng += blockIdx.x;
+    token += blockIdx.x;
+    if (pos) pos += blockIdx.x;
     if (temperature <= 0.0f) {
         float best = -INFINITY;
         int bi = -1;
@@ -1722,6 +1730,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
     TE_LLAMA__CU_GOTO(cudaMalloc(&ctx->workspace, TE_LLAMA__WORKSPACE_BYTES), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&ctx->rng, sizeof(unsigned long long)), fail);
     TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, sizeof(int32_t), cudaHostAllocDefault), fail);
+    ctx->cap_seqs = 1;
     return TE_LLAMA_OK;
 fail:
     te_llama_cuda_release(m);
@@ -1914,25 +1923,108 @@ TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_k
 
 /* ================================================================================================ generation */
 
-/* One decode step from device state: forward of the token at ints[0] at position ints[cap], lm_head, sampling
-   (which writes the next token to ints[0] and advances the position), and the copy of the id to pinned memory.
-   Stream work only: captured once, then replayed. */
-static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache,
+/* Grow the samplers' states (device) and the sampled ids' landing place (pinned host) to n sequences. Outside a
+   graph capture only; the contents are not kept: every generation seeds its states before use. On failure the
+   context holds neither (cap_seqs 0), and the next generation tries again. */
+static te_llama_result te_llama__ensure_seqs(te_llama__cuda *ctx, int n) {
+    unsigned long long *rng = NULL;
+    int32_t *pinned = NULL;
+    cudaError_t e;
+    if (n <= ctx->cap_seqs) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    cudaFree(ctx->rng);
+    if (ctx->pinned_token) cudaFreeHost(ctx->pinned_token);
+    ctx->rng = NULL;
+    ctx->pinned_token = NULL;
+    ctx->cap_seqs = 0;
+    if ((e = cudaMalloc((void **)&rng, sizeof(unsigned long long) * (size_t)n)) != cudaSuccess)
+        return te_llama__cuda_error(e, "cudaMalloc(samplers' states)", __FILE__, __LINE__);
+    if ((e = cudaHostAlloc((void **)&pinned, sizeof(int32_t) * (size_t)n, cudaHostAllocDefault)) != cudaSuccess) {
+        cudaFree(rng);
+        return te_llama__cuda_error(e, "cudaHostAlloc(sampled ids)", __FILE__, __LINE__);
+    }
+    ctx->rng = rng;
+    ctx->pinned_token = pinned;
+    ctx->cap_seqs = n;
+    return TE_LLAMA_OK;
+}
+
+/* One decode step from device state for n sequences: forward of token ints[s] at position ints[cap + s] of
+   sequence ints[2 cap + s] (s < n), lm_head, sampling with rng[s] (which writes the next token to ints[s] and
+   advances ints[cap + s]), and the copy of the n ids to pinned memory. lm_head and sampling go by chunks of
+   TE_LLAMA__LOGIT_ROWS rows (the logits buffer); rows past the first chunk take their indices from ints[3 cap + s],
+   which must hold s there. Stream work only: captured once, then replayed. */
+static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
                                              const te_llama_sampler_options *s) {
-    const te_llama__att att = te_llama__att_choose(m, ctx, cache, 1, 0);
+    const te_llama__att att = te_llama__att_choose(m, ctx, cache, n, 0);
+    const int cap = ctx->cap_tokens;
     te_llama_result r;
-    if ((r = te_llama__layers(m, ctx, cache, 1, &att))) return r;
-    if ((r = te_llama__head(m, ctx, NULL, 1))) return r;
-    te_llama__sample_kernel<<<1, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, s->temperature,
-                                                                            s->top_k, s->top_p, ctx->rng, ctx->ints,
-                                                                            ctx->ints + ctx->cap_tokens);
-    TE_LLAMA__LAUNCHED(sample);
-    TE_LLAMA__CU(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream));
+    int r0;
+    if ((r = te_llama__layers(m, ctx, cache, n, &att))) return r;
+    for (r0 = 0; r0 < n; r0 += TE_LLAMA__LOGIT_ROWS) {
+        const int rows = n - r0 < TE_LLAMA__LOGIT_ROWS ? n - r0 : TE_LLAMA__LOGIT_ROWS;
+        if ((r = te_llama__head(m, ctx, r0 ? ctx->ints + 3 * cap + r0 : NULL, rows))) return r;
+        te_llama__sample_kernel<<<rows, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, s->temperature,
+                                                                                   s->top_k, s->top_p, ctx->rng + r0, ctx->ints + r0,
+                                                                                   ctx->ints + cap + r0);
+        TE_LLAMA__LAUNCHED(sample);
+    }
+    TE_LLAMA__CU(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
     return TE_LLAMA_OK;
 }
 
 static void te_llama__info(te_llama_model *m, const char *msg) {
     if (m->options.log) m->options.log(m->options.user, TE_LLAMA_LOG_INFO, msg);
+}
+
+/* The decode loop of a generation: the first step runs plainly (it makes the GEMM plans and grows the buffers),
+   the second is captured in a graph, the rest replay it; if the capture fails, the steps stay plain launches. */
+typedef struct te_llama__decoder {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    int steps, graph_failed;
+} te_llama__decoder;
+
+/* One decode step of n sequences (te_llama__decode_step), then a wait: the new ids are in ctx->pinned_token. */
+static te_llama_result te_llama__decode_next(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                             const te_llama_sampler_options *s, te_llama__decoder *d, const char *who) {
+    te_llama_result r;
+    char msg[160];
+    if (!d->exec && d->steps >= 1 && !d->graph_failed) {
+        te_llama_result rc;
+        cudaError_t ec;
+        if ((ec = cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal)) != cudaSuccess) {
+            d->graph_failed = 1;
+        } else {
+            rc = te_llama__decode_step(m, ctx, cache, n, s);
+            ec = cudaStreamEndCapture(ctx->stream, &d->graph);
+            if (rc || ec != cudaSuccess || !d->graph || cudaGraphInstantiate(&d->exec, d->graph, 0) != cudaSuccess) {
+                d->graph_failed = 1;
+                d->exec = NULL;
+            }
+        }
+        if (d->graph_failed) {
+            (void)cudaGetLastError();
+            if (d->graph) { cudaGraphDestroy(d->graph); d->graph = NULL; }
+            snprintf(msg, sizeof msg, "%s: decode graph capture failed (%.80s); plain launches", who, te_llama_last_error());
+            te_llama__info(m, msg);
+        } else {
+            snprintf(msg, sizeof msg, "%s: decode step captured in a CUDA graph", who);
+            te_llama__info(m, msg);
+        }
+    }
+    if (d->exec) TE_LLAMA__CU(cudaGraphLaunch(d->exec, ctx->stream));
+    else if ((r = te_llama__decode_step(m, ctx, cache, n, s))) return r;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    d->steps++;
+    return TE_LLAMA_OK;
+}
+
+static void te_llama__decoder_free(te_llama__decoder *d) {
+    if (d->exec) cudaGraphExecDestroy(d->exec);
+    if (d->graph) cudaGraphDestroy(d->graph);
+    d->exec = NULL;
+    d->graph = NULL;
 }
 
 extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m, const te_llama_generate_options *options,
@@ -1942,12 +2034,11 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     te_llama__cuda *ctx = NULL;
     te_llama_kv_cache *cache = NULL;
     te_llama_batch batch;
-    cudaGraph_t graph = NULL;
-    cudaGraphExec_t exec = NULL;
+    te_llama__decoder dec;
     int32_t *pos = NULL, next_pos;
     unsigned long long rng;
     te_llama__att att;
-    int i, k, produced = 0, limit, n_rows, n_tiles, steps = 0, graph_failed = 0;
+    int i, k, produced = 0, limit, n_rows, n_tiles;
     te_llama_result r;
     char msg[160];
     if (!m || !prompt || n_prompt < 1 || (!out && cap > 0) || !n_out)
@@ -1968,6 +2059,7 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
             snprintf(msg, sizeof msg, "prompt token %d at index %d is outside the vocabulary of %d", prompt[i], i, m->config.vocab_size);
             return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
         }
+    memset(&dec, 0, sizeof dec);
     if ((r = te_llama__prepare(m, &ctx))) return r;
     if ((r = te_llama_kv_cache_create(m, 1, n_prompt + limit + 1, &cache))) return r;
     pos = (int32_t *)te_llama__host_alloc(&m->allocator, sizeof(int32_t) * (size_t)n_prompt);
@@ -1980,6 +2072,7 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     /* prefill: logits of the last prompt token only, sampled on the device */
     if ((r = te_llama__ensure_tokens(m, ctx, n_prompt))) goto done;
     if ((r = te_llama__ensure_rows(m, ctx, 1))) goto done;
+    if ((r = te_llama__ensure_seqs(ctx, 1))) goto done;
     if ((r = te_llama__upload_batch(ctx, &batch, &n_rows, &n_tiles))) goto done;
     att = te_llama__att_choose(m, ctx, cache, n_prompt, n_tiles);
     rng = g.sampler.seed ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding */
@@ -2004,40 +2097,142 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
         if (!g.ignore_eos)
             for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
         if (stop || produced == limit) break;
-        /* decode: the first step runs plainly (it makes the GEMM plans), the second is captured, the rest replay */
-        if (!exec && steps >= 1 && !graph_failed) {
-            te_llama_result rc;
-            cudaError_t ec;
-            if ((ec = cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal)) != cudaSuccess) {
-                graph_failed = 1;
-            } else {
-                rc = te_llama__decode_step(m, ctx, cache, &g.sampler);
-                ec = cudaStreamEndCapture(ctx->stream, &graph);
-                if (rc || ec != cudaSuccess || !graph || cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
-                    graph_failed = 1;
-                    exec = NULL;
-                }
-            }
-            if (graph_failed) {
-                (void)cudaGetLastError();
-                if (graph) { cudaGraphDestroy(graph); graph = NULL; }
-                snprintf(msg, sizeof msg, "te_llama_cuda_generate: decode graph capture failed (%.80s); plain launches", te_llama_last_error());
-                te_llama__info(m, msg);
-            } else {
-                te_llama__info(m, "te_llama_cuda_generate: decode step captured in a CUDA graph");
-            }
-        }
-        if (exec) TE_LLAMA__CU_GOTO(cudaGraphLaunch(exec, ctx->stream), done);
-        else if ((r = te_llama__decode_step(m, ctx, cache, &g.sampler))) goto done;
-        TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
-        steps++;
+        if ((r = te_llama__decode_next(m, ctx, cache, 1, &g.sampler, &dec, "te_llama_cuda_generate"))) goto done;
     }
     *n_out = produced;
 done:
-    if (exec) cudaGraphExecDestroy(exec);
-    if (graph) cudaGraphDestroy(graph);
+    te_llama__decoder_free(&dec);
     if (r) cudaStreamSynchronize(ctx->stream);
     te_llama__host_free(&m->allocator, pos);
+    te_llama_kv_cache_free(cache);
+    return r;
+}
+
+/* n_seq sequences: one prefill forward of every prompt (rows wanting logits: each prompt's last token), lm_head and
+   sampling by chunks of those rows, then decode steps of all n_seq sequences through te_llama__decode_next.
+   Device state of a decode step, as te_llama__decode_step reads it: ints[s] the token of sequence s, ints[cap + s]
+   its position, ints[2 cap + s] = s its cache slot, ints[3 cap + s] = s its logits row, rng[s] its sampler. A
+   finished sequence stays in the batch (its ids are dropped): the graph keeps one shape and its positions keep
+   advancing, at most to longest prompt + limit - 1, inside the cache of longest prompt + limit + 1 positions. */
+extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *m, const te_llama_generate_options *options,
+                                                                     const int32_t *const *prompts, const int *n_prompt,
+                                                                     int n_seq, int32_t *out, int cap, int *n_out) {
+    te_llama_generate_options g;
+    te_llama__cuda *ctx = NULL;
+    te_llama_kv_cache *cache = NULL;
+    te_llama_batch batch;
+    te_llama__decoder dec;
+    int32_t *tokens = NULL, *pos, *seq;
+    unsigned long long *rng;
+    uint8_t *want, *done_seq;
+    void *host = NULL;
+    te_llama__att att;
+    long long total = 0;
+    int s, i, j, k, limit, longest = 0, n_rows, n_tiles, running, r0, tcap;
+    te_llama_result r = TE_LLAMA_OK;
+    char msg[200];
+    if (!m || !prompts || !n_prompt || n_seq < 1 || cap < 0 || (!out && cap > 0) || !n_out)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_generate_batch: needs a model, prompts, n_prompt and n_out, n_seq >= 1, cap >= 0 and out when cap > 0");
+    for (s = 0; s < n_seq; s++) n_out[s] = 0;
+    memset(&g, 0, sizeof g);
+    if (options) g = *options;
+    if (g.max_new_tokens <= 0) g.max_new_tokens = 128;
+    limit = g.max_new_tokens < cap ? g.max_new_tokens : cap;
+    if (g.sampler.temperature < 0 || g.sampler.top_k < 0 || g.sampler.top_p < 0 || g.sampler.top_p > 1 ||
+        g.sampler.temperature != g.sampler.temperature || g.sampler.top_p != g.sampler.top_p) {
+        snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: sampler temperature %g, top_k %d, top_p %g", g.sampler.temperature,
+                 g.sampler.top_k, g.sampler.top_p);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+    }
+    for (s = 0; s < n_seq; s++) { /* te_llama_generate_batch checked these too; a direct call must not index wild */
+        if (!prompts[s] || n_prompt[s] < 1) {
+            snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: prompt %d is %s", s, prompts[s] ? "empty" : "NULL");
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+        }
+        for (i = 0; i < n_prompt[s]; i++)
+            if (prompts[s][i] < 0 || prompts[s][i] >= m->config.vocab_size) {
+                snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: prompt %d token %d at index %d is outside the vocabulary of %d",
+                         s, prompts[s][i], i, m->config.vocab_size);
+                return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+            }
+        total += n_prompt[s];
+        if (n_prompt[s] > longest) longest = n_prompt[s];
+    }
+    if (total > INT32_MAX || (long long)longest + limit + 1 > INT32_MAX) {
+        snprintf(msg, sizeof msg, "te_llama_cuda_generate_batch: %lld prompt tokens (longest %d) and %d new tokens do not fit an int",
+                 total, longest, limit);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, msg);
+    }
+    if (limit == 0) return TE_LLAMA_OK;
+    memset(&dec, 0, sizeof dec);
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama_kv_cache_create(m, n_seq, longest + limit + 1, &cache))) return r;
+    /* host side: (3, total) tokens, positions, sequences; (n_seq) seeds; (total) want_logits; (n_seq) finished */
+    host = te_llama__host_alloc(&m->allocator, sizeof(int32_t) * 3 * (size_t)total + sizeof(unsigned long long) * (size_t)n_seq +
+                                                   (size_t)total + (size_t)n_seq);
+    if (!host) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "te_llama_cuda_generate_batch: host buffers"); goto done; }
+    rng = (unsigned long long *)host;
+    tokens = (int32_t *)(rng + n_seq);
+    pos = tokens + total;
+    seq = pos + total;
+    want = (uint8_t *)(seq + total);
+    done_seq = want + total;
+    memset(want, 0, (size_t)total + (size_t)n_seq);
+    for (s = 0, j = 0; s < n_seq; s++) {
+        for (i = 0; i < n_prompt[s]; i++, j++) { tokens[j] = prompts[s][i]; pos[j] = i; seq[j] = s; }
+        want[j - 1] = 1;
+        rng[s] = (g.sampler.seed + (unsigned long long)s) ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding of seed + s */
+    }
+    memset(&batch, 0, sizeof batch);
+    batch.n_tokens = (int)total;
+    batch.tokens = tokens;
+    batch.pos = pos;
+    batch.seq = seq;
+    batch.want_logits = want;
+    if ((r = te_llama__ensure_tokens(m, ctx, (int)total))) goto done;
+    if ((r = te_llama__ensure_rows(m, ctx, n_seq))) goto done;
+    if ((r = te_llama__ensure_seqs(ctx, n_seq))) goto done;
+    tcap = ctx->cap_tokens;
+    /* pageable sources: each copy has taken the bytes when the call returns */
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, rng, sizeof(unsigned long long) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    if ((r = te_llama__upload_batch(ctx, &batch, &n_rows, &n_tiles))) goto done;
+    att = te_llama__att_choose(m, ctx, cache, (int)total, n_tiles);
+    if ((r = te_llama__layers(m, ctx, cache, (int)total, &att))) goto done;
+    /* first tokens: lm_head over each prompt's last row (indices at ints[3 cap + s]), sampled into ints[s] */
+    for (r0 = 0; r0 < n_seq; r0 += TE_LLAMA__LOGIT_ROWS) {
+        const int rows = n_seq - r0 < TE_LLAMA__LOGIT_ROWS ? n_seq - r0 : TE_LLAMA__LOGIT_ROWS;
+        if ((r = te_llama__head(m, ctx, ctx->ints + 3 * tcap + r0, rows))) goto done;
+        te_llama__sample_kernel<<<rows, TE_LLAMA__SAMPLE_THREADS, 0, ctx->stream>>>(ctx->logits, m->config.vocab_size, g.sampler.temperature,
+                                                                                   g.sampler.top_k, g.sampler.top_p, ctx->rng + r0,
+                                                                                   ctx->ints + r0, NULL);
+        TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    }
+    /* the decode state: positions right after each prompt (the sampler advances them), slots and rows 0..n_seq-1;
+       written after the prefill's readers of the same ints in stream order */
+    for (s = 0; s < n_seq; s++) { pos[s] = n_prompt[s]; seq[s] = s; tokens[s] = s; }
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + tcap, pos, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 2 * tcap, seq, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 3 * tcap, tokens, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+    for (running = n_seq;;) {
+        for (s = 0; s < n_seq; s++) {
+            int32_t token;
+            int stop = 0;
+            if (done_seq[s]) continue;
+            token = ctx->pinned_token[s];
+            out[(size_t)s * (size_t)cap + (size_t)n_out[s]++] = token;
+            if (!g.ignore_eos)
+                for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
+            if (stop || n_out[s] == limit) { done_seq[s] = 1; running--; }
+        }
+        if (!running) break;
+        if ((r = te_llama__decode_next(m, ctx, cache, n_seq, &g.sampler, &dec, "te_llama_cuda_generate_batch"))) goto done;
+    }
+done:
+    te_llama__decoder_free(&dec);
+    if (r && ctx) cudaStreamSynchronize(ctx->stream);
+    te_llama__host_free(&m->allocator, host);
     te_llama_kv_cache_free(cache);
     return r;
 }
@@ -2045,7 +2240,8 @@ done:
 /* ====================================================================================== memory report */
 
 /* The device memory the context holds besides parameters and KV caches: cuBLASLt's workspace, the per-batch
-   scratch, the logits rows, the decode attention's partials and the small tables; and the device's free/total. */
+   scratch, the logits rows, the decode attention's partials and the small tables (the samplers' states among them);
+   and the device's free/total. */
 extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model, size_t *workspace_bytes,
                                                      size_t *device_free, size_t *device_total) {
     const te_llama__cuda *ctx = model ? (const te_llama__cuda *)model->backend : NULL;
@@ -2053,7 +2249,7 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     if (ctx) {
         ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
              ctx->part_floats * sizeof(float) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
-             sizeof(unsigned long long);
+             sizeof(unsigned long long) * (size_t)ctx->cap_seqs;
         TE_LLAMA__CU(cudaSetDevice(ctx->device));
     }
     TE_LLAMA__CU(cudaMemGetInfo(&f, &t));

@@ -117,38 +117,31 @@ int main(int argc, char **argv) {
             decode_s = now_s() - t0 - prefill_only; /* the n_new - 1 decode steps */
             n_new = n_out - 1;
             free(p); free(out);
-        } else { /* a batch of sequences, one forward per step, greedy on the host */
-            int V = m->config.vocab_size, step;
-            int32_t *tok = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt), *pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt);
-            int32_t *seq = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt);
-            uint8_t *want = (uint8_t *)calloc((size_t)db * prompt, 1);
-            float *logits = (float *)malloc(sizeof(float) * (size_t)db * V);
-            te_llama_kv_cache *cache;
-            te_llama_batch b;
-            if (te_llama_kv_cache_create(m, db, prompt + n_new, &cache)) return die("kv cache");
-            for (s = 0; s < db; s++)
-                for (i = 0; i < prompt; i++) {
-                    tok[s * prompt + i] = token_at(s, i, V); pos[s * prompt + i] = i; seq[s * prompt + i] = s; want[s * prompt + i] = i == prompt - 1;
-                }
-            memset(&b, 0, sizeof b);
-            b.n_tokens = db * prompt; b.tokens = tok; b.pos = pos; b.seq = seq; b.want_logits = want;
-            if (te_llama_forward(m, cache, &b, logits)) return die("prompt");
-            t0 = now_s();
-            for (step = 0; step < n_new; step++) {
-                for (s = 0; s < db; s++) {
-                    const float *l = logits + (size_t)s * V;
-                    int best = 0, k;
-                    for (k = 1; k < V; k++) if (l[k] > l[best]) best = k;
-                    tok[s] = best; pos[s] = prompt + step; seq[s] = s;
-                }
-                b.n_tokens = db; b.want_logits = NULL;
-                if (step == n_new - 1) break; /* the last token needs no forward */
-                if (te_llama_forward(m, cache, &b, logits)) return die("decode");
+        } else { /* te_llama_generate_batch: one forward a step over the whole batch, sampling on the device */
+            te_llama_generate_options g;
+            int32_t *p = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * prompt), *out = (int32_t *)malloc(sizeof(int32_t) * (size_t)db * n_new);
+            const int32_t **prompts = (const int32_t **)malloc(sizeof *prompts * (size_t)db);
+            int *lens = (int *)malloc(sizeof(int) * (size_t)db), *n_out = (int *)malloc(sizeof(int) * (size_t)db), fewest;
+            double prefill_only;
+            memset(&g, 0, sizeof g);
+            g.ignore_eos = 1;
+            for (s = 0; s < db; s++) {
+                for (i = 0; i < prompt; i++) p[(size_t)s * prompt + i] = token_at(s, i, m->config.vocab_size);
+                prompts[s] = p + (size_t)s * prompt;
+                lens[s] = prompt;
             }
-            decode_s = now_s() - t0;
-            n_new = n_new - 1;
-            te_llama_kv_cache_free(cache);
-            free(tok); free(pos); free(seq); free(want); free(logits);
+            g.max_new_tokens = 1; /* warm up, and time the prompts alone to subtract them */
+            if (te_llama_generate_batch(m, &g, prompts, lens, db, out, n_new, n_out)) return die("generate batch");
+            t0 = now_s();
+            if (te_llama_generate_batch(m, &g, prompts, lens, db, out, n_new, n_out)) return die("generate batch");
+            prefill_only = now_s() - t0;
+            g.max_new_tokens = n_new;
+            t0 = now_s();
+            if (te_llama_generate_batch(m, &g, prompts, lens, db, out, n_new, n_out)) return die("generate batch");
+            decode_s = now_s() - t0 - prefill_only; /* the n_new - 1 decode steps of the batch */
+            for (s = 1, fewest = n_out[0]; s < db; s++) if (n_out[s] < fewest) fewest = n_out[s];
+            n_new = fewest - 1;
+            free(p); free(out); free(prompts); free(lens); free(n_out);
         }
     }
     printf("{\"load_s\": %.4f, \"peak_rss_mib\": %.1f, \"prefill_batch\": %d, \"prefill_len\": %d, \"prefill_ms\": %.3f, "

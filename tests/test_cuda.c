@@ -480,6 +480,135 @@ static void check_generate(const char *name, te_llama_model *gpu, te_llama_model
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_ERR_INVALID_ARGUMENT);
 }
 
+/* Leading steps of ids that must equal the CPU's greedy ids: while the CPU's top-2 gap exceeds bound (see the top
+   of this file); 0 when a compared step differs. */
+static int gap_prefix(const int32_t *ids, const int32_t *cpu_ids, const float *gaps, int steps, double bound, int *same) {
+    int s;
+    for (s = 0; s < steps && gaps[s] > bound; s++) *same &= ids[s] == cpu_ids[s];
+    return s;
+}
+
+/* te_llama_generate_batch on the GPU with prompts of n, n / 2 + 1, 1 and 3 tokens: each sequence against
+   te_llama_generate of its prompt on the GPU and against the CPU's batch (which is exactly the CPU alone). Batch and
+   single runs of the GPU sum their GEMMs and the split-KV attention in orders that depend on the batch size, so
+   tokens are compared with check_generate's rule: step by step while the CPU's top-2 gap exceeds 3x the largest
+   logit difference measured on the prompt (the rest is printed). Then an eos id that stops sequences on different
+   steps, sampling (one seed repeats; n_seq 1 draws exactly as te_llama_generate), top_k 1 == greedy, and 130
+   sequences (more than the 128 logits rows lm_head and sampling run over at a time). */
+static void check_generate_batch(const char *name, te_llama_model *gpu, te_llama_model *cpu, const int32_t *prompt,
+                                 int n, double max_abs) {
+    enum { N = 4, STEPS = 16, BIG = 130, BIG_STEPS = 6 };
+    const int32_t *prompts[BIG];
+    int32_t out[N * STEPS], cpu_out[N * STEPS], again[N * STEPS], one[STEPS], cpu_ids[STEPS], tail[3];
+    int32_t *big_out = NULL, *big_cpu = NULL;
+    int n_prompt[BIG], n_out[BIG], n_cpu[BIG], n1 = 0, s, i, compared = 0, same = 1, cpu_same = 1, identical = 0, ok;
+    int expect, stop_id, saved_eos[TE_LLAMA_MAX_EOS], saved_n;
+    float gaps[STEPS];
+    double bound = 3.0 * max_abs, t_batch, t_single = 0, t0;
+    te_llama_generate_options g;
+    for (i = 0; i < 3; i++) tail[i] = prompt[n - 1 - i];
+    prompts[0] = prompt; n_prompt[0] = n;
+    prompts[1] = prompt; n_prompt[1] = n / 2 + 1;
+    prompts[2] = prompt + n - 1; n_prompt[2] = 1;
+    prompts[3] = tail; n_prompt[3] = 3;
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = STEPS;
+    g.ignore_eos = 1;
+    t0 = now_s();
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, N, out, STEPS, n_out), TE_LLAMA_OK);
+    t_batch = now_s() - t0;
+    CHECK_RESULT(te_llama_generate_batch(cpu, &g, prompts, n_prompt, N, cpu_out, STEPS, n_cpu), TE_LLAMA_OK);
+    for (s = 0; s < N; s++) {
+        int c;
+        t0 = now_s();
+        CHECK_RESULT(te_llama_generate(gpu, &g, prompts[s], n_prompt[s], one, STEPS, &n1), TE_LLAMA_OK);
+        t_single += now_s() - t0;
+        cpu_greedy(cpu, prompts[s], n_prompt[s], STEPS, cpu_ids, gaps);
+        CHECK(n_out[s] == STEPS && n_cpu[s] == STEPS && n1 == STEPS, "%s: batch sequence %d: %d tokens on the GPU, %d on the CPU, %d alone",
+              name, s, n_out[s], n_cpu[s], n1);
+        cpu_same &= memcmp(cpu_out + s * STEPS, cpu_ids, sizeof cpu_ids) == 0;
+        c = gap_prefix(out + s * STEPS, cpu_ids, gaps, STEPS, bound, &same);
+        gap_prefix(one, cpu_ids, gaps, c, bound, &same); /* the single run over the same steps: so batch == single there */
+        compared += c;
+        identical += memcmp(out + s * STEPS, one, sizeof one) == 0;
+    }
+    printf("  %s: batch of %d greedy x %d tokens in %.1f ms (one at a time %.1f ms); compared %d steps (CPU top-2 gap > %.3g): %s; "
+           "%d of %d sequences identical to the GPU alone\n", name, N, STEPS, 1e3 * t_batch, 1e3 * t_single, compared, bound,
+           same ? "identical" : "DIFFERENT", identical, N);
+    CHECK(cpu_same, "%s: the CPU's batch greedy differs from the CPU alone", name);
+    CHECK(same, "%s: GPU batch greedy differs from GPU single / CPU greedy within the compared steps", name);
+    CHECK(compared >= 1, "%s: the gap bound %g leaves no step to compare", name, bound);
+    /* eos: sequence 0's second token; each sequence stops at its first appearance, the rest as before */
+    memcpy(saved_eos, gpu->eos_token_ids, sizeof saved_eos);
+    saved_n = gpu->n_eos_token_ids;
+    stop_id = out[1];
+    gpu->eos_token_ids[0] = stop_id;
+    gpu->n_eos_token_ids = 1;
+    g.ignore_eos = 0;
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, N, again, STEPS, n_out), TE_LLAMA_OK);
+    for (s = 0, ok = 1; s < N; s++) {
+        for (expect = 0; expect < STEPS && out[s * STEPS + expect] != stop_id; expect++) {}
+        expect = expect < STEPS ? expect + 1 : STEPS;
+        ok &= n_out[s] == expect && memcmp(again + s * STEPS, out + s * STEPS, sizeof(int32_t) * (size_t)expect) == 0;
+    }
+    CHECK(ok && n_out[0] <= 2, "%s: batch with eos %d: sequences stopped after %d %d %d %d tokens", name, stop_id, n_out[0], n_out[1],
+          n_out[2], n_out[3]);
+    memcpy(gpu->eos_token_ids, saved_eos, sizeof saved_eos);
+    gpu->n_eos_token_ids = saved_n;
+    g.ignore_eos = 1;
+    /* top_k 1 is greedy */
+    g.sampler.temperature = 1.0f;
+    g.sampler.top_k = 1;
+    g.sampler.seed = 3;
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, N, again, STEPS, n_out), TE_LLAMA_OK);
+    CHECK(memcmp(again, out, sizeof out) == 0, "%s: batch top_k 1 is not the batch's greedy", name);
+    /* sampled: one seed repeats, ids in the vocabulary; one sequence draws as te_llama_generate */
+    g.sampler.temperature = 0.8f;
+    g.sampler.top_k = 40;
+    g.sampler.seed = 42;
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, N, out, STEPS, n_out), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, N, again, STEPS, n_cpu), TE_LLAMA_OK);
+    CHECK(memcmp(out, again, sizeof out) == 0 && memcmp(n_out, n_cpu, sizeof(int) * N) == 0, "%s: batch sampled twice with one seed differs", name);
+    for (i = 0, ok = 1; i < N * STEPS; i++) ok &= out[i] >= 0 && out[i] < gpu->config.vocab_size;
+    CHECK(ok, "%s: batch sampled an id outside the vocabulary", name);
+    printf("  %s: batch sampled (T 0.8, top_k 40, seed 42 + s):", name);
+    for (s = 0; s < N; s++) printf(" [%d %d %d ...]", out[s * STEPS], out[s * STEPS + 1], out[s * STEPS + 2]);
+    printf("\n");
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, 1, again, STEPS, n_cpu), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompts[0], n_prompt[0], one, STEPS, &n1), TE_LLAMA_OK);
+    CHECK(n_cpu[0] == n1 && memcmp(again, one, sizeof one) == 0, "%s: a batch of one sampled differs from te_llama_generate", name);
+    memset(&g.sampler, 0, sizeof g.sampler);
+    /* 130 sequences, prompts of 1 to 5 tokens from every offset of the prompt */
+    for (s = 0; s < BIG; s++) {
+        prompts[s] = prompt + s % n;
+        n_prompt[s] = 1 + s % 5 < n - s % n ? 1 + s % 5 : n - s % n;
+    }
+    g.max_new_tokens = BIG_STEPS;
+    big_out = (int32_t *)malloc(sizeof(int32_t) * BIG * BIG_STEPS);
+    big_cpu = (int32_t *)malloc(sizeof(int32_t) * BIG * BIG_STEPS);
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, BIG, big_out, BIG_STEPS, n_out), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_generate_batch(cpu, &g, prompts, n_prompt, BIG, big_cpu, BIG_STEPS, n_cpu), TE_LLAMA_OK);
+    for (s = 0, compared = 0, same = 1, ok = 1; s < BIG; s++) {
+        cpu_greedy(cpu, prompts[s], n_prompt[s], BIG_STEPS, cpu_ids, gaps);
+        ok &= n_out[s] == BIG_STEPS && n_cpu[s] == BIG_STEPS && memcmp(big_cpu + s * BIG_STEPS, cpu_ids, sizeof(int32_t) * BIG_STEPS) == 0;
+        compared += gap_prefix(big_out + s * BIG_STEPS, cpu_ids, gaps, BIG_STEPS, bound, &same);
+    }
+    printf("  %s: batch of %d sequences: compared %d steps with the CPU: %s\n", name, BIG, compared, same ? "identical" : "DIFFERENT");
+    CHECK(ok, "%s: batch of %d: token counts, or the CPU's batch vs the CPU alone", name, BIG);
+    CHECK(same && compared >= 1, "%s: batch of %d vs the CPU: %d steps compared, %s", name, BIG, compared, same ? "same" : "different");
+    free(big_out);
+    free(big_cpu);
+    /* the library checks before the device runs; a direct call checks too */
+    tail[1] = gpu->config.vocab_size;
+    prompts[0] = tail;
+    n_prompt[0] = 3;
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, 1, out, STEPS, n_out), TE_LLAMA_ERR_OUT_OF_RANGE);
+    CHECK_RESULT(te_llama_cuda_generate_batch(gpu, &g, prompts, n_prompt, 1, out, STEPS, n_out), TE_LLAMA_ERR_OUT_OF_RANGE);
+    CHECK_RESULT(te_llama_cuda_generate_batch(gpu, &g, prompts, n_prompt, 0, out, STEPS, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    g.sampler.top_p = 2;
+    CHECK_RESULT(te_llama_generate_batch(gpu, &g, prompts, n_prompt, 1, out, STEPS, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+}
+
 static void check_save(const char *name, te_llama_model *gpu, te_llama_model *cpu) {
     char dg[1100], dc[1100], a[1200], b[1200];
     snprintf(dg, sizeof dg, "%s/%s_cuda", out_dir, name);
@@ -557,6 +686,7 @@ static void test_fixture(const char *name) {
     free(text);
     if (na > 0 && nb > 0) check_batch(name, gpu, cpu, batch_a, na, batch_b, nb, batch_ref);
     check_generate(name, gpu, cpu, prompt, n, max_abs, n_hf == 24 ? hf_ids : NULL);
+    check_generate_batch(name, gpu, cpu, prompt, n, max_abs);
     check_save(name, gpu, cpu);
     free(lc);
     free(lg);

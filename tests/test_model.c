@@ -1221,6 +1221,142 @@ static void test_sampling(void) {
     }
 }
 
+/* --------------------------------------------------------------------------------------------- batched generation */
+
+static int count_calls(void *user, int32_t token) {
+    (void)token;
+    ++*(int *)user;
+    return 0;
+}
+
+/* te_llama_generate_batch on the CPU: sequence s of a batch is te_llama_generate of prompt s alone, greedy (prompts
+   of 11, 2, 1 and 7 tokens; then with an eos id that stops some sequences early) and sampled (seed + s); the limits;
+   every bad argument's exact code. */
+static void test_generate_batch(void) {
+    enum { N = 4, CAP = 12 };
+    char dir[2048];
+    te_llama_model *m = NULL;
+    te_llama_generate_options g;
+    reference ref;
+    int32_t p0[64], p1[2] = {1, 17}, p2[1] = {99}, p3[7], bad[2] = {1, 256}, out[N * CAP], one[CAP];
+    const int32_t *prompts[N];
+    int n_prompt[N], n_out[N], s, i, n1 = 0, same, calls = 0, saved_eos[TE_LLAMA_MAX_EOS], saved_n, early = 0, full = 0;
+    snprintf(dir, sizeof dir, "%s/gqa_tied_llama3", fixtures);
+    load_reference(dir, &ref);
+    free(ref.logits);
+    CHECK_RESULT(load_with(dir, NULL, &m), TE_LLAMA_OK);
+    if (!m || ref.n_prompt < 7) { te_llama_free(m); return; }
+    for (i = 0; i < ref.n_prompt; i++) p0[i] = ref.prompt[i];
+    for (i = 0; i < 7; i++) p3[i] = ref.prompt[ref.n_prompt - 1 - i];
+    prompts[0] = p0; n_prompt[0] = ref.n_prompt;
+    prompts[1] = p1; n_prompt[1] = 2;
+    prompts[2] = p2; n_prompt[2] = 1;
+    prompts[3] = p3; n_prompt[3] = 7;
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = CAP;
+    g.ignore_eos = 1;
+    g.on_token = count_calls; /* not called by the batch */
+    g.user = &calls;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_OK);
+    CHECK(calls == 0, "te_llama_generate_batch called on_token %d times", calls);
+    g.on_token = NULL;
+    for (s = 0; s < N; s++) {
+        CHECK_RESULT(te_llama_generate(m, &g, prompts[s], n_prompt[s], one, CAP, &n1), TE_LLAMA_OK);
+        CHECK(n_out[s] == CAP && n1 == CAP && memcmp(out + s * CAP, one, sizeof one) == 0,
+              "batch greedy sequence %d (%d-token prompt, %d tokens) differs from it alone (%d tokens)", s, n_prompt[s], n_out[s], n1);
+    }
+    for (i = 0, same = 1; i < CAP && i < ref.n_greedy; i++) same &= out[i] == ref.greedy[i];
+    CHECK(same, "batch greedy sequence 0 vs HF's greedy ids");
+    /* an eos id: sequence 0's third token; sequences stop at it, each on its own step, the others run on */
+    memcpy(saved_eos, m->eos_token_ids, sizeof saved_eos);
+    saved_n = m->n_eos_token_ids;
+    m->eos_token_ids[0] = out[2];
+    m->n_eos_token_ids = 1;
+    g.ignore_eos = 0;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_OK);
+    for (s = 0; s < N; s++) {
+        CHECK_RESULT(te_llama_generate(m, &g, prompts[s], n_prompt[s], one, CAP, &n1), TE_LLAMA_OK);
+        CHECK(n_out[s] == n1 && memcmp(out + s * CAP, one, sizeof(int32_t) * (size_t)n1) == 0,
+              "batch greedy with eos: sequence %d gave %d tokens, alone %d", s, n_out[s], n1);
+        early += n_out[s] < CAP;
+        full += n_out[s] == CAP;
+    }
+    CHECK(n_out[0] <= 3 && early >= 1 && full >= 1, "eos %d: %d sequences stopped early, %d ran to the limit (sequence 0: %d tokens)",
+          m->eos_token_ids[0], early, full, n_out[0]);
+    memcpy(m->eos_token_ids, saved_eos, sizeof saved_eos);
+    m->n_eos_token_ids = saved_n;
+    g.ignore_eos = 1;
+    /* sampled: sequence s draws as te_llama_generate with seed + s */
+    g.sampler.temperature = 0.8f;
+    g.sampler.top_k = 40;
+    g.sampler.seed = 42;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_OK);
+    for (s = 0; s < N; s++) {
+        te_llama_generate_options g1 = g;
+        g1.sampler.seed = 42 + (uint64_t)s;
+        CHECK_RESULT(te_llama_generate(m, &g1, prompts[s], n_prompt[s], one, CAP, &n1), TE_LLAMA_OK);
+        CHECK(n_out[s] == n1 && memcmp(out + s * CAP, one, sizeof(int32_t) * (size_t)n1) == 0, "sampled batch sequence %d vs alone with seed %d", s, 42 + s);
+    }
+    { /* one prompt twice: two seeds, two draws */
+        const int32_t *twice[2];
+        int n_twice[2];
+        twice[0] = twice[1] = p0;
+        n_twice[0] = n_twice[1] = ref.n_prompt;
+        g.sampler.temperature = 1.5f;
+        g.sampler.top_k = 0;
+        CHECK_RESULT(te_llama_generate_batch(m, &g, twice, n_twice, 2, out, CAP, n_out), TE_LLAMA_OK);
+        CHECK(memcmp(out, out + CAP, sizeof one) != 0, "one prompt with seeds 42 and 43 drew the same %d tokens", CAP);
+    }
+    g.sampler.temperature = 0;
+    g.sampler.top_k = 0;
+    /* limits: cap below max_new_tokens; cap 0 (out may be NULL) */
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, 5, n_out), TE_LLAMA_OK);
+    CHECK(n_out[0] == 5 && n_out[1] == 5 && n_out[2] == 5 && n_out[3] == 5, "cap 5 gave %d %d %d %d tokens", n_out[0], n_out[1], n_out[2], n_out[3]);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, NULL, 0, n_out), TE_LLAMA_OK);
+    CHECK(n_out[0] == 0 && n_out[3] == 0, "cap 0 gave tokens");
+    /* bad arguments */
+    CHECK_RESULT(te_llama_generate_batch(NULL, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, NULL, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, NULL, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, 0, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, -1, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, -1, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, NULL, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    prompts[1] = NULL;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(te_llama_last_error(), "prompt 1 is NULL") != NULL, "message: %s", te_llama_last_error());
+    prompts[1] = p1;
+    n_prompt[2] = 0;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(te_llama_last_error(), "prompt 2 is empty") != NULL, "message: %s", te_llama_last_error());
+    n_prompt[2] = 1;
+    prompts[3] = bad;
+    n_prompt[3] = 2;
+    n_out[0] = 7;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_OUT_OF_RANGE);
+    CHECK(strstr(te_llama_last_error(), "prompt 3 token 256 at index 1") != NULL, "message: %s", te_llama_last_error());
+    CHECK(n_out[0] == 0, "n_out not cleared on failure");
+    bad[1] = -1;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_OUT_OF_RANGE);
+    prompts[3] = p3;
+    n_prompt[3] = 7;
+    g.sampler.temperature = -1;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    g.sampler.temperature = (float)NAN;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    g.sampler.temperature = 1;
+    g.sampler.top_k = -1;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    g.sampler.top_k = 0;
+    g.sampler.top_p = 1.5f;
+    CHECK_RESULT(te_llama_generate_batch(m, &g, prompts, n_prompt, N, out, CAP, n_out), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    g.sampler.top_p = 0;
+    CHECK_RESULT(te_llama_generate_batch(m, NULL, prompts, n_prompt, 1, out, CAP, n_out), TE_LLAMA_OK); /* NULL options: defaults */
+    CHECK(n_out[0] == CAP, "defaults with cap %d gave %d tokens", CAP, n_out[0]);
+    te_llama_free(m);
+}
+
 int main(void) {
     const char *env = getenv("TE_LLAMA_TMP");
     char cmd[2048];
@@ -1246,5 +1382,6 @@ int main(void) {
     test_batch_and_layers();
     test_user_factory_runs();
     test_sampling();
+    test_generate_batch();
     return CHECK_DONE("model");
 }
