@@ -169,6 +169,8 @@ typedef struct te_llama__cuda {
     int n_sm;            /* multiprocessors: sizes the decode attention's splits */
     float *part;         /* split-KV partial results of the decode attention */
     size_t part_floats;
+    unsigned *part_count; /* (part_counts) the decode attention's finished splits per (token, kv head); kept 0 between launches */
+    size_t part_counts;
     int cap_rows;
     float *logits;       /* (cap_rows, vocab) */
     /* generation */
@@ -812,6 +814,140 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
     }
 }
 
+/* Decode attention for head_dim HD in {32, 64, 128, 256} and G in {1, 2, 4, 8} query heads a kv head (every
+   Llama decode step): one block per (token, split, kv head), 4 warps, and no barrier until the end. A key row is
+   HD / 8 lanes ("a subgroup", one 16-byte load of K and one of V each); a warp holds 32 / (HD / 8) subgroups, and
+   each subgroup streams its own keys (the split's keys dealt round-robin) with its own online softmax, 2 keys in
+   flight. Scores: the lane's 8 dims of q (fp32, scaled by 1/sqrt(hd) log2 e) against its 8 dims of K, then a
+   shuffle reduction over the subgroup; P V: the lane's 8 dims of the output. The block's subgroups then merge in
+   shared memory. With one split active the block writes the bf16 output. Else it writes (sums, max, sum) to part
+   like te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter per (token, kv
+   head), reset by that block, so a captured graph replays) merges them: one launch, no combine kernel.
+   Splits cover at least 64 keys (short caches get one block per kv head). Rounding as the split-KV kernel: q and
+   the probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per (token, kv head), G HD fp32 of q. */
+#define TE_LLAMA__DEC2_WARPS 4
+#define TE_LLAMA__DEC2_MIN_CHUNK 64
+
+template <int HD, int G>
+__global__ void __launch_bounds__(32 * TE_LLAMA__DEC2_WARPS)
+te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
+                                   const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
+                                   int n_heads, int n_kv, int max_len, float scale_log2) {
+    constexpr int LPK = HD / 8, SUBS = 32 / LPK, STREAMS = TE_LLAMA__DEC2_WARPS * SUBS;
+    __shared__ float sm[STREAMS][G], sl[STREAMS][G];
+    __shared__ float sacc[STREAMS][G][HD];
+    __shared__ int last;
+    const int t = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z, S = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
+    const int stream = warp * SUBS + sub, q_dim = n_heads * HD, kv_dim = n_kv * HD;
+    const int n_keys = pos[t] + 1;
+    int chunk = (n_keys + S - 1) / S;
+    chunk = chunk < TE_LLAMA__DEC2_MIN_CHUNK ? TE_LLAMA__DEC2_MIN_CHUNK : (chunk + 15) / 16 * 16;
+    const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk), active = (n_keys + chunk - 1) / chunk;
+    if (k0 >= n_keys) return;
+    float q[G][8], acc[G][8], m[G], l[G];
+    const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        const float4 a = *(const float4 *)(qrow + g * HD), b = *(const float4 *)(qrow + g * HD + 4);
+        q[g][0] = a.x * scale_log2; q[g][1] = a.y * scale_log2; q[g][2] = a.z * scale_log2; q[g][3] = a.w * scale_log2;
+        q[g][4] = b.x * scale_log2; q[g][5] = b.y * scale_log2; q[g][6] = b.z * scale_log2; q[g][7] = b.w * scale_log2;
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
+    }
+    const size_t base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * HD + 8 * li;
+    /* the trip count is the warp's (shuffles need all 32 lanes); a lane whose key is past the end skips the update */
+    for (int jw = k0 + warp * SUBS; jw < k1; jw += 2 * STREAMS) {
+        const int ja = jw + sub, jb = ja + STREAMS;
+        const bool has_a = ja < k1, has_b = jb < k1;
+        uint4 ka = make_uint4(0, 0, 0, 0), va = ka, kb = ka, vb = ka;
+        if (has_a) { ka = *(const uint4 *)(kc + base + (size_t)ja * kv_dim); va = *(const uint4 *)(vc + base + (size_t)ja * kv_dim); }
+        if (has_b) { kb = *(const uint4 *)(kc + base + (size_t)jb * kv_dim); vb = *(const uint4 *)(vc + base + (size_t)jb * kv_dim); }
+#pragma unroll
+        for (int which = 0; which < 2; which++) {
+            const uint4 ku = which ? kb : ka, vu = which ? vb : va;
+            const bool has = which ? has_b : has_a;
+            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&ku, *v2 = (const __nv_bfloat162 *)&vu;
+            float kf[8], vf[8], s[G];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 kk = __bfloat1622float2(k2[e]), vv = __bfloat1622float2(v2[e]);
+                kf[2 * e] = kk.x; kf[2 * e + 1] = kk.y; vf[2 * e] = vv.x; vf[2 * e + 1] = vv.y;
+            }
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += q[g][e] * kf[e];
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                s[g] = d;
+            }
+            if (!has) continue;
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                const float m_new = fmaxf(m[g], s[g]), corr = exp2f(m[g] - m_new), p = exp2f(s[g] - m_new);
+                l[g] = l[g] * corr + p;
+                m[g] = m_new;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * corr + p * vf[e];
+            }
+        }
+    }
+    /* merge the block's streams (a stream with no keys has m = -inf and weighs 0) */
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        if (li == 0) { sm[stream][g] = m[g]; sl[stream][g] = l[g]; }
+#pragma unroll
+        for (int e = 0; e < 8; e++) sacc[stream][g][8 * li + e] = acc[g][e];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+        const int g = i / HD, d = i - g * HD, head = kvh * G + g;
+        float M = -INFINITY, L = 0.0f, o = 0.0f;
+        for (int s = 0; s < STREAMS; s++) M = fmaxf(M, sm[s][g]);
+        for (int s = 0; s < STREAMS; s++) {
+            const float w = sm[s][g] == -INFINITY ? 0.0f : exp2f(sm[s][g] - M);
+            L += w * sl[s][g];
+            o += w * sacc[s][g][d];
+        }
+        if (active == 1) {
+            out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
+        } else {
+            float *po = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2) + (size_t)split * (HD + 2);
+            po[d] = o;
+            if (d == 0) { po[HD] = M; po[HD + 1] = L; }
+        }
+    }
+    if (active == 1) return;
+    /* the last split of this (token, kv head) to finish merges them all: every writer fences its partials before
+       the count goes up, the last block fences before reading them (through L2) */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned prev = atomicAdd(&counts[(size_t)t * n_kv + kvh], 1u);
+        last = prev == (unsigned)active - 1;
+        if (last) counts[(size_t)t * n_kv + kvh] = 0; /* ready for the next step (a graph replays this launch) */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+        const int g = i / HD, d = i - g * HD, head = kvh * G + g;
+        const float *p = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2);
+        float M = -INFINITY, L = 0.0f, o = 0.0f;
+        for (int s = 0; s < active; s++) M = fmaxf(M, __ldcg(p + (size_t)s * (HD + 2) + HD));
+        for (int s = 0; s < active; s++) {
+            const float w = exp2f(__ldcg(p + (size_t)s * (HD + 2) + HD) - M);
+            L += w * __ldcg(p + (size_t)s * (HD + 2) + HD + 1);
+            o += w * __ldcg(p + (size_t)s * (HD + 2) + d);
+        }
+        out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
+    }
+}
+
 /* Shared memory of the decode kernel for G query heads a kv head. */
 static size_t te_llama__dec_smem_bytes(int G, int hd) {
     return sizeof(float) * ((size_t)G * hd + (size_t)G * TE_LLAMA__DEC_TILE + (size_t)G * 2 * TE_LLAMA__DEC_THREADS);
@@ -1337,6 +1473,24 @@ static te_llama_result te_llama__ensure_part(te_llama__cuda *ctx, size_t n) {
     return TE_LLAMA_OK;
 }
 
+/* Grow the split counters to n (zeroed: te_llama__decode_attention2_kernel leaves them 0 after each launch). Outside
+   a graph capture only, as te_llama__ensure_part. */
+static te_llama_result te_llama__ensure_counts(te_llama__cuda *ctx, size_t n) {
+    void *p = NULL;
+    cudaError_t e;
+    if (n <= ctx->part_counts) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    TE_LLAMA__CU(cudaFree(ctx->part_count));
+    ctx->part_count = NULL;
+    ctx->part_counts = 0;
+    if ((e = cudaMalloc(&p, n * sizeof(unsigned))) != cudaSuccess)
+        return te_llama__cuda_error(e, "cudaMalloc(split attention counters)", __FILE__, __LINE__);
+    ctx->part_count = (unsigned *)p;
+    TE_LLAMA__CU(cudaMemsetAsync(p, 0, n * sizeof(unsigned), ctx->stream));
+    ctx->part_counts = n;
+    return TE_LLAMA_OK;
+}
+
 static te_llama_result te_llama__ensure_inv_freq(te_llama_model *m, te_llama__cuda *ctx) {
     size_t bytes = sizeof(float) * (size_t)(m->config.head_dim / 2);
     if (ctx->inv_freq) return TE_LLAMA_OK;
@@ -1530,6 +1684,28 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
     return a;
 }
 
+/* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
+static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
+                                 const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
+                                 int max_len, float scale_log2) {
+    const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv), block(32 * TE_LLAMA__DEC2_WARPS);
+#define TE_LLAMA__DEC2(HD_, G_)                                                                                        \
+    if (hd == HD_ && G == G_) {                                                                                       \
+        te_llama__decode_attention2_kernel<HD_, G_><<<grid, block, 0, ctx->stream>>>(ctx->qkv, pos, seq, kc, vc, ctx->att, \
+                                                                                    ctx->part, ctx->part_count, nh, nkv,  \
+                                                                                    max_len, scale_log2);              \
+        return 1;                                                                                                     \
+    }
+#define TE_LLAMA__DEC2_G(HD_) TE_LLAMA__DEC2(HD_, 1) TE_LLAMA__DEC2(HD_, 2) TE_LLAMA__DEC2(HD_, 4) TE_LLAMA__DEC2(HD_, 8)
+    TE_LLAMA__DEC2_G(32)
+    TE_LLAMA__DEC2_G(64)
+    TE_LLAMA__DEC2_G(128)
+    TE_LLAMA__DEC2_G(256)
+#undef TE_LLAMA__DEC2_G
+#undef TE_LLAMA__DEC2
+    return 0;
+}
+
 /* Attention of layer kc/vc for the n tokens, into ctx->att. */
 static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ctx, const te_llama__att *a,
                                            const te_llama__bf16 *kc, const te_llama__bf16 *vc, int max_len, int n) {
@@ -1547,6 +1723,9 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
             te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
                 ctx->qkv, tiles, kc, vc, ctx->att, nh, nkv, max_len, scale_log2);
         TE_LLAMA__LAUNCHED(flash_prefill);
+    } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
+                                                                         nh, max_len, scale_log2)) {
+        TE_LLAMA__LAUNCHED(decode_attention2);
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
         const dim3 grid((unsigned)n, (unsigned)a->splits, (unsigned)nkv);
         te_llama__decode_attention_kernel<<<grid, TE_LLAMA__DEC_THREADS, te_llama__dec_smem_bytes(nh / nkv, hd), ctx->stream>>>(
@@ -1586,7 +1765,8 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     te_llama_result r;
     int l;
     if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
-        (r = te_llama__ensure_part(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2))))
+        ((r = te_llama__ensure_part(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2))) ||
+         (r = te_llama__ensure_counts(ctx, (size_t)n * (size_t)nkv))))
         return r;
     te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, tokens, ctx->x, h);
     TE_LLAMA__LAUNCHED(embed);
@@ -1752,6 +1932,7 @@ TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
     cudaFree(ctx->scratch);
     cudaFree(ctx->logits);
     cudaFree(ctx->part);
+    cudaFree(ctx->part_count);
     cudaFree(ctx->inv_freq);
     cudaFree(ctx->workspace);
     cudaFree(ctx->rng);
@@ -2248,7 +2429,7 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     size_t ws = 0, f = 0, t = 0;
     if (ctx) {
         ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
-             ctx->part_floats * sizeof(float) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
+             ctx->part_floats * sizeof(float) + ctx->part_counts * sizeof(unsigned) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
              sizeof(unsigned long long) * (size_t)ctx->cap_seqs;
         TE_LLAMA__CU(cudaSetDevice(ctx->device));
     }
