@@ -22,7 +22,8 @@
      - otherwise te_llama__attention_kernel, one block per (token, query head) on the CUDA cores.
 
    NUMERICS (what differs from the fp32 CPU reference, te_llama__cpu_layer)
-     - The residual stream x is fp32, as are the QKV and fc1 GEMM outputs, RoPE and the softmax statistics.
+     - The residual stream x is fp32, as are the QKV GEMM output, RoPE and the softmax statistics. fc1's output
+       (gate and up) is bf16, as TE and HF have it.
      - Every GEMM input is bf16: the normed activations, the attention output and the SwiGLU output are rounded
        to bf16 before their GEMM (the CPU keeps them fp32). Keys and values are cached in bf16.
      - cos and sin of the rotary angle are computed as the CPU does (float32 angle, double cos/sin, then float).
@@ -45,8 +46,8 @@
 
    MEMORY
      Model parameters are allocated by the library through te_llama_cuda_malloc. The device context holds a cuBLASLt
-     workspace (32 MiB), per-token scratch grown to the largest batch seen (~ 4 (hidden + q_dim + 2 kv_dim + 2 I)
-     + 2 (hidden + q_dim + I) + 32 bytes a token), the split-KV attention's partial results (tokens x heads x
+     workspace (32 MiB), per-token scratch grown to the largest batch seen (~ 4 (hidden + q_dim + 2 kv_dim)
+     + 2 (hidden + q_dim + 3 I) + 32 bytes a token), the split-KV attention's partial results (tokens x heads x
      splits x (head_dim + 2) fp32, for batches small enough to split: at most ~ 2 x SMs x G (head_dim + 2) x 4
      bytes, 0.5 MiB for Llama-3-8B) and a logits buffer of up to 128 rows x vocab fp32. The KV cache is two
      bf16 buffers of n_layers x n_seq x max_len x kv_dim. A failed allocation frees what the call took and returns
@@ -161,7 +162,7 @@ typedef struct te_llama__cuda {
     float *qkv;          /* (cap, q_dim + 2 kv_dim) */
     float *rope;         /* (cap, head_dim): cos (head_dim / 2) then sin (head_dim / 2) per token */
     te_llama__bf16 *att; /* (cap, q_dim) attention output */
-    float *mlp;          /* (cap, 2 I) fc1 output: gate then up */
+    te_llama__bf16 *mlp; /* (cap, 2 I) fc1 output: gate then up */
     te_llama__bf16 *act; /* (cap, I) silu(gate) * up */
     int32_t *ints;       /* (8, cap): tokens, positions, sequences, rows wanting logits, then the prefill tile table
                             (4 ints a tile, at most cap tiles) */
@@ -1180,13 +1181,14 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     }
 }
 
-/* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i]. Grid-stride: reads n x 2I fp32,
+/* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i] (bf16, as fc1's GEMM writes them:
+   TE and HF round there too; an fp32 fc1 output cost 8% of an 8B prefill in traffic). Grid-stride: reads n x 2I bf16,
    writes n x I bf16. */
-__global__ void te_llama__swiglu_kernel(const float *mlp, te_llama__bf16 *act, int n, int I) {
+__global__ void te_llama__swiglu_kernel(const te_llama__bf16 *mlp, te_llama__bf16 *act, int n, int I) {
     size_t total = (size_t)n * I;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
         size_t t = idx / I, i = idx - t * I;
-        float g = mlp[t * 2 * I + i], u = mlp[t * 2 * I + I + i];
+        float g = __bfloat162float(mlp[t * 2 * I + i]), u = __bfloat162float(mlp[t * 2 * I + I + i]);
         act[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
     }
 }
@@ -1408,7 +1410,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     TE_LLAMA__PART(o_qkv, cap * (q + 2 * kv) * 4);
     TE_LLAMA__PART(o_rope, cap * (size_t)c->head_dim * 4);
     TE_LLAMA__PART(o_att, cap * q * 2);
-    TE_LLAMA__PART(o_mlp, cap * 2 * I * 4);
+    TE_LLAMA__PART(o_mlp, cap * 2 * I * 2);
     TE_LLAMA__PART(o_act, cap * I * 2);
     TE_LLAMA__PART(o_ints, cap * 8 * 4);
 #undef TE_LLAMA__PART
@@ -1433,7 +1435,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     ctx->qkv = (float *)((char *)p + o_qkv);
     ctx->rope = (float *)((char *)p + o_rope);
     ctx->att = (te_llama__bf16 *)((char *)p + o_att);
-    ctx->mlp = (float *)((char *)p + o_mlp);
+    ctx->mlp = (te_llama__bf16 *)((char *)p + o_mlp);
     ctx->act = (te_llama__bf16 *)((char *)p + o_act);
     ctx->ints = (int32_t *)((char *)p + o_ints);
     ctx->cap_tokens = (int)cap;
@@ -1797,7 +1799,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
         te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
         TE_LLAMA__LAUNCHED(rmsnorm);
-        if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_32F, 2 * I, n, h, 0))) return r;
+        if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
         te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(ctx->mlp, ctx->act, n, I);
         TE_LLAMA__LAUNCHED(swiglu);
         if ((r = te_llama__gemm(ctx, P[7].data, ctx->act, ctx->x, CUDA_R_32F, h, n, I, 1))) return r;

@@ -238,6 +238,7 @@ static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
         w = param_f32(&P[6], (size_t)2 * I);
         matmul_ref(mlp, xn, w, n, 2 * I, h, 0);
         free(w);
+        round_bf16(mlp, (size_t)n * 2 * I); /* fc1 writes bf16 */
         for (t = 0; t < n; t++)
             for (i = 0; i < I; i++) {
                 float g = mlp[(size_t)t * 2 * I + i], u = mlp[(size_t)t * 2 * I + I + i];
