@@ -748,6 +748,18 @@ TE_LLAMA_API te_llama_result te_llama_fp8_calibrate(te_llama_model *model, int o
 TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *model, int layer, te_llama_fp8_gemm gemm,
                                                      te_llama_fp8_tensor tensor);
 
+/* The CUDA backend's side of the above (te_llama_kernels.cu), called by them on a CUDA model. enable checks what
+   the CUDA backend runs (te layers, BF16 device parameters) and the FP8 GEMM's limits, and sets model->fp8.
+   saved: for te_llama_save, the DEVICE address of the E4M3 rows of a GEMM weight or of a q/k/v view of the fused
+   QKV buffer, and its scale_inv; NULL when p is not one. */
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *model, const te_llama_fp8_recipe *recipe);
+TE_LLAMA_API void te_llama_cuda_fp8_disable(te_llama_model *model);
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_update_weights(te_llama_model *model);
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_calibrate(te_llama_model *model, int on);
+TE_LLAMA_API te_llama_fp8_meta *te_llama_cuda_fp8_meta_of(te_llama_model *model, int layer, te_llama_fp8_gemm gemm,
+                                                          te_llama_fp8_tensor tensor);
+TE_LLAMA_API const uint8_t *te_llama_cuda_fp8_saved(te_llama_model *model, const te_llama_param *p, float *scale_inv);
+
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
 /* A HuggingFace tokenizer.json, encoded and decoded exactly as the `tokenizers` package does, for the two kinds
