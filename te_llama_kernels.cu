@@ -178,7 +178,26 @@ typedef struct te_llama__cuda {
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
 } te_llama__cuda;
 
-static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx); /* FP8 section */
+/* The FP8 section's pieces (defined and documented at the end of this file), declared here for the forward. */
+static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx);
+static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx);
+static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
+static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t);
+static te_llama_result te_llama__rmsnorm_fp8(te_llama__cuda *ctx, const float *x, const int32_t *rows, const te_llama__bf16 *w,
+                                             uint8_t *out, te_llama__bf16 *out_bf16, int n, int h, float eps,
+                                             const float *scale, float *amax);
+template <typename T>
+static te_llama_result te_llama__swiglu_fp8(te_llama__cuda *ctx, const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n,
+                                            int I, const float *scale, float *amax);
+static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__bf16 *in, uint8_t *out, size_t n, const float *scale,
+                                          float *amax);
+template <typename T> static te_llama_result te_llama__amax(te_llama__cuda *ctx, const T *in, size_t n, float *amax);
+static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
+                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate,
+                                          int fast_accum);
+static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx);
 
 typedef struct te_llama__kv {
     te_llama__bf16 *k, *v; /* (n_layers, n_seq, max_len, kv_dim) each */
@@ -1769,6 +1788,10 @@ typedef struct te_llama__fp8_dev {
 /* For the forward; ctx->fp8 must be set (FP8 on). l: layer, g: TE_LLAMA_FP8_QKV .. FC2, t: TE_LLAMA_FP8_INPUT,
    WEIGHT or OUTPUT. All pointers are device pointers, fixed while FP8 stays on (update_weights keeps them). */
 
+/* FP8 on and calibrating (te_llama_fp8_calibrate): the GEMMs run in bf16, the producers still record amaxes. */
+static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx) {
+    return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->calibrating;
+}
 /* Layer l's GEMM g weight in E4M3, (rows, cols) row-major as the bf16 parameter: QKV (q_dim + 2 kv_dim, hidden),
    PROJ (hidden, q_dim), FC1 (2 I, hidden), FC2 (hidden, I). */
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g) {
@@ -2492,6 +2515,11 @@ te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, 
     if (!b.r) b.r = te_llama__amax(ctx, (const float *)din, n, da);
     te_llama__test_get(&b, ctx, amax, da, sizeof(float));
     return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__fp8_calibrating: 1 while te_llama_fp8_calibrate(m, 1) holds, 0 otherwise (and when FP8 is off). */
+int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
+    return m && m->backend ? te_llama__fp8_calibrating((const te_llama__cuda *)m->backend) : 0;
 }
 
 /* te_llama__fp8_update_kernel over metas (n_gemms, 3), in place. */

@@ -887,6 +887,7 @@ te_llama_result te_llama_cuda_test_fp8_swiglu(te_llama_model *m, const void *mlp
 te_llama_result te_llama_cuda_test_fp8_cast(te_llama_model *m, const uint16_t *in, size_t n, float scale, uint8_t *out, float *amax);
 te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, size_t n, float *amax);
 te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_meta *metas, int n_gemms);
+int te_llama_cuda_test_fp8_calibrating(te_llama_model *m);
 te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y);
 te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *amax);
 te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
@@ -1273,8 +1274,11 @@ static void test_fp8_model(void) {
     /* saving writes the dequantised E4M3 weights: the same file from both */
     check_save("fp8_random", gpu, cpu);
     /* calibrate, update_weights (the same bytes and weight states again), disable, enable again */
+    CHECK(!te_llama_cuda_test_fp8_calibrating(gpu), "calibrating before te_llama_fp8_calibrate");
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    CHECK(te_llama_cuda_test_fp8_calibrating(gpu), "te_llama_fp8_calibrate(1) did not reach the device state");
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    CHECK(!te_llama_cuda_test_fp8_calibrating(gpu), "te_llama_fp8_calibrate(0) did not reach the device state");
     CHECK_RESULT(te_llama_fp8_update_weights(gpu), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_update_weights(cpu), TE_LLAMA_OK);
     CHECK(fp8_same_weights(gpu, cpu), "E4M3 weights after te_llama_fp8_update_weights");
