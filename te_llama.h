@@ -320,7 +320,7 @@ struct te_llama_options {
     void *user;                        /* passed to log and progress */
     int cuda_device;                   /* CUDA device ordinal */
     /* FP8 inference (see FP8 below): non-NULL switches it on after load or create; the recipe is copied. The
-       CPU backend emulates it; the CUDA backend has none yet (TE_LLAMA_ERR_UNSUPPORTED). */
+       CPU backend emulates it; the CUDA backend keeps E4M3 weights on the device (te layers, BF16 storage). */
     const struct te_llama_fp8_recipe *fp8;
 };
 
@@ -430,7 +430,8 @@ typedef struct te_llama_model {
     int n_eos_token_ids;
     void *backend;                    /* CUDA: device context */
     te_llama_allocator allocator;     /* the one options->allocator pointed to, or the C allocator */
-    void *fp8;                        /* FP8 state (te_llama_fp8_enable); NULL when off */
+    void *fp8;                        /* FP8 state (te_llama_fp8_enable); NULL when off. CUDA: the device state
+                                         in the device context (te_llama_kernels.cu), not the CPU's struct */
 } te_llama_model;
 
 /* LlamaForCausalLM(config): random initialisation as HF does it (normal(0, initializer_range), norms 1), layers
@@ -696,7 +697,12 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *train
    Calibration (TE's calibrating=True): te_llama_fp8_calibrate(model, 1) makes forwards run in high precision
    while still recording amaxes and updating scales, to seed the activation scales before FP8 is switched on.
    te_llama_save of an FP8 model writes the dequantised GEMM weights in each parameter's dtype.
-   The CUDA backend has no FP8 path yet: options.fp8 with options.backend CUDA is TE_LLAMA_ERR_UNSUPPORTED. */
+   On the CUDA backend (te layers with BF16 parameters, every GEMM dimension a multiple of 16, compute capability
+   8.9 or newer: else TE_LLAMA_ERR_UNSUPPORTED saying which) te_llama_fp8_enable quantises the weights on the
+   device to the same bytes and scales as the CPU and keeps the scaling states in device memory, where the
+   forward's kernels raise the amaxes and update the scales (te_llama_kernels.cu, FP8 section); the bf16 weights
+   stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward's FP8 GEMMs are
+   being wired; until they are, a CUDA forward runs its BF16 GEMMs with FP8 on. */
 
 #define TE_LLAMA_FP8_E4M3_MAX 448.0f
 #define TE_LLAMA_FP8_E5M2_MAX 57344.0f
@@ -752,7 +758,7 @@ TE_LLAMA_API te_llama_result te_llama_fp8_dequantize(float *dst, const uint8_t *
 typedef enum te_llama_fp8_gemm { TE_LLAMA_FP8_QKV = 0, TE_LLAMA_FP8_PROJ, TE_LLAMA_FP8_FC1, TE_LLAMA_FP8_FC2, TE_LLAMA_FP8_GEMMS } te_llama_fp8_gemm;
 typedef enum te_llama_fp8_tensor { TE_LLAMA_FP8_INPUT = 0, TE_LLAMA_FP8_WEIGHT, TE_LLAMA_FP8_OUTPUT } te_llama_fp8_tensor;
 
-/* Switch FP8 emulation on for a CPU model whose layers are "te" or "vanilla" (recipe NULL: defaults; a copy is
+/* Switch FP8 on for a model whose layers are "te" or "vanilla" (CUDA: "te"; recipe NULL: defaults; a copy is
    kept), quantising every GEMM weight; on an FP8 model it starts over (new weights, fresh activation states). */
 TE_LLAMA_API te_llama_result te_llama_fp8_enable(te_llama_model *model, const te_llama_fp8_recipe *recipe);
 /* Back to the high-precision path; the FP8 state is freed. */
@@ -762,9 +768,23 @@ TE_LLAMA_API void te_llama_fp8_disable(te_llama_model *model);
 TE_LLAMA_API te_llama_result te_llama_fp8_update_weights(te_llama_model *model);
 /* on: forwards run in high precision and record amaxes (TE's calibrating=True); off: FP8 again. */
 TE_LLAMA_API te_llama_result te_llama_fp8_calibrate(te_llama_model *model, int on);
-/* The scaling state of one tensor of one GEMM of layer `layer`; NULL when FP8 is off or out of range. */
+/* The scaling state of one tensor of one GEMM of layer `layer`; NULL when FP8 is off or out of range. On a CUDA
+   model it is a copy downloaded by this call (NULL with the error set if that fails): reading it is a snapshot,
+   changing it changes nothing on the device. */
 TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *model, int layer, te_llama_fp8_gemm gemm,
                                                      te_llama_fp8_tensor tensor);
+
+/* The CUDA backend's side of the above (te_llama_kernels.cu), called by them on a CUDA model. enable checks what
+   the CUDA backend runs (te layers, BF16 device parameters) and the FP8 GEMM's limits, and sets model->fp8.
+   saved: for te_llama_save, the DEVICE address of the E4M3 rows of a GEMM weight or of a q/k/v view of the fused
+   QKV buffer, and its scale_inv; NULL when p is not one. */
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *model, const te_llama_fp8_recipe *recipe);
+TE_LLAMA_API void te_llama_cuda_fp8_disable(te_llama_model *model);
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_update_weights(te_llama_model *model);
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_calibrate(te_llama_model *model, int on);
+TE_LLAMA_API te_llama_fp8_meta *te_llama_cuda_fp8_meta_of(te_llama_model *model, int layer, te_llama_fp8_gemm gemm,
+                                                          te_llama_fp8_tensor tensor);
+TE_LLAMA_API const uint8_t *te_llama_cuda_fp8_saved(te_llama_model *model, const te_llama_param *p, float *scale_inv);
 
 /* ================================================================================================= tokenizer */
 /* TE_LLAMA_TOKENIZER_DECLARATIONS */
@@ -1946,7 +1966,7 @@ static te_llama_result te_llama__st_write_file(const char *path, const te_llama_
         size_t src_es = te_llama_dtype_size(t[i].src_dtype), dst_es = te_llama_dtype_size(t[i].dtype);
         uint64_t count = te_llama__st_source_bytes(&t[i]) / dst_es, done = 0;
         size_t per = staging_bytes / (src_es > dst_es ? src_es : dst_es) / 2; /* half for the source, half converted */
-        if (t[i].src_scale_inv != 0.0f) per = staging_bytes / 8; /* dequantised to float32 first */
+        if (t[i].src_scale_inv != 0.0f) per = staging_bytes / 9; /* float32 (4), converted (<= 4), downloaded FP8 (1) */
         if (!t[i].src_on_device && t[i].src_dtype == t[i].dtype && t[i].src_scale_inv == 0.0f) {
             r = te_llama__write(f, t[i].src, (size_t)(count * dst_es), path);
             pr.bytes_done += count * dst_es;
@@ -1956,7 +1976,8 @@ static te_llama_result te_llama__st_write_file(const char *path, const te_llama_
         while (done < count && !r) {
             size_t m = (size_t)(count - done < per ? count - done : per);
             const char *src = (const char *)t[i].src + done * src_es;
-            char *in = (char *)staging, *conv = (char *)staging + per * (src_es > dst_es ? src_es : dst_es);
+            char *in = (char *)staging + (t[i].src_scale_inv != 0.0f ? per * 8 : 0); /* FP8: clear of the float32 */
+            char *conv = (char *)staging + per * (src_es > dst_es ? src_es : dst_es);
             (void)in;
             if (t[i].src_on_device) {
 #ifdef TE_LLAMA_CUDA
@@ -2595,8 +2616,10 @@ static te_llama_result te_llama__build(const te_llama_config *config, const te_l
     int i;
     *out = NULL;
     if ((r = te_llama_config_validate(config))) return r;
-    if (options && options->fp8 && options->backend == TE_LLAMA_BACKEND_CUDA)
-        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 on the CUDA backend is not implemented yet (the CPU backend emulates it)");
+    if (options && options->fp8 && options->backend == TE_LLAMA_BACKEND_CUDA && options->dtype != TE_LLAMA_DTYPE_AUTO &&
+        options->dtype != TE_LLAMA_BF16) /* before anything is read; te_llama_fp8_enable checks the layers after the build */
+        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 on the CUDA backend runs over BF16 parameters, and options.dtype is %s",
+                              te_llama_dtype_name(options->dtype));
     if (options && options->backend == TE_LLAMA_BACKEND_CUDA) {
 #ifndef TE_LLAMA_CUDA
         return te_llama__fail(TE_LLAMA_ERR_NO_CUDA, "this build has no CUDA backend (compile te_llama_kernels.cu and define TE_LLAMA_CUDA)");
@@ -4650,6 +4673,18 @@ typedef struct te_llama__fp8_model {
     te_llama__fp8_gemm_state *gemms;  /* (n_layers, TE_LLAMA_FP8_GEMMS) */
 } te_llama__fp8_model;
 
+/* A CUDA model keeps its FP8 state in the device context (te_llama_kernels.cu, FP8 section) and model->fp8 points
+   there: every function below hands a CUDA model to its te_llama_cuda_fp8_* twin before touching the CPU's
+   te_llama__fp8_model. */
+static int te_llama__fp8_on_device(const te_llama_model *m) {
+#ifdef TE_LLAMA_CUDA
+    return m->options.backend == TE_LLAMA_BACKEND_CUDA;
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
 /* Which parameters feed each GEMM of a built-in layer. */
 static te_llama_result te_llama__fp8_parts(te_llama_layer *L, te_llama__fp8_gemm_state *g) {
     te_llama_param *P = L->params;
@@ -4696,6 +4731,9 @@ TE_LLAMA_API void te_llama_fp8_disable(te_llama_model *m) {
     te_llama__fp8_model *f;
     int i;
     if (!m || !m->fp8) return;
+#ifdef TE_LLAMA_CUDA
+    if (te_llama__fp8_on_device(m)) { te_llama_cuda_fp8_disable(m); return; }
+#endif
     f = (te_llama__fp8_model *)m->fp8;
     for (i = 0; f->gemms && i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) te_llama__free(&m->allocator, f->gemms[i].weight);
     te_llama__free(&m->allocator, f->gemms);
@@ -4708,6 +4746,9 @@ TE_LLAMA_API te_llama_result te_llama_fp8_update_weights(te_llama_model *m) {
     te_llama_result r = TE_LLAMA_OK;
     int i;
     if (!m || !m->fp8) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_update_weights: FP8 is off");
+#ifdef TE_LLAMA_CUDA
+    if (te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_update_weights(m);
+#endif
     f = (te_llama__fp8_model *)m->fp8;
     for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS && !r; i++) r = te_llama__fp8_quantize_weight(m, &f->gemms[i]);
     return r;
@@ -4719,9 +4760,10 @@ TE_LLAMA_API te_llama_result te_llama_fp8_enable(te_llama_model *m, const te_lla
     int l, g, k;
     if (!m) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_enable: NULL model");
     if ((r = te_llama__fp8_check_recipe(recipe))) return r;
-    if (m->options.backend == TE_LLAMA_BACKEND_CUDA)
-        return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "FP8 on the CUDA backend is not implemented yet (the CPU backend emulates it)");
     te_llama_fp8_disable(m);
+#ifdef TE_LLAMA_CUDA
+    if (te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_enable(m, recipe);
+#endif
     f = (te_llama__fp8_model *)te_llama__calloc(&m->allocator, sizeof *f);
     if (!f) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "FP8 state");
     if (recipe) f->recipe = *recipe;
@@ -4757,13 +4799,20 @@ fail:
 
 TE_LLAMA_API te_llama_result te_llama_fp8_calibrate(te_llama_model *m, int on) {
     if (!m || !m->fp8) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_calibrate: FP8 is off");
+#ifdef TE_LLAMA_CUDA
+    if (te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_calibrate(m, on);
+#endif
     ((te_llama__fp8_model *)m->fp8)->calibrating = on != 0;
     return TE_LLAMA_OK;
 }
 
 TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *m, int layer, te_llama_fp8_gemm gemm,
                                                      te_llama_fp8_tensor tensor) {
-    te_llama__fp8_model *f = m ? (te_llama__fp8_model *)m->fp8 : NULL;
+    te_llama__fp8_model *f;
+#ifdef TE_LLAMA_CUDA
+    if (m && m->fp8 && te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_meta_of(m, layer, gemm, tensor);
+#endif
+    f = m ? (te_llama__fp8_model *)m->fp8 : NULL;
     if (!f || layer < 0 || layer >= f->n_layers || (int)gemm < 0 || gemm >= TE_LLAMA_FP8_GEMMS || (int)tensor < 0 || tensor > TE_LLAMA_FP8_OUTPUT) return NULL;
     return &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm].meta[tensor];
 }
@@ -4811,22 +4860,26 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
     return 1;
 }
 
-/* After a forward: every activation state takes the amax it recorded and gets its next scale. */
+/* After a CPU forward: every activation state takes the amax it recorded and gets its next scale. */
 static void te_llama__fp8_end_step(te_llama_model *m) {
     te_llama__fp8_model *f = (te_llama__fp8_model *)m->fp8;
     int i;
-    if (!f) return;
+    if (!f || te_llama__fp8_on_device(m)) return;
     for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
         te_llama_fp8_meta_update(&f->gemms[i].meta[TE_LLAMA_FP8_INPUT], f->gemms[i].meta[TE_LLAMA_FP8_INPUT].amax);
         te_llama_fp8_meta_update(&f->gemms[i].meta[TE_LLAMA_FP8_OUTPUT], f->gemms[i].meta[TE_LLAMA_FP8_OUTPUT].amax);
     }
 }
 
-/* For te_llama_save: the dequantised E4M3 rows of a GEMM weight part, or NULL when p is not one. */
+/* For te_llama_save: the E4M3 rows of a GEMM weight part, or NULL when p is not one; they live where p does
+   (host, or device on a CUDA model: te_llama__st_write_file downloads them chunk by chunk). */
 static const uint8_t *te_llama__fp8_saved(te_llama_model *m, const te_llama_param *p, float *scale_inv) {
     te_llama__fp8_model *f = (te_llama__fp8_model *)m->fp8;
     int i, k;
     if (!f) return NULL;
+#ifdef TE_LLAMA_CUDA
+    if (te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_saved(m, p, scale_inv);
+#endif
     for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
         const te_llama__fp8_gemm_state *g = &f->gemms[i];
         size_t row = 0;

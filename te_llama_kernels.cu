@@ -70,6 +70,7 @@
 #include <cuda_runtime.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +141,7 @@ typedef struct te_llama__plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    int fp8; /* 0: bf16 inputs; 1: E4M3 inputs (te_llama__gemm_fp8), 2: the same with fast accumulation */
 } te_llama__plan;
 
 typedef struct te_llama__cuda {
@@ -180,7 +182,29 @@ typedef struct te_llama__cuda {
     int32_t *pinned_token;   /* (cap_seqs) pinned host: the ids sampled last */
     te_llama__plan plans[TE_LLAMA__MAX_PLANS];
     int n_plans, next_plan;
+    void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
 } te_llama__cuda;
+
+/* The FP8 section's pieces (defined and documented at the end of this file), declared here for the forward. */
+static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx);
+static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx);
+static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
+static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t);
+static te_llama_result te_llama__rmsnorm_fp8(te_llama__cuda *ctx, const float *x, const int32_t *rows, const te_llama__bf16 *w,
+                                             uint8_t *out, te_llama__bf16 *out_bf16, int n, int h, float eps,
+                                             const float *scale, float *amax);
+template <typename T>
+static te_llama_result te_llama__swiglu_fp8(te_llama__cuda *ctx, const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n,
+                                            int I, const float *scale, float *amax);
+static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__bf16 *in, uint8_t *out, size_t n, const float *scale,
+                                          float *amax);
+template <typename T> static te_llama_result te_llama__amax(te_llama__cuda *ctx, const T *in, size_t n, float *amax);
+static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
+                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate,
+                                          int fast_accum);
+static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx);
 
 typedef struct te_llama__kv {
     te_llama__bf16 *k, *v; /* (n_layers, n_seq, max_len, kv_dim) each */
@@ -1600,7 +1624,7 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
     te_llama_result r;
     for (i = 0; i < ctx->n_plans && !p; i++) {
         te_llama__plan *q = &ctx->plans[i];
-        if (q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
+        if (!q->fp8 && q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
     }
     if (!p) {
         cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
@@ -1926,6 +1950,7 @@ TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
     ctx = (te_llama__cuda *)m->backend;
     cudaSetDevice(ctx->device);
     if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+    te_llama__fp8_release(m, ctx);
     for (i = 0; i < ctx->n_staging; i++) {
         cudaEventDestroy(ctx->staged[i]);
         cudaFreeHost(ctx->staging[i]);
@@ -2523,3 +2548,889 @@ done:
     free(hw); free(hx); free(hy0); free(hy); free(ref);
     return r;
 }
+
+/* ======================================================================================================== FP8 */
+/* FP8 (E4M3) on the device: the building blocks of the FP8 forward. The CPU emulation in te_llama.h (FP8 section,
+   te_llama__fp8_gemm) is the specification; everything here computes what it computes.
+
+   STATE (te_llama__fp8_dev in ctx->fp8; model->fp8 points to the same struct on a CUDA model)
+     Every decoder GEMM (per layer QKV, PROJ, FC1, FC2: g = TE_LLAMA_FP8_QKV ..) has an E4M3 copy of its bf16
+     weight in the parameter's row order (QKV: the fused buffer, q then k then v rows; FC1: gate rows then up
+     rows), quantised as the CPU does: scale = 448 / amax / 2^margin from the weight's own amax (found on the
+     device; the scale is made on the host by te_llama_fp8_meta_init + te_llama_fp8_meta_update, so it is the
+     CPU's to the bit), bytes = e4m3(float(w) * scale). The bf16 weights stay (prefill, calibration). The
+     scaling states are the header's own te_llama_fp8_meta structs in device memory, (n_layers, 4 GEMMs, 3
+     tensors: input, weight, output): kernels and cuBLASLt read scale and scale_inv and raise amax through fixed
+     pointers, so a captured graph stays valid, and te_llama_fp8_meta_of downloads one as it is.
+
+   WHAT THE FORWARD CALLS, per GEMM g of layer l (delayed scaling, as te_llama__fp8_gemm on the CPU)
+     The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:
+     te_llama__rmsnorm_fp8 before QKV and FC1, te_llama__cast_fp8 of the attention output before PROJ,
+     te_llama__swiglu_fp8 before FC2. Then te_llama__gemm_fp8(ctx, te_llama__fp8_weight(ctx, l, g),
+     te_llama__fp8_scale_inv(ctx, l, g, WEIGHT), x_e4m3, te_llama__fp8_scale_inv(ctx, l, g, INPUT), y, rows, n,
+     cols, accumulate, fast_accum), and te_llama__amax on the GEMM's own output for the OUTPUT state (the CPU
+     takes it before the residual add, so PROJ and FC2 need their product apart from x for it). After each
+     forward or decode step, captured graphs included, te_llama__fp8_end_step_dev updates every input and
+     output state. While calibrating (te_llama__fp8_dev.calibrating) the CPU runs its GEMMs in high precision
+     but records the amaxes and updates the states all the same: the three producers with a NULL E4M3 output
+     and a bf16 output do exactly that.
+
+   NUMERICS
+     The conversion te_llama__e4m3 is te_llama__f32_to_fp8(x, 0) bit for bit (checked on every float pattern):
+     round to nearest even, |x| >= 448 (infinities too) saturates to 448, NaN keeps its sign, -0 stays -0.
+     Amaxes ignore NaN as the CPU's `if (|x| > amax)` does and are exact (a maximum does not depend on the
+     order). The update is the host's formula in double, bit-identical. The fp32 values the producers quantise
+     are computed by the same expressions as the bf16 kernels (te_llama__rmsnorm_kernel, te_llama__swiglu_kernel);
+     the CPU's rmsnorm takes its sum of squares in double, so the inputs agree with the CPU's to rounding. */
+
+#define TE_LLAMA__FP8_THREADS 256
+#define TE_LLAMA__FP8_MAX_BLOCKS 1024 /* grid-stride kernels: enough blocks to fill an H200, one atomic each */
+#define TE_LLAMA__FP8_UPDATE_THREADS 128
+#define TE_LLAMA__FP8_META_INDEX(l, g, t) (((size_t)(l) * TE_LLAMA_FP8_GEMMS + (size_t)(g)) * 3 + (size_t)(t))
+
+/* One GEMM's E4M3 weight. */
+typedef struct te_llama__fp8_gemm_dev {
+    size_t offset;              /* of its bytes in te_llama__fp8_dev.weights (256-byte aligned) */
+    int rows, cols;             /* the bf16 parameter's shape */
+    const te_llama__bf16 *src;  /* the bf16 parameter (QKV: the fused buffer, which starts at query_weight) */
+} te_llama__fp8_gemm_dev;
+
+typedef struct te_llama__fp8_dev {
+    te_llama_fp8_recipe recipe;   /* all-zero (the defaults) when enabled with NULL, as the CPU keeps it */
+    int n_layers;
+    int calibrating;              /* te_llama_fp8_calibrate: GEMMs in bf16; amaxes and updates still run */
+    te_llama__fp8_gemm_dev *gemm; /* host (n_layers, TE_LLAMA_FP8_GEMMS) */
+    uint8_t *weights;             /* device, one allocation: every GEMM's E4M3 (rows, cols) at its offset */
+    size_t weight_bytes;
+    te_llama_fp8_meta *meta;      /* device (n_layers, TE_LLAMA_FP8_GEMMS, 3): input, weight, output */
+    te_llama_fp8_meta *host_meta; /* host (n_layers, TE_LLAMA_FP8_GEMMS, 3): the weight states are made here and
+                                     uploaded; the others are what te_llama_fp8_meta_of last downloaded */
+} te_llama__fp8_dev;
+
+/* ---------------------------------------------------------------------------------------------- accessors */
+/* For the forward; ctx->fp8 must be set (FP8 on). l: layer, g: TE_LLAMA_FP8_QKV .. FC2, t: TE_LLAMA_FP8_INPUT,
+   WEIGHT or OUTPUT. All pointers are device pointers, fixed while FP8 stays on (update_weights keeps them). */
+
+/* FP8 on and calibrating (te_llama_fp8_calibrate): the GEMMs run in bf16, the producers still record amaxes. */
+static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx) {
+    return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->calibrating;
+}
+/* Layer l's GEMM g weight in E4M3, (rows, cols) row-major as the bf16 parameter: QKV (q_dim + 2 kv_dim, hidden),
+   PROJ (hidden, q_dim), FC1 (2 I, hidden), FC2 (hidden, I). */
+static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g) {
+    const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
+    return f->weights + f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + (size_t)g].offset;
+}
+/* The scaling state of tensor t of layer l's GEMM g. */
+static inline te_llama_fp8_meta *te_llama__fp8_meta_dev(const te_llama__cuda *ctx, int l, int g, int t) {
+    return ((const te_llama__fp8_dev *)ctx->fp8)->meta + TE_LLAMA__FP8_META_INDEX(l, g, t);
+}
+/* Its fields: scale (quantise with), scale_inv (cuBLASLt's A/B scale), amax (the kernels raise it). */
+static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t) {
+    return (float *)((char *)te_llama__fp8_meta_dev(ctx, l, g, t) + offsetof(te_llama_fp8_meta, scale));
+}
+static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t) {
+    return (float *)((char *)te_llama__fp8_meta_dev(ctx, l, g, t) + offsetof(te_llama_fp8_meta, scale_inv));
+}
+static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t) {
+    return (float *)((char *)te_llama__fp8_meta_dev(ctx, l, g, t) + offsetof(te_llama_fp8_meta, amax));
+}
+
+/* ------------------------------------------------------------------------------------------------ kernels */
+
+/* float -> FP8 E4M3 ("fn": no infinities, 0x7f / 0xff NaN, max 448), exactly te_llama__f32_to_fp8(f, 0): round
+   to nearest even; |f| >= 448, infinities included, saturates to 448 (0x7e); NaN keeps its sign; -0, and what
+   rounds to 0, keeps its sign. On the bits with integer arithmetic only, so that the host and the device
+   compilations agree (tests/test_cuda.c compares them with the CPU's frexpf / nearbyintf version). */
+__host__ __device__ __forceinline__ uint8_t te_llama__e4m3(float f) {
+    uint32_t u, a, sign;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(f);
+#else
+    memcpy(&u, &f, sizeof u);
+#endif
+    sign = (u >> 24) & 0x80u;
+    a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint8_t)(sign | 0x7fu); /* NaN */
+    if (a >= 0x43e00000u) return (uint8_t)(sign | 0x7eu); /* >= 448: saturate */
+    if (a >= 0x3c800000u) {                              /* [2^-6, 448): normal, 3 of the 23 mantissa bits */
+        a += 0x7ffffu + ((a >> 20) & 1u);                /* to nearest even at bit 20; a carry bumps the exponent */
+        return (uint8_t)(sign | ((a >> 20) - (120u << 3))); /* exponent bias 127 -> 7 */
+    }
+    {   /* below 2^-6: q = round(|f| / 2^-9) in 0..8 (8 is 0x08, the smallest normal); |f| < 2^-10 rounds to 0 */
+        const uint32_t e = a >> 23;
+        uint32_t sig, sh, q, rest, half;
+        if (e < 117u) return (uint8_t)sign;
+        sig = 0x800000u | (a & 0x7fffffu); /* |f| = sig * 2^(e - 150), so |f| / 2^-9 = sig >> (141 - e) */
+        sh = 141u - e;                     /* 21 .. 24 */
+        q = sig >> sh;
+        rest = sig & ((1u << sh) - 1u);
+        half = 1u << (sh - 1u);
+        if (rest > half || (rest == half && (q & 1u))) q++;
+        return (uint8_t)(sign | q);
+    }
+}
+
+/* e4m3(v * scale) for a positive finite scale. A NaN v goes through unmultiplied: the GPU's product would be the
+   canonical NaN (sign lost), where the CPU's x86 product keeps v's sign and so its byte. */
+__device__ __forceinline__ uint8_t te_llama__e4m3_scaled(float v, float scale) {
+    return te_llama__e4m3(v != v ? v : v * scale);
+}
+
+__device__ __forceinline__ float te_llama__to_f32(float v) { return v; }
+__device__ __forceinline__ float te_llama__to_f32(te_llama__bf16 v) { return __bfloat162float(v); }
+
+/* Raise *amax to the block's largest |x|. mx: this thread's running maximum, kept as `if (|x| > mx) mx = |x|`
+   from 0, so NaN never enters it (the CPU's rule) and it is >= 0. Every thread of the block calls it (a block
+   reduction), then one atomicMax on the float's bits: non-negative floats order as their bits do as unsigned
+   integers, +infinity included. */
+__device__ void te_llama__amax_commit(float mx, float *red, float *amax) {
+    mx = te_llama__block_max(mx, red);
+    if (threadIdx.x == 0 && mx > 0.0f) atomicMax((unsigned int *)amax, __float_as_uint(mx));
+}
+
+/* *amax = max(*amax, |in[i]|) over n values (bf16 weights, fp32 GEMM outputs). Grid-stride: reads n elements. */
+template <typename T>
+__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS) te_llama__amax_kernel(const T *in, size_t n, float *amax) {
+    __shared__ float red[32];
+    float mx = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float a = fabsf(te_llama__to_f32(in[i]));
+        if (a > mx) mx = a;
+    }
+    te_llama__amax_commit(mx, red, amax);
+}
+
+/* out[i] = e4m3(float(in[i]) * scale): the weight quantisation (bf16; the scale by value, set outside graphs) and,
+   at scale 1 over floats, the bare conversion for the tests. Grid-stride: reads n elements, writes n bytes. */
+template <typename T>
+__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS)
+te_llama__quantize_kernel(const T *in, uint8_t *out, size_t n, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = te_llama__e4m3_scaled(te_llama__to_f32(in[i]), scale);
+}
+
+/* HF LlamaRMSNorm in fp32 quantised for the next GEMM: y = float(w) * (x[src, :] * inv), inv = 1 / sqrt(mean(
+   x[src, :]^2) + eps) exactly as te_llama__rmsnorm_kernel makes them (src = rows[r] when rows is given, else r);
+   out[r, :] = e4m3(y * *scale) when out is given, out_bf16[r, :] = bf16(y) when that is (calibration: the bf16
+   GEMM input), and *amax raised to max |y|. The scale is read from device memory (the delayed scale, a fixed
+   pointer). One block per row: reads h fp32 + h bf16, writes h bytes (and / or 2h). */
+__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS)
+te_llama__rmsnorm_fp8_kernel(const float *x, const int32_t *rows, const te_llama__bf16 *w, uint8_t *out,
+                             te_llama__bf16 *out_bf16, int h, float eps, const float *scale, float *amax) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
+    const float s = *scale;
+    float ss = 0.0f, inv, mx = 0.0f;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = te_llama__block_sum(ss, red);
+    inv = 1.0f / sqrtf(ss / (float)h + eps);
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {
+        const float y = __bfloat162float(w[i]) * (xr[i] * inv), a = fabsf(y);
+        if (a > mx) mx = a;
+        if (out) out[(size_t)blockIdx.x * h + i] = te_llama__e4m3_scaled(y, s);
+        if (out_bf16) out_bf16[(size_t)blockIdx.x * h + i] = __float2bfloat16(y);
+    }
+    te_llama__amax_commit(mx, red, amax);
+}
+
+/* SwiGLU quantised for FC2: y = g / (1 + exp(-g)) * u in fp32 (te_llama__swiglu_kernel's expression), g =
+   mlp[t, i], u = mlp[t, I + i] (the fc1 output (n, 2 I): gate then up, fp32 or bf16); out[t, i] = e4m3(y *
+   *scale) when out is given, out_bf16[t, i] = bf16(y) when that is, *amax raised to max |y|. Grid-stride: reads
+   n x 2I elements, writes n x I bytes (and / or 2 bytes each). */
+template <typename T>
+__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS)
+te_llama__swiglu_fp8_kernel(const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n, int I, const float *scale,
+                            float *amax) {
+    __shared__ float red[32];
+    const size_t total = (size_t)n * I;
+    const float s = *scale;
+    float mx = 0.0f;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = idx / I, i = idx - t * I;
+        const float g = te_llama__to_f32(mlp[t * 2 * I + i]), u = te_llama__to_f32(mlp[t * 2 * I + I + i]);
+        const float y = g / (1.0f + expf(-g)) * u, a = fabsf(y);
+        if (a > mx) mx = a;
+        if (out) out[idx] = te_llama__e4m3_scaled(y, s);
+        if (out_bf16) out_bf16[idx] = __float2bfloat16(y);
+    }
+    te_llama__amax_commit(mx, red, amax);
+}
+
+/* The attention output (bf16) quantised for PROJ: out[i] = e4m3(float(in[i]) * *scale) when out is given (NULL:
+   calibration, the amax only), *amax raised to max |in|. Grid-stride: reads n bf16, writes n bytes. */
+__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS)
+te_llama__cast_fp8_kernel(const te_llama__bf16 *in, uint8_t *out, size_t n, const float *scale, float *amax) {
+    __shared__ float red[32];
+    const float s = *scale;
+    float mx = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = __bfloat162float(in[i]), a = fabsf(v);
+        if (a > mx) mx = a;
+        if (out) out[i] = te_llama__e4m3_scaled(v, s);
+    }
+    te_llama__amax_commit(mx, red, amax);
+}
+
+/* The device twin of te_llama_fp8_meta_update(meta, meta->amax), for the input and output states of n_gemms
+   GEMMs laid out as (n_gemms, 3: input, weight, output); weight states are left alone, as the CPU's
+   te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records the amax in the
+   ring, the block takes the history's maximum (a NaN anywhere makes it NaN, as the host loop's early exit does;
+   that and zero or infinity keep the old scale), thread 0 computes the scale in double with the host's
+   operations (IEEE division and conversions on both sides: the same bits). */
+__global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
+te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms) {
+    __shared__ float red[32];
+    if ((int)blockIdx.x >= n_gemms) return;
+    te_llama_fp8_meta *m = metas + (size_t)blockIdx.x * 3 + (blockIdx.y ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+    const int len = m->history_len;
+    const float amax = m->amax;
+    float used = amax;
+    if (len < 1 || len > TE_LLAMA_FP8_MAX_HISTORY) return; /* not initialised: as the host, nothing changes */
+    __syncthreads(); /* every thread has read amax before thread 0 resets it */
+    if (threadIdx.x == 0) {
+        m->history[m->next] = amax;
+        m->next = (m->next + 1) % len;
+        m->n_updates++;
+        m->amax = 0.0f;
+    }
+    __syncthreads(); /* the new entry is in the history the block reads next */
+    if (m->algo == TE_LLAMA_FP8_AMAX_MAX) {
+        float mx = 0.0f;
+        int nan = 0;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) {
+            const float v = m->history[i];
+            if (v != v) nan = 1;
+            else if (v > mx) mx = v;
+        }
+        nan = __syncthreads_or(nan);
+        mx = te_llama__block_max(mx, red);
+        used = nan ? __int_as_float(0x7fc00000) : mx;
+    }
+    if (threadIdx.x == 0) {
+        const double fp8_max = m->dtype == TE_LLAMA_F8_E4M3 ? (double)TE_LLAMA_FP8_E4M3_MAX
+                               : m->dtype == TE_LLAMA_F8_E5M2 ? (double)TE_LLAMA_FP8_E5M2_MAX : 0.0; /* te_llama_fp8_max */
+        float scale;
+        if (!(used > 0.0f) || !isfinite(used)) return;
+        scale = (float)(fp8_max / (double)used / ldexp(1.0, m->margin));
+        if (!isfinite(scale) || !(scale > 0.0f)) return;
+        m->scale = scale;
+        m->scale_inv = 1.0f / scale;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- launchers */
+
+static unsigned te_llama__fp8_blocks(size_t n) {
+    const size_t b = (n + TE_LLAMA__FP8_THREADS - 1) / TE_LLAMA__FP8_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > TE_LLAMA__FP8_MAX_BLOCKS ? TE_LLAMA__FP8_MAX_BLOCKS : b);
+}
+
+/* *amax = max(*amax, |in|) over n values (T: float or te_llama__bf16). */
+template <typename T>
+static te_llama_result te_llama__amax(te_llama__cuda *ctx, const T *in, size_t n, float *amax) {
+    if (!n) return TE_LLAMA_OK;
+    te_llama__amax_kernel<T><<<te_llama__fp8_blocks(n), TE_LLAMA__FP8_THREADS, 0, ctx->stream>>>(in, n, amax);
+    TE_LLAMA__LAUNCHED(amax);
+    return TE_LLAMA_OK;
+}
+
+template <typename T>
+static te_llama_result te_llama__quantize(te_llama__cuda *ctx, const T *in, uint8_t *out, size_t n, float scale) {
+    if (!n) return TE_LLAMA_OK;
+    te_llama__quantize_kernel<T><<<te_llama__fp8_blocks(n), TE_LLAMA__FP8_THREADS, 0, ctx->stream>>>(in, out, n, scale);
+    TE_LLAMA__LAUNCHED(quantize);
+    return TE_LLAMA_OK;
+}
+
+/* n rows of x (rows: device indices, NULL for 0..n-1) normed with w into out (n, h) E4M3 and / or out_bf16. */
+static te_llama_result te_llama__rmsnorm_fp8(te_llama__cuda *ctx, const float *x, const int32_t *rows, const te_llama__bf16 *w,
+                                             uint8_t *out, te_llama__bf16 *out_bf16, int n, int h, float eps,
+                                             const float *scale, float *amax) {
+    if (n < 1) return TE_LLAMA_OK;
+    te_llama__rmsnorm_fp8_kernel<<<n, TE_LLAMA__FP8_THREADS, 0, ctx->stream>>>(x, rows, w, out, out_bf16, h, eps, scale, amax);
+    TE_LLAMA__LAUNCHED(rmsnorm_fp8);
+    return TE_LLAMA_OK;
+}
+
+/* SwiGLU of the fc1 output mlp (n, 2 I) (T: float or te_llama__bf16) into out (n, I) E4M3 and / or out_bf16. */
+template <typename T>
+static te_llama_result te_llama__swiglu_fp8(te_llama__cuda *ctx, const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n,
+                                            int I, const float *scale, float *amax) {
+    const size_t total = (size_t)n * (size_t)I;
+    if (!total) return TE_LLAMA_OK;
+    te_llama__swiglu_fp8_kernel<T><<<te_llama__fp8_blocks(total), TE_LLAMA__FP8_THREADS, 0, ctx->stream>>>(mlp, out, out_bf16, n, I,
+                                                                                                         scale, amax);
+    TE_LLAMA__LAUNCHED(swiglu_fp8);
+    return TE_LLAMA_OK;
+}
+
+/* n bf16 values (the attention output) into out E4M3 (NULL: the amax only). */
+static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__bf16 *in, uint8_t *out, size_t n, const float *scale,
+                                          float *amax) {
+    if (!n) return TE_LLAMA_OK;
+    te_llama__cast_fp8_kernel<<<te_llama__fp8_blocks(n), TE_LLAMA__FP8_THREADS, 0, ctx->stream>>>(in, out, n, scale, amax);
+    TE_LLAMA__LAUNCHED(cast_fp8);
+    return TE_LLAMA_OK;
+}
+
+/* After a forward or decode step (stream work only: inside a captured graph too): every input and output state
+   takes the amax it recorded and gets its next scale, as te_llama__fp8_end_step after a CPU forward, calibrating
+   or not. Nothing when FP8 is off. */
+static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx) {
+    const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
+    if (!f || f->n_layers < 1) return TE_LLAMA_OK;
+    te_llama__fp8_update_kernel<<<dim3((unsigned)(f->n_layers * TE_LLAMA_FP8_GEMMS), 2), TE_LLAMA__FP8_UPDATE_THREADS, 0,
+                                  ctx->stream>>>(f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS);
+    TE_LLAMA__LAUNCHED(fp8_update);
+    return TE_LLAMA_OK;
+}
+
+/* --------------------------------------------------------------------------------------------- FP8 GEMM */
+
+/* The cuBLASLt plan of an FP8 GEMM: E4M3 A (the weight) and B (the input), fp32 C and D, fp32 compute and scale
+   type, "TN" (the only layout FP8 has before Blackwell), per-tensor scales through A_SCALE_POINTER and
+   B_SCALE_POINTER (set before the heuristic and again at every call: the pointers differ by layer, the plan is
+   per shape), fast accumulation (no periodic promotion of the tensor cores' partial sums) when p->fp8 == 2. */
+static te_llama_result te_llama__plan_make_fp8(te_llama__cuda *ctx, te_llama__plan *p, const float *a_scale, const float *b_scale) {
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int8_t fast = p->fp8 == 2;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    size_t ws = TE_LLAMA__WORKSPACE_BYTES;
+    int found = 0;
+    cublasStatus_t s;
+    char msg[256];
+    TE_LLAMA__LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale));
+    /* column-major view, as te_llama__plan_make: A = W stored (k, m), B = X stored (k, n), C = D = Y stored (m, n) */
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
+    TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
+    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
+        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d FP8 GEMM (E4M3 x E4M3 -> fp32%s) on this "
+                 "device; FP8 GEMMs need compute capability 8.9 or newer", p->m, p->n, p->k, fast ? ", fast accumulation" : "");
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic (FP8)", __FILE__, __LINE__);
+    p->algo = res.algo;
+    return TE_LLAMA_OK;
+}
+
+/* Y (n, m) row-major fp32 = (X (n, k) E4M3 * *x_scale_inv) @ (W (m, k) E4M3 * *w_scale_inv)^T (+ Y when
+   accumulate: beta = 1, the residual add), fp32 accumulation (periodically promoted unless fast_accum). The
+   scales are device floats (the states' scale_inv), read when the GEMM runs. The layout is te_llama__gemm's
+   "TN". cuBLASLt's FP8 rules: k and m multiples of 16 (the E4M3 leading dimension k in 16-byte units; m so
+   that every weight row block stays aligned), every pointer 16-byte aligned; n is free (decode: n = 1).
+   Plans are cached in ctx->plans with fp8 = 1 (2 with fast accumulation). */
+static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
+                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate,
+                                          int fast_accum) {
+    te_llama__plan *p = NULL;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const int fp8 = fast_accum ? 2 : 1;
+    te_llama_result r;
+    char msg[256];
+    int i;
+    if (m < 1 || n < 1 || k < 1 || !W || !X || !Y || !w_scale_inv || !x_scale_inv) {
+        snprintf(msg, sizeof msg, "te_llama__gemm_fp8: %d x %d x %d with a NULL operand or scale", m, n, k);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
+    }
+    if (m % 16 || k % 16) {
+        snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d (rows x tokens x inner): cuBLASLt's FP8 GEMM needs the weight's "
+                 "rows and inner dimension to be multiples of 16", m, n, k);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    if (((uintptr_t)W | (uintptr_t)X | (uintptr_t)Y) & 15u) {
+        snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d: W %p, X %p and Y %p must be 16-byte aligned for cuBLASLt's FP8 GEMM",
+                 m, n, k, (const void *)W, (const void *)X, (const void *)Y);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    for (i = 0; i < ctx->n_plans && !p; i++) {
+        te_llama__plan *q = &ctx->plans[i];
+        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->accumulate == accumulate && q->ctype == CUDA_R_32F) p = q;
+    }
+    if (!p) {
+        if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
+        else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
+        te_llama__plan_destroy(p);
+        p->m = m; p->n = n; p->k = k; p->ctype = CUDA_R_32F; p->accumulate = accumulate; p->fp8 = fp8;
+        if ((r = te_llama__plan_make_fp8(ctx, p, w_scale_inv, x_scale_inv))) {
+            te_llama__plan_destroy(p);
+            p->m = -1; /* matches nothing; the slot is reused */
+            return r;
+        }
+    }
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale_inv, sizeof w_scale_inv));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale_inv, sizeof x_scale_inv));
+    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
+                                ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+/* --------------------------------------------------------------------------------------------- the state */
+
+static void te_llama__fp8_free(te_llama__cuda *ctx, te_llama__fp8_dev *f) {
+    if (!f) return;
+    cudaFree(f->weights); /* cudaFree waits for the device work that may still read them */
+    cudaFree(f->meta);
+    (void)cudaGetLastError();
+    te_llama__host_free(&ctx->allocator, f->gemm);
+    te_llama__host_free(&ctx->allocator, f->host_meta);
+    te_llama__host_free(&ctx->allocator, f);
+}
+
+/* Free the FP8 state (te_llama_fp8_disable, te_llama_cuda_release). */
+static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx) {
+    te_llama__fp8_dev *f = (te_llama__fp8_dev *)ctx->fp8;
+    if (!f) return;
+    cudaSetDevice(ctx->device);
+    te_llama__fp8_free(ctx, f);
+    ctx->fp8 = NULL;
+    if (m && m->fp8 == f) m->fp8 = NULL;
+}
+
+/* Quantise every GEMM weight as te_llama__fp8_quantize_weight does on the CPU: the weight's amax on the device
+   (one float each comes back, one synchronisation for all), its state on the host (te_llama_fp8_meta_init, then
+   te_llama_fp8_meta_update with that amax: the CPU's scale to the bit) into host_meta, then the E4M3 bytes on
+   the device with that scale. The caller uploads the weight states. */
+static te_llama_result te_llama__fp8_quantize_weights(te_llama__cuda *ctx, te_llama__fp8_dev *f) {
+    const int count = f->n_layers * TE_LLAMA_FP8_GEMMS;
+    float *amax = (float *)te_llama__host_alloc(&ctx->allocator, sizeof(float) * (size_t)count), *amax_d = NULL;
+    te_llama_result r = TE_LLAMA_OK;
+    int i;
+    if (!amax) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "FP8 weight amaxes");
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&amax_d, sizeof(float) * (size_t)count), done);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(amax_d, 0, sizeof(float) * (size_t)count, ctx->stream), done);
+    for (i = 0; i < count; i++) {
+        const te_llama__fp8_gemm_dev *g = &f->gemm[i];
+        if ((r = te_llama__amax(ctx, g->src, (size_t)g->rows * (size_t)g->cols, amax_d + i))) goto done;
+    }
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(amax, amax_d, sizeof(float) * (size_t)count, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+    for (i = 0; i < count; i++) {
+        const te_llama__fp8_gemm_dev *g = &f->gemm[i];
+        te_llama_fp8_meta *w = &f->host_meta[(size_t)i * 3 + TE_LLAMA_FP8_WEIGHT];
+        if ((r = te_llama_fp8_meta_init(w, &f->recipe, TE_LLAMA_F8_E4M3))) goto done;
+        te_llama_fp8_meta_update(w, amax[i]);
+        if ((r = te_llama__quantize(ctx, g->src, f->weights + g->offset, (size_t)g->rows * (size_t)g->cols, w->scale))) goto done;
+    }
+done:
+    if (amax_d) cudaFree(amax_d);
+    te_llama__host_free(&ctx->allocator, amax);
+    return r;
+}
+
+extern "C" {
+
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *m, const te_llama_fp8_recipe *recipe) {
+    static const char *const names[TE_LLAMA_FP8_GEMMS] = {"QKV", "PROJ", "FC1", "FC2"};
+    te_llama__cuda *ctx = NULL;
+    te_llama__fp8_dev *f = NULL;
+    te_llama_result r;
+    const te_llama_config *c;
+    int l, g, count, major = 0, minor = 0, shape[TE_LLAMA_FP8_GEMMS][2];
+    size_t off = 0;
+    char msg[320];
+    if ((r = te_llama__enter(m, &ctx))) return r;
+    if ((r = te_llama__check_model(m))) return r; /* te layers with BF16 device parameters: what the forward runs */
+    c = &m->config;
+    TE_LLAMA__CU(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device));
+    TE_LLAMA__CU(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ctx->device));
+    if (major * 10 + minor < 89) {
+        snprintf(msg, sizeof msg, "FP8 on the CUDA backend needs compute capability 8.9 or newer (FP8 tensor cores); device %d is %d.%d",
+                 ctx->device, major, minor);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    {
+        const int h = c->hidden_size, q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+        const int I = c->intermediate_size;
+        shape[TE_LLAMA_FP8_QKV][0] = q + 2 * kv; shape[TE_LLAMA_FP8_QKV][1] = h;
+        shape[TE_LLAMA_FP8_PROJ][0] = h;         shape[TE_LLAMA_FP8_PROJ][1] = q;
+        shape[TE_LLAMA_FP8_FC1][0] = 2 * I;      shape[TE_LLAMA_FP8_FC1][1] = h;
+        shape[TE_LLAMA_FP8_FC2][0] = h;          shape[TE_LLAMA_FP8_FC2][1] = I;
+    }
+    for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
+        if (shape[g][0] % 16 || shape[g][1] % 16) {
+            snprintf(msg, sizeof msg, "FP8 on the CUDA backend: the %s weight is %d x %d, and cuBLASLt's FP8 GEMM needs both "
+                     "dimensions multiples of 16 (hidden %d, q_dim %d, kv_dim %d, intermediate %d)", names[g], shape[g][0],
+                     shape[g][1], c->hidden_size, c->num_attention_heads * c->head_dim, c->num_key_value_heads * c->head_dim,
+                     c->intermediate_size);
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+        }
+    te_llama__fp8_release(m, ctx); /* on an FP8 model: start over */
+    count = c->num_hidden_layers * TE_LLAMA_FP8_GEMMS;
+    f = (te_llama__fp8_dev *)te_llama__host_alloc(&ctx->allocator, sizeof *f);
+    if (!f) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "FP8 state");
+    memset(f, 0, sizeof *f);
+    if (recipe) f->recipe = *recipe;
+    f->n_layers = c->num_hidden_layers;
+    f->gemm = (te_llama__fp8_gemm_dev *)te_llama__host_alloc(&ctx->allocator, sizeof *f->gemm * (size_t)count);
+    f->host_meta = (te_llama_fp8_meta *)te_llama__host_alloc(&ctx->allocator, sizeof *f->host_meta * (size_t)count * 3);
+    if (!f->gemm || !f->host_meta) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "FP8 state"); goto fail; }
+    memset(f->gemm, 0, sizeof *f->gemm * (size_t)count);
+    memset(f->host_meta, 0, sizeof *f->host_meta * (size_t)count * 3);
+    for (l = 0; l < f->n_layers; l++) {
+        const te_llama_param *P = m->layers[l]->params;
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++) {
+            te_llama__fp8_gemm_dev *d = &f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g];
+            static const int param_of[TE_LLAMA_FP8_GEMMS] = {1, 4, 6, 7}; /* query_weight (the fused QKV), proj, fc1, fc2 */
+            d->rows = shape[g][0];
+            d->cols = shape[g][1];
+            d->src = (const te_llama__bf16 *)P[param_of[g]].data;
+            d->offset = off;
+            off = te_llama__round_up(off + (size_t)d->rows * (size_t)d->cols, TE_LLAMA__ALIGN);
+            if ((r = te_llama_fp8_meta_init(&f->host_meta[TE_LLAMA__FP8_META_INDEX(l, g, TE_LLAMA_FP8_INPUT)], recipe, TE_LLAMA_F8_E4M3)) ||
+                (r = te_llama_fp8_meta_init(&f->host_meta[TE_LLAMA__FP8_META_INDEX(l, g, TE_LLAMA_FP8_OUTPUT)], recipe, TE_LLAMA_F8_E4M3)))
+                goto fail;
+        }
+    }
+    f->weight_bytes = off;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->weights, off ? off : 1), fail);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->meta, sizeof *f->meta * (size_t)count * 3), fail);
+    if ((r = te_llama__fp8_quantize_weights(ctx, f))) goto fail;
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(f->meta, f->host_meta, sizeof *f->meta * (size_t)count * 3, cudaMemcpyHostToDevice, ctx->stream), fail);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), fail);
+    ctx->fp8 = f;
+    m->fp8 = f;
+    return TE_LLAMA_OK;
+fail:
+    if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+    te_llama__fp8_free(ctx, f);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_cuda_fp8_disable(te_llama_model *m) {
+    if (!m || !m->backend) return;
+    te_llama__fp8_release(m, (te_llama__cuda *)m->backend);
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_update_weights(te_llama_model *m) {
+    te_llama__cuda *ctx = NULL;
+    te_llama__fp8_dev *f;
+    te_llama_result r;
+    int i, count;
+    if ((r = te_llama__enter(m, &ctx))) return r;
+    if (!(f = (te_llama__fp8_dev *)ctx->fp8)) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_update_weights: FP8 is off");
+    if ((r = te_llama__fp8_quantize_weights(ctx, f))) return r;
+    count = f->n_layers * TE_LLAMA_FP8_GEMMS;
+    for (i = 0; i < count; i++) { /* the weight states only: the device's input and output states go on */
+        const size_t k = (size_t)i * 3 + TE_LLAMA_FP8_WEIGHT;
+        TE_LLAMA__CU(cudaMemcpyAsync(&f->meta[k], &f->host_meta[k], sizeof *f->meta, cudaMemcpyHostToDevice, ctx->stream));
+    }
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_fp8_calibrate(te_llama_model *m, int on) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    if ((r = te_llama__ctx(m, &ctx))) return r;
+    if (!ctx->fp8) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_calibrate: FP8 is off");
+    ((te_llama__fp8_dev *)ctx->fp8)->calibrating = on != 0;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_fp8_meta *te_llama_cuda_fp8_meta_of(te_llama_model *m, int layer, te_llama_fp8_gemm gemm,
+                                                          te_llama_fp8_tensor tensor) {
+    te_llama__cuda *ctx = m ? (te_llama__cuda *)m->backend : NULL;
+    te_llama__fp8_dev *f = ctx ? (te_llama__fp8_dev *)ctx->fp8 : NULL;
+    cudaError_t e;
+    size_t k;
+    if (!f || layer < 0 || layer >= f->n_layers || (int)gemm < 0 || gemm >= TE_LLAMA_FP8_GEMMS || (int)tensor < 0 ||
+        tensor > TE_LLAMA_FP8_OUTPUT)
+        return NULL;
+    k = TE_LLAMA__FP8_META_INDEX(layer, gemm, tensor);
+    if ((e = cudaSetDevice(ctx->device)) != cudaSuccess ||
+        (e = cudaMemcpyAsync(&f->host_meta[k], &f->meta[k], sizeof *f->meta, cudaMemcpyDeviceToHost, ctx->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(ctx->stream)) != cudaSuccess) {
+        te_llama__cuda_error(e, "downloading an FP8 scaling state", __FILE__, __LINE__);
+        return NULL;
+    }
+    return &f->host_meta[k];
+}
+
+TE_LLAMA_API const uint8_t *te_llama_cuda_fp8_saved(te_llama_model *m, const te_llama_param *p, float *scale_inv) {
+    te_llama__cuda *ctx = m ? (te_llama__cuda *)m->backend : NULL;
+    const te_llama__fp8_dev *f = ctx ? (const te_llama__fp8_dev *)ctx->fp8 : NULL;
+    int i;
+    if (!f || !p || !p->on_device || p->dtype != TE_LLAMA_BF16) return NULL;
+    for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
+        const te_llama__fp8_gemm_dev *g = &f->gemm[i];
+        const uintptr_t at = (uintptr_t)p->data, lo = (uintptr_t)g->src;
+        const uintptr_t hi = lo + (uintptr_t)g->rows * (uintptr_t)g->cols * sizeof(te_llama__bf16);
+        if (at >= lo && at < hi) { /* the parameter, or a q/k/v view's rows of the fused buffer */
+            *scale_inv = f->host_meta[(size_t)i * 3 + TE_LLAMA_FP8_WEIGHT].scale_inv;
+            return f->weights + g->offset + (at - lo) / sizeof(te_llama__bf16);
+        }
+    }
+    return NULL;
+}
+
+
+/* ------------------------------------------------------------------------------------ test entry points */
+/* For tests/test_cuda.c, which declares them; not in the public header. Each copies host data to the device,
+   runs one of the pieces above on the model's stream and copies the results back. uint16_t arrays are bf16 bits;
+   a scale and an amax go in as one device pair {scale, amax}, *amax in and out (the kernels raise it). */
+
+typedef struct te_llama__test_bufs {
+    void *p[8];
+    int n;
+    te_llama_result r; /* the first failure; everything after it is skipped */
+} te_llama__test_bufs;
+
+/* A device copy of bytes of host (NULL: zeroed), freed by te_llama__test_end; NULL once anything failed. */
+static void *te_llama__test_put(te_llama__test_bufs *b, const void *host, size_t bytes) {
+    void *d = NULL;
+    cudaError_t e;
+    if (b->r) return NULL;
+    if ((e = cudaMalloc(&d, bytes ? bytes : 1)) != cudaSuccess) {
+        b->r = te_llama__cuda_error(e, "cudaMalloc(test buffer)", __FILE__, __LINE__);
+        return NULL;
+    }
+    b->p[b->n++] = d;
+    e = host ? cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice) : cudaMemset(d, 0, bytes ? bytes : 1);
+    if (e != cudaSuccess) { b->r = te_llama__cuda_error(e, "test buffer upload", __FILE__, __LINE__); return NULL; }
+    return d;
+}
+
+/* After the stream's work: bytes of dev to host (host NULL: nothing). */
+static void te_llama__test_get(te_llama__test_bufs *b, te_llama__cuda *ctx, void *host, const void *dev, size_t bytes) {
+    cudaError_t e;
+    if (b->r || !host) return;
+    if ((e = cudaStreamSynchronize(ctx->stream)) != cudaSuccess || (e = cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost)) != cudaSuccess)
+        b->r = te_llama__cuda_error(e, "test download", __FILE__, __LINE__);
+}
+
+static te_llama_result te_llama__test_end(te_llama__test_bufs *b, te_llama__cuda *ctx) {
+    cudaStreamSynchronize(ctx->stream);
+    while (b->n > 0) cudaFree(b->p[--b->n]);
+    return b->r;
+}
+
+/* A context for a test entry: the model's, with the device set. */
+static te_llama__cuda *te_llama__test_begin(te_llama_model *m, te_llama__test_bufs *b) {
+    te_llama__cuda *ctx = NULL;
+    memset(b, 0, sizeof *b);
+    b->r = te_llama__enter(m, &ctx);
+    return ctx;
+}
+
+/* out[i] = e4m3(in[i]) on the device (the quantising kernel at scale 1); out_host (may be NULL) the same by the
+   host compilation of te_llama__e4m3. */
+te_llama_result te_llama_cuda_test_fp8_convert(te_llama_model *m, const float *in, uint8_t *out, uint8_t *out_host, size_t n) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    size_t i;
+    float *din;
+    uint8_t *dout;
+    if (b.r) return b.r;
+    if (out_host) for (i = 0; i < n; i++) out_host[i] = te_llama__e4m3(in[i]);
+    din = (float *)te_llama__test_put(&b, in, n * sizeof(float));
+    dout = (uint8_t *)te_llama__test_put(&b, NULL, n);
+    if (!b.r) b.r = te_llama__quantize(ctx, (const float *)din, dout, n, 1.0f);
+    te_llama__test_get(&b, ctx, out, dout, n);
+    return te_llama__test_end(&b, ctx);
+}
+
+/* The E4M3 weight of layer l's GEMM g (through the accessor) into out (cap bytes), and its shape. */
+te_llama_result te_llama_cuda_test_fp8_weight(te_llama_model *m, int l, int g, uint8_t *out, size_t cap, int *rows, int *cols) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const te_llama__fp8_dev *f;
+    const te_llama__fp8_gemm_dev *d;
+    if (b.r) return b.r;
+    if (!(f = (const te_llama__fp8_dev *)ctx->fp8) || l < 0 || l >= f->n_layers || g < 0 || g >= TE_LLAMA_FP8_GEMMS)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_weight: FP8 off or no such GEMM");
+    d = &f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g];
+    *rows = d->rows;
+    *cols = d->cols;
+    if ((size_t)d->rows * (size_t)d->cols > cap) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_weight: buffer too small");
+    te_llama__test_get(&b, ctx, out, te_llama__fp8_weight(ctx, l, g), (size_t)d->rows * (size_t)d->cols);
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__rmsnorm_fp8 over x (x_rows, h), rows (n) or NULL, w (h) bf16: out (n, h) E4M3 and out_bf16 (n, h),
+   each may be NULL. */
+te_llama_result te_llama_cuda_test_fp8_rmsnorm(te_llama_model *m, const float *x, int x_rows, const int32_t *rows, const uint16_t *w,
+                                               int n, int h, float eps, float scale, uint8_t *out, uint16_t *out_bf16, float *amax) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const float sa[2] = {scale, *amax};
+    float *dx, *dsa;
+    int32_t *drows = NULL;
+    te_llama__bf16 *dw, *dbf = NULL;
+    uint8_t *dout = NULL;
+    if (b.r) return b.r;
+    dx = (float *)te_llama__test_put(&b, x, sizeof(float) * (size_t)x_rows * h);
+    if (rows) drows = (int32_t *)te_llama__test_put(&b, rows, sizeof(int32_t) * (size_t)n);
+    dw = (te_llama__bf16 *)te_llama__test_put(&b, w, 2 * (size_t)h);
+    if (out) dout = (uint8_t *)te_llama__test_put(&b, NULL, (size_t)n * h);
+    if (out_bf16) dbf = (te_llama__bf16 *)te_llama__test_put(&b, NULL, 2 * (size_t)n * h);
+    dsa = (float *)te_llama__test_put(&b, sa, sizeof sa);
+    if (!b.r) b.r = te_llama__rmsnorm_fp8(ctx, dx, drows, dw, dout, dbf, n, h, eps, dsa, dsa + 1);
+    te_llama__test_get(&b, ctx, out, dout, (size_t)n * h);
+    te_llama__test_get(&b, ctx, out_bf16, dbf, 2 * (size_t)n * h);
+    te_llama__test_get(&b, ctx, amax, dsa + 1, sizeof(float));
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__swiglu_fp8 over mlp (n, 2 I), fp32 or (mlp_bf16) bf16: out (n, I) E4M3 and out_bf16, each may be NULL. */
+te_llama_result te_llama_cuda_test_fp8_swiglu(te_llama_model *m, const void *mlp, int mlp_bf16, int n, int I, float scale, uint8_t *out,
+                                              uint16_t *out_bf16, float *amax) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const float sa[2] = {scale, *amax};
+    const size_t total = (size_t)n * I;
+    void *dmlp;
+    float *dsa;
+    te_llama__bf16 *dbf = NULL;
+    uint8_t *dout = NULL;
+    if (b.r) return b.r;
+    dmlp = te_llama__test_put(&b, mlp, 2 * total * (mlp_bf16 ? 2 : 4));
+    if (out) dout = (uint8_t *)te_llama__test_put(&b, NULL, total);
+    if (out_bf16) dbf = (te_llama__bf16 *)te_llama__test_put(&b, NULL, 2 * total);
+    dsa = (float *)te_llama__test_put(&b, sa, sizeof sa);
+    if (!b.r)
+        b.r = mlp_bf16 ? te_llama__swiglu_fp8(ctx, (const te_llama__bf16 *)dmlp, dout, dbf, n, I, dsa, dsa + 1)
+                       : te_llama__swiglu_fp8(ctx, (const float *)dmlp, dout, dbf, n, I, dsa, dsa + 1);
+    te_llama__test_get(&b, ctx, out, dout, total);
+    te_llama__test_get(&b, ctx, out_bf16, dbf, 2 * total);
+    te_llama__test_get(&b, ctx, amax, dsa + 1, sizeof(float));
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__cast_fp8 of n bf16 values into out (NULL: the amax only). */
+te_llama_result te_llama_cuda_test_fp8_cast(te_llama_model *m, const uint16_t *in, size_t n, float scale, uint8_t *out, float *amax) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const float sa[2] = {scale, *amax};
+    te_llama__bf16 *din;
+    uint8_t *dout = NULL;
+    float *dsa;
+    if (b.r) return b.r;
+    din = (te_llama__bf16 *)te_llama__test_put(&b, in, 2 * n);
+    if (out) dout = (uint8_t *)te_llama__test_put(&b, NULL, n);
+    dsa = (float *)te_llama__test_put(&b, sa, sizeof sa);
+    if (!b.r) b.r = te_llama__cast_fp8(ctx, din, dout, n, dsa, dsa + 1);
+    te_llama__test_get(&b, ctx, out, dout, n);
+    te_llama__test_get(&b, ctx, amax, dsa + 1, sizeof(float));
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__amax over n floats. */
+te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, size_t n, float *amax) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    float *din, *da;
+    if (b.r) return b.r;
+    din = (float *)te_llama__test_put(&b, in, sizeof(float) * n);
+    da = (float *)te_llama__test_put(&b, amax, sizeof(float));
+    if (!b.r) b.r = te_llama__amax(ctx, (const float *)din, n, da);
+    te_llama__test_get(&b, ctx, amax, da, sizeof(float));
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__fp8_calibrating: 1 while te_llama_fp8_calibrate(m, 1) holds, 0 otherwise (and when FP8 is off). */
+int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
+    return m && m->backend ? te_llama__fp8_calibrating((const te_llama__cuda *)m->backend) : 0;
+}
+
+/* te_llama__fp8_update_kernel over metas (n_gemms, 3), in place. */
+te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_meta *metas, int n_gemms) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const size_t bytes = sizeof *metas * (size_t)n_gemms * 3;
+    te_llama_fp8_meta *d;
+    if (b.r) return b.r;
+    d = (te_llama_fp8_meta *)te_llama__test_put(&b, metas, bytes);
+    if (!b.r && n_gemms > 0) {
+        te_llama__fp8_update_kernel<<<dim3((unsigned)n_gemms, 2), TE_LLAMA__FP8_UPDATE_THREADS, 0, ctx->stream>>>(d, n_gemms);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) b.r = te_llama__cuda_error(e, "launch of the fp8_update kernel", __FILE__, __LINE__);
+    }
+    te_llama__test_get(&b, ctx, metas, d, bytes);
+    return te_llama__test_end(&b, ctx);
+}
+
+/* The forward's pattern for the QKV (g = 0) or FC1 (g = 2) GEMM of layer l over n rows of the residual stream x
+   (n, hidden): te_llama__rmsnorm_fp8 with the layer's norm weight, quantising with the GEMM's input state (its
+   amax raised), te_llama__gemm_fp8 with the accessors' E4M3 weight and scale_inv pointers into y (n, rows), and
+   te_llama__amax of y into the output state. */
+te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const te_llama__fp8_dev *f;
+    const te_llama__fp8_gemm_dev *d;
+    float *dx, *dy;
+    uint8_t *dq;
+    if (b.r) return b.r;
+    f = (const te_llama__fp8_dev *)ctx->fp8;
+    if (!f || l < 0 || l >= f->n_layers || (g != TE_LLAMA_FP8_QKV && g != TE_LLAMA_FP8_FC1))
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_layer_gemm: FP8 off, or not a QKV or FC1 GEMM");
+    d = &f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g];
+    dx = (float *)te_llama__test_put(&b, x, sizeof(float) * (size_t)n * d->cols);
+    dq = (uint8_t *)te_llama__test_put(&b, NULL, (size_t)n * d->cols);
+    dy = (float *)te_llama__test_put(&b, NULL, sizeof(float) * (size_t)n * d->rows);
+    if (!b.r)
+        b.r = te_llama__rmsnorm_fp8(ctx, dx, NULL, (const te_llama__bf16 *)m->layers[l]->params[g == TE_LLAMA_FP8_QKV ? 0 : 5].data, dq,
+                                    NULL, n, d->cols, (float)m->config.rms_norm_eps, te_llama__fp8_scale(ctx, l, g, TE_LLAMA_FP8_INPUT),
+                                    te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_INPUT));
+    if (!b.r)
+        b.r = te_llama__gemm_fp8(ctx, te_llama__fp8_weight(ctx, l, g), te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_WEIGHT), dq,
+                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, d->rows, n, d->cols, 0, 0);
+    if (!b.r) b.r = te_llama__amax(ctx, (const float *)dy, (size_t)n * d->rows, te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_OUTPUT));
+    te_llama__test_get(&b, ctx, y, dy, sizeof(float) * (size_t)n * d->rows);
+    return te_llama__test_end(&b, ctx);
+}
+
+/* Set the device amax of every input and output state (amax: (n_layers, 4 GEMMs, 2) input then output; NULL:
+   keep what the kernels recorded), then te_llama__fp8_end_step_dev. */
+te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *amax) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const te_llama__fp8_dev *f;
+    int l, g;
+    if (b.r) return b.r;
+    if (!(f = (const te_llama__fp8_dev *)ctx->fp8)) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_end_step: FP8 is off");
+    for (l = 0; l < f->n_layers && amax && !b.r; l++)
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS && !b.r; g++) {
+            const float *a = amax + ((size_t)l * TE_LLAMA_FP8_GEMMS + g) * 2;
+            cudaError_t e = cudaMemcpyAsync(te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_INPUT), a, sizeof(float), cudaMemcpyHostToDevice, ctx->stream);
+            if (e == cudaSuccess)
+                e = cudaMemcpyAsync(te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_OUTPUT), a + 1, sizeof(float), cudaMemcpyHostToDevice, ctx->stream);
+            if (e != cudaSuccess) b.r = te_llama__cuda_error(e, "test amax upload", __FILE__, __LINE__);
+        }
+    if (!b.r) b.r = te_llama__fp8_end_step_dev(ctx);
+    return te_llama__test_end(&b, ctx);
+}
+
+/* te_llama__gemm_fp8: Y (n, mm) = X (n, k) @ W (mm, k)^T with the two scale_inv (+ Y when accumulate). */
+te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
+                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum) {
+    te_llama__test_bufs b;
+    te_llama__cuda *ctx = te_llama__test_begin(m, &b);
+    const float s[2] = {w_scale_inv, x_scale_inv};
+    const size_t ny = sizeof(float) * (size_t)n * mm;
+    uint8_t *dw, *dx;
+    float *dy, *ds;
+    if (b.r) return b.r;
+    dw = (uint8_t *)te_llama__test_put(&b, W, (size_t)mm * k);
+    dx = (uint8_t *)te_llama__test_put(&b, X, (size_t)n * k);
+    dy = (float *)te_llama__test_put(&b, Y, ny);
+    ds = (float *)te_llama__test_put(&b, s, sizeof s);
+    if (!b.r) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate, fast_accum);
+    te_llama__test_get(&b, ctx, Y, dy, ny);
+    return te_llama__test_end(&b, ctx);
+}
+
+} /* extern "C" */

@@ -1030,6 +1030,471 @@ static void test_gemv(te_llama_model *gpu) {
     CHECK_RESULT(te_llama_cuda_test_gemv(gpu, 1, 16, 96, 0, 0, NULL, NULL, NULL, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
 }
 
+/* ---------------------------------------------------------------------------------------------------------- FP8 */
+
+/* The FP8 section of te_llama_kernels.cu: its test-only entry points (not in the public header). uint16_t arrays
+   are bf16 bits; *amax goes in and comes out raised. */
+te_llama_result te_llama_cuda_test_fp8_convert(te_llama_model *m, const float *in, uint8_t *out, uint8_t *out_host, size_t n);
+te_llama_result te_llama_cuda_test_fp8_weight(te_llama_model *m, int l, int g, uint8_t *out, size_t cap, int *rows, int *cols);
+te_llama_result te_llama_cuda_test_fp8_rmsnorm(te_llama_model *m, const float *x, int x_rows, const int32_t *rows, const uint16_t *w,
+                                               int n, int h, float eps, float scale, uint8_t *out, uint16_t *out_bf16, float *amax);
+te_llama_result te_llama_cuda_test_fp8_swiglu(te_llama_model *m, const void *mlp, int mlp_bf16, int n, int I, float scale, uint8_t *out,
+                                              uint16_t *out_bf16, float *amax);
+te_llama_result te_llama_cuda_test_fp8_cast(te_llama_model *m, const uint16_t *in, size_t n, float scale, uint8_t *out, float *amax);
+te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, size_t n, float *amax);
+te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_meta *metas, int n_gemms);
+int te_llama_cuda_test_fp8_calibrating(te_llama_model *m);
+te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y);
+te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *amax);
+te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
+                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum);
+
+static uint64_t fp8_rng = 0x2545f4914f6cdd1dull;
+static uint32_t fp8_rand(void) {
+    fp8_rng ^= fp8_rng >> 12; fp8_rng ^= fp8_rng << 25; fp8_rng ^= fp8_rng >> 27;
+    return (uint32_t)((fp8_rng * 0x2545f4914f6cdd1dull) >> 32);
+}
+static float fp8_uniform(float lo, float hi) { return lo + (hi - lo) * (float)(fp8_rand() >> 8) / 16777216.0f; }
+static float f32_of_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+
+/* The device conversion (and its host compilation) against te_llama__f32_to_fp8(x, 0) on 2^24 floats: every
+   pattern of the top 16 bits (sign, exponent, 7 mantissa bits) with 256 low halves (0, 1, 0x7fff, 0x8000, 0x8001,
+   0xffff and random ones). The rounding boundaries of normals (bit 19) and of the subnormal range (bits 20-24)
+   lie in the top half, so every tie and every value next to one is here. All 2^32 floats were compared on the
+   host compilation, which is the same code. */
+static void test_fp8_convert(te_llama_model *gpu) {
+    const size_t n = (size_t)1 << 24;
+    float *in = (float *)malloc(sizeof(float) * n);
+    uint8_t *dev = (uint8_t *)malloc(n), *host = (uint8_t *)malloc(n);
+    uint16_t low[256] = {0, 1, 0x7fff, 0x8000, 0x8001, 0xffff};
+    size_t i, bad_dev = 0, bad_host = 0, first = 0;
+    int j;
+    for (j = 6; j < 256; j++) low[j] = (uint16_t)fp8_rand();
+    for (i = 0; i < n; i++) in[i] = f32_of_bits((uint32_t)(i >> 8) << 16 | low[i & 255]);
+    CHECK_RESULT(te_llama_cuda_test_fp8_convert(gpu, in, dev, host, n), TE_LLAMA_OK);
+    for (i = 0; i < n; i++) {
+        uint8_t ref = te_llama__f32_to_fp8(in[i], 0);
+        if (dev[i] != ref && !bad_dev++) first = i;
+        bad_host += host[i] != ref;
+    }
+    printf("  fp8: E4M3 conversion of 2^24 floats: %zu device and %zu host-compiled mismatches with te_llama__f32_to_fp8\n", bad_dev, bad_host);
+    CHECK(bad_dev == 0 && bad_host == 0, "first: %a -> device %02x, CPU %02x", (double)in[first], dev[first], te_llama__f32_to_fp8(in[first], 0));
+    free(in);
+    free(dev);
+    free(host);
+}
+
+/* The producers of GEMM inputs against host computations from the same inputs. rmsnorm: x in multiples of 1/8
+   up to 8 in magnitude, so the sum of squares is exact in any order and inv, y and the bytes must be identical;
+   swiglu: the device's expf is not the host's, so a byte may differ only where the host's y * scale is within
+   2e-6 (relative) of an E4M3 rounding boundary, and the amax by as much; cast and amax: identical. NaN never
+   enters an amax; infinity does. */
+static void test_fp8_kernels(te_llama_model *gpu) {
+    enum { H = 320, XR = 9, N = 7, SN = 5, SI = 300, CN = 1000, AN = 100000 };
+    static float x[XR * H], mlp[SN * 2 * SI], af[AN];
+    static uint16_t w[H], bf[N * H], mlp16[SN * 2 * SI], bf_dev[N * H], cin[CN];
+    static uint8_t q[N * H], q_dev[N * H], sq[SN * SI], sq_dev[SN * SI], cq[CN], cq_dev[CN];
+    int32_t rows[N];
+    const float eps = 1e-5f, scale = 37.5f;
+    float amax, ref_amax, mx;
+    int t, i, bad, kind;
+    /* rmsnorm */
+    for (i = 0; i < XR * H; i++) x[i] = (float)((int)(fp8_rand() % 129) - 64) / 8.0f;
+    for (i = 0; i < H; i++) w[i] = te_llama__f32_to_bf16(fp8_uniform(-2.0f, 2.0f));
+    for (t = 0; t < N; t++) rows[t] = XR - 1 - t;
+    ref_amax = 0.0f;
+    for (t = 0; t < N; t++) {
+        const float *xr = x + (size_t)rows[t] * H;
+        float ss = 0.0f, inv;
+        for (i = 0; i < H; i++) ss += xr[i] * xr[i];
+        inv = 1.0f / sqrtf(ss / (float)H + eps);
+        for (i = 0; i < H; i++) {
+            float y = te_llama__bf16_to_f32(w[i]) * (xr[i] * inv);
+            q[t * H + i] = te_llama__f32_to_fp8(y * scale, 0);
+            bf[t * H + i] = te_llama__f32_to_bf16(y);
+            if (fabsf(y) > ref_amax) ref_amax = fabsf(y);
+        }
+    }
+    amax = 0.0f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_rmsnorm(gpu, x, XR, rows, w, N, H, eps, scale, q_dev, bf_dev, &amax), TE_LLAMA_OK);
+    for (i = 0, bad = 0; i < N * H; i++) bad += q[i] != q_dev[i] || bf[i] != bf_dev[i];
+    printf("  fp8: rmsnorm_fp8 %d x %d: %d bytes differ from the host's, amax %.9g (host %.9g)\n", N, H, bad, amax, ref_amax);
+    CHECK(bad == 0 && amax == ref_amax, "rmsnorm_fp8: %d differing, amax %.9g vs %.9g", bad, amax, ref_amax);
+    amax = 1e9f; /* a larger amax stays; no outputs: the amax alone */
+    CHECK_RESULT(te_llama_cuda_test_fp8_rmsnorm(gpu, x, XR, rows, w, N, H, eps, scale, NULL, NULL, &amax), TE_LLAMA_OK);
+    CHECK(amax == 1e9f, "rmsnorm_fp8: amax 1e9 became %g", amax);
+    amax = ref_amax * 0.5f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_rmsnorm(gpu, x, XR, rows, w, N, H, eps, scale, q_dev, NULL, &amax), TE_LLAMA_OK);
+    CHECK(amax == ref_amax, "rmsnorm_fp8: amax %.9g, host %.9g", amax, ref_amax);
+    /* swiglu, fp32 and bf16 input; the extremes of the gate: exp(100) overflows to infinity, exp(-100) underflows */
+    for (i = 0; i < SN * 2 * SI; i++) mlp[i] = fp8_uniform(-6.0f, 6.0f);
+    mlp[0] = -100.0f;
+    mlp[1] = 100.0f;
+    for (i = 0; i < SN * 2 * SI; i++) mlp16[i] = te_llama__f32_to_bf16(mlp[i]);
+    for (kind = 0; kind < 2; kind++) {
+        int near = 0;
+        ref_amax = 0.0f;
+        for (t = 0; t < SN; t++)
+            for (i = 0; i < SI; i++) {
+                const size_t at = (size_t)t * 2 * SI + i;
+                float g = kind ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = kind ? te_llama__bf16_to_f32(mlp16[at + SI]) : mlp[at + SI];
+                float y = g / (1.0f + expf(-g)) * u;
+                sq[t * SI + i] = te_llama__f32_to_fp8(y * scale, 0);
+                if (fabsf(y) > ref_amax) ref_amax = fabsf(y);
+            }
+        amax = 0.0f;
+        CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, kind ? (const void *)mlp16 : (const void *)mlp, kind, SN, SI, scale, sq_dev, NULL, &amax),
+                     TE_LLAMA_OK);
+        for (t = 0, bad = 0; t < SN; t++)
+            for (i = 0; i < SI; i++) {
+                const size_t at = (size_t)t * 2 * SI + i;
+                float g = kind ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = kind ? te_llama__bf16_to_f32(mlp16[at + SI]) : mlp[at + SI];
+                float ysc = g / (1.0f + expf(-g)) * u * scale;
+                uint8_t d = sq_dev[t * SI + i];
+                if (d == sq[t * SI + i]) continue;
+                if (d == te_llama__f32_to_fp8(ysc * (1.0f - 2e-6f), 0) || d == te_llama__f32_to_fp8(ysc * (1.0f + 2e-6f), 0)) near++;
+                else bad++;
+            }
+        printf("  fp8: swiglu_fp8 (%s input) %d x %d: %d bytes off by an expf rounding, %d wrong; amax %.9g (host %.9g)\n",
+               kind ? "bf16" : "fp32", SN, SI, near, bad, amax, ref_amax);
+        CHECK(bad == 0 && fabsf(amax - ref_amax) <= 2e-6f * ref_amax, "swiglu_fp8 (%s): %d wrong bytes, amax %.9g vs %.9g",
+              kind ? "bf16" : "fp32", bad, amax, ref_amax);
+    }
+    /* swiglu's bf16 output (calibration) with no E4M3 output */
+    amax = 0.0f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, mlp, 0, 1, SI, scale, NULL, bf_dev, &amax), TE_LLAMA_OK);
+    for (i = 0, bad = 0; i < SI; i++) {
+        float y = mlp[i] / (1.0f + expf(-mlp[i])) * mlp[SI + i];
+        uint16_t b = bf_dev[i];
+        bad += b != te_llama__f32_to_bf16(y) && b != te_llama__f32_to_bf16(y * (1.0f - 2e-6f)) && b != te_llama__f32_to_bf16(y * (1.0f + 2e-6f));
+    }
+    CHECK(bad == 0 && amax > 0.0f, "swiglu_fp8 bf16 output: %d wrong", bad);
+    /* cast of the attention output: NaN of both signs keep their sign and stay out of the amax, -0, saturation */
+    for (i = 0; i < CN; i++) cin[i] = te_llama__f32_to_bf16(fp8_uniform(-12.0f, 12.0f));
+    cin[3] = 0x7fc0;
+    cin[4] = 0xffc0;
+    cin[5] = 0x8000;
+    cin[6] = te_llama__f32_to_bf16(-1e5f);
+    ref_amax = 0.0f;
+    for (i = 0; i < CN; i++) {
+        float v = te_llama__bf16_to_f32(cin[i]);
+        cq[i] = te_llama__f32_to_fp8(v * scale, 0);
+        if (fabsf(v) > ref_amax) ref_amax = fabsf(v);
+    }
+    amax = 0.0f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_cast(gpu, cin, CN, scale, cq_dev, &amax), TE_LLAMA_OK);
+    for (i = 0, bad = 0; i < CN; i++) bad += cq[i] != cq_dev[i];
+    CHECK(bad == 0 && amax == ref_amax && cq_dev[3] == 0x7f && cq_dev[4] == 0xff && cq_dev[5] == 0x80 && cq_dev[6] == 0xfe,
+          "cast_fp8: %d differing, amax %.9g vs %.9g, NaN %02x %02x, -0 %02x, -1e5 %02x", bad, amax, ref_amax, cq_dev[3], cq_dev[4],
+          cq_dev[5], cq_dev[6]);
+    cin[7] = 0xff80; /* -infinity: the amax is infinite, as on the CPU; the amax alone */
+    amax = 0.0f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_cast(gpu, cin, CN, scale, NULL, &amax), TE_LLAMA_OK);
+    CHECK(isinf(amax) && amax > 0, "cast_fp8 with -inf: amax %g", amax);
+    /* amax over fp32 GEMM outputs, NaN sprinkled in */
+    for (i = 0, mx = 0.0f; i < AN; i++) {
+        af[i] = i % 997 == 5 ? NAN : fp8_uniform(-50.0f, 50.0f);
+        if (fabsf(af[i]) > mx) mx = fabsf(af[i]);
+    }
+    amax = 0.0f;
+    CHECK_RESULT(te_llama_cuda_test_fp8_amax(gpu, af, AN, &amax), TE_LLAMA_OK);
+    CHECK(amax == mx, "amax over %d floats: %.9g, host %.9g", AN, amax, mx);
+}
+
+/* The device update against te_llama_fp8_meta_update over a sequence of amaxes with zeros, NaN, infinity, a scale
+   that would overflow: MAX over a history of 3 and of 1024 (the block reduction), MOST_RECENT, margins 0, 1 and 2,
+   an E5M2 state; the weight states must stay as they are. Every field, to the bit, after every step. */
+static void test_fp8_update(te_llama_model *gpu) {
+    static const float seq[] = {1.5f, 0.0f, 3.0f, NAN, 2.0f, INFINITY, 0.25f, 0.5f, 0.125f, 7.0f, 0.0f, 0.0f, 0.0f, 1e-30f, 3e38f, 1e-37f, 5.0f};
+    enum { NS = sizeof seq / sizeof seq[0], STEPS = 40 };
+    te_llama_fp8_meta *dev = (te_llama_fp8_meta *)calloc(6, sizeof *dev), *ref = (te_llama_fp8_meta *)calloc(6, sizeof *ref);
+    te_llama_fp8_recipe r3, r5, def;
+    int step, k, bad = 0;
+    memset(&r3, 0, sizeof r3);
+    memset(&def, 0, sizeof def);
+    r3.amax_history_len = 3;
+    r3.margin = 1;
+    r5 = r3;
+    r5.amax_history_len = 5;
+    r5.margin = 2;
+    te_llama_fp8_meta_init(&ref[0], &r3, TE_LLAMA_F8_E4M3); /* GEMM 0 input: MAX, history 3, margin 1 */
+    r3.amax_compute_algo = TE_LLAMA_FP8_AMAX_MOST_RECENT;
+    te_llama_fp8_meta_init(&ref[1], &r3, TE_LLAMA_F8_E4M3); /* GEMM 0 weight: left alone */
+    te_llama_fp8_meta_update(&ref[1], 2.0f);
+    te_llama_fp8_meta_init(&ref[2], &r3, TE_LLAMA_F8_E4M3); /* GEMM 0 output: MOST_RECENT, history 3, margin 1 */
+    te_llama_fp8_meta_init(&ref[3], &def, TE_LLAMA_F8_E4M3); /* GEMM 1 input: MAX over 1024 */
+    te_llama_fp8_meta_init(&ref[4], NULL, TE_LLAMA_F8_E4M3); /* GEMM 1 weight */
+    ref[4].amax = 9.0f; /* an amax in a weight state is not consumed either */
+    te_llama_fp8_meta_init(&ref[5], &r5, TE_LLAMA_F8_E5M2); /* GEMM 1 output: E5M2, MAX over 5, margin 2 */
+    memcpy(dev, ref, 6 * sizeof *dev);
+    for (step = 0; step < STEPS && !bad; step++) {
+        for (k = 0; k < 6; k++) {
+            float a;
+            if (k == 1 || k == 4) continue;
+            a = seq[(step + 3 * k) % NS];
+            dev[k].amax = ref[k].amax = a;
+            te_llama_fp8_meta_update(&ref[k], a);
+        }
+        CHECK_RESULT(te_llama_cuda_test_fp8_update(gpu, dev, 2), TE_LLAMA_OK);
+        for (k = 0; k < 6; k++)
+            if (memcmp(&dev[k], &ref[k], sizeof *dev) != 0) {
+                CHECK(0, "fp8 update step %d, state %d: device scale %a / %a, next %d, n %lld; host %a / %a, next %d, n %lld", step, k,
+                      (double)dev[k].scale, (double)dev[k].scale_inv, dev[k].next, (long long)dev[k].n_updates, (double)ref[k].scale,
+                      (double)ref[k].scale_inv, ref[k].next, (long long)ref[k].n_updates);
+                bad = 1;
+            }
+    }
+    printf("  fp8: scale update kernel vs te_llama_fp8_meta_update, %d steps of 4 states: %s\n", step, bad ? "DIFFERENT" : "bit-identical");
+    free(dev);
+    free(ref);
+}
+
+/* te_llama__gemm_fp8 against a double-precision reference: Y (64, 256) = X (64, 128) @ W (256, 128)^T with two
+   scale_inv, accumulate off and on, fast accumulation off and on. Operands in -3..3 make every partial sum an
+   integer below 2^11, exact whatever precision the tensor cores accumulate in, so rel L2 < 1e-5 holds; then
+   random finite E4M3 operands, where the tensor cores' accumulation shows (looser bound, printed). Shapes that
+   are not multiples of 16 are refused. */
+static void test_fp8_gemm(te_llama_model *gpu) {
+    enum { M = 256, NT = 64, K = 128 };
+    static uint8_t W[M * K], X[NT * K];
+    static float Y[NT * M], Y0[NT * M], ref[NT * M];
+    const float ws = 0.37f, xs = 1.9f;
+    int pass, acc, fast, i, t, r, k;
+    for (i = 0; i < NT * M; i++) Y0[i] = fp8_uniform(-100.0f, 100.0f);
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < M * K; i++) {
+            if (pass == 0) W[i] = te_llama__f32_to_fp8((float)((int)(fp8_rand() % 7) - 3), 0);
+            else do W[i] = (uint8_t)fp8_rand(); while ((W[i] & 0x7f) == 0x7f);
+        }
+        for (i = 0; i < NT * K; i++) {
+            if (pass == 0) X[i] = te_llama__f32_to_fp8((float)((int)(fp8_rand() % 7) - 3), 0);
+            else do X[i] = (uint8_t)fp8_rand(); while ((X[i] & 0x7f) == 0x7f);
+        }
+        for (acc = 0; acc < 2; acc++)
+            for (fast = 0; fast < 2; fast++) {
+                double e;
+                for (t = 0; t < NT; t++)
+                    for (r = 0; r < M; r++) {
+                        double sum = 0;
+                        for (k = 0; k < K; k++) sum += (double)te_llama__fp8_to_f32(X[t * K + k], 0) * te_llama__fp8_to_f32(W[r * K + k], 0);
+                        ref[t * M + r] = (float)(sum * ws * xs + (acc ? Y0[t * M + r] : 0.0));
+                    }
+                memcpy(Y, Y0, sizeof Y);
+                CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, NT, K, acc, fast), TE_LLAMA_OK);
+                e = rel_l2(Y, ref, (size_t)NT * M, NULL);
+                printf("  fp8: GEMM %d x %d x %d, %s operands, accumulate %d, fast accumulation %d: rel L2 %.2e\n", M, NT, K,
+                       pass ? "random E4M3" : "integer", acc, fast, e);
+                CHECK(e < (pass ? 1e-2 : 1e-5), "FP8 GEMM (%s operands, accumulate %d, fast %d): rel L2 %g", pass ? "random" : "integer", acc, fast, e);
+            }
+    }
+    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, 250, NT, K, 0, 0), TE_LLAMA_ERR_UNSUPPORTED);
+    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, NT, 120, 0, 0), TE_LLAMA_ERR_UNSUPPORTED);
+    CHECK(strstr(te_llama_last_error(), "multiples of 16") != NULL, "message: %s", te_llama_last_error());
+}
+
+/* Every state of both models field for field (te_llama_fp8_meta_of: the device's a downloaded snapshot). */
+static int fp8_same_states(te_llama_model *gpu, te_llama_model *cpu, const char *when) {
+    int l, g, t, same = 1;
+    for (l = 0; l < cpu->config.num_hidden_layers; l++)
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
+            for (t = 0; t <= TE_LLAMA_FP8_OUTPUT; t++) {
+                te_llama_fp8_meta *a = te_llama_fp8_meta_of(gpu, l, (te_llama_fp8_gemm)g, (te_llama_fp8_tensor)t);
+                te_llama_fp8_meta *b = te_llama_fp8_meta_of(cpu, l, (te_llama_fp8_gemm)g, (te_llama_fp8_tensor)t);
+                if (!a || !b || memcmp(a, b, sizeof *a) != 0) {
+                    if (same)
+                        CHECK(0, "%s: layer %d GEMM %d tensor %d: device scale %a (n %lld), CPU %a (n %lld)", when, l, g, t,
+                              a ? (double)a->scale : 0.0, a ? (long long)a->n_updates : -1LL, b ? (double)b->scale : 0.0,
+                              b ? (long long)b->n_updates : -1LL);
+                    same = 0;
+                }
+            }
+    return same;
+}
+
+/* Every E4M3 weight of the device against the CPU's, byte for byte. */
+static int fp8_same_weights(te_llama_model *gpu, te_llama_model *cpu) {
+    const te_llama__fp8_model *f = (const te_llama__fp8_model *)cpu->fp8;
+    int i, same = 1;
+    for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
+        const te_llama__fp8_gemm_state *s = &f->gemms[i];
+        size_t bytes = (size_t)s->rows * (size_t)s->cols, k, diff = 0;
+        uint8_t *buf = (uint8_t *)malloc(bytes);
+        int rows = 0, cols = 0;
+        CHECK_RESULT(te_llama_cuda_test_fp8_weight(gpu, i / TE_LLAMA_FP8_GEMMS, i % TE_LLAMA_FP8_GEMMS, buf, bytes, &rows, &cols), TE_LLAMA_OK);
+        for (k = 0; k < bytes; k++) diff += buf[k] != s->weight[k];
+        if (rows != s->rows || cols != s->cols || diff) {
+            CHECK(0, "E4M3 weight %d (layer %d, GEMM %d): device %d x %d, CPU %lld x %lld, %zu bytes differ", i, i / TE_LLAMA_FP8_GEMMS,
+                  i % TE_LLAMA_FP8_GEMMS, rows, cols, (long long)s->rows, (long long)s->cols, diff);
+            same = 0;
+        }
+        free(buf);
+    }
+    return same;
+}
+
+/* FP8 on a CUDA model against the same model on the CPU (one seed, same BF16 weights): te_llama_fp8_enable gives
+   the same E4M3 bytes and the same states; the end of a step (the device update kernel) keeps every state equal
+   to the CPU's under amaxes with zeros, NaN and infinity; the forward's pattern for the QKV and FC1 GEMMs
+   (rmsnorm_fp8, the FP8 GEMM through the accessors, the output amax) against te_llama__fp8_gemm; te_llama_save
+   writes the same dequantised file; calibrate, update_weights, disable, enable again; and the precise refusals. */
+static void test_fp8_model(void) {
+    te_llama_config c;
+    te_llama_options o;
+    te_llama_model *cpu = NULL, *gpu = NULL, *other = NULL;
+    te_llama_fp8_recipe rc;
+    static const float vals[] = {2.5f, 0.0f, 6.0f, NAN, 0.75f, INFINITY, 1.25f, 3.0f};
+    float *amax = NULL, *x = NULL, *yg = NULL, *yc = NULL, *xn = NULL, *rowbuf = NULL;
+    int L, h, step, i, l, g, round, n = 24;
+    random_config(&c, 256, 512, 2, 4, 2, 64, 1024);
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    memset(&rc, 0, sizeof rc);
+    rc.amax_history_len = 16;
+    rc.margin = 1;
+    CHECK_RESULT(te_llama_fp8_enable(cpu, &rc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, &rc), TE_LLAMA_OK);
+    if (!cpu->fp8 || !gpu->fp8) goto done;
+    L = c.num_hidden_layers;
+    h = c.hidden_size;
+    CHECK(fp8_same_weights(gpu, cpu), "E4M3 weights after te_llama_fp8_enable");
+    CHECK(fp8_same_states(gpu, cpu, "after enable"), "states after enable");
+    CHECK(te_llama_fp8_meta_of(gpu, L, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT) == NULL &&
+          te_llama_fp8_meta_of(gpu, 0, TE_LLAMA_FP8_GEMMS, TE_LLAMA_FP8_INPUT) == NULL, "meta_of out of range: NULL");
+    /* end of step: the same amaxes on both sides */
+    amax = (float *)malloc(sizeof(float) * (size_t)L * TE_LLAMA_FP8_GEMMS * 2);
+    for (step = 0; step < 10; step++) {
+        for (i = 0; i < L * TE_LLAMA_FP8_GEMMS * 2; i++) {
+            te_llama_fp8_meta *m;
+            amax[i] = vals[(step + 3 * i) % 8] * (float)(1 + i % 5);
+            m = te_llama_fp8_meta_of(cpu, i / 8, (te_llama_fp8_gemm)(i / 2 % 4), i % 2 ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+            m->amax = amax[i];
+        }
+        te_llama__fp8_end_step(cpu);
+        CHECK_RESULT(te_llama_cuda_test_fp8_end_step(gpu, amax), TE_LLAMA_OK);
+        if (!fp8_same_states(gpu, cpu, "end of step")) break;
+    }
+    printf("  fp8: %d ends of step (device update kernel vs te_llama__fp8_end_step): states %s\n", step, step == 10 ? "bit-identical" : "DIFFERENT");
+    /* enabling again starts over: fresh states (scale 1) for the GEMMs below */
+    CHECK_RESULT(te_llama_fp8_enable(cpu, &rc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, &rc), TE_LLAMA_OK);
+    if (!cpu->fp8 || !gpu->fp8) goto done;
+    CHECK(fp8_same_states(gpu, cpu, "enabled again"), "states after enabling again");
+    /* the forward's pattern against the CPU's FP8 GEMM: rmsnorm_fp8 -> FP8 GEMM -> output amax, twice (the second
+       time with the scales the first one's amaxes made) */
+    x = (float *)malloc(sizeof(float) * (size_t)n * h);
+    xn = (float *)malloc(sizeof(float) * (size_t)n * h);
+    yg = (float *)malloc(sizeof(float) * (size_t)n * 2 * c.intermediate_size);
+    yc = (float *)malloc(sizeof(float) * (size_t)n * 2 * c.intermediate_size);
+    rowbuf = (float *)malloc(sizeof(float) * (size_t)(h + c.intermediate_size + c.num_attention_heads * c.head_dim));
+    for (i = 0; i < n * h; i++) x[i] = fp8_uniform(-3.0f, 3.0f);
+    for (round = 0; round < 2; round++) {
+        for (l = 0; l < L; l++)
+            for (g = TE_LLAMA_FP8_QKV; g <= TE_LLAMA_FP8_FC1; g += TE_LLAMA_FP8_FC1 - TE_LLAMA_FP8_QKV) {
+                te_llama_step st;
+                te_llama_fp8_meta *ig, *ic, *og, *oc;
+                float in_g, in_c, out_g, out_c;
+                int rows = g == TE_LLAMA_FP8_QKV ? (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim : 2 * c.intermediate_size, t;
+                double e;
+                memset(&st, 0, sizeof st);
+                st.fp8 = cpu->fp8;
+                for (t = 0; t < n; t++)
+                    te_llama__rmsnorm(xn + (size_t)t * h, x + (size_t)t * h, &cpu->layers[l]->params[g == TE_LLAMA_FP8_QKV ? 0 : 5], h,
+                                      c.rms_norm_eps, rowbuf);
+                CHECK(te_llama__fp8_gemm(&st, l, g, yc, rows, xn, h, n, rowbuf) == 1, "CPU FP8 GEMM did not run");
+                CHECK_RESULT(te_llama_cuda_test_fp8_layer_gemm(gpu, l, g, x, n, yg), TE_LLAMA_OK);
+                e = rel_l2(yg, yc, (size_t)n * rows, NULL);
+                ig = te_llama_fp8_meta_of(gpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_INPUT);
+                in_g = ig ? ig->amax : -1.0f;
+                ic = te_llama_fp8_meta_of(cpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_INPUT);
+                in_c = ic->amax;
+                og = te_llama_fp8_meta_of(gpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_OUTPUT);
+                out_g = og ? og->amax : -1.0f;
+                oc = te_llama_fp8_meta_of(cpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_OUTPUT);
+                out_c = oc->amax;
+                printf("  fp8: round %d layer %d %s: rmsnorm_fp8 + FP8 GEMM vs the CPU's FP8 GEMM rel L2 %.2e (input scale %g); amax in %.7g "
+                       "(CPU %.7g), out %.7g (CPU %.7g)\n", round, l, g ? "FC1" : "QKV", e, (double)ic->scale, in_g, in_c, out_g, out_c);
+                CHECK(e < 1e-2, "layer %d GEMM %d: rel L2 %g", l, g, e);
+                CHECK(fabsf(in_g - in_c) <= 1e-6f * in_c && fabsf(out_g - out_c) <= 1e-2f * out_c, "layer %d GEMM %d amaxes", l, g);
+            }
+        te_llama__fp8_end_step(cpu);
+        CHECK_RESULT(te_llama_cuda_test_fp8_end_step(gpu, NULL), TE_LLAMA_OK);
+        for (l = 0; l < L; l++)
+            for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
+                for (i = 0; i <= TE_LLAMA_FP8_OUTPUT; i++) {
+                    te_llama_fp8_meta *a = te_llama_fp8_meta_of(gpu, l, (te_llama_fp8_gemm)g, (te_llama_fp8_tensor)i);
+                    te_llama_fp8_meta *b = te_llama_fp8_meta_of(cpu, l, (te_llama_fp8_gemm)g, (te_llama_fp8_tensor)i);
+                    float tol = i == TE_LLAMA_FP8_OUTPUT ? 1e-2f : 1e-6f;
+                    CHECK(a && a->n_updates == b->n_updates && fabsf(a->scale - b->scale) <= tol * b->scale,
+                          "after the GEMMs' step: layer %d GEMM %d tensor %d: scale %g vs CPU %g", l, g, i, a ? a->scale : 0.0, b->scale);
+                }
+    }
+    /* saving writes the dequantised E4M3 weights: the same file from both */
+    check_save("fp8_random", gpu, cpu);
+    /* calibrate, update_weights (the same bytes and weight states again), disable, enable again */
+    CHECK(!te_llama_cuda_test_fp8_calibrating(gpu), "calibrating before te_llama_fp8_calibrate");
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    CHECK(te_llama_cuda_test_fp8_calibrating(gpu), "te_llama_fp8_calibrate(1) did not reach the device state");
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    CHECK(!te_llama_cuda_test_fp8_calibrating(gpu), "te_llama_fp8_calibrate(0) did not reach the device state");
+    CHECK_RESULT(te_llama_fp8_update_weights(gpu), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_update_weights(cpu), TE_LLAMA_OK);
+    CHECK(fp8_same_weights(gpu, cpu), "E4M3 weights after te_llama_fp8_update_weights");
+    for (l = 0; l < L; l++)
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++) {
+            te_llama_fp8_meta *a = te_llama_fp8_meta_of(gpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_WEIGHT);
+            te_llama_fp8_meta *b = te_llama_fp8_meta_of(cpu, l, (te_llama_fp8_gemm)g, TE_LLAMA_FP8_WEIGHT);
+            CHECK(a && memcmp(a, b, sizeof *a) == 0, "weight state of layer %d GEMM %d after update_weights", l, g);
+        }
+    te_llama_fp8_disable(gpu);
+    CHECK(gpu->fp8 == NULL && te_llama_fp8_meta_of(gpu, 0, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT) == NULL, "disabled: no state");
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK); /* freed with the model */
+    /* options.fp8 at creation; the refusals, each before or at enable with what is wrong */
+    memset(&o, 0, sizeof o);
+    o.backend = TE_LLAMA_BACKEND_CUDA;
+    o.decoder = te_llama_te_decoder;
+    o.log = quiet_log;
+    o.fp8 = &rc;
+    CHECK_RESULT(te_llama_create(&c, &o, &other), TE_LLAMA_OK);
+    CHECK(other && other->fp8 != NULL, "options.fp8 on a CUDA model: FP8 on");
+    te_llama_free(other);
+    other = NULL;
+    o.dtype = TE_LLAMA_F32;
+    CHECK_RESULT(te_llama_create(&c, &o, &other), TE_LLAMA_ERR_UNSUPPORTED);
+    o.dtype = TE_LLAMA_DTYPE_AUTO;
+    o.decoder = te_llama_vanilla_decoder;
+    CHECK_RESULT(te_llama_create(&c, &o, &other), TE_LLAMA_ERR_UNSUPPORTED);
+    CHECK(strstr(te_llama_last_error(), "vanilla") != NULL, "message: %s", te_llama_last_error());
+    o.decoder = te_llama_te_decoder;
+    c.intermediate_size = 520; /* fc2's inner dimension 520 is not a multiple of 16 */
+    CHECK_RESULT(te_llama_create(&c, &o, &other), TE_LLAMA_ERR_UNSUPPORTED);
+    CHECK(strstr(te_llama_last_error(), "FC2") != NULL, "message: %s", te_llama_last_error());
+done:
+    free(amax);
+    free(x);
+    free(xn);
+    free(yg);
+    free(yc);
+    free(rowbuf);
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+/* All of the FP8 section. */
+static void test_fp8(void) {
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    random_config(&c, 64, 128, 1, 2, 1, 32, 256);
+    if (random_pair(&c, &cpu, &gpu)) { /* a context for the kernels */
+        test_fp8_convert(gpu);
+        test_fp8_kernels(gpu);
+        test_fp8_update(gpu);
+        test_fp8_gemm(gpu);
+    }
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+    test_fp8_model();
+}
+
 int main(void) {
     static const char *const fixtures[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
     const char *env = getenv("TE_LLAMA_TMP");
@@ -1048,6 +1513,7 @@ int main(void) {
     test_gemv(probe);
     te_llama_free(probe);
     test_errors();
+    test_fp8();
     for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
     test_random_model();
     test_long_prompt("long prompt hd128", 128, 4, 1, 1024);
