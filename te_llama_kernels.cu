@@ -202,9 +202,11 @@ static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__b
                                           float *amax);
 template <typename T> static te_llama_result te_llama__amax(te_llama__cuda *ctx, const T *in, size_t n, float *amax);
 static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
-                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate,
-                                          int fast_accum);
+                                          const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
+                                          int accumulate, int fast_accum);
+__device__ uint8_t te_llama__e4m3_scaled(float v, float scale);
 static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx);
+static size_t te_llama__fp8_device_bytes(const te_llama__cuda *ctx);
 
 typedef struct te_llama__kv {
     te_llama__bf16 *k, *v; /* (n_layers, n_seq, max_len, kv_dim) each */
@@ -1190,8 +1192,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                     const float v = gt / (1.0f + expf(-gt)) * up;
                     const size_t at = (size_t)tok * a.inter + (size_t)blockIdx.x * 16 + g + 8 * h;
                     if (a.act_scale) {
-                        __nv_fp8_e4m3 q(v * *a.act_scale);
-                        ((__nv_fp8_e4m3 *)a.act)[at] = q;
+                        ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
                         amax = fmaxf(amax, fabsf(v));
                     } else {
                         ((te_llama__bf16 *)a.act)[at] = __float2bfloat16(v);
@@ -1772,6 +1773,100 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
 
 /* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
    attention by plan a: stream work only, so that a decode step can be captured in a graph. */
+/* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
+   it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
+   also raises the state's amax: the rmsnorms before QKV and fc1, a cast of the attention output before proj,
+   SwiGLU before fc2. A few tokens (decode) take the GEMV on E4M3 weights and inputs (RoPE + KV store in QKV's
+   epilogue, SwiGLU + the fc2 input's quantisation in fc1's); more take cuBLASLt's FP8 GEMM (token count rounded
+   up to 16: the extra rows are scratch no later kernel reads). The E4M3 inputs live in the bf16 buffers xn and
+   act, which they half fill. The OUTPUT states' amaxes are not recorded here (the CPU records them; nothing
+   reads them in inference). */
+static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int l, int n,
+                                           const te_llama__att *a, int small) {
+    const te_llama_config *c = &m->config;
+    const te_llama__kv *kv = (const te_llama__kv *)cache->device;
+    const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    const int q_dim = nh * hd, kv_dim = nkv * hd, I = c->intermediate_size, cap = ctx->cap_tokens, n16 = (n + 15) / 16 * 16;
+    const int32_t *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
+    const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
+    const te_llama_param *P = m->layers[l]->params;
+    te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
+    uint8_t *xq = (uint8_t *)ctx->xn, *actq = (uint8_t *)ctx->act;
+    const float eps = (float)c->rms_norm_eps;
+    const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT;
+    te_llama__gemv_args ga;
+    te_llama_result r;
+#define TE_LLAMA__Q(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_scale_inv(ctx, l, (g), WT)
+    memset(&ga, 0, sizeof ga);
+    ga.n = n;
+    /* attention block */
+    if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
+                                   te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_QKV, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_QKV, IN))))
+        return r;
+    if (small) {
+        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_QKV); ga.x = xq; ga.m = q_dim + 2 * kv_dim; ga.k = h;
+        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, WT);
+        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, IN);
+        ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = pos; ga.seq = seq; ga.kc = kc; ga.vc = vc;
+        ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
+        if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, true>(ctx, ga, ga.m / 16))) return r;
+    } else {
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_QKV), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, IN),
+                                    ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n16, h, 0, 1)))
+            return r;
+        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
+            ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
+        TE_LLAMA__LAUNCHED(rope_kv);
+    }
+    if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
+    if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
+                                te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
+        return r;
+    if (small) {
+        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_PROJ); ga.x = xq; ga.m = h; ga.k = q_dim; ga.y = ctx->x; ga.accumulate = 1;
+        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, WT);
+        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, IN);
+        r = te_llama__gemv<TE_LLAMA__EPI_STORE, true>(ctx, ga, h / 16);
+    } else {
+        r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_PROJ), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, IN),
+                               ctx->x, CUDA_R_32F, h, n16, q_dim, 1, 1);
+    }
+    if (r) return r;
+    /* MLP block */
+    if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, xq, NULL, n, h, eps,
+                                   te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC1, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC1, IN))))
+        return r;
+    if (small) {
+        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_FC1); ga.x = xq; ga.m = 2 * I; ga.k = h; ga.accumulate = 0;
+        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, WT);
+        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, IN);
+        ga.act = actq; ga.inter = I;
+        ga.act_scale = te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN);
+        ga.act_amax = te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN);
+        if ((r = te_llama__gemv<TE_LLAMA__EPI_SWIGLU, true>(ctx, ga, I / 16))) return r;
+        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_FC2); ga.x = actq; ga.m = h; ga.k = I; ga.y = ctx->x; ga.accumulate = 1;
+        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, WT);
+        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, IN);
+        ga.act = NULL; ga.act_scale = NULL; ga.act_amax = NULL;
+        r = te_llama__gemv<TE_LLAMA__EPI_STORE, true>(ctx, ga, h / 16);
+    } else {
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_FC1), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, IN),
+                                    ctx->mlp, CUDA_R_16BF, 2 * I, n16, h, 0, 1)))
+            return r;
+        if ((r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, actq, NULL, n, I, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN),
+                                                      te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN))))
+            return r;
+        r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_FC2), actq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, IN),
+                               ctx->x, CUDA_R_32F, h, n16, I, 1, 1);
+    }
+#undef TE_LLAMA__Q
+    return r;
+}
+
+/* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
+   attention by plan a: stream work only, so that a decode step can be captured in a graph. With FP8 on, the layers
+   run te_llama__layer_fp8, or in bf16 while recording the GEMM inputs' amaxes when calibrating; either way the FP8
+   states are updated at the end, as the CPU does after each forward. */
 static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
                                         const te_llama__att *a) {
     const te_llama_config *c = &m->config;
@@ -1783,13 +1878,20 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     const float eps = (float)c->rms_norm_eps;
     const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     const int norm_threads = te_llama__norm_threads(n, h);
+    const int fp8 = ctx->fp8 != NULL, calibrating = te_llama__fp8_calibrating(ctx), IN = TE_LLAMA_FP8_INPUT;
     /* a few tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue. fc1, fc2
        and lm_head stay with cuBLASLt, whose TMA-pipelined kernels stream their larger weights faster than the
-       GEMV's register loads (bench/NOTES.md, run 3). */
+       GEMV's loads (bench/NOTES.md, run 3). In FP8 every GEMM of a few tokens takes the GEMV. */
     const int small = te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
+    const int small_fp8 = small && te_llama__gemv_ok(n, 2 * I, h) && te_llama__gemv_ok(n, h, I) && I % 16 == 0;
     te_llama__gemv_args ga;
     te_llama_result r;
     int l;
+    if (fp8 && !calibrating && q_dim > 2 * h) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "FP8 on CUDA: q_dim %d over 2 x hidden %d (its E4M3 input would not fit the scratch)", q_dim, h);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
     if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
         ((r = te_llama__ensure_part(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2))) ||
          (r = te_llama__ensure_counts(ctx, (size_t)n * (size_t)nkv))))
@@ -1803,8 +1905,18 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     for (l = 0; l < c->num_hidden_layers; l++) {
         const te_llama_param *P = m->layers[l]->params;
         te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
+        if (fp8 && !calibrating) {
+            if ((r = te_llama__layer_fp8(m, ctx, cache, l, n, a, small_fp8))) return r;
+            continue;
+        }
         /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
-        te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
+        r = TE_LLAMA_OK;
+        if (calibrating)
+            r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, NULL, ctx->xn, n, h, eps,
+                                      te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_QKV, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_QKV, IN));
+        else
+            te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
+        if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if (small) {
             ga.w = P[1].data; ga.x = ctx->xn; ga.m = q_dim + 2 * kv_dim; ga.k = h;
@@ -1817,18 +1929,33 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
             TE_LLAMA__LAUNCHED(rope_kv);
         }
         if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
+        if (calibrating && (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
+                                                   te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
+            return r;
         if (small) r = te_llama__gemv_store(ctx, P[4].data, ctx->att, ctx->x, h, n, q_dim, 1);
         else r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1);
         if (r) return r;
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
-        te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
+        r = TE_LLAMA_OK;
+        if (calibrating)
+            r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, NULL, ctx->xn, n, h, eps,
+                                      te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC1, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC1, IN));
+        else
+            te_llama__rmsnorm_kernel<<<n, norm_threads, 0, ctx->stream>>>(ctx->x, NULL, (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
+        if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
-        te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(ctx->mlp, ctx->act, n, I);
-        TE_LLAMA__LAUNCHED(swiglu);
+        if (calibrating) {
+            if ((r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, NULL, ctx->act, n, I, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN),
+                                                          te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN))))
+                return r;
+        } else {
+            te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(ctx->mlp, ctx->act, n, I);
+            TE_LLAMA__LAUNCHED(swiglu);
+        }
         if ((r = te_llama__gemm(ctx, P[7].data, ctx->act, ctx->x, CUDA_R_32F, h, n, I, 1))) return r;
     }
-    return TE_LLAMA_OK;
+    return fp8 ? te_llama__fp8_end_step_dev(ctx) : TE_LLAMA_OK;
 }
 
 /* Final norm and lm_head for n_rows rows of x (rows: device indices, NULL for rows 0..n_rows-1) into ctx->logits. */
@@ -2448,8 +2575,8 @@ done:
 /* ====================================================================================== memory report */
 
 /* The device memory the context holds besides parameters and KV caches: cuBLASLt's workspace, the per-batch
-   scratch, the logits rows, the decode attention's partials and the small tables (the samplers' states among them);
-   and the device's free/total. */
+   scratch, the logits rows, the decode attention's partials, the FP8 state (E4M3 weights and scaling states) and
+   the small tables (the samplers' states among them); and the device's free/total. */
 extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model, size_t *workspace_bytes,
                                                      size_t *device_free, size_t *device_total) {
     const te_llama__cuda *ctx = model ? (const te_llama__cuda *)model->backend : NULL;
@@ -2457,7 +2584,7 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     if (ctx) {
         ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
              ctx->part_floats * sizeof(float) + ctx->part_counts * sizeof(unsigned) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
-             sizeof(unsigned long long) * (size_t)ctx->cap_seqs;
+             sizeof(unsigned long long) * (size_t)ctx->cap_seqs + te_llama__fp8_device_bytes(ctx);
         TE_LLAMA__CU(cudaSetDevice(ctx->device));
     }
     TE_LLAMA__CU(cudaMemGetInfo(&f, &t));
@@ -2910,7 +3037,7 @@ static te_llama_result te_llama__plan_make_fp8(te_llama__cuda *ctx, te_llama__pl
     /* column-major view, as te_llama__plan_make: A = W stored (k, m), B = X stored (k, n), C = D = Y stored (m, n) */
     TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
     TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, p->ctype, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
     TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
     s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     if (s == CUBLAS_STATUS_SUCCESS)
@@ -2926,15 +3053,15 @@ static te_llama_result te_llama__plan_make_fp8(te_llama__cuda *ctx, te_llama__pl
     return TE_LLAMA_OK;
 }
 
-/* Y (n, m) row-major fp32 = (X (n, k) E4M3 * *x_scale_inv) @ (W (m, k) E4M3 * *w_scale_inv)^T (+ Y when
+/* Y (n, m) row-major, fp32 or bf16 (ctype) = (X (n, k) E4M3 * *x_scale_inv) @ (W (m, k) E4M3 * *w_scale_inv)^T (+ Y when
    accumulate: beta = 1, the residual add), fp32 accumulation (periodically promoted unless fast_accum). The
    scales are device floats (the states' scale_inv), read when the GEMM runs. The layout is te_llama__gemm's
    "TN". cuBLASLt's FP8 rules: k and m multiples of 16 (the E4M3 leading dimension k in 16-byte units; m so
    that every weight row block stays aligned), every pointer 16-byte aligned; n is free (decode: n = 1).
    Plans are cached in ctx->plans with fp8 = 1 (2 with fast accumulation). */
 static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
-                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate,
-                                          int fast_accum) {
+                                          const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
+                                          int accumulate, int fast_accum) {
     te_llama__plan *p = NULL;
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const int fp8 = fast_accum ? 2 : 1;
@@ -2957,13 +3084,13 @@ static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W,
     }
     for (i = 0; i < ctx->n_plans && !p; i++) {
         te_llama__plan *q = &ctx->plans[i];
-        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->accumulate == accumulate && q->ctype == CUDA_R_32F) p = q;
+        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->accumulate == accumulate && q->ctype == ctype) p = q;
     }
     if (!p) {
         if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
         else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
         te_llama__plan_destroy(p);
-        p->m = m; p->n = n; p->k = k; p->ctype = CUDA_R_32F; p->accumulate = accumulate; p->fp8 = fp8;
+        p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate; p->fp8 = fp8;
         if ((r = te_llama__plan_make_fp8(ctx, p, w_scale_inv, x_scale_inv))) {
             te_llama__plan_destroy(p);
             p->m = -1; /* matches nothing; the slot is reused */
@@ -2978,6 +3105,12 @@ static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W,
 }
 
 /* --------------------------------------------------------------------------------------------- the state */
+
+/* Device bytes of the FP8 state (E4M3 weights and scaling states), for te_llama_cuda_memory_info. */
+static size_t te_llama__fp8_device_bytes(const te_llama__cuda *ctx) {
+    const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
+    return f ? f->weight_bytes + sizeof(te_llama_fp8_meta) * (size_t)f->n_layers * TE_LLAMA_FP8_GEMMS * 3 : 0;
+}
 
 static void te_llama__fp8_free(te_llama__cuda *ctx, te_llama__fp8_dev *f) {
     if (!f) return;
@@ -3387,7 +3520,7 @@ te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int 
                                     te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_INPUT));
     if (!b.r)
         b.r = te_llama__gemm_fp8(ctx, te_llama__fp8_weight(ctx, l, g), te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_WEIGHT), dq,
-                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, d->rows, n, d->cols, 0, 0);
+                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, CUDA_R_32F, d->rows, n, d->cols, 0, 0);
     if (!b.r) b.r = te_llama__amax(ctx, (const float *)dy, (size_t)n * d->rows, te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_OUTPUT));
     te_llama__test_get(&b, ctx, y, dy, sizeof(float) * (size_t)n * d->rows);
     return te_llama__test_end(&b, ctx);
@@ -3428,7 +3561,7 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
     dx = (uint8_t *)te_llama__test_put(&b, X, (size_t)n * k);
     dy = (float *)te_llama__test_put(&b, Y, ny);
     ds = (float *)te_llama__test_put(&b, s, sizeof s);
-    if (!b.r) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate, fast_accum);
+    if (!b.r) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
     te_llama__test_get(&b, ctx, Y, dy, ny);
     return te_llama__test_end(&b, ctx);
 }

@@ -7,6 +7,8 @@ For each shape it writes a random-weight checkpoint with HF save_pretrained (bf1
 each in its own child process so that peak host RSS is that side's alone:
   load time (warm page cache) and peak host RSS; prefill tokens/s at batch 1 and 8 of 2048 tokens; greedy decode
   tokens/s at batch 1 and 16 after a 128-token prompt (128 new tokens; the prompt's time is subtracted).
+  te_llama also runs in FP8 (E4M3 weights and GEMM inputs, delayed scaling calibrated by one BF16 pass): prefill
+  B1 and decode B1, and the relative L2 distance of its last-token logits from BF16.
 Peers: HF transformers (bf16, sdpa, generate) and a minimal PyTorch Llama with fused weights, a static KV cache
 and the decode step captured in one CUDA graph (the gpt-fast recipe). Ceilings: a device-to-device copy and a
 bf16 GEMM, measured here. Prints a table with ratios, writes OUT_DIR/bench.json and OUT_DIR/bench.png.
@@ -205,6 +207,13 @@ def run_project(bench_bin, path):
         out["error"] = b["error"]
         return out
     out.update(prefill_b8_tok_s=b["prefill_tok_s"], decode_b16_tok_s=b["decode_tok_s"])
+    f = one("--dtype", "fp8", "--prefill-batch", "1", "--prefill-len", str(PREFILL_T), "--decode-batch", "1",
+            "--prompt", str(PROMPT), "--new", str(NEW))
+    if "error" in f:
+        out["fp8_error"] = f["error"]
+        return out
+    out.update(prefill_b1_fp8_tok_s=f["prefill_tok_s"], decode_b1_fp8_tok_s=f["decode_tok_s"],
+               fp8_logits_rel_l2=f.get("fp8_logits_rel_l2"))
     return out
 
 
@@ -286,6 +295,16 @@ def print_table(result):
             fmt = lambda v: "-" if v is None else f"{v:.4g}"
             ratio = lambda a, b: "-" if a is None or b is None or not a or not b else f"{(a / b if higher else b / a):.2f}x"
             print(f"| {name} | {fmt(p)} | {fmt(h)} | {fmt(g)} | {ratio(p, h)} | {ratio(p, g)} | {fmt(roof) if roof != '' else '-'} |")
+        p, h = r.get("project", {}), r.get("hf", {})
+        if p.get("prefill_b1_fp8_tok_s"):
+            fmt = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+            print(f"FP8 (E4M3 weights and GEMM inputs): prefill B1 T2048 {p['prefill_b1_fp8_tok_s']:.4g} tok/s = "
+                  f"{fmt(p['prefill_b1_fp8_tok_s'], h.get('prefill_b1_tok_s'))} HF bf16, "
+                  f"{fmt(p['prefill_b1_fp8_tok_s'], p.get('prefill_b1_tok_s'))} te_llama BF16; decode B1 "
+                  f"{p['decode_b1_fp8_tok_s']:.4g} tok/s = {fmt(p['decode_b1_fp8_tok_s'], p.get('decode_b1_tok_s'))} te_llama BF16; "
+                  f"last-token logits rel L2 vs BF16 {p.get('fp8_logits_rel_l2')}")
+        if "fp8_error" in p:
+            print(f"project FP8 error: {p['fp8_error']}")
         for k in ("project", "hf", "graph"):
             if "error" in r.get(k, {}):
                 print(f"{k} error: {r[k]['error']}")

@@ -25,8 +25,9 @@ static void usage(FILE *f) {
             "                      machine has a GPU, else the CPU)\n"
             "  --decoder te|vanilla  decoder layer layout (default te: fused QKV and fc1)\n"
             "  --dtype D           f32, bf16 or f16: parameter storage (default: the checkpoint's); fp8: FP8 GEMMs as\n"
-            "                      TransformerEngine's DelayedScaling (E4M3), emulated on the CPU backend (the default\n"
-            "                      with fp8; the CUDA backend has no FP8 yet), activation scales calibrated on the prompt\n"
+            "                      TransformerEngine's DelayedScaling (E4M3 weights and GEMM inputs), on the GPU with\n"
+            "                      cuBLASLt and the decode GEMV, emulated on the CPU backend; activation scales\n"
+            "                      calibrated on the prompt\n"
             "  --num-layers N      load only the first N decoder layers\n"
             "  --ignore-eos        do not stop at the model's end-of-sequence ids\n"
             "  --print-ids         print the generated token ids on stdout, space separated, instead of text\n"
@@ -154,7 +155,6 @@ int main(int argc, char **argv) {
     }
     if (n_new < 0 || (text && ids_text)) { usage(stderr); return 2; }
     if (!dir) dir = default_model(argv[0]);
-    if (opt.fp8 && !backend_chosen) opt.backend = TE_LLAMA_BACKEND_CPU; /* FP8 is emulated on the CPU for now */
     if (!seed_given) g.sampler.seed = (uint64_t)time(NULL);
     if (!quiet && isatty(2)) opt.progress = progress;
     opt.log = log_message;
@@ -164,7 +164,8 @@ int main(int argc, char **argv) {
     if (!quiet) {
         te_llama_memory mem;
         fprintf(stderr, "loaded %s (%d layers, %s, %s%s) in %.2f s", dir, m->config.num_hidden_layers, m->layers[0]->kind,
-                m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu", m->fp8 ? ", FP8 emulated" : "", t1 - t0);
+                m->options.backend == TE_LLAMA_BACKEND_CUDA ? "cuda" : "cpu",
+                m->fp8 ? (m->options.backend == TE_LLAMA_BACKEND_CUDA ? ", FP8" : ", FP8 emulated") : "", t1 - t0);
         if (te_llama_memory_usage(m, NULL, &mem) == TE_LLAMA_OK) {
             fprintf(stderr, ": %.1f MB of parameters", mem.parameter_bytes / 1e6);
             if (mem.device_total) fprintf(stderr, ", device %.1f of %.1f GB free", mem.device_free / 1e9, mem.device_total / 1e9);

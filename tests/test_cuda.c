@@ -1480,6 +1480,88 @@ done:
 }
 
 /* All of the FP8 section. */
+/* The FP8 forward on the GPU against the CPU's FP8 emulation, on a random model (hd 128, GQA 4:2): both enable
+   FP8, calibrate on the same prompt (one BF16 pass recording amaxes), then run a 40-token FP8 prefill (cuBLASLt's
+   FP8 GEMMs, token count padded to 16) and 8 single-token FP8 decode steps (the E4M3 GEMV with RoPE and SwiGLU in
+   its epilogues), compared step by step. The two sides quantise slightly different inputs (bf16 K/V and attention
+   output on the GPU), so an E4M3 rounding flips now and then: the bound is set against FP8's own error, which the
+   GPU must not exceed (GPU FP8 vs CPU FP8 below half of CPU FP8 vs CPU BF16, and below 5e-2). Then
+   te_llama_generate (graph-captured FP8 decode) against the same greedy steps by plain forward calls, from the same
+   FP8 state: identical ids. */
+static void test_fp8_forward(void) {
+    enum { N = 40, STEPS = 8 };
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    te_llama_kv_cache *cc = NULL, *cg = NULL;
+    te_llama_generate_options g;
+    int32_t prompt[N + STEPS], ids_gen[16], ids_fwd[16];
+    uint8_t want[N];
+    float *lc = NULL, *lg = NULL, *lb = NULL;
+    double e_emu, e_q, worst = 0;
+    int i, V, n_out = 0;
+    uint64_t x = 4242;
+    random_config(&c, 512, 1408, 2, 4, 2, 128, 2048);
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    V = c.vocab_size;
+    for (i = 0; i < N + STEPS; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % (uint64_t)V); }
+    memset(want, 0, sizeof want);
+    want[N - 1] = 1;
+    lc = (float *)malloc(sizeof(float) * V); lg = (float *)malloc(sizeof(float) * V); lb = (float *)malloc(sizeof(float) * V);
+    CHECK_RESULT(te_llama_fp8_enable(cpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_kv_cache_create(cpu, 1, N + STEPS, &cc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, N + STEPS, &cg), TE_LLAMA_OK);
+    if (!cpu->fp8 || !gpu->fp8 || !cc || !cg) goto done;
+    /* calibration: BF16 forwards recording amaxes; the CPU's logits here are the BF16 reference */
+    CHECK_RESULT(te_llama_fp8_calibrate(cpu, 1), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    CHECK_RESULT(run(cpu, cc, prompt, N, 0, want, lb), TE_LLAMA_OK);
+    CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lg), TE_LLAMA_OK);
+    e_emu = rel_l2(lg, lb, (size_t)V, NULL);
+    printf("  fp8 forward: calibration pass (bf16) GPU vs CPU rel L2 %.2e\n", e_emu);
+    CHECK(e_emu < 1e-2, "FP8 calibration pass (bf16): GPU vs CPU rel L2 %g", e_emu);
+    CHECK_RESULT(te_llama_fp8_calibrate(cpu, 0), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    /* FP8 prefill, then FP8 decode steps */
+    CHECK_RESULT(run(cpu, cc, prompt, N, 0, want, lc), TE_LLAMA_OK);
+    CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lg), TE_LLAMA_OK);
+    e_emu = rel_l2(lg, lc, (size_t)V, NULL);
+    e_q = rel_l2(lc, lb, (size_t)V, NULL);
+    printf("  fp8 forward: %d-token FP8 prefill: GPU vs CPU emulation rel L2 %.2e; FP8 vs BF16 on the CPU %.2e\n", N, e_emu, e_q);
+    CHECK(e_emu < 5e-2 && e_emu < 0.5 * e_q, "FP8 prefill: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", e_emu, e_q);
+    for (i = 0; i < STEPS; i++) {
+        CHECK_RESULT(run(cpu, cc, prompt + N + i, 1, N + i, NULL, lc), TE_LLAMA_OK);
+        CHECK_RESULT(run(gpu, cg, prompt + N + i, 1, N + i, NULL, lg), TE_LLAMA_OK);
+        e_emu = rel_l2(lg, lc, (size_t)V, NULL);
+        if (e_emu > worst) worst = e_emu;
+    }
+    printf("  fp8 forward: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", STEPS, worst);
+    CHECK(worst < 5e-2 && worst < 0.5 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
+    /* the captured FP8 decode graph against plain forwards, each from a fresh FP8 state calibrated alike */
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = 16;
+    g.ignore_eos = 1;
+    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    last_logits(gpu, prompt, N, lg);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_generate(gpu, &g, prompt, N, ids_gen, 16, &n_out), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    last_logits(gpu, prompt, N, lg);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    gpu_forward_greedy(gpu, prompt, N, 16, N + 16, ids_fwd);
+    CHECK(n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0, "FP8: te_llama_generate (graph) and plain forwards differ");
+    printf("  fp8 forward: te_llama_generate (captured FP8 decode) vs plain forwards: %s\n",
+           n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0 ? "16 of 16 ids identical" : "DIFFERENT");
+done:
+    te_llama_kv_cache_free(cc);
+    te_llama_kv_cache_free(cg);
+    free(lc); free(lg); free(lb);
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
 static void test_fp8(void) {
     te_llama_config c;
     te_llama_model *cpu = NULL, *gpu = NULL;
@@ -1493,6 +1575,7 @@ static void test_fp8(void) {
     te_llama_free(cpu);
     te_llama_free(gpu);
     test_fp8_model();
+    test_fp8_forward();
 }
 
 int main(void) {
