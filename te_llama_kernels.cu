@@ -141,7 +141,6 @@ typedef struct te_llama__plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
-    int fp8; /* 0: bf16 inputs; 1: E4M3 inputs (te_llama__gemm_fp8), 2: the same with fast accumulation */
 } te_llama__plan;
 
 typedef struct te_llama__cuda {
@@ -201,9 +200,6 @@ static te_llama_result te_llama__swiglu_fp8(te_llama__cuda *ctx, const T *mlp, u
 static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__bf16 *in, uint8_t *out, size_t n, const float *scale,
                                           float *amax);
 template <typename T> static te_llama_result te_llama__amax(te_llama__cuda *ctx, const T *in, size_t n, float *amax);
-static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
-                                          const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
-                                          int accumulate, int fast_accum);
 __device__ uint8_t te_llama__e4m3_scaled(float v, float scale);
 static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx);
 static size_t te_llama__fp8_device_bytes(const te_llama__cuda *ctx);
@@ -1625,7 +1621,7 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
     te_llama_result r;
     for (i = 0; i < ctx->n_plans && !p; i++) {
         te_llama__plan *q = &ctx->plans[i];
-        if (!q->fp8 && q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
+        if (q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
     }
     if (!p) {
         cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
@@ -1771,96 +1767,92 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
     return TE_LLAMA_OK;
 }
 
-/* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
-   attention by plan a: stream work only, so that a decode step can be captured in a graph. */
+/* The E4M3 GEMV over n tokens, 16 at a time (its largest tile): a's pointers are those of token 0 and move with
+   the chunk (X and the outputs by rows, the RoPE table, positions and sequences by tokens). FP8 GEMMs of more
+   tokens run this way too: cuBLASLt's E4M3 x E4M3 GEMM (fp32 or bf16 out) returned zeros or
+   CUBLAS_STATUS_NOT_SUPPORTED on the H200 with CUDA 13.0 in our first try (bench/NOTES.md, run 3), so it is
+   not used; a prefill then reads the E4M3 weights once per 16 tokens. */
+template <int EPI>
+static te_llama_result te_llama__gemv_fp8_chunks(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks, int n) {
+    te_llama_result r;
+    int c0;
+    for (c0 = 0; c0 < n; c0 += TE_LLAMA__GEMV_MAX_N) {
+        te_llama__gemv_args c = a;
+        c.n = n - c0 < TE_LLAMA__GEMV_MAX_N ? n - c0 : TE_LLAMA__GEMV_MAX_N;
+        c.x = (const uint8_t *)a.x + (size_t)c0 * a.k;
+        if (EPI == TE_LLAMA__EPI_STORE) c.y = a.y + (size_t)c0 * a.m;
+        if (EPI == TE_LLAMA__EPI_ROPE_KV) {
+            c.qkv = a.qkv + (size_t)c0 * (size_t)(a.n_heads + 2 * a.n_kv) * a.hd;
+            c.rope = a.rope + (size_t)c0 * a.hd;
+            c.pos = a.pos + c0;
+            c.seq = a.seq + c0;
+        }
+        if (EPI == TE_LLAMA__EPI_SWIGLU) c.act = (uint8_t *)a.act + (size_t)c0 * a.inter;
+        if ((r = te_llama__gemv<EPI, true>(ctx, c, blocks))) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Y (n, m) fp32 (+)= X (n, k) E4M3 @ W^T E4M3, scaled by *w_scale_inv * *x_scale_inv: te_llama__gemv_fp8_chunks
+   with the plain epilogue. */
+static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
+                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate) {
+    te_llama__gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.w = W; a.x = X; a.y = Y; a.m = m; a.k = k; a.accumulate = accumulate;
+    a.scale_inv = w_scale_inv; a.scale_inv_x = x_scale_inv;
+    return te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_STORE>(ctx, a, m / 16, n);
+}
+
 /* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
-   also raises the state's amax: the rmsnorms before QKV and fc1, a cast of the attention output before proj,
-   SwiGLU before fc2. A few tokens (decode) take the GEMV on E4M3 weights and inputs (RoPE + KV store in QKV's
-   epilogue, SwiGLU + the fc2 input's quantisation in fc1's); more take cuBLASLt's FP8 GEMM (token count rounded
-   up to 16: the extra rows are scratch no later kernel reads). The E4M3 inputs live in the bf16 buffers xn and
-   act, which they half fill. The OUTPUT states' amaxes are not recorded here (the CPU records them; nothing
-   reads them in inference). */
+   also raises the state's amax: the rmsnorms before QKV and fc1, a cast of the attention output before proj, and
+   fc1's own epilogue (SwiGLU) before fc2. Every GEMM is the E4M3 GEMV (te_llama__gemv_fp8_chunks), RoPE + KV
+   store in QKV's epilogue. The E4M3 inputs live in the bf16 buffers xn and act, which they half fill. The
+   OUTPUT states' amaxes are not recorded here (the CPU records them; nothing reads them in inference). */
 static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int l, int n,
-                                           const te_llama__att *a, int small) {
+                                           const te_llama__att *a) {
     const te_llama_config *c = &m->config;
     const te_llama__kv *kv = (const te_llama__kv *)cache->device;
     const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
-    const int q_dim = nh * hd, kv_dim = nkv * hd, I = c->intermediate_size, cap = ctx->cap_tokens, n16 = (n + 15) / 16 * 16;
-    const int32_t *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
+    const int q_dim = nh * hd, kv_dim = nkv * hd, I = c->intermediate_size, cap = ctx->cap_tokens;
     const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
     const te_llama_param *P = m->layers[l]->params;
-    te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
     uint8_t *xq = (uint8_t *)ctx->xn, *actq = (uint8_t *)ctx->act;
     const float eps = (float)c->rms_norm_eps;
-    const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT;
+    const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT, QKV = TE_LLAMA_FP8_QKV, PROJ = TE_LLAMA_FP8_PROJ;
+    const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2;
     te_llama__gemv_args ga;
     te_llama_result r;
-#define TE_LLAMA__Q(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_scale_inv(ctx, l, (g), WT)
-    memset(&ga, 0, sizeof ga);
-    ga.n = n;
     /* attention block */
     if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
-                                   te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_QKV, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_QKV, IN))))
+                                   te_llama__fp8_scale(ctx, l, QKV, IN), te_llama__fp8_amax(ctx, l, QKV, IN))))
         return r;
-    if (small) {
-        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_QKV); ga.x = xq; ga.m = q_dim + 2 * kv_dim; ga.k = h;
-        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, WT);
-        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, IN);
-        ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = pos; ga.seq = seq; ga.kc = kc; ga.vc = vc;
-        ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
-        if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, true>(ctx, ga, ga.m / 16))) return r;
-    } else {
-        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_QKV), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_QKV, IN),
-                                    ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n16, h, 0, 1)))
-            return r;
-        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
-            ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
-        TE_LLAMA__LAUNCHED(rope_kv);
-    }
-    if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
-    if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
-                                te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
+    memset(&ga, 0, sizeof ga);
+    ga.w = te_llama__fp8_weight(ctx, l, QKV); ga.x = xq; ga.m = q_dim + 2 * kv_dim; ga.k = h;
+    ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, QKV, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, QKV, IN);
+    ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = ctx->ints + cap; ga.seq = ctx->ints + 2 * cap;
+    ga.kc = kv->k + (size_t)l * layer_elems; ga.vc = kv->v + (size_t)l * layer_elems;
+    ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
+    if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_ROPE_KV>(ctx, ga, ga.m / 16, n))) return r;
+    if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n))) return r;
+    if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, PROJ, IN),
+                                te_llama__fp8_amax(ctx, l, PROJ, IN))))
         return r;
-    if (small) {
-        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_PROJ); ga.x = xq; ga.m = h; ga.k = q_dim; ga.y = ctx->x; ga.accumulate = 1;
-        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, WT);
-        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, IN);
-        r = te_llama__gemv<TE_LLAMA__EPI_STORE, true>(ctx, ga, h / 16);
-    } else {
-        r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_PROJ), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_PROJ, IN),
-                               ctx->x, CUDA_R_32F, h, n16, q_dim, 1, 1);
-    }
-    if (r) return r;
-    /* MLP block */
+    if ((r = te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, PROJ), te_llama__fp8_scale_inv(ctx, l, PROJ, WT), xq,
+                                te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1)))
+        return r;
+    /* MLP block: fc1's epilogue quantises SwiGLU's output for fc2 */
     if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, xq, NULL, n, h, eps,
-                                   te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC1, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC1, IN))))
+                                   te_llama__fp8_scale(ctx, l, FC1, IN), te_llama__fp8_amax(ctx, l, FC1, IN))))
         return r;
-    if (small) {
-        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_FC1); ga.x = xq; ga.m = 2 * I; ga.k = h; ga.accumulate = 0;
-        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, WT);
-        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, IN);
-        ga.act = actq; ga.inter = I;
-        ga.act_scale = te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN);
-        ga.act_amax = te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN);
-        if ((r = te_llama__gemv<TE_LLAMA__EPI_SWIGLU, true>(ctx, ga, I / 16))) return r;
-        ga.w = te_llama__fp8_weight(ctx, l, TE_LLAMA_FP8_FC2); ga.x = actq; ga.m = h; ga.k = I; ga.y = ctx->x; ga.accumulate = 1;
-        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, WT);
-        ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, IN);
-        ga.act = NULL; ga.act_scale = NULL; ga.act_amax = NULL;
-        r = te_llama__gemv<TE_LLAMA__EPI_STORE, true>(ctx, ga, h / 16);
-    } else {
-        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_FC1), xq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC1, IN),
-                                    ctx->mlp, CUDA_R_16BF, 2 * I, n16, h, 0, 1)))
-            return r;
-        if ((r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, actq, NULL, n, I, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN),
-                                                      te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN))))
-            return r;
-        r = te_llama__gemm_fp8(ctx, TE_LLAMA__Q(TE_LLAMA_FP8_FC2), actq, te_llama__fp8_scale_inv(ctx, l, TE_LLAMA_FP8_FC2, IN),
-                               ctx->x, CUDA_R_32F, h, n16, I, 1, 1);
-    }
-#undef TE_LLAMA__Q
-    return r;
+    memset(&ga, 0, sizeof ga);
+    ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
+    ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, FC1, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, FC1, IN);
+    ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN); ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
+    if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_SWIGLU>(ctx, ga, I / 16, n))) return r;
+    return te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, FC2), te_llama__fp8_scale_inv(ctx, l, FC2, WT), actq,
+                              te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1);
 }
 
 /* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
@@ -1881,15 +1873,16 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     const int fp8 = ctx->fp8 != NULL, calibrating = te_llama__fp8_calibrating(ctx), IN = TE_LLAMA_FP8_INPUT;
     /* a few tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue. fc1, fc2
        and lm_head stay with cuBLASLt, whose TMA-pipelined kernels stream their larger weights faster than the
-       GEMV's loads (bench/NOTES.md, run 3). In FP8 every GEMM of a few tokens takes the GEMV. */
+       GEMV's loads (bench/NOTES.md, run 3). In FP8 every GEMM takes the E4M3 GEMV (te_llama__layer_fp8). */
     const int small = te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
-    const int small_fp8 = small && te_llama__gemv_ok(n, 2 * I, h) && te_llama__gemv_ok(n, h, I) && I % 16 == 0;
     te_llama__gemv_args ga;
     te_llama_result r;
     int l;
-    if (fp8 && !calibrating && q_dim > 2 * h) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "FP8 on CUDA: q_dim %d over 2 x hidden %d (its E4M3 input would not fit the scratch)", q_dim, h);
+    if (fp8 && !calibrating && (q_dim > 2 * h || !te_llama__gemv_ok(1, q_dim + 2 * kv_dim, h) || !te_llama__gemv_ok(1, h, q_dim) ||
+                                 !te_llama__gemv_ok(1, 2 * I, h) || !te_llama__gemv_ok(1, h, I) || hd % 16 || I % 16)) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "FP8 on CUDA runs its GEMMs through the E4M3 GEMV, which needs hidden, q_dim and intermediate "
+                 "multiples of 64, head_dim of 16 and q_dim <= 2 hidden; this model has %d, %d, %d, %d", h, q_dim, I, hd);
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
     }
     if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
@@ -1906,7 +1899,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         const te_llama_param *P = m->layers[l]->params;
         te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
         if (fp8 && !calibrating) {
-            if ((r = te_llama__layer_fp8(m, ctx, cache, l, n, a, small_fp8))) return r;
+            if ((r = te_llama__layer_fp8(m, ctx, cache, l, n, a))) return r;
             continue;
         }
         /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
@@ -2693,10 +2686,9 @@ done:
    WHAT THE FORWARD CALLS, per GEMM g of layer l (delayed scaling, as te_llama__fp8_gemm on the CPU)
      The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:
      te_llama__rmsnorm_fp8 before QKV and FC1, te_llama__cast_fp8 of the attention output before PROJ,
-     te_llama__swiglu_fp8 before FC2. Then te_llama__gemm_fp8(ctx, te_llama__fp8_weight(ctx, l, g),
-     te_llama__fp8_scale_inv(ctx, l, g, WEIGHT), x_e4m3, te_llama__fp8_scale_inv(ctx, l, g, INPUT), y, rows, n,
-     cols, accumulate, fast_accum), and te_llama__amax on the GEMM's own output for the OUTPUT state (the CPU
-     takes it before the residual add, so PROJ and FC2 need their product apart from x for it). After each
+     te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the E4M3 GEMV (te_llama__layer_fp8) with
+     te_llama__fp8_weight(ctx, l, g) and the two scale_inv pointers. The OUTPUT states' amaxes are recorded only
+     by te_llama_cuda_test_fp8_layer_gemm (te_llama__amax on a GEMM's own output); the forward leaves them. After each
      forward or decode step, captured graphs included, te_llama__fp8_end_step_dev updates every input and
      output state. While calibrating (te_llama__fp8_dev.calibrating) the CPU runs its GEMMs in high precision
      but records the amaxes and updates the states all the same: the three producers with a NULL E4M3 output
@@ -3010,97 +3002,6 @@ static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx) {
     te_llama__fp8_update_kernel<<<dim3((unsigned)(f->n_layers * TE_LLAMA_FP8_GEMMS), 2), TE_LLAMA__FP8_UPDATE_THREADS, 0,
                                   ctx->stream>>>(f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS);
     TE_LLAMA__LAUNCHED(fp8_update);
-    return TE_LLAMA_OK;
-}
-
-/* --------------------------------------------------------------------------------------------- FP8 GEMM */
-
-/* The cuBLASLt plan of an FP8 GEMM: E4M3 A (the weight) and B (the input), fp32 C and D, fp32 compute and scale
-   type, "TN" (the only layout FP8 has before Blackwell), per-tensor scales through A_SCALE_POINTER and
-   B_SCALE_POINTER (set before the heuristic and again at every call: the pointers differ by layer, the plan is
-   per shape), fast accumulation (no periodic promotion of the tensor cores' partial sums) when p->fp8 == 2. */
-static te_llama_result te_llama__plan_make_fp8(te_llama__cuda *ctx, te_llama__plan *p, const float *a_scale, const float *b_scale) {
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const int8_t fast = p->fp8 == 2;
-    cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res;
-    size_t ws = TE_LLAMA__WORKSPACE_BYTES;
-    int found = 0;
-    cublasStatus_t s;
-    char msg[256];
-    TE_LLAMA__LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale));
-    /* column-major view, as te_llama__plan_make: A = W stored (k, m), B = X stored (k, n), C = D = Y stored (m, n) */
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, p->ctype, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
-    TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
-    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found < 1)) {
-        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d FP8 GEMM (E4M3 x E4M3 -> fp32%s) on this "
-                 "device; FP8 GEMMs need compute capability 8.9 or newer", p->m, p->n, p->k, fast ? ", fast accumulation" : "");
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
-    }
-    if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic (FP8)", __FILE__, __LINE__);
-    p->algo = res.algo;
-    return TE_LLAMA_OK;
-}
-
-/* Y (n, m) row-major, fp32 or bf16 (ctype) = (X (n, k) E4M3 * *x_scale_inv) @ (W (m, k) E4M3 * *w_scale_inv)^T (+ Y when
-   accumulate: beta = 1, the residual add), fp32 accumulation (periodically promoted unless fast_accum). The
-   scales are device floats (the states' scale_inv), read when the GEMM runs. The layout is te_llama__gemm's
-   "TN". cuBLASLt's FP8 rules: k and m multiples of 16 (the E4M3 leading dimension k in 16-byte units; m so
-   that every weight row block stays aligned), every pointer 16-byte aligned; n is free (decode: n = 1).
-   Plans are cached in ctx->plans with fp8 = 1 (2 with fast accumulation). */
-static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
-                                          const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
-                                          int accumulate, int fast_accum) {
-    te_llama__plan *p = NULL;
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    const int fp8 = fast_accum ? 2 : 1;
-    te_llama_result r;
-    char msg[256];
-    int i;
-    if (m < 1 || n < 1 || k < 1 || !W || !X || !Y || !w_scale_inv || !x_scale_inv) {
-        snprintf(msg, sizeof msg, "te_llama__gemm_fp8: %d x %d x %d with a NULL operand or scale", m, n, k);
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
-    }
-    if (m % 16 || k % 16) {
-        snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d (rows x tokens x inner): cuBLASLt's FP8 GEMM needs the weight's "
-                 "rows and inner dimension to be multiples of 16", m, n, k);
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
-    }
-    if (((uintptr_t)W | (uintptr_t)X | (uintptr_t)Y) & 15u) {
-        snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d: W %p, X %p and Y %p must be 16-byte aligned for cuBLASLt's FP8 GEMM",
-                 m, n, k, (const void *)W, (const void *)X, (const void *)Y);
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
-    }
-    for (i = 0; i < ctx->n_plans && !p; i++) {
-        te_llama__plan *q = &ctx->plans[i];
-        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->accumulate == accumulate && q->ctype == ctype) p = q;
-    }
-    if (!p) {
-        if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
-        else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
-        te_llama__plan_destroy(p);
-        p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate; p->fp8 = fp8;
-        if ((r = te_llama__plan_make_fp8(ctx, p, w_scale_inv, x_scale_inv))) {
-            te_llama__plan_destroy(p);
-            p->m = -1; /* matches nothing; the slot is reused */
-            return r;
-        }
-    }
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale_inv, sizeof w_scale_inv));
-    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale_inv, sizeof x_scale_inv));
-    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
-                                ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
     return TE_LLAMA_OK;
 }
 
@@ -3497,7 +3398,7 @@ te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_me
 
 /* The forward's pattern for the QKV (g = 0) or FC1 (g = 2) GEMM of layer l over n rows of the residual stream x
    (n, hidden): te_llama__rmsnorm_fp8 with the layer's norm weight, quantising with the GEMM's input state (its
-   amax raised), te_llama__gemm_fp8 with the accessors' E4M3 weight and scale_inv pointers into y (n, rows), and
+   amax raised), te_llama__gemv_fp8 with the accessors' E4M3 weight and scale_inv pointers into y (n, rows), and
    te_llama__amax of y into the output state. */
 te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y) {
     te_llama__test_bufs b;
@@ -3519,8 +3420,8 @@ te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int 
                                     NULL, n, d->cols, (float)m->config.rms_norm_eps, te_llama__fp8_scale(ctx, l, g, TE_LLAMA_FP8_INPUT),
                                     te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_INPUT));
     if (!b.r)
-        b.r = te_llama__gemm_fp8(ctx, te_llama__fp8_weight(ctx, l, g), te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_WEIGHT), dq,
-                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, CUDA_R_32F, d->rows, n, d->cols, 0, 0);
+        b.r = te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, g), te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_WEIGHT), dq,
+                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, d->rows, n, d->cols, 0);
     if (!b.r) b.r = te_llama__amax(ctx, (const float *)dy, (size_t)n * d->rows, te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_OUTPUT));
     te_llama__test_get(&b, ctx, y, dy, sizeof(float) * (size_t)n * d->rows);
     return te_llama__test_end(&b, ctx);
@@ -3547,7 +3448,9 @@ te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *
     return te_llama__test_end(&b, ctx);
 }
 
-/* te_llama__gemm_fp8: Y (n, mm) = X (n, k) @ W (mm, k)^T with the two scale_inv (+ Y when accumulate). */
+/* te_llama__gemv_fp8: Y (n, mm) = X (n, k) @ W (mm, k)^T with the two scale_inv (+ Y when accumulate); mm a
+   multiple of 16, k of 64 (INVALID_ARGUMENT otherwise). fast_accum is ignored (the GEMV's products are exact in
+   fp16 and its sums fp32). */
 te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
                                             float *Y, int mm, int n, int k, int accumulate, int fast_accum) {
     te_llama__test_bufs b;
@@ -3561,7 +3464,9 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
     dx = (uint8_t *)te_llama__test_put(&b, X, (size_t)n * k);
     dy = (float *)te_llama__test_put(&b, Y, ny);
     ds = (float *)te_llama__test_put(&b, s, sizeof s);
-    if (!b.r) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
+    (void)fast_accum;
+    if (!b.r && !te_llama__gemv_ok(1, mm, k)) b.r = TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemm_fp8: rows % 16, k % 64");
+    if (!b.r) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate);
     te_llama__test_get(&b, ctx, Y, dy, ny);
     return te_llama__test_end(&b, ctx);
 }
