@@ -701,8 +701,12 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *train
    8.9 or newer: else TE_LLAMA_ERR_UNSUPPORTED saying which) te_llama_fp8_enable quantises the weights on the
    device to the same bytes and scales as the CPU and keeps the scaling states in device memory, where the
    forward's kernels raise the amaxes and update the scales (te_llama_kernels.cu, FP8 section); the bf16 weights
-   stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward's FP8 GEMMs are
-   being wired; until they are, a CUDA forward runs its BF16 GEMMs with FP8 on. */
+   stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward runs every decoder
+   GEMM on E4M3 weights and E4M3 inputs (quantised by the kernels that produce them) through a GEMV on the
+   tensor cores, 16 tokens a launch, which halves the weight bytes a decode step reads; a long prompt therefore
+   reads the E4M3 weights once per 16 tokens (cuBLASLt's FP8 GEMM is not used yet). It needs hidden, q_dim and
+   intermediate multiples of 64 and head_dim a multiple of 16. The output states' amaxes are recorded on the CPU
+   only. */
 
 #define TE_LLAMA_FP8_E4M3_MAX 448.0f
 #define TE_LLAMA_FP8_E5M2_MAX 57344.0f

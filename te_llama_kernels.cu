@@ -11,14 +11,18 @@
      embed -> rope table -> per layer: rmsnorm -> QKV GEMM -> rope + KV store -> attention -> proj GEMM (+= x)
      -> rmsnorm -> fc1 GEMM -> SwiGLU -> fc2 GEMM (+= x) -> final rmsnorm on the rows that want logits -> lm_head GEMM.
    GEMMs are cuBLASLt, y = x @ W^T with W the transposed operand ("TN"), bf16 inputs, fp32 accumulation; the
-   residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream).
+   residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream). For up to 16 tokens (decode)
+   QKV and proj run through te_llama__gemv_kernel, a weight-streaming GEMV on the tensor cores whose QKV epilogue
+   applies RoPE and stores k and v in the cache (no separate kernel). With FP8 on (see the FP8 section at the end)
+   every decoder GEMM runs through the same GEMV on E4M3 weights and inputs.
    Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
      - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
        128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);
      - otherwise, up to 8 query heads a kv head and head_dim <= 256 (decode steps, interleaved batches):
-       te_llama__decode_attention_kernel, split-KV (flash-decoding) with one block per (token, split, kv head),
-       then te_llama__decode_combine_kernel; the splits' extent is computed on the device from the positions, so
-       the captured decode graph stays valid at every position;
+       split-KV (flash-decoding) with one block per (token, split, kv head): te_llama__decode_attention2_kernel
+       (head_dim 32/64/128/256 and 1/2/4/8 query heads a kv head; no barriers, its last split merges the others),
+       else te_llama__decode_attention_kernel then te_llama__decode_combine_kernel; the splits' extent is computed
+       on the device from the positions, so the captured decode graph stays valid at every position;
      - otherwise te_llama__attention_kernel, one block per (token, query head) on the CUDA cores.
 
    NUMERICS (what differs from the fp32 CPU reference, te_llama__cpu_layer)
