@@ -1003,7 +1003,7 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
 enum {
     TE_LLAMA__EPI_STORE = 0, /* y[t, row] = (y[t, row] if accumulate) + sum: an fp32 output or the residual stream */
     TE_LLAMA__EPI_ROPE_KV,   /* the fused QKV rows: RoPE on q and k, q to the fp32 QKV row, k and v to the cache */
-    TE_LLAMA__EPI_SWIGLU     /* fc1: tiles pair gate rows j and up rows I + j; writes silu(gate) * up */
+    TE_LLAMA__EPI_SWIGLU     /* fc1 (FP8): tiles pair gate rows j and up rows I + j; writes e4m3(silu(gate) * up) */
 };
 
 typedef struct te_llama__gemv_args {
@@ -1019,7 +1019,7 @@ typedef struct te_llama__gemv_args {
     const int32_t *pos, *seq;
     te_llama__bf16 *kc, *vc; /* this layer's cache, (n_seq, max_len, kv_dim) */
     int n_heads, n_kv, hd, max_len;
-    /* SWIGLU: act (n, I) bf16, or e4m3 with act_scale (device) and its amax recorded in act_amax */
+    /* SWIGLU (the FP8 forward's fc1): act (n, I) e4m3, quantised with *act_scale, its amax raised in *act_amax */
     void *act;
     int inter;
     const float *act_scale;
@@ -1191,16 +1191,12 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                     const float gt = acc[0][nt][2 * h + j], up = acc[RT - 1][nt][2 * h + j];
                     const float v = gt / (1.0f + expf(-gt)) * up;
                     const size_t at = (size_t)tok * a.inter + (size_t)blockIdx.x * 16 + g + 8 * h;
-                    if (a.act_scale) {
-                        ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
-                        amax = fmaxf(amax, fabsf(v));
-                    } else {
-                        ((te_llama__bf16 *)a.act)[at] = __float2bfloat16(v);
-                    }
+                    ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
+                    amax = fmaxf(amax, fabsf(v));
                 }
             }
         }
-    if (EPI == TE_LLAMA__EPI_SWIGLU && a.act_amax) {
+    if (EPI == TE_LLAMA__EPI_SWIGLU) {
         amax = te_llama__warp_max(amax);
         if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
     }
@@ -1483,39 +1479,37 @@ static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *
     return TE_LLAMA_OK;
 }
 
-/* Grow the decode attention's split buffer to n floats. Outside a graph capture only: a decode step runs plainly
-   before the step is captured, with the same shape, so the capture finds the buffer already large enough. */
-static te_llama_result te_llama__ensure_part(te_llama__cuda *ctx, size_t n) {
-    void *p = NULL;
+/* Grow a device buffer of *have elements of elem bytes to n (zeroed when zero), freeing the old one after the
+   stream is done with it. */
+static te_llama_result te_llama__grow(te_llama__cuda *ctx, void **buf, size_t *have, size_t n, size_t elem, int zero,
+                                      const char *what) {
     cudaError_t e;
-    if (n <= ctx->part_floats) return TE_LLAMA_OK;
+    if (n <= *have) return TE_LLAMA_OK;
     TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
-    TE_LLAMA__CU(cudaFree(ctx->part));
-    ctx->part = NULL;
-    ctx->part_floats = 0;
-    if ((e = cudaMalloc(&p, n * sizeof(float))) != cudaSuccess)
-        return te_llama__cuda_error(e, "cudaMalloc(split attention partials)", __FILE__, __LINE__);
-    ctx->part = (float *)p;
-    ctx->part_floats = n;
+    TE_LLAMA__CU(cudaFree(*buf));
+    *buf = NULL;
+    *have = 0;
+    if ((e = cudaMalloc(buf, n * elem)) != cudaSuccess) {
+        *buf = NULL;
+        return te_llama__cuda_error(e, what, __FILE__, __LINE__);
+    }
+    if (zero) TE_LLAMA__CU(cudaMemsetAsync(*buf, 0, n * elem, ctx->stream));
+    *have = n;
     return TE_LLAMA_OK;
 }
 
-/* Grow the split counters to n (zeroed: te_llama__decode_attention2_kernel leaves them 0 after each launch). Outside
-   a graph capture only, as te_llama__ensure_part. */
-static te_llama_result te_llama__ensure_counts(te_llama__cuda *ctx, size_t n) {
-    void *p = NULL;
-    cudaError_t e;
-    if (n <= ctx->part_counts) return TE_LLAMA_OK;
-    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
-    TE_LLAMA__CU(cudaFree(ctx->part_count));
-    ctx->part_count = NULL;
-    ctx->part_counts = 0;
-    if ((e = cudaMalloc(&p, n * sizeof(unsigned))) != cudaSuccess)
-        return te_llama__cuda_error(e, "cudaMalloc(split attention counters)", __FILE__, __LINE__);
-    ctx->part_count = (unsigned *)p;
-    TE_LLAMA__CU(cudaMemsetAsync(p, 0, n * sizeof(unsigned), ctx->stream));
-    ctx->part_counts = n;
-    return TE_LLAMA_OK;
+/* Grow the decode attention's split partials to n_part floats and its split counters to n_counts (zeroed:
+   te_llama__decode_attention2_kernel leaves them 0 after each launch). Outside a graph capture only: a decode
+   step runs plainly before the step is captured, with the same shape, so the capture finds them large enough. */
+static te_llama_result te_llama__ensure_split(te_llama__cuda *ctx, size_t n_part, size_t n_counts) {
+    void *part = ctx->part, *count = ctx->part_count;
+    te_llama_result r = te_llama__grow(ctx, &part, &ctx->part_floats, n_part, sizeof(float), 0,
+                                       "cudaMalloc(split attention partials)");
+    ctx->part = (float *)part;
+    if (r) return r;
+    r = te_llama__grow(ctx, &count, &ctx->part_counts, n_counts, sizeof(unsigned), 1, "cudaMalloc(split attention counters)");
+    ctx->part_count = (unsigned *)count;
+    return r;
 }
 
 static te_llama_result te_llama__ensure_inv_freq(te_llama_model *m, te_llama__cuda *ctx) {
@@ -1890,8 +1884,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
     }
     if (a->mode == TE_LLAMA__ATT_DECODE && a->splits > 1 &&
-        ((r = te_llama__ensure_part(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2))) ||
-         (r = te_llama__ensure_counts(ctx, (size_t)n * (size_t)nkv))))
+        (r = te_llama__ensure_split(ctx, (size_t)n * (size_t)nh * (size_t)a->splits * (size_t)(hd + 2), (size_t)n * (size_t)nkv)))
         return r;
     te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, tokens, ctx->x, h);
     TE_LLAMA__LAUNCHED(embed);

@@ -41,25 +41,9 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = (char *)malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = read_all(a, &na), *y = read_all(b, &nb);
+    size_t na = 0, nb = 0;
+    char *x = check_read_file(a, &na), *y = check_read_file(b, &nb);
     int same = x && y && na == nb && memcmp(x, y, na) == 0;
     free(x);
     free(y);
@@ -638,7 +622,7 @@ static void test_fixture(const char *name) {
     te_llama_model *cpu, *gpu;
     snprintf(dir, sizeof dir, FIXTURES "%s", name);
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    text = read_all(path, &len);
+    text = check_read_file(path, &len);
     CHECK(text != NULL, "%s missing", path);
     if (!text) return;
     CHECK_RESULT(te_llama_json_parse(text, len, NULL, &j), TE_LLAMA_OK);
@@ -647,7 +631,7 @@ static void test_fixture(const char *name) {
     te_llama_json_free(&j);
     free(text);
     snprintf(path, sizeof path, "%s/ref_logits.f32", dir);
-    ref = (float *)read_all(path, &len);
+    ref = (float *)check_read_file(path, &len);
     cpu = load(dir, TE_LLAMA_BACKEND_CPU);
     gpu = load(dir, TE_LLAMA_BACKEND_CUDA);
     if (!cpu || !gpu || !ref || n < 4) goto done;
@@ -668,7 +652,7 @@ static void test_fixture(const char *name) {
     check_decode(name, gpu, prompt, n, lg);
     /* two sequences of unequal lengths */
     snprintf(path, sizeof path, "%s/ref_batch.json", dir);
-    text = read_all(path, &len);
+    text = check_read_file(path, &len);
     if (text && te_llama_json_parse(text, len, NULL, &j) == TE_LLAMA_OK) {
         size_t prompts = te_llama_json_get(&j, 0, "prompts"), rows = te_llama_json_get(&j, 0, "last_logits"), t;
         na = json_ints(&j, prompts + 1, batch_a, 64);
