@@ -728,6 +728,8 @@ typedef struct te_llama_fp8_recipe {
     int amax_history_len;             /* 1 .. TE_LLAMA_FP8_MAX_HISTORY; 0: 1024 */
     te_llama_fp8_amax_algo amax_compute_algo;
     int margin;                       /* scale = fp8_max / amax / 2^margin; >= 0 */
+    int precise_accum;                /* CUDA prefill GEMMs (cuBLASLt FP8): 0: fast accumulation, TE's choice for the
+                                         forward; 1: partial sums promoted to fp32 periodically (slower) */
 } te_llama_fp8_recipe;
 
 /* One tensor's scaling state. */

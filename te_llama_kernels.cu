@@ -141,6 +141,7 @@ static te_llama_result te_llama__cuda_fail(te_llama_result r, const char *file, 
 /* One GEMM shape: its descriptors and the algorithm the heuristic chose. */
 typedef struct te_llama__plan {
     int m, n, k, accumulate;
+    int fp8;                 /* 0: bf16 operands; 1: E4M3 (te_llama__gemm_fp8); 2: E4M3 with fast accumulation */
     cudaDataType_t ctype;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
@@ -186,11 +187,13 @@ typedef struct te_llama__cuda {
     te_llama__plan plans[TE_LLAMA__MAX_PLANS];
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
+    int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
 } te_llama__cuda;
 
 /* The FP8 section's pieces (defined and documented at the end of this file), declared here for the forward. */
 static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx);
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx);
+static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx);
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
 static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
@@ -993,8 +996,9 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
    permutation of k that is the same for W and X, so no shuffles are needed: lane (g, t) holds elements [E t, E t + E)
    of the chunk (E = 8 bf16 or 16 e4m3), and mma i of the chunk takes elements 4i, 4i + 1 as logical k 2t, 2t + 1 and
    4i + 2, 4i + 3 as 2t + 8, 2t + 9. X's elements for token g come by the same 16-byte loads (L1/L2: X is tiny).
-   E4M3 operands (W and X both, the FP8 path) are widened to fp16 exactly and multiplied in fp16 (every E4M3 value
-   is an fp16 value); the scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
+   E4M3 operands (W and X both, the FP8 path) go to the FP8 tensor cores (mma.sync m16n8k32 e4m3, sm_89 and newer;
+   the same k permutation, two mma per 16 bytes); the compute_80 PTX build widens them to fp16 exactly instead
+   (every E4M3 value is an fp16 value). The scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
    fixed order (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
    (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
 #define TE_LLAMA__GEMV_MAX_N 16
@@ -1048,6 +1052,16 @@ __device__ __forceinline__ void te_llama__mma_f16(float c[4], const uint32_t a[4
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+/* The FP8 tensor cores (sm_89+): A 16 x 32 E4M3 (four words: rows g, g + 8, g, g + 8 at k 4t.. and 16 + 4t..), B
+   32 x 8 (two words: k 4t.. and 16 + 4t.. of column g), fp32 accumulation. */
+__device__ __forceinline__ void te_llama__mma_e4m3(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
 /* 16 bytes of W, streamed past L1 (each weight is read once per step). The L2::256B hint makes each miss fetch the
    whole 256-byte span around it, which the lane's next chunks (and the quad's neighbours) read next: measured 3.7
    to 4.0 TB/s on the 8B fc1 / lm_head shapes with it, 2.1 to 2.5 TB/s without (bench/NOTES.md, run 3). */
@@ -1068,12 +1082,20 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
             te_llama__mma_bf16(acc, fa, b[2 * i], b[2 * i + 1]);
         }
     } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#pragma unroll
+        for (int i = 0; i < 2; i++) { /* 16 e4m3: words 2i (k 4t..4t+3 of mma i) and 2i + 1 (k 16 + 4t..) */
+            const uint32_t fa[4] = {a0[2 * i], a1[2 * i], a0[2 * i + 1], a1[2 * i + 1]};
+            te_llama__mma_e4m3(acc, fa, b[2 * i], b[2 * i + 1]);
+        }
+#else
 #pragma unroll
         for (int i = 0; i < 4; i++) { /* 16 e4m3: word i holds elements 4i..4i+3 */
             const uint32_t fa[4] = {te_llama__e4m3x2_to_f16x2(a0[i]), te_llama__e4m3x2_to_f16x2(a1[i]),
                                     te_llama__e4m3x2_to_f16x2(a0[i] >> 16), te_llama__e4m3x2_to_f16x2(a1[i] >> 16)};
             te_llama__mma_f16(acc, fa, te_llama__e4m3x2_to_f16x2(b[i]), te_llama__e4m3x2_to_f16x2(b[i] >> 16));
         }
+#endif
     }
 }
 
@@ -1533,10 +1555,14 @@ static void te_llama__plan_destroy(te_llama__plan *p) {
 #define TE_LLAMA__ALGOS 8        /* heuristic candidates timed for each new GEMM shape */
 #define TE_LLAMA__TUNE_MIN_N 64  /* below this many tokens the heuristic's choice stands (see te_llama__plan_tune) */
 
-/* Descriptors for p's shape and the heuristic's first TE_LLAMA__ALGOS algorithms (*n_algos of them). */
+/* Descriptors for p's shape and the heuristic's first TE_LLAMA__ALGOS algorithms (*n_algos of them). An FP8 plan
+   (p->fp8) has E4M3 A and B, the two dequantisation factors as device scale pointers (a_scale for W, b_scale for
+   X; set again at every call, since they differ by layer) and fast accumulation when p->fp8 == 2. When cuBLASLt
+   has no FP8 algorithm for the shape the result is TE_LLAMA_ERR_UNSUPPORTED. */
 static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *p, cublasLtMatmulHeuristicResult_t *res,
-                                           int *n_algos) {
+                                           int *n_algos, const float *a_scale, const float *b_scale) {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cudaDataType_t ab = p->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     cublasLtMatmulPreference_t pref = NULL;
     size_t ws = TE_LLAMA__WORKSPACE_BYTES;
     cublasStatus_t s;
@@ -1544,15 +1570,27 @@ static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *
     TE_LLAMA__LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (p->fp8) {
+        const int8_t fast = p->fp8 == 2;
+        TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+        TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale));
+        TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale));
+    }
     /* column-major view: A = W stored (k, m), B = X stored (k, n), C = Y stored (m, n) */
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
+    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
     TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, p->ctype, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
     TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
     s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->desc, p->a, p->b, p->c, p->c, pref, TE_LLAMA__ALGOS, res, n_algos);
     cublasLtMatmulPreferenceDestroy(pref);
+    if (p->fp8 && (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && *n_algos < 1))) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d FP8 GEMM (E4M3 x E4M3 -> %s) on this device",
+                 p->m, p->n, p->k, p->ctype == CUDA_R_32F ? "fp32" : "bf16");
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
     if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     if (*n_algos < 1) {
         char msg[160];
@@ -1608,32 +1646,63 @@ done:
     return TE_LLAMA_OK;
 }
 
+/* The cached plan of a GEMM shape (made, and timed for 64 tokens or more, on first use); NULL with the error in *r. */
+static te_llama__plan *te_llama__plan_get(te_llama__cuda *ctx, int fp8, int m, int n, int k, cudaDataType_t ctype, int accumulate,
+                                          const void *W, const void *X, const float *a_scale, const float *b_scale,
+                                          te_llama_result *r) {
+    te_llama__plan *p = NULL;
+    cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
+    int i, n_algos = 0;
+    for (i = 0; i < ctx->n_plans; i++) {
+        te_llama__plan *q = &ctx->plans[i];
+        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) return q;
+    }
+    if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
+    else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
+    te_llama__plan_destroy(p);
+    p->fp8 = fp8; p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
+    if ((*r = te_llama__plan_make(ctx, p, res, &n_algos, a_scale, b_scale)) || (*r = te_llama__plan_tune(ctx, p, res, n_algos, W, X))) {
+        te_llama__plan_destroy(p);
+        p->m = -1; /* matches nothing; the slot is reused */
+        return NULL;
+    }
+    return p;
+}
+
 /* Y (n, m) row-major = X (n, k) @ W^T (+ Y when accumulate): W (m, k) row-major bf16 as nn.Linear stores it,
    X bf16, Y fp32 or bf16. In cuBLAS's column-major terms Y^T = op(W') X' with W' the (k, m) column-major view of W
    and op = transpose: the "TN" GEMM. Plans are cached by shape; the heuristic and the timing run once per shape. */
 static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const void *X, void *Y, cudaDataType_t ctype,
                                       int m, int n, int k, int accumulate) {
-    te_llama__plan *p = NULL;
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    int i;
-    te_llama_result r;
-    for (i = 0; i < ctx->n_plans && !p; i++) {
-        te_llama__plan *q = &ctx->plans[i];
-        if (q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) p = q;
+    te_llama_result r = TE_LLAMA_OK;
+    te_llama__plan *p = te_llama__plan_get(ctx, 0, m, n, k, ctype, accumulate, W, X, NULL, NULL, &r);
+    if (!p) return r;
+    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
+                                ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+/* The FP8 GEMM of a prefill (TE's fp8 GEMM, "TN", the only FP8 layout before Blackwell): Y (n, m) row-major, fp32
+   or bf16 (ctype), = (X (n, k) E4M3 * *x_scale_inv) @ (W (m, k) E4M3 * *w_scale_inv)^T (+ Y when accumulate:
+   beta = 1, the residual add), fp32 accumulation, with fast accumulation (no periodic promotion of the tensor
+   cores' partial sums, TE's choice for the forward) when fast. The scales are device floats read when the GEMM
+   runs. cuBLASLt's FP8 rules: m and k multiples of 16 (te_llama_cuda_fp8_enable checks the model), 16-byte
+   aligned pointers. TE_LLAMA_ERR_UNSUPPORTED when cuBLASLt has no FP8 algorithm for the shape. */
+static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
+                                          const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
+                                          int accumulate, int fast) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    te_llama_result r = TE_LLAMA_OK;
+    te_llama__plan *p;
+    if (m % 16 || k % 16 || n < 1) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d (rows x tokens x inner): rows and inner must be multiples of 16", m, n, k);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
     }
-    if (!p) {
-        cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
-        int n_algos = 0;
-        if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
-        else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
-        te_llama__plan_destroy(p);
-        p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
-        if ((r = te_llama__plan_make(ctx, p, res, &n_algos)) || (r = te_llama__plan_tune(ctx, p, res, n_algos, W, X))) {
-            te_llama__plan_destroy(p);
-            p->m = -1; /* matches nothing; the slot is reused */
-            return r;
-        }
-    }
+    if (!(p = te_llama__plan_get(ctx, fast ? 2 : 1, m, n, k, ctype, accumulate, W, X, w_scale_inv, x_scale_inv, &r))) return r;
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale_inv, sizeof w_scale_inv));
+    TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale_inv, sizeof x_scale_inv));
     TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
                                 ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
     return TE_LLAMA_OK;
@@ -1766,10 +1835,8 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
 }
 
 /* The E4M3 GEMV over n tokens, 16 at a time (its largest tile): a's pointers are those of token 0 and move with
-   the chunk (X and the outputs by rows, the RoPE table, positions and sequences by tokens). FP8 GEMMs of more
-   tokens run this way too: cuBLASLt's E4M3 x E4M3 GEMM (fp32 or bf16 out) returned zeros or
-   CUBLAS_STATUS_NOT_SUPPORTED on the H200 with CUDA 13.0 in our first try (bench/NOTES.md, run 3), so it is
-   not used; a prefill then reads the E4M3 weights once per 16 tokens. */
+   the chunk (X and the outputs by rows, the RoPE table, positions and sequences by tokens). Longer inputs take
+   cuBLASLt's FP8 GEMM (te_llama__layer_fp8); this is their fallback where cuBLASLt has no FP8 algorithm. */
 template <int EPI>
 static te_llama_result te_llama__gemv_fp8_chunks(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks, int n) {
     te_llama_result r;
@@ -1805,9 +1872,12 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
 /* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
    also raises the state's amax: the rmsnorms before QKV and fc1, a cast of the attention output before proj, and
-   fc1's own epilogue (SwiGLU) before fc2. Every GEMM is the E4M3 GEMV (te_llama__gemv_fp8_chunks), RoPE + KV
-   store in QKV's epilogue. The E4M3 inputs live in the bf16 buffers xn and act, which they half fill. The
-   OUTPUT states' amaxes are not recorded here (the CPU records them; nothing reads them in inference). */
+   SwiGLU before fc2. Up to 16 tokens (decode) every GEMM is the E4M3 GEMV, RoPE + KV store in QKV's epilogue
+   and SwiGLU + fc2's input quantisation in fc1's. More tokens (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8:
+   QKV to fp32 then the RoPE + KV kernel, proj and fc2 added into the residual stream, fc1 to bf16 then
+   te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a shape, the GEMV 16 tokens at a time instead. The
+   E4M3 inputs live in the bf16 buffers xn and act, which they half fill. The OUTPUT states' amaxes are not
+   recorded here (the CPU records them; nothing reads them in inference). */
 static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int l, int n,
                                            const te_llama__att *a) {
     const te_llama_config *c = &m->config;
@@ -1819,9 +1889,28 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     uint8_t *xq = (uint8_t *)ctx->xn, *actq = (uint8_t *)ctx->act;
     const float eps = (float)c->rms_norm_eps;
     const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT, QKV = TE_LLAMA_FP8_QKV, PROJ = TE_LLAMA_FP8_PROJ;
-    const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2;
+    const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2, fast = te_llama__fp8_fast_accum(ctx);
+    int lt = n > TE_LLAMA__GEMV_MAX_N && !ctx->fp8_gemm_unsupported;
     te_llama__gemv_args ga;
-    te_llama_result r;
+    te_llama_result r = TE_LLAMA_OK;
+#define TE_LLAMA__W(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_scale_inv(ctx, l, (g), WT)
+    if (lt) { /* the four plans first (cached after the first layer), so that a shape cuBLASLt refuses is known
+                 before the layer has changed anything */
+        static const cudaDataType_t out[TE_LLAMA_FP8_GEMMS] = {CUDA_R_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_32F};
+        const int rows[TE_LLAMA_FP8_GEMMS] = {q_dim + 2 * kv_dim, h, 2 * I, h}, cols[TE_LLAMA_FP8_GEMMS] = {h, q_dim, h, I};
+        const int acc[TE_LLAMA_FP8_GEMMS] = {0, 1, 0, 1};
+        int g;
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS && !r; g++)
+            if (!te_llama__plan_get(ctx, fast ? 2 : 1, rows[g], n, cols[g], out[g], acc[g], te_llama__fp8_weight(ctx, l, g), xq,
+                                    te_llama__fp8_scale_inv(ctx, l, g, WT), te_llama__fp8_scale_inv(ctx, l, g, IN), &r) && !r)
+                r = TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, "FP8 GEMM plan");
+        if (r == TE_LLAMA_ERR_UNSUPPORTED) { /* no FP8 algorithm: this and later inputs take the GEMV */
+            ctx->fp8_gemm_unsupported = 1;
+            lt = 0;
+        } else if (r) {
+            return r;
+        }
+    }
     /* attention block */
     if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
                                    te_llama__fp8_scale(ctx, l, QKV, IN), te_llama__fp8_amax(ctx, l, QKV, IN))))
@@ -1832,25 +1921,41 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = ctx->ints + cap; ga.seq = ctx->ints + 2 * cap;
     ga.kc = kv->k + (size_t)l * layer_elems; ga.vc = kv->v + (size_t)l * layer_elems;
     ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
-    if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_ROPE_KV>(ctx, ga, ga.m / 16, n))) return r;
+    if (lt) {
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(QKV), xq, ga.scale_inv_x, ctx->qkv, CUDA_R_32F, ga.m, n, h, 0, fast))) return r;
+        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
+            ctx->qkv, ctx->rope, ga.pos, ga.seq, ga.kc, ga.vc, nh, nkv, hd, cache->max_len);
+        TE_LLAMA__LAUNCHED(rope_kv);
+    } else if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_ROPE_KV>(ctx, ga, ga.m / 16, n))) {
+        return r;
+    }
     if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n))) return r;
     if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, PROJ, IN),
                                 te_llama__fp8_amax(ctx, l, PROJ, IN))))
         return r;
-    if ((r = te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, PROJ), te_llama__fp8_scale_inv(ctx, l, PROJ, WT), xq,
-                                te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1)))
-        return r;
-    /* MLP block: fc1's epilogue quantises SwiGLU's output for fc2 */
+    r = lt ? te_llama__gemm_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, CUDA_R_32F, h, n, q_dim, 1, fast)
+           : te_llama__gemv_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1);
+    if (r) return r;
+    /* MLP block */
     if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, xq, NULL, n, h, eps,
                                    te_llama__fp8_scale(ctx, l, FC1, IN), te_llama__fp8_amax(ctx, l, FC1, IN))))
         return r;
-    memset(&ga, 0, sizeof ga);
-    ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
-    ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, FC1, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, FC1, IN);
-    ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN); ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
-    if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_SWIGLU>(ctx, ga, I / 16, n))) return r;
-    return te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, FC2), te_llama__fp8_scale_inv(ctx, l, FC2, WT), actq,
-                              te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1);
+    if (lt) {
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(FC1), xq, te_llama__fp8_scale_inv(ctx, l, FC1, IN), ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0, fast)) ||
+            (r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, actq, NULL, n, I, te_llama__fp8_scale(ctx, l, FC2, IN),
+                                                      te_llama__fp8_amax(ctx, l, FC2, IN))))
+            return r;
+        r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, CUDA_R_32F, h, n, I, 1, fast);
+    } else { /* fc1's epilogue quantises SwiGLU's output for fc2 */
+        memset(&ga, 0, sizeof ga);
+        ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
+        ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, FC1, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, FC1, IN);
+        ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN); ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
+        if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_SWIGLU>(ctx, ga, I / 16, n))) return r;
+        r = te_llama__gemv_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1);
+    }
+#undef TE_LLAMA__W
+    return r;
 }
 
 /* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
@@ -2731,6 +2836,10 @@ typedef struct te_llama__fp8_dev {
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx) {
     return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->calibrating;
 }
+/* Whether cuBLASLt's FP8 GEMMs accumulate fast (the recipe's default, TE's for the forward). */
+static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx) {
+    return ctx->fp8 && !((const te_llama__fp8_dev *)ctx->fp8)->recipe.precise_accum;
+}
 /* Layer l's GEMM g weight in E4M3, (rows, cols) row-major as the bf16 parameter: QKV (q_dim + 2 kv_dim, hidden),
    PROJ (hidden, q_dim), FC1 (2 I, hidden), FC2 (hidden, I). */
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g) {
@@ -3445,11 +3554,12 @@ te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *
     return te_llama__test_end(&b, ctx);
 }
 
-/* te_llama__gemv_fp8: Y (n, mm) = X (n, k) @ W (mm, k)^T with the two scale_inv (+ Y when accumulate); mm a
-   multiple of 16, k of 64 (INVALID_ARGUMENT otherwise). fast_accum is ignored (the GEMV's products are exact in
-   fp16 and its sums fp32). */
+/* Y (n, mm) = X (n, k) @ W (mm, k)^T with the two scale_inv (+ Y when accumulate), by te_llama__gemm_fp8 (cuBLASLt,
+   fp32 output, fast accumulation when fast_accum; mm and k multiples of 16) when cublaslt, else by
+   te_llama__gemv_fp8 (mm a multiple of 16, k of 64; fast_accum ignored: its products are exact in fp16 or E4M3
+   and its sums fp32). INVALID_ARGUMENT for other shapes. */
 te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
-                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum) {
+                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum, int cublaslt) {
     te_llama__test_bufs b;
     te_llama__cuda *ctx = te_llama__test_begin(m, &b);
     const float s[2] = {w_scale_inv, x_scale_inv};
@@ -3461,9 +3571,9 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
     dx = (uint8_t *)te_llama__test_put(&b, X, (size_t)n * k);
     dy = (float *)te_llama__test_put(&b, Y, ny);
     ds = (float *)te_llama__test_put(&b, s, sizeof s);
-    (void)fast_accum;
-    if (!b.r && !te_llama__gemv_ok(1, mm, k)) b.r = TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemm_fp8: rows % 16, k % 64");
-    if (!b.r) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate);
+    if (!b.r && cublaslt) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
+    if (!b.r && !cublaslt && !te_llama__gemv_ok(1, mm, k)) b.r = TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemm_fp8: rows % 16, k % 64");
+    if (!b.r && !cublaslt) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate);
     te_llama__test_get(&b, ctx, Y, dy, ny);
     return te_llama__test_end(&b, ctx);
 }

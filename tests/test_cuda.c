@@ -1033,7 +1033,7 @@ int te_llama_cuda_test_fp8_calibrating(te_llama_model *m);
 te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y);
 te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *amax);
 te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
-                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum);
+                                            float *Y, int mm, int n, int k, int accumulate, int fast_accum, int cublaslt);
 
 static uint64_t fp8_rng = 0x2545f4914f6cdd1dull;
 static uint32_t fp8_rand(void) {
@@ -1235,17 +1235,19 @@ static void test_fp8_update(te_llama_model *gpu) {
     free(ref);
 }
 
-/* te_llama__gemm_fp8 against a double-precision reference: Y (64, 256) = X (64, 128) @ W (256, 128)^T with two
-   scale_inv, accumulate off and on, fast accumulation off and on. Operands in -3..3 make every partial sum an
-   integer below 2^11, exact whatever precision the tensor cores accumulate in, so rel L2 < 1e-5 holds; then
-   random finite E4M3 operands, where the tensor cores' accumulation shows (looser bound, printed). Shapes that
-   are not multiples of 16 are refused. */
+/* The two FP8 GEMMs, cuBLASLt's (te_llama__gemm_fp8, prefill) and the E4M3 GEMV (decode), against a
+   double-precision reference: Y (n, 256) = X (n, 128) @ W (256, 128)^T with two scale_inv, accumulate off and on,
+   fast accumulation off and on, for 64 tokens and for 37 (not a multiple of 16; the GEMV takes 16 at a time).
+   Operands in -3..3 make every partial sum an integer below 2^11, exact whatever precision the tensor cores
+   accumulate in, so rel L2 < 1e-5 holds; then random finite E4M3 operands, where the tensor cores' accumulation
+   shows (looser bound, printed). Shapes the kernels cannot take are refused. */
 static void test_fp8_gemm(te_llama_model *gpu) {
     enum { M = 256, NT = 64, K = 128 };
     static uint8_t W[M * K], X[NT * K];
     static float Y[NT * M], Y0[NT * M], ref[NT * M];
+    static const int ns[2] = {NT, 37};
     const float ws = 0.37f, xs = 1.9f;
-    int pass, acc, fast, i, t, r, k;
+    int pass, acc, fast, path, ni, i, t, r, k;
     for (i = 0; i < NT * M; i++) Y0[i] = fp8_uniform(-100.0f, 100.0f);
     for (pass = 0; pass < 2; pass++) {
         for (i = 0; i < M * K; i++) {
@@ -1256,26 +1258,34 @@ static void test_fp8_gemm(te_llama_model *gpu) {
             if (pass == 0) X[i] = te_llama__f32_to_fp8((float)((int)(fp8_rand() % 7) - 3), 0);
             else do X[i] = (uint8_t)fp8_rand(); while ((X[i] & 0x7f) == 0x7f);
         }
-        for (acc = 0; acc < 2; acc++)
-            for (fast = 0; fast < 2; fast++) {
-                double e;
-                for (t = 0; t < NT; t++)
-                    for (r = 0; r < M; r++) {
-                        double sum = 0;
-                        for (k = 0; k < K; k++) sum += (double)te_llama__fp8_to_f32(X[t * K + k], 0) * te_llama__fp8_to_f32(W[r * K + k], 0);
-                        ref[t * M + r] = (float)(sum * ws * xs + (acc ? Y0[t * M + r] : 0.0));
+        for (acc = 0; acc < 2; acc++) {
+            for (t = 0; t < NT; t++)
+                for (r = 0; r < M; r++) {
+                    double sum = 0;
+                    for (k = 0; k < K; k++) sum += (double)te_llama__fp8_to_f32(X[t * K + k], 0) * te_llama__fp8_to_f32(W[r * K + k], 0);
+                    ref[t * M + r] = (float)(sum * ws * xs + (acc ? Y0[t * M + r] : 0.0));
+                }
+            for (path = 0; path < 2; path++)
+                for (ni = 0; ni < 2; ni++)
+                    for (fast = 0; fast < 2; fast++) {
+                        const int n = ns[ni];
+                        double e;
+                        memcpy(Y, Y0, sizeof Y);
+                        CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, n, K, acc, fast, path), TE_LLAMA_OK);
+                        e = rel_l2(Y, ref, (size_t)n * M, NULL);
+                        printf("  fp8: %s %d x %d x %d, %s operands, accumulate %d, fast accumulation %d: rel L2 %.2e\n",
+                               path ? "cuBLASLt GEMM" : "GEMV", M, n, K, pass ? "random E4M3" : "integer", acc, fast, e);
+                        CHECK(e < (pass ? 1e-2 : 1e-5), "FP8 %s (%s operands, %d tokens, accumulate %d, fast %d): rel L2 %g",
+                              path ? "cuBLASLt GEMM" : "GEMV", pass ? "random" : "integer", n, acc, fast, e);
+                        CHECK(n == NT || Y[n * M] == Y0[n * M], "FP8 %s wrote past its %d tokens", path ? "GEMM" : "GEMV", n);
+                        if (path == 0) break; /* fast accumulation means nothing to the GEMV */
                     }
-                memcpy(Y, Y0, sizeof Y);
-                CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, NT, K, acc, fast), TE_LLAMA_OK);
-                e = rel_l2(Y, ref, (size_t)NT * M, NULL);
-                printf("  fp8: GEMM %d x %d x %d, %s operands, accumulate %d, fast accumulation %d: rel L2 %.2e\n", M, NT, K,
-                       pass ? "random E4M3" : "integer", acc, fast, e);
-                CHECK(e < (pass ? 1e-2 : 1e-5), "FP8 GEMM (%s operands, accumulate %d, fast %d): rel L2 %g", pass ? "random" : "integer", acc, fast, e);
-            }
+        }
     }
-    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, 250, NT, K, 0, 0), TE_LLAMA_ERR_INVALID_ARGUMENT);
-    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, NT, 120, 0, 0), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, 250, NT, K, 0, 0, 0), TE_LLAMA_ERR_INVALID_ARGUMENT);
+    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, M, NT, 120, 0, 0, 0), TE_LLAMA_ERR_INVALID_ARGUMENT);
     CHECK(strstr(te_llama_last_error(), "k % 64") != NULL, "message: %s", te_llama_last_error());
+    CHECK_RESULT(te_llama_cuda_test_gemm_fp8(gpu, W, ws, X, xs, Y, 250, NT, K, 0, 0, 1), TE_LLAMA_ERR_INVALID_ARGUMENT);
 }
 
 /* Every state of both models field for field (te_llama_fp8_meta_of: the device's a downloaded snapshot). */
