@@ -4672,6 +4672,8 @@ typedef struct te_llama__fp8_gemm_state {
 typedef struct te_llama__fp8_model {
     te_llama_fp8_recipe recipe;
     int calibrating;
+    unsigned skip;                    /* measurement only (bench/fp8_error.c), 0 = the recipe: bit 2g keeps GEMM g's
+                                         input in float32, bit 2g+1 its weight */
     int n_layers;
     float lut[256];                   /* E4M3 byte -> float */
     te_llama__fp8_gemm_state *gemms;  /* (n_layers, TE_LLAMA_FP8_GEMMS) */
@@ -4831,8 +4833,10 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
     te_llama__fp8_gemm_state *g;
     te_llama_fp8_meta *in, *o;
     int64_t r, col;
-    int t, k, cols;
+    int t, k, cols, q_in, q_w;
     if (!f || layer >= f->n_layers) return 0;
+    q_in = !f->calibrating && !(f->skip & (1u << (2 * gemm)));
+    q_w = !f->calibrating && !(f->skip & (2u << (2 * gemm)));
     g = &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm];
     in = &g->meta[TE_LLAMA_FP8_INPUT];
     o = &g->meta[TE_LLAMA_FP8_OUTPUT];
@@ -4841,10 +4845,10 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
         float *xt = x + (size_t)t * ld_x, mx = in->amax;
         for (k = 0; k < cols; k++) if (fabsf(xt[k]) > mx) mx = fabsf(xt[k]);
         in->amax = mx;
-        if (!f->calibrating)
+        if (q_in)
             for (k = 0; k < cols; k++) xt[k] = f->lut[te_llama__f32_to_fp8(xt[k] * in->scale, 0)] * in->scale_inv;
     }
-    if (f->calibrating) {
+    if (!q_w) {
         for (k = 0, col = 0; k < g->n_parts; col += g->parts[k]->shape[0], k++)
             te_llama__matmul(out + col, ld_out, x, ld_x, n, g->parts[k], rowbuf);
     } else {
