@@ -418,9 +418,10 @@ static void test_accuracy(void) {
            total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8, 100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree / total);
     CHECK(ppl_ref > 30 && ppl_ref < 90, "reference perplexity %g (the model card says 55.98 on the whole held-out text)", ppl_ref);
     CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
-    /* The target was 95%; this emulation measures 93.8% on these 3060 tokens (weights-only FP8: 96.2%,
-       activations-only: 94.8%, on 1530 of them): per-tensor delayed scaling of the activations costs the most.
-       The bar sits just under what is measured, so a regression shows; it is not the 95% asked for. */
+    /* The target was 95%; TE's default recipe measures 93.76% on these 3060 tokens (weights-only FP8: 96.47%,
+       activations-only: 95.03%), and no TE setting reaches 95% (margin 2: 94.51%): 91% of the disagreements are
+       where the reference's top-2 logits are within 0.25 (bench/NOTES_fp8.md, bench/fp8_error.c). The bar sits
+       just under what is measured, so a regression shows; it is not the 95% asked for. */
     CHECK(agree >= 0.93 * total, "top-1 agreement %d of %d below 93%%", agree, total);
     CHECK(nll_fp8 != nll_ref, "FP8 changed nothing: not quantising?");
     free(ref); free(lg); free(text);
