@@ -686,8 +686,8 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *train
    amax goes in and scale = fp8_max / amax_used / 2^margin, where amax_used is the history's maximum (MAX) or
    the amax just recorded (MOST_RECENT), as TE's fused update kernel has it: the maximum is fmaxf's (a NaN in the
    history is passed over), a zero amax (a step that saw nothing) is not recorded at all, amax_used zero or not
-   finite keeps the old scale, and a scale that overflows float becomes FLT_MAX. The forward tensors are E4M3 (max 448) in both formats; HYBRID would give
-   the gradients E5M2 (max 57344), and training does not use FP8 yet.
+   finite keeps the old scale, and a scale that overflows float becomes FLT_MAX. The forward tensors are E4M3
+   (max 448) in both formats; HYBRID would give the gradients E5M2 (max 57344), and training does not use FP8 yet.
    The CPU backend EMULATES FP8 inference (quantise, dequantise, multiply in float32): set options.fp8 to a
    recipe, or call te_llama_fp8_enable on a loaded model. Each GEMM weight of the decoder layers (fused QKV,
    proj, fc1, fc2; a vanilla layer's q/k/v and gate/up parts share one scale, as if fused) is quantised once to
