@@ -684,9 +684,10 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *train
    output); a tensor goes to FP8 as fp8(x * scale) and comes back as fp8 * scale_inv (scale_inv = 1 / scale).
    Each state keeps a ring buffer of the last amax_history_len amaxes (absolute maxima); after a step the new
    amax goes in and scale = fp8_max / amax_used / 2^margin, where amax_used is the history's maximum (MAX) or
-   the amax just recorded (MOST_RECENT). When amax_used is zero or not finite, or the new scale is not finite,
-   the old scale stays (as TE does). The forward tensors are E4M3 (max 448) in both formats; HYBRID would give
-   the gradients E5M2 (max 57344), and training does not use FP8 yet.
+   the amax just recorded (MOST_RECENT), as TE's fused update kernel has it: the maximum is fmaxf's (a NaN in the
+   history is passed over), a zero amax (a step that saw nothing) is not recorded at all, amax_used zero or not
+   finite keeps the old scale, and a scale that overflows float becomes FLT_MAX. The forward tensors are E4M3
+   (max 448) in both formats; HYBRID would give the gradients E5M2 (max 57344), and training does not use FP8 yet.
    The CPU backend EMULATES FP8 inference (quantise, dequantise, multiply in float32): set options.fp8 to a
    recipe, or call te_llama_fp8_enable on a loaded model. Each GEMM weight of the decoder layers (fused QKV,
    proj, fc1, fc2; a vanilla layer's q/k/v and gate/up parts share one scale, as if fused) is quantised once to
@@ -876,6 +877,7 @@ TE_LLAMA_API int32_t te_llama_tokenizer_eos_id(const te_llama_tokenizer *tok);
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -4620,18 +4622,16 @@ TE_LLAMA_API float te_llama_fp8_meta_update(te_llama_fp8_meta *meta, float amax)
     float used = amax, scale;
     int i;
     if (meta->history_len < 1 || meta->history_len > TE_LLAMA_FP8_MAX_HISTORY) return meta->scale; /* not initialised */
+    meta->amax = 0.0f;
+    if (amax == 0.0f) return meta->scale; /* a step that saw nothing leaves the history as it was */
     meta->history[meta->next] = amax;
     meta->next = (meta->next + 1) % meta->history_len;
     meta->n_updates++;
-    meta->amax = 0.0f;
-    if (meta->algo == TE_LLAMA_FP8_AMAX_MAX) /* a NaN in the history is the maximum, as torch.amax has it */
-        for (i = 0, used = 0.0f; i < meta->history_len; i++) {
-            if (isnan(meta->history[i])) { used = meta->history[i]; break; }
-            if (meta->history[i] > used) used = meta->history[i];
-        }
+    if (meta->algo == TE_LLAMA_FP8_AMAX_MAX) /* fmaxf's maximum: a NaN in the history is passed over */
+        for (i = 0, used = 0.0f; i < meta->history_len; i++) used = fmaxf(used, meta->history[i]);
     if (!(used > 0.0f) || !isfinite(used)) return meta->scale;
-    scale = (float)((double)te_llama_fp8_max(meta->dtype) / (double)used / ldexp(1.0, meta->margin));
-    if (!isfinite(scale) || !(scale > 0.0f)) return meta->scale;
+    scale = te_llama_fp8_max(meta->dtype) * ldexpf(1.0f, -meta->margin) / used; /* float, as TE divides */
+    if (isinf(scale)) scale = FLT_MAX; /* an amax so small that the scale overflows */
     meta->scale = scale;
     meta->scale_inv = 1.0f / scale;
     return scale;
@@ -4674,6 +4674,8 @@ typedef struct te_llama__fp8_gemm_state {
 typedef struct te_llama__fp8_model {
     te_llama_fp8_recipe recipe;
     int calibrating;
+    unsigned skip;                    /* measurement only (bench/fp8_error.c), 0 = the recipe: bit 2g keeps GEMM g's
+                                         input in float32, bit 2g+1 its weight */
     int n_layers;
     float lut[256];                   /* E4M3 byte -> float */
     te_llama__fp8_gemm_state *gemms;  /* (n_layers, TE_LLAMA_FP8_GEMMS) */
@@ -4833,8 +4835,10 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
     te_llama__fp8_gemm_state *g;
     te_llama_fp8_meta *in, *o;
     int64_t r, col;
-    int t, k, cols;
+    int t, k, cols, q_in, q_w;
     if (!f || layer >= f->n_layers) return 0;
+    q_in = !f->calibrating && !(f->skip & (1u << (2 * gemm)));
+    q_w = !f->calibrating && !(f->skip & (2u << (2 * gemm)));
     g = &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm];
     in = &g->meta[TE_LLAMA_FP8_INPUT];
     o = &g->meta[TE_LLAMA_FP8_OUTPUT];
@@ -4843,10 +4847,10 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
         float *xt = x + (size_t)t * ld_x, mx = in->amax;
         for (k = 0; k < cols; k++) if (fabsf(xt[k]) > mx) mx = fabsf(xt[k]);
         in->amax = mx;
-        if (!f->calibrating)
+        if (q_in)
             for (k = 0; k < cols; k++) xt[k] = f->lut[te_llama__f32_to_fp8(xt[k] * in->scale, 0)] * in->scale_inv;
     }
-    if (f->calibrating) {
+    if (!q_w) {
         for (k = 0, col = 0; k < g->n_parts; col += g->parts[k]->shape[0], k++)
             te_llama__matmul(out + col, ld_out, x, ld_x, n, g->parts[k], rowbuf);
     } else {

@@ -73,6 +73,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -2999,10 +3000,9 @@ te_llama__cast_fp8_kernel(const te_llama__bf16 *in, uint8_t *out, size_t n, cons
 
 /* The device twin of te_llama_fp8_meta_update(meta, meta->amax), for the input and output states of n_gemms
    GEMMs laid out as (n_gemms, 3: input, weight, output); weight states are left alone, as the CPU's
-   te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records the amax in the
-   ring, the block takes the history's maximum (a NaN anywhere makes it NaN, as the host loop's early exit does;
-   that and zero or infinity keep the old scale), thread 0 computes the scale in double with the host's
-   operations (IEEE division and conversions on both sides: the same bits). */
+   te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records a nonzero amax
+   in the ring (a zero one is not recorded), the block takes the history's fmaxf maximum (NaN passed over), and
+   thread 0 computes the scale with the host's float operations (the same bits; FLT_MAX when it overflows). */
 __global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
 te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms) {
     __shared__ float red[32];
@@ -3013,34 +3013,28 @@ te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms) {
     float used = amax;
     if (len < 1 || len > TE_LLAMA_FP8_MAX_HISTORY) return; /* not initialised: as the host, nothing changes */
     __syncthreads(); /* every thread has read amax before thread 0 resets it */
+    if (threadIdx.x == 0) m->amax = 0.0f;
+    if (amax == 0.0f) return; /* the whole block sees the same amax: nothing recorded, the scale stays */
     if (threadIdx.x == 0) {
         m->history[m->next] = amax;
         m->next = (m->next + 1) % len;
         m->n_updates++;
-        m->amax = 0.0f;
     }
     __syncthreads(); /* the new entry is in the history the block reads next */
     if (m->algo == TE_LLAMA_FP8_AMAX_MAX) {
         float mx = 0.0f;
-        int nan = 0;
-        for (int i = threadIdx.x; i < len; i += blockDim.x) {
-            const float v = m->history[i];
-            if (v != v) nan = 1;
-            else if (v > mx) mx = v;
-        }
-        nan = __syncthreads_or(nan);
-        mx = te_llama__block_max(mx, red);
-        used = nan ? __int_as_float(0x7fc00000) : mx;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) mx = fmaxf(mx, m->history[i]);
+        used = te_llama__block_max(mx, red);
     }
     if (threadIdx.x == 0) {
-        const double fp8_max = m->dtype == TE_LLAMA_F8_E4M3 ? (double)TE_LLAMA_FP8_E4M3_MAX
-                               : m->dtype == TE_LLAMA_F8_E5M2 ? (double)TE_LLAMA_FP8_E5M2_MAX : 0.0; /* te_llama_fp8_max */
+        const float fp8_max = m->dtype == TE_LLAMA_F8_E4M3 ? TE_LLAMA_FP8_E4M3_MAX
+                              : m->dtype == TE_LLAMA_F8_E5M2 ? TE_LLAMA_FP8_E5M2_MAX : 0.0f; /* te_llama_fp8_max */
         float scale;
         if (!(used > 0.0f) || !isfinite(used)) return;
-        scale = (float)(fp8_max / (double)used / ldexp(1.0, m->margin));
-        if (!isfinite(scale) || !(scale > 0.0f)) return;
+        scale = __fdiv_rn(fp8_max * ldexpf(1.0f, -m->margin), used); /* IEEE division whatever the math flags */
+        if (isinf(scale)) scale = FLT_MAX;
         m->scale = scale;
-        m->scale_inv = 1.0f / scale;
+        m->scale_inv = __fdiv_rn(1.0f, scale);
     }
 }
 

@@ -6,6 +6,7 @@
 #define TE_LLAMA_IMPLEMENTATION
 #include "te_llama.h"
 
+#include <float.h>
 #include <time.h>
 
 #include "check.h"
@@ -71,10 +72,11 @@ static void test_scaling(void) {
     CHECK(te_llama_fp8_meta_update(&m, 0.0f) == 112.0f, "zero amax keeps the scale: %g", m.scale);
     CHECK(te_llama_fp8_meta_update(&m, INFINITY) == 112.0f, "infinite amax keeps the scale: %g", m.scale);
     CHECK(te_llama_fp8_meta_update(&m, NAN) == 112.0f, "NaN amax keeps the scale: %g", m.scale);
-    CHECK(te_llama_fp8_meta_update(&m, 1e-40f) == 112.0f, "a scale that overflows is not taken: %g", m.scale);
     CHECK(m.scale_inv == 1.0f / 112.0f, "scale_inv follows: %g", m.scale_inv);
+    /* TE's update kernel: a scale that overflows float becomes FLT_MAX */
+    CHECK(te_llama_fp8_meta_update(&m, 1e-40f) == FLT_MAX && m.scale_inv == 1.0f / FLT_MAX, "tiny amax: scale %g, not FLT_MAX", m.scale);
     CHECK(te_llama_fp8_meta_update(&m, 8.0f) == 56.0f, "then 448 / 8 = %g", m.scale);
-    CHECK(m.n_updates == 6, "%lld updates", (long long)m.n_updates);
+    CHECK(m.n_updates == 5, "%lld updates (the zero amax is not recorded)", (long long)m.n_updates);
     {   /* a fresh state with a zero first amax keeps scale 1 */
         te_llama_fp8_meta z;
         te_llama_fp8_meta_init(&z, NULL, TE_LLAMA_F8_E4M3);
@@ -93,14 +95,24 @@ static void test_scaling(void) {
     te_llama_fp8_meta_update(&m, 8.0f);
     te_llama_fp8_meta_update(&m, 1.0f);
     CHECK(m.scale == 448.0f, "most recent 1: 448, got %g", m.scale);
-    /* a NaN in the history is its max under MAX: the scale stays until the NaN leaves */
+    /* TE's MAX is fmaxf's: a NaN in the history is passed over (it still takes a slot) */
     rc.amax_compute_algo = TE_LLAMA_FP8_AMAX_MAX;
     rc.amax_history_len = 2;
     te_llama_fp8_meta_init(&m, &rc, TE_LLAMA_F8_E4M3);
     te_llama_fp8_meta_update(&m, 4.0f);
-    te_llama_fp8_meta_update(&m, NAN);
-    CHECK(te_llama_fp8_meta_update(&m, 2.0f) == 112.0f, "NaN still in the history: %g", m.scale);
-    CHECK(te_llama_fp8_meta_update(&m, 2.0f) == 224.0f, "NaN gone: %g", m.scale);
+    CHECK(te_llama_fp8_meta_update(&m, NAN) == 112.0f, "[4, NaN]: 448 / 4, got %g", m.scale);
+    CHECK(te_llama_fp8_meta_update(&m, 2.0f) == 224.0f, "[NaN, 2]: the NaN passed over, 448 / 2, got %g", m.scale);
+    /* a zero amax (a step that saw nothing) is not recorded: it pushes no amax out of the history */
+    te_llama_fp8_meta_init(&m, &rc, TE_LLAMA_F8_E4M3);
+    te_llama_fp8_meta_update(&m, 8.0f);
+    te_llama_fp8_meta_update(&m, 0.0f);
+    te_llama_fp8_meta_update(&m, 0.0f);
+    CHECK(te_llama_fp8_meta_update(&m, 1.0f) == 56.0f && m.n_updates == 2, "[8, 1] after two zero steps: 448 / 8, got %g (%lld updates)",
+          m.scale, (long long)m.n_updates);
+    rc.margin = 3; /* float division of the scaled max, as TE: 448 * 2^-3 / 3 */
+    te_llama_fp8_meta_init(&m, &rc, TE_LLAMA_F8_E4M3);
+    CHECK(te_llama_fp8_meta_update(&m, 3.0f) == 56.0f / 3.0f, "margin 3: %a vs %a", (double)m.scale, (double)(56.0f / 3.0f));
+    rc.margin = 0;
 
     /* the ring wraps: with 3 slots, an amax leaves after 3 more updates */
     rc.amax_history_len = 3;
@@ -406,9 +418,10 @@ static void test_accuracy(void) {
            total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8, 100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree / total);
     CHECK(ppl_ref > 30 && ppl_ref < 90, "reference perplexity %g (the model card says 55.98 on the whole held-out text)", ppl_ref);
     CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
-    /* The target was 95%; this emulation measures 93.8% on these 3060 tokens (weights-only FP8: 96.2%,
-       activations-only: 94.8%, on 1530 of them): per-tensor delayed scaling of the activations costs the most.
-       The bar sits just under what is measured, so a regression shows; it is not the 95% asked for. */
+    /* The target was 95%; TE's default recipe measures 93.76% on these 3060 tokens (weights-only FP8: 96.47%,
+       activations-only: 95.03%), and no TE setting reaches 95% (margin 2: 94.51%): 91% of the disagreements are
+       where the reference's top-2 logits are within 0.25 (bench/NOTES_fp8.md, bench/fp8_error.c). The bar sits
+       just under what is measured, so a regression shows; it is not the 95% asked for. */
     CHECK(agree >= 0.93 * total, "top-1 agreement %d of %d below 93%%", agree, total);
     CHECK(nll_fp8 != nll_ref, "FP8 changed nothing: not quantising?");
     free(ref); free(lg); free(text);
