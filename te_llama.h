@@ -729,8 +729,9 @@ typedef struct te_llama_fp8_recipe {
     int amax_history_len;             /* 1 .. TE_LLAMA_FP8_MAX_HISTORY; 0: 1024 */
     te_llama_fp8_amax_algo amax_compute_algo;
     int margin;                       /* scale = fp8_max / amax / 2^margin; >= 0 */
-    int precise_accum;                /* CUDA prefill GEMMs (cuBLASLt FP8): 0: fast accumulation, TE's choice for the
-                                         forward; 1: partial sums promoted to fp32 periodically (slower) */
+    int fast_accum;                   /* CUDA prefill GEMMs (cuBLASLt FP8): 0: partial sums promoted to fp32
+                                         periodically; 1: fast accumulation, TE's forward default (on the H200 no
+                                         faster here, and 10x the error at k = 4096: bench/fp8_gemm.cu) */
 } te_llama_fp8_recipe;
 
 /* One tensor's scaling state. */

@@ -198,6 +198,7 @@ static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx);
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
 static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_lt_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t);
 static te_llama_result te_llama__rmsnorm_fp8(te_llama__cuda *ctx, const float *x, const int32_t *rows, const te_llama__bf16 *w,
                                              uint8_t *out, te_llama__bf16 *out_bf16, int n, int h, float eps,
@@ -1689,7 +1690,8 @@ static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const 
    beta = 1, the residual add), fp32 accumulation, with fast accumulation (no periodic promotion of the tensor
    cores' partial sums, TE's choice for the forward) when fast. The scales are device floats read when the GEMM
    runs. cuBLASLt's FP8 rules: m and k multiples of 16 (te_llama_cuda_fp8_enable checks the model), 16-byte
-   aligned pointers. TE_LLAMA_ERR_UNSUPPORTED when cuBLASLt has no FP8 algorithm for the shape. */
+   aligned pointers, the two scale pointers included (te_llama__fp8_lt_scale_inv). TE_LLAMA_ERR_UNSUPPORTED when
+   cuBLASLt has no FP8 algorithm for the shape. */
 static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
                                           const float *x_scale_inv, void *Y, cudaDataType_t ctype, int m, int n, int k,
                                           int accumulate, int fast) {
@@ -1701,6 +1703,8 @@ static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W,
         snprintf(msg, sizeof msg, "FP8 GEMM of %d x %d x %d (rows x tokens x inner): rows and inner must be multiples of 16", m, n, k);
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, msg);
     }
+    if (((uintptr_t)w_scale_inv | (uintptr_t)x_scale_inv) & 15) /* cublasLtMatmul: NOT_SUPPORTED, no reason given */
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "FP8 GEMM: the scale pointers must be 16-byte aligned");
     if (!(p = te_llama__plan_get(ctx, fast ? 2 : 1, m, n, k, ctype, accumulate, W, X, w_scale_inv, x_scale_inv, &r))) return r;
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale_inv, sizeof w_scale_inv));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale_inv, sizeof x_scale_inv));
@@ -1895,6 +1899,8 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     te_llama__gemv_args ga;
     te_llama_result r = TE_LLAMA_OK;
 #define TE_LLAMA__W(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_scale_inv(ctx, l, (g), WT)
+#define TE_LLAMA__LTW(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_lt_scale_inv(ctx, l, (g), WT)
+#define TE_LLAMA__LTX(g) te_llama__fp8_lt_scale_inv(ctx, l, (g), IN)
     if (lt) { /* the four plans first (cached after the first layer), so that a shape cuBLASLt refuses is known
                  before the layer has changed anything */
         static const cudaDataType_t out[TE_LLAMA_FP8_GEMMS] = {CUDA_R_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_32F};
@@ -1903,7 +1909,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         int g;
         for (g = 0; g < TE_LLAMA_FP8_GEMMS && !r; g++)
             if (!te_llama__plan_get(ctx, fast ? 2 : 1, rows[g], n, cols[g], out[g], acc[g], te_llama__fp8_weight(ctx, l, g), xq,
-                                    te_llama__fp8_scale_inv(ctx, l, g, WT), te_llama__fp8_scale_inv(ctx, l, g, IN), &r) && !r)
+                                    te_llama__fp8_lt_scale_inv(ctx, l, g, WT), te_llama__fp8_lt_scale_inv(ctx, l, g, IN), &r) && !r)
                 r = TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, "FP8 GEMM plan");
         if (r == TE_LLAMA_ERR_UNSUPPORTED) { /* no FP8 algorithm: this and later inputs take the GEMV */
             ctx->fp8_gemm_unsupported = 1;
@@ -1923,7 +1929,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     ga.kc = kv->k + (size_t)l * layer_elems; ga.vc = kv->v + (size_t)l * layer_elems;
     ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
     if (lt) {
-        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(QKV), xq, ga.scale_inv_x, ctx->qkv, CUDA_R_32F, ga.m, n, h, 0, fast))) return r;
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(QKV), xq, TE_LLAMA__LTX(QKV), ctx->qkv, CUDA_R_32F, ga.m, n, h, 0, fast))) return r;
         te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
             ctx->qkv, ctx->rope, ga.pos, ga.seq, ga.kc, ga.vc, nh, nkv, hd, cache->max_len);
         TE_LLAMA__LAUNCHED(rope_kv);
@@ -1934,7 +1940,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, PROJ, IN),
                                 te_llama__fp8_amax(ctx, l, PROJ, IN))))
         return r;
-    r = lt ? te_llama__gemm_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, CUDA_R_32F, h, n, q_dim, 1, fast)
+    r = lt ? te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(PROJ), xq, TE_LLAMA__LTX(PROJ), ctx->x, CUDA_R_32F, h, n, q_dim, 1, fast)
            : te_llama__gemv_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1);
     if (r) return r;
     /* MLP block */
@@ -1942,11 +1948,11 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
                                    te_llama__fp8_scale(ctx, l, FC1, IN), te_llama__fp8_amax(ctx, l, FC1, IN))))
         return r;
     if (lt) {
-        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(FC1), xq, te_llama__fp8_scale_inv(ctx, l, FC1, IN), ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0, fast)) ||
+        if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(FC1), xq, TE_LLAMA__LTX(FC1), ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0, fast)) ||
             (r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, actq, NULL, n, I, te_llama__fp8_scale(ctx, l, FC2, IN),
                                                       te_llama__fp8_amax(ctx, l, FC2, IN))))
             return r;
-        r = te_llama__gemm_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, CUDA_R_32F, h, n, I, 1, fast);
+        r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(FC2), actq, TE_LLAMA__LTX(FC2), ctx->x, CUDA_R_32F, h, n, I, 1, fast);
     } else { /* fc1's epilogue quantises SwiGLU's output for fc2 */
         memset(&ga, 0, sizeof ga);
         ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
@@ -1956,6 +1962,8 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         r = te_llama__gemv_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1);
     }
 #undef TE_LLAMA__W
+#undef TE_LLAMA__LTW
+#undef TE_LLAMA__LTX
     return r;
 }
 
@@ -2827,7 +2835,12 @@ typedef struct te_llama__fp8_dev {
     te_llama_fp8_meta *meta;      /* device (n_layers, TE_LLAMA_FP8_GEMMS, 3): input, weight, output */
     te_llama_fp8_meta *host_meta; /* host (n_layers, TE_LLAMA_FP8_GEMMS, 3): the weight states are made here and
                                      uploaded; the others are what te_llama_fp8_meta_of last downloaded */
+    float *lt_scale_inv;          /* device (n_layers, TE_LLAMA_FP8_GEMMS, 2: weight, input) copies of scale_inv, 16
+                                     bytes apart: cuBLASLt refuses FP8 scale pointers that are not 16-byte aligned
+                                     (CUBLAS_STATUS_NOT_SUPPORTED from cublasLtMatmul, bench/fp8_gemm.cu), and a
+                                     state's own scale_inv is not. The update kernel refreshes the input copies. */
 } te_llama__fp8_dev;
+#define TE_LLAMA__FP8_LT_SLOT(gemm_index, t) (((size_t)(gemm_index) * 2 + (size_t)(t)) * 4) /* t: 0 weight, 1 input */
 
 /* ---------------------------------------------------------------------------------------------- accessors */
 /* For the forward; ctx->fp8 must be set (FP8 on). l: layer, g: TE_LLAMA_FP8_QKV .. FC2, t: TE_LLAMA_FP8_INPUT,
@@ -2837,9 +2850,9 @@ typedef struct te_llama__fp8_dev {
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx) {
     return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->calibrating;
 }
-/* Whether cuBLASLt's FP8 GEMMs accumulate fast (the recipe's default, TE's for the forward). */
+/* Whether cuBLASLt's FP8 GEMMs accumulate fast (te_llama_fp8_recipe.fast_accum). */
 static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx) {
-    return ctx->fp8 && !((const te_llama__fp8_dev *)ctx->fp8)->recipe.precise_accum;
+    return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->recipe.fast_accum;
 }
 /* Layer l's GEMM g weight in E4M3, (rows, cols) row-major as the bf16 parameter: QKV (q_dim + 2 kv_dim, hidden),
    PROJ (hidden, q_dim), FC1 (2 I, hidden), FC2 (hidden, I). */
@@ -2860,6 +2873,11 @@ static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, i
 }
 static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t) {
     return (float *)((char *)te_llama__fp8_meta_dev(ctx, l, g, t) + offsetof(te_llama_fp8_meta, amax));
+}
+/* The 16-byte aligned copy of scale_inv of the weight (t = TE_LLAMA_FP8_WEIGHT) or input state, for cuBLASLt. */
+static inline float *te_llama__fp8_lt_scale_inv(const te_llama__cuda *ctx, int l, int g, int t) {
+    return ((const te_llama__fp8_dev *)ctx->fp8)->lt_scale_inv +
+           TE_LLAMA__FP8_LT_SLOT(l * TE_LLAMA_FP8_GEMMS + g, t == TE_LLAMA_FP8_WEIGHT ? 0 : 1);
 }
 
 /* ------------------------------------------------------------------------------------------------ kernels */
@@ -3003,11 +3021,7 @@ te_llama__cast_fp8_kernel(const te_llama__bf16 *in, uint8_t *out, size_t n, cons
    te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records a nonzero amax
    in the ring (a zero one is not recorded), the block takes the history's fmaxf maximum (NaN passed over), and
    thread 0 computes the scale with the host's float operations (the same bits; FLT_MAX when it overflows). */
-__global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
-te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms) {
-    __shared__ float red[32];
-    if ((int)blockIdx.x >= n_gemms) return;
-    te_llama_fp8_meta *m = metas + (size_t)blockIdx.x * 3 + (blockIdx.y ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+__device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
     const int len = m->history_len;
     const float amax = m->amax;
     float used = amax;
@@ -3035,6 +3049,24 @@ te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms) {
         if (isinf(scale)) scale = FLT_MAX;
         m->scale = scale;
         m->scale_inv = __fdiv_rn(1.0f, scale);
+    }
+}
+/* lt_scale_inv (may be NULL): the input states' aligned copies (te_llama__fp8_dev.lt_scale_inv) get the new
+   scale_inv. */
+__global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
+te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms, float *lt_scale_inv) {
+    __shared__ float red[32];
+    if ((int)blockIdx.x >= n_gemms) return;
+    te_llama_fp8_meta *m = metas + (size_t)blockIdx.x * 3 + (blockIdx.y ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+    te_llama__fp8_update_state(m, red);
+    if (lt_scale_inv && blockIdx.y == 0 && threadIdx.x == 0) lt_scale_inv[TE_LLAMA__FP8_LT_SLOT(blockIdx.x, 1)] = m->scale_inv;
+}
+
+/* Every weight and input state's scale_inv into its aligned copy (after the states were uploaded). */
+__global__ void te_llama__fp8_lt_copy_kernel(const te_llama_fp8_meta *metas, int n_gemms, float *lt_scale_inv) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < 2 * n_gemms; i += gridDim.x * blockDim.x) {
+        const int g = i / 2, t = i % 2;
+        lt_scale_inv[TE_LLAMA__FP8_LT_SLOT(g, t)] = metas[(size_t)g * 3 + (t ? TE_LLAMA_FP8_INPUT : TE_LLAMA_FP8_WEIGHT)].scale_inv;
     }
 }
 
@@ -3100,8 +3132,15 @@ static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx) {
     const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
     if (!f || f->n_layers < 1) return TE_LLAMA_OK;
     te_llama__fp8_update_kernel<<<dim3((unsigned)(f->n_layers * TE_LLAMA_FP8_GEMMS), 2), TE_LLAMA__FP8_UPDATE_THREADS, 0,
-                                  ctx->stream>>>(f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS);
+                                  ctx->stream>>>(f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS, f->lt_scale_inv);
     TE_LLAMA__LAUNCHED(fp8_update);
+    return TE_LLAMA_OK;
+}
+
+/* The aligned scale_inv copies from the device states (after an upload of the states). */
+static te_llama_result te_llama__fp8_lt_copy(te_llama__cuda *ctx, const te_llama__fp8_dev *f) {
+    te_llama__fp8_lt_copy_kernel<<<1, 256, 0, ctx->stream>>>(f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS, f->lt_scale_inv);
+    TE_LLAMA__LAUNCHED(fp8_lt_copy);
     return TE_LLAMA_OK;
 }
 
@@ -3110,13 +3149,15 @@ static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx) {
 /* Device bytes of the FP8 state (E4M3 weights and scaling states), for te_llama_cuda_memory_info. */
 static size_t te_llama__fp8_device_bytes(const te_llama__cuda *ctx) {
     const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
-    return f ? f->weight_bytes + sizeof(te_llama_fp8_meta) * (size_t)f->n_layers * TE_LLAMA_FP8_GEMMS * 3 : 0;
+    return f ? f->weight_bytes + sizeof(te_llama_fp8_meta) * (size_t)f->n_layers * TE_LLAMA_FP8_GEMMS * 3 +
+                   sizeof(float) * TE_LLAMA__FP8_LT_SLOT(f->n_layers * TE_LLAMA_FP8_GEMMS, 0) : 0;
 }
 
 static void te_llama__fp8_free(te_llama__cuda *ctx, te_llama__fp8_dev *f) {
     if (!f) return;
     cudaFree(f->weights); /* cudaFree waits for the device work that may still read them */
     cudaFree(f->meta);
+    cudaFree(f->lt_scale_inv);
     (void)cudaGetLastError();
     te_llama__host_free(&ctx->allocator, f->gemm);
     te_llama__host_free(&ctx->allocator, f->host_meta);
@@ -3231,8 +3272,10 @@ TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *m, const t
     f->weight_bytes = off;
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->weights, off ? off : 1), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->meta, sizeof *f->meta * (size_t)count * 3), fail);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->lt_scale_inv, sizeof(float) * TE_LLAMA__FP8_LT_SLOT(count, 0)), fail);
     if ((r = te_llama__fp8_quantize_weights(ctx, f))) goto fail;
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(f->meta, f->host_meta, sizeof *f->meta * (size_t)count * 3, cudaMemcpyHostToDevice, ctx->stream), fail);
+    if ((r = te_llama__fp8_lt_copy(ctx, f))) goto fail;
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), fail);
     ctx->fp8 = f;
     m->fp8 = f;
@@ -3261,6 +3304,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_fp8_update_weights(te_llama_model *m)
         const size_t k = (size_t)i * 3 + TE_LLAMA_FP8_WEIGHT;
         TE_LLAMA__CU(cudaMemcpyAsync(&f->meta[k], &f->host_meta[k], sizeof *f->meta, cudaMemcpyHostToDevice, ctx->stream));
     }
+    if ((r = te_llama__fp8_lt_copy(ctx, f))) return r;
     TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
     return TE_LLAMA_OK;
 }
@@ -3488,7 +3532,7 @@ te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_me
     if (b.r) return b.r;
     d = (te_llama_fp8_meta *)te_llama__test_put(&b, metas, bytes);
     if (!b.r && n_gemms > 0) {
-        te_llama__fp8_update_kernel<<<dim3((unsigned)n_gemms, 2), TE_LLAMA__FP8_UPDATE_THREADS, 0, ctx->stream>>>(d, n_gemms);
+        te_llama__fp8_update_kernel<<<dim3((unsigned)n_gemms, 2), TE_LLAMA__FP8_UPDATE_THREADS, 0, ctx->stream>>>(d, n_gemms, NULL);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) b.r = te_llama__cuda_error(e, "launch of the fp8_update kernel", __FILE__, __LINE__);
     }
@@ -3556,7 +3600,7 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
                                             float *Y, int mm, int n, int k, int accumulate, int fast_accum, int cublaslt) {
     te_llama__test_bufs b;
     te_llama__cuda *ctx = te_llama__test_begin(m, &b);
-    const float s[2] = {w_scale_inv, x_scale_inv};
+    const float s[8] = {w_scale_inv, 0, 0, 0, x_scale_inv, 0, 0, 0}; /* 16 bytes apart, as cuBLASLt wants them */
     const size_t ny = sizeof(float) * (size_t)n * mm;
     uint8_t *dw, *dx;
     float *dy, *ds;
@@ -3565,9 +3609,9 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
     dx = (uint8_t *)te_llama__test_put(&b, X, (size_t)n * k);
     dy = (float *)te_llama__test_put(&b, Y, ny);
     ds = (float *)te_llama__test_put(&b, s, sizeof s);
-    if (!b.r && cublaslt) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 1, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
+    if (!b.r && cublaslt) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 4, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
     if (!b.r && !cublaslt && !te_llama__gemv_ok(1, mm, k)) b.r = TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemm_fp8: rows % 16, k % 64");
-    if (!b.r && !cublaslt) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 1, dy, mm, n, k, accumulate);
+    if (!b.r && !cublaslt) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 4, dy, mm, n, k, accumulate);
     te_llama__test_get(&b, ctx, Y, dy, ny);
     return te_llama__test_end(&b, ctx);
 }
