@@ -30,6 +30,8 @@
          te_llama_parameter(m, i);
      te_llama_free(m);
    Below generate: te_llama_kv_cache_create + te_llama_forward run batches mixing several sequences.
+   Fine-tuning (CPU or CUDA alike): te_llama_trainer_create(m, &train_opt, &tr); te_llama_train_step(tr, tokens,
+   labels, B, T, &loss) per batch; te_llama_trainer_save_state / te_llama_save (see TRAINING below).
    On failure every call returns a te_llama_result; te_llama_last_error() says what and where (file, tensor,
    byte offset, expected vs found). The library never prints and never exits: install options.log to hear it.
 
@@ -44,7 +46,7 @@
    REVISION HISTORY
      0.1  first version: JSON, safetensors, config, factory, load/save, CPU forward, generation, tokenizer,
           the CUDA backend (cuBLASLt, tensor-core prefill attention, split-KV decode, graph-captured decode),
-          CPU training (backward, AdamW, optimizer state)
+          CPU training (backward, AdamW, optimizer state), CUDA training (device backward, fused AdamW)
 
    LICENSE: MIT (see the end of this file).
 */
@@ -597,9 +599,9 @@ TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *model,
                                                           int32_t *out, int cap, int *n_out);
 
 /* =================================================================================================== training */
-/* Fine-tuning, on the CPU in fp32 or on the CUDA backend (see the end of this section). A training forward over B sequences of T
-   tokens keeps the activations the backward needs; the backward covers every op of the decoder layer and the
-   model ends; AdamW updates fp32 master weights.
+/* Fine-tuning, on the CPU in fp32 or on the CUDA backend (see the end of this section). A training forward over
+   B sequences of T tokens keeps the activations the backward needs; the backward covers every op of the decoder
+   layer and the model ends; AdamW updates fp32 master weights.
    Loss: HF's LlamaForCausalLM(labels=...): the logits at position t are scored against labels[t + 1] (the shift
    happens inside, per sequence), labels equal to TE_LLAMA_IGNORE_INDEX are skipped, and the loss is the mean
    token cross-entropy over the labels that count (0 when none count). labels NULL means labels = tokens.

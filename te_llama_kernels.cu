@@ -1,5 +1,6 @@
 /* te_llama_kernels.cu - the CUDA backend of te_llama.h: device memory, the loader's pinned staging, the KV cache,
-   the TE decoder forward pass and generation with sampling on the device.
+   the TE decoder forward pass, generation with sampling on the device, and training (the training section: the
+   forward keeping activations, the loss, the backward of every op and a fused AdamW).
 
    BUILD
      nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80 \
@@ -508,7 +509,8 @@ __device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[
    domain (scale * log2 e folded into the scores).
    Rounding (beyond the general kernel's): q is read from the fp32 QKV row after RoPE and rounded to bf16 (RNE)
    before the product, unscaled; the probabilities P are rounded to bf16 for the P V product, while the row sums
-   use the fp32 P. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
+   use the fp32 P. lse (training, else NULL): each row's log-sum-exp of the scaled scores (natural log) at
+   (sequence, head, position) of a (n_seq, heads, max_len) array. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
    group and the run's other tiles re-read them, mostly from L2), 64 x HD fp32 of q, 64 x HD bf16 written. */
 template <int HD>
 __global__ void __launch_bounds__(TE_LLAMA__FA_THREADS, 3)
@@ -2604,7 +2606,8 @@ done:
      query tiles at or after its keys, keeping dK and dV in registers and adding dQ with fp32 atomics.
      RMSNorm weight gradients and the embedding's scatter-add are fp32 atomics (per block partial sums first).
    OPTIMIZER: fp32 master weights, gradients and moments in one device allocation, each parameter's span starting
-     at a multiple of 64 floats (cuBLASLt's alignment). The global norm is one reduction (double atomics); AdamW is
+     at a multiple of 64 floats (cuBLASLt's alignment), except that a te layer's query, key and value views stay
+     adjacent (their gradient is the fused QKV GEMM's output). The global norm is one reduction (double atomics); AdamW is
      one kernel over a table of tiles of at most 64K elements, each inside one parameter (torch's multi-tensor
      apply): it clips, updates, zeroes the gradient and rounds the master weight into the model's BF16 parameter.
      Traffic per optimizer step: 34 bytes a parameter (about 42 GB for Llama-3.2-1B, ~10 ms on an H200).
@@ -3500,15 +3503,19 @@ TE_LLAMA_API te_llama_result te_llama_cuda_train_create(te_llama_trainer *tr) {
     hp = (te_llama__tparam *)te_llama__host_alloc(&ctx->allocator, sizeof *hp * (size_t)np);
     if (!st->off || !hp) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "trainer tables"); goto done; }
     for (i = 0; i < np; i++) {
-        te_llama_param *p = te_llama_parameter(m, i);
+        te_llama_param *p = te_llama_parameter(m, i), *next = i + 1 < np ? te_llama_parameter(m, i + 1) : NULL;
         const size_t numel = te_llama_param_numel(p);
         st->off[i] = off;
+        /* views of one buffer (a te layer's query, key and value) stay adjacent, so that the fused QKV gradient
+           is one (q_dim + 2 kv_dim, h) matrix for its wgrad; every other span starts aligned */
+        const int adjacent = next && p->is_view && next->is_view &&
+                             (const char *)p->data + numel * sizeof(te_llama__bf16) == (const char *)next->data;
         hp[i].data = (te_llama__bf16 *)p->data;
         hp[i].offset = off;
         hp[i].two_d = p->ndim == 2;
         hp[i].pad = 0;
         n_tiles += (numel + TE_LLAMA__T_ADAM_TILE - 1) / TE_LLAMA__T_ADAM_TILE;
-        off = te_llama__round_up(off + numel, TE_LLAMA__T_ALIGN);
+        off = adjacent ? off + numel : te_llama__round_up(off + numel, TE_LLAMA__T_ALIGN);
     }
     st->off[np] = off;
     st->n = off;
