@@ -2602,8 +2602,8 @@ done:
      dW += dY^T X ("NT", beta 1 into the fp32 gradients). A gradient that feeds a GEMM is rounded to bf16 first (as
      under torch.autocast); those feeding elementwise kernels (RMSNorm, SwiGLU, attention) stay fp32. The attention
      backward (te_llama__t_attn_bwd_kernel) recomputes P from q, k and the log-sum-exp (FlashAttention-2's scheme,
-     on the CUDA cores): one block a (64-key tile, kv head, sequence) loops over the group's query heads and the
-     query tiles at or after its keys, keeping dK and dV in registers and adding dQ with fp32 atomics.
+     on the CUDA cores): one block a (64-key tile, query head, sequence) loops over the query tiles at or after its
+     keys, keeping dK and dV in registers, and adds dQ, dK and dV to the fp32 gradient with atomics.
      RMSNorm weight gradients and the embedding's scatter-add are fp32 atomics (per block partial sums first).
    OPTIMIZER: fp32 master weights, gradients and moments in one device allocation, each parameter's span starting
      at a multiple of 64 floats (cuBLASLt's alignment), except that a te layer's query, key and value views stay
@@ -2842,13 +2842,14 @@ te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
     }
 }
 
-/* Causal GQA attention backward, FlashAttention-2's scheme on the CUDA cores: one block a (64-key tile, kv head,
-   sequence), 16 x 16 threads. Its keys and values stay in shared memory; for each query head of the group and each
-   query tile at or after the key tile it loads q, dO, the log-sum-exp and D (= rowsum(dO O)), recomputes
+/* Causal GQA attention backward, FlashAttention-2's scheme on the CUDA cores: one block a (64-key tile, query
+   head, sequence), 16 x 16 threads (a block per query head rather than per kv head: four times the blocks for
+   Llama-3's groups, a shorter critical path). Its keys and values stay in shared memory; for each query tile at or
+   after the key tile it loads q, dO, the log-sum-exp and D (= rowsum(dO O)), recomputes
    P = exp(scale q k - lse), and accumulates dV += P^T dO and dK += dS^T q in registers (thread (ty, tx): keys
    4 ty .. 4 ty + 3, dims tx + 16 j), dS = P (dO v - D); dQ = scale dS k is added to the fp32 gradient with atomics.
-   At the end dK (times scale) and dV are stored into their columns of the fp32 QKV gradient (the q columns must be
-   zero before the launch). Traffic: per block its keys and values once, and per (head, query tile) 64 x HD fp32 of
+   At the end dK (times scale) and dV are added with atomics into their columns of the fp32 QKV gradient (the
+   group's query heads share them; the whole gradient must be zero before the launch). Traffic: per block its keys and values once, and per (head, query tile) 64 x HD fp32 of
    q and dO, and 64 x HD atomics. */
 template <int HD>
 __global__ void __launch_bounds__(TE_LLAMA__T_THREADS)
@@ -2858,8 +2859,8 @@ te_llama__t_attn_bwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
     extern __shared__ float te_llama__t_smem[];
     float *Ks = te_llama__t_smem, *Vs = Ks + BT * LD, *Qs = Vs + BT * LD, *Os = Qs + BT * LD, *Ps = Os + BT * LD;
     float *Ls = Ps + BT * (BT + 1), *Ds = Ls + BT;
-    const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
-    const int q_dim = nh * HD, kv_dim = nkv * HD, ld = q_dim + 2 * kv_dim, G = nh / nkv, k0 = kt * BT, n_qt = (T + BT - 1) / BT;
+    const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const int q_dim = nh * HD, kv_dim = nkv * HD, ld = q_dim + 2 * kv_dim, kvh = h / (nh / nkv), k0 = kt * BT, n_qt = (T + BT - 1) / BT;
     const size_t tok0 = (size_t)b * T;
     float dk[4][DJ], dv[4][DJ];
     for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
@@ -2872,104 +2873,101 @@ te_llama__t_attn_bwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < DJ; j++) dk[i][j] = dv[i][j] = 0.0f;
-    for (int g = 0; g < G; g++) {
-        const int h = kvh * G + g;
-        for (int qt = kt; qt < n_qt; qt++) {
-            const int q0 = qt * BT;
-            float s[4][4], dp[4][4];
-            __syncthreads(); /* the last tile's q, dO and P are read */
-            for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
-                const int r = i / HD, d = i - r * HD, ok = q0 + r < T;
-                const size_t row = tok0 + (size_t)(ok ? q0 + r : 0);
-                Qs[r * LD + d] = ok ? qkv[row * ld + (size_t)h * HD + d] : 0.0f;
-                Os[r * LD + d] = ok ? datt[row * q_dim + (size_t)h * HD + d] : 0.0f;
-            }
-            if (tid < BT) {
-                const int ok = q0 + tid < T;
-                Ls[tid] = ok ? lse[((size_t)b * nh + h) * T + q0 + tid] : 0.0f;
-                Ds[tid] = ok ? dd[(tok0 + q0 + tid) * nh + h] : 0.0f;
-            }
-            __syncthreads();
+    for (int qt = kt; qt < n_qt; qt++) {
+        const int q0 = qt * BT;
+        float s[4][4], dp[4][4];
+        __syncthreads(); /* the last tile's q, dO and P are read */
+        for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+            const int r = i / HD, d = i - r * HD, ok = q0 + r < T;
+            const size_t row = tok0 + (size_t)(ok ? q0 + r : 0);
+            Qs[r * LD + d] = ok ? qkv[row * ld + (size_t)h * HD + d] : 0.0f;
+            Os[r * LD + d] = ok ? datt[row * q_dim + (size_t)h * HD + d] : 0.0f;
+        }
+        if (tid < BT) {
+            const int ok = q0 + tid < T;
+            Ls[tid] = ok ? lse[((size_t)b * nh + h) * T + q0 + tid] : 0.0f;
+            Ds[tid] = ok ? dd[(tok0 + q0 + tid) * nh + h] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
+        for (int d = 0; d < HD; d++) {
+            float a[4], o[4], k[4], v[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) { a[i] = Qs[(4 * ty + i) * LD + d]; o[i] = Os[(4 * ty + i) * LD + d]; }
+#pragma unroll
+            for (int j = 0; j < 4; j++) { k[j] = Ks[(tx + 16 * j) * LD + d]; v[j] = Vs[(tx + 16 * j) * LD + d]; }
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
-            for (int d = 0; d < HD; d++) {
-                float a[4], o[4], k[4], v[4];
+                for (int j = 0; j < 4; j++) { s[i][j] += a[i] * k[j]; dp[i][j] += o[i] * v[j]; }
+        }
+        /* P into shared memory for dV; dS kept in s until P is consumed */
 #pragma unroll
-                for (int i = 0; i < 4; i++) { a[i] = Qs[(4 * ty + i) * LD + d]; o[i] = Os[(4 * ty + i) * LD + d]; }
+        for (int i = 0; i < 4; i++) {
+            const int r = 4 * ty + i, q = q0 + r;
 #pragma unroll
-                for (int j = 0; j < 4; j++) { k[j] = Ks[(tx + 16 * j) * LD + d]; v[j] = Vs[(tx + 16 * j) * LD + d]; }
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) { s[i][j] += a[i] * k[j]; dp[i][j] += o[i] * v[j]; }
+            for (int j = 0; j < 4; j++) {
+                const int key = k0 + tx + 16 * j;
+                const float p = key <= q && q < T && key < T ? expf(s[i][j] * scale - Ls[r]) : 0.0f;
+                Ps[r * (BT + 1) + tx + 16 * j] = p;
+                s[i][j] = p * (dp[i][j] - Ds[r]);
             }
-            /* P into shared memory for dV; dS kept in s until P is consumed */
+        }
+        __syncthreads();
+        for (int r = 0; r < BT; r++) { /* dV[c] += sum_r P[r][c] dO[r] */
+            float o[DJ];
+#pragma unroll
+            for (int j = 0; j < DJ; j++) o[j] = Os[r * LD + tx + 16 * j];
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const int r = 4 * ty + i, q = q0 + r;
+                const float p = Ps[r * (BT + 1) + 4 * ty + i];
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int key = k0 + tx + 16 * j;
-                    const float p = key <= q && q < T && key < T ? expf(s[i][j] * scale - Ls[r]) : 0.0f;
-                    Ps[r * (BT + 1) + tx + 16 * j] = p;
-                    s[i][j] = p * (dp[i][j] - Ds[r]);
-                }
+                for (int j = 0; j < DJ; j++) dv[i][j] += p * o[j];
             }
-            __syncthreads();
-            for (int r = 0; r < BT; r++) { /* dV[c] += sum_r P[r][c] dO[r] */
-                float o[DJ];
+        }
+        __syncthreads();
 #pragma unroll
-                for (int j = 0; j < DJ; j++) o[j] = Os[r * LD + tx + 16 * j];
+        for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float p = Ps[r * (BT + 1) + 4 * ty + i];
+            for (int j = 0; j < 4; j++) Ps[(4 * ty + i) * (BT + 1) + tx + 16 * j] = s[i][j];
+        __syncthreads();
+        for (int r = 0; r < BT; r++) { /* dK[c] += sum_r dS[r][c] q[r] */
+            float a[DJ];
 #pragma unroll
-                    for (int j = 0; j < DJ; j++) dv[i][j] += p * o[j];
-                }
+            for (int j = 0; j < DJ; j++) a[j] = Qs[r * LD + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = Ps[r * (BT + 1) + 4 * ty + i];
+#pragma unroll
+                for (int j = 0; j < DJ; j++) dk[i][j] += p * a[j];
             }
-            __syncthreads();
+        }
+        {   /* dQ[r] = scale sum_c dS[r][c] k[c] */
+            float dq[4][DJ];
 #pragma unroll
             for (int i = 0; i < 4; i++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) Ps[(4 * ty + i) * (BT + 1) + tx + 16 * j] = s[i][j];
-            __syncthreads();
-            for (int r = 0; r < BT; r++) { /* dK[c] += sum_r dS[r][c] q[r] */
-                float a[DJ];
+                for (int j = 0; j < DJ; j++) dq[i][j] = 0.0f;
+            for (int c = 0; c < BT; c++) {
+                float k[DJ];
 #pragma unroll
-                for (int j = 0; j < DJ; j++) a[j] = Qs[r * LD + tx + 16 * j];
+                for (int j = 0; j < DJ; j++) k[j] = Ks[c * LD + tx + 16 * j];
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const float p = Ps[r * (BT + 1) + 4 * ty + i];
+                    const float p = Ps[(4 * ty + i) * (BT + 1) + c];
 #pragma unroll
-                    for (int j = 0; j < DJ; j++) dk[i][j] += p * a[j];
+                    for (int j = 0; j < DJ; j++) dq[i][j] += p * k[j];
                 }
             }
-            {   /* dQ[r] = scale sum_c dS[r][c] k[c] */
-                float dq[4][DJ];
 #pragma unroll
-                for (int i = 0; i < 4; i++)
+            for (int i = 0; i < 4; i++) {
+                const int q = q0 + 4 * ty + i;
+                if (q >= T) continue;
 #pragma unroll
-                    for (int j = 0; j < DJ; j++) dq[i][j] = 0.0f;
-                for (int c = 0; c < BT; c++) {
-                    float k[DJ];
-#pragma unroll
-                    for (int j = 0; j < DJ; j++) k[j] = Ks[c * LD + tx + 16 * j];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const float p = Ps[(4 * ty + i) * (BT + 1) + c];
-#pragma unroll
-                        for (int j = 0; j < DJ; j++) dq[i][j] += p * k[j];
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int q = q0 + 4 * ty + i;
-                    if (q >= T) continue;
-#pragma unroll
-                    for (int j = 0; j < DJ; j++) atomicAdd(dqkv + (tok0 + q) * ld + (size_t)h * HD + tx + 16 * j, dq[i][j] * scale);
-                }
+                for (int j = 0; j < DJ; j++) atomicAdd(dqkv + (tok0 + q) * ld + (size_t)h * HD + tx + 16 * j, dq[i][j] * scale);
             }
         }
     }
@@ -2980,8 +2978,8 @@ te_llama__t_attn_bwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
         float *row = dqkv + (tok0 + key) * ld + q_dim + (size_t)kvh * HD;
 #pragma unroll
         for (int j = 0; j < DJ; j++) {
-            row[tx + 16 * j] = dk[i][j] * scale;
-            row[kv_dim + tx + 16 * j] = dv[i][j];
+            atomicAdd(row + tx + 16 * j, dk[i][j] * scale);
+            atomicAdd(row + kv_dim + tx + 16 * j, dv[i][j]);
         }
     }
 }
@@ -3382,7 +3380,7 @@ static te_llama_result te_llama__t_backward(te_llama_model *m, te_llama__cuda *c
         TE_LLAMA__LAUNCHED(t_attn_dd);
         TE_LLAMA__CU(cudaMemsetAsync(a->dqkv, 0, sizeof(float) * (size_t)n * ld, ctx->stream));
         {
-            const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nkv, (unsigned)B);
+            const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nh, (unsigned)B);
 #define TE_LLAMA__T_BWD(HD_) te_llama__t_attn_bwd_kernel<HD_><<<grid, TE_LLAMA__T_THREADS, te_llama__t_bwd_smem(HD_), ctx->stream>>>( \
                 qkv, kc, vc, a->datt, lse, a->dd, a->dqkv, T, nh, nkv, scale)
             TE_LLAMA__T_HD_SWITCH(hd, TE_LLAMA__T_BWD)
@@ -3450,7 +3448,8 @@ TE_LLAMA_API te_llama_result te_llama_cuda_train_pass(te_llama_model *m, te_llam
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_train_pass: bad arguments");
     if ((r = te_llama__prepare(m, &ctx))) return r;
     if ((r = te_llama__train_check(m, ctx))) return r;
-    if (T > 65535 * TE_LLAMA__T_TILE || B > 65535) return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, "training batch too large for the attention grid");
+    if (T > 65535 * TE_LLAMA__T_TILE || B > 65535 || (long)B * ((T + TE_LLAMA__FA_BM - 1) / TE_LLAMA__FA_BM) > 65535)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, "training batch too large for the attention grid (at most 65535 tiles of 64 tokens)");
     if ((r = te_llama__tact_ensure(m, ctx, n))) return r;
     a = (te_llama__tact *)ctx->train;
     hd = m->config.head_dim;

@@ -1664,7 +1664,7 @@ static double grads_vs_cpu(const char *name, te_llama_trainer *gpu, te_llama_tra
         if (!gg) return INFINITY;
         e = rel_l2(gg, gc, n, &max_abs);
         if (verbose || !(e < tol)) printf("    %s: %-58s rel L2 %.2e (max abs diff %.2e)\n", name, p->name, e, max_abs);
-        CHECK(e < tol, "%s: gradient of %s, GPU vs CPU trainer: rel L2 %.3g (tolerance %.g)", name, p->name, e, tol);
+        CHECK(e < tol, "%s: gradient of %s, GPU trainer vs the reference trainer: rel L2 %.3g (tolerance %.g)", name, p->name, e, tol);
         if (!(e <= worst)) worst = e;
     }
     return worst;
@@ -1801,7 +1801,9 @@ static void test_train_fixture(const char *name) {
             CHECK_RESULT(te_llama_trainer_backward(t1, ref.tokens + ref.T, ref.labels + ref.T, 1, ref.T, NULL), TE_LLAMA_OK);
             CHECK_RESULT(te_llama_trainer_backward(t2, ref.tokens, ref.labels, ref.B, ref.T, NULL), TE_LLAMA_OK);
             CHECK(t1->n_labels == t2->n_labels && t1->micro == 2, "%s: labels %lld vs %lld", name, (long long)t1->n_labels, (long long)t2->n_labels);
-            printf("  train %s: two accumulated micro-batches vs one batch: worst gradient rel L2 %.2e\n", name, grads_vs_cpu(name, t1, t2, 1e-4, 0));
+            /* the same math up to bf16 rounding: the loss gradient reaches the GEMMs scaled by 1 / (the first
+               micro-batch's labels) then rescaled, against 1 / (all labels) directly, so the roundings differ */
+            printf("  train %s: two accumulated micro-batches vs one batch: worst gradient rel L2 %.2e\n", name, grads_vs_cpu(name, t1, t2, 1e-2, 0));
         }
         te_llama_trainer_free(t1);
     }
