@@ -38,7 +38,10 @@ build_examples() {
         # shellcheck disable=SC2086
         $CC $CFLAGS $cuda_flags -I. "examples/$e.c" -o "build/$e" $cuda_libs -lm -lpthread
     done
-    echo "built: $(for e in $EXAMPLES; do [ -f build/$e ] && printf 'build/%s ' "$e"; done)"
+    # the training step benchmark (bench/bench_train.py) needs the CUDA backend
+    # shellcheck disable=SC2086
+    if [ -n "$cuda_flags" ]; then $CC $CFLAGS $cuda_flags -I. bench/bench_train.c -o build/bench_train $cuda_libs -lm -lpthread; fi
+    echo "built: $(for e in $EXAMPLES bench_train; do [ -f build/$e ] && printf 'build/%s ' "$e"; done)"
 }
 
 # Python for the test-side tools (references made by HF tokenizers, safetensors read-back).

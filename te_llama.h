@@ -30,6 +30,8 @@
          te_llama_parameter(m, i);
      te_llama_free(m);
    Below generate: te_llama_kv_cache_create + te_llama_forward run batches mixing several sequences.
+   Fine-tuning (CPU or CUDA alike): te_llama_trainer_create(m, &train_opt, &tr); te_llama_train_step(tr, tokens,
+   labels, B, T, &loss) per batch; te_llama_trainer_save_state / te_llama_save (see TRAINING below).
    On failure every call returns a te_llama_result; te_llama_last_error() says what and where (file, tensor,
    byte offset, expected vs found). The library never prints and never exits: install options.log to hear it.
 
@@ -44,7 +46,7 @@
    REVISION HISTORY
      0.1  first version: JSON, safetensors, config, factory, load/save, CPU forward, generation, tokenizer,
           the CUDA backend (cuBLASLt, tensor-core prefill attention, split-KV decode, graph-captured decode),
-          CPU training (backward, AdamW, optimizer state)
+          CPU training (backward, AdamW, optimizer state), CUDA training (device backward, fused AdamW)
 
    LICENSE: MIT (see the end of this file).
 */
@@ -597,16 +599,16 @@ TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_model *model,
                                                           int32_t *out, int cap, int *n_out);
 
 /* =================================================================================================== training */
-/* Fine-tuning on the CPU in fp32 (the CUDA backend does not train yet). A training forward over B sequences of T
-   tokens keeps the activations the backward needs; the backward covers every op of the decoder layer and the
-   model ends; AdamW updates fp32 master weights.
+/* Fine-tuning, on the CPU in fp32 or on the CUDA backend (see the end of this section). A training forward over
+   B sequences of T tokens keeps the activations the backward needs; the backward covers every op of the decoder
+   layer and the model ends; AdamW updates fp32 master weights.
    Loss: HF's LlamaForCausalLM(labels=...): the logits at position t are scored against labels[t + 1] (the shift
    happens inside, per sequence), labels equal to TE_LLAMA_IGNORE_INDEX are skipped, and the loss is the mean
    token cross-entropy over the labels that count (0 when none count). labels NULL means labels = tokens.
    Gradients: one fp32 buffer per parameter, in te_llama_parameter order and in the parameter's own layout (a TE
    layer's query/key/value views are consecutive rows of the fused QKV gradient; fc1 is gate rows then up rows;
-   a tied lm_head adds into the embedding's gradient). Layers of the built-in kinds "te" and "vanilla" train;
-   another kind, or parameters on the device, is TE_LLAMA_ERR_UNSUPPORTED.
+   a tied lm_head adds into the embedding's gradient). Layers of the built-in kinds "te" and "vanilla" train on
+   the CPU, "te" on CUDA; another kind is TE_LLAMA_ERR_UNSUPPORTED.
    Optimizer: torch.optim.AdamW on fp32 master weights and moments; after each step the master weights are
    written back into the model's storage, rounded to its dtype, and the next forward uses those stored values.
    Weight decay applies to the 2-D parameters (embeddings, projections, lm_head) and not to the 1-D ones (RMSNorm
@@ -648,10 +650,13 @@ typedef struct te_llama_trainer {
     double last_grad_norm;            /* its global gradient norm before clipping */
     double last_lr;                   /* its learning rate */
     te_llama_allocator allocator;
+    void *device;                     /* CUDA model: the device state (te_llama_kernels.cu); master, weights,
+                                         exp_avg and exp_avg_sq are then NULL and grad is a host copy that
+                                         te_llama_trainer_grad fills */
 } te_llama_trainer;
 
-/* A trainer for model (CPU, layers "te" or "vanilla"): master weights from the model, zero moments. options may
-   be NULL. The model must outlive the trainer; the trainer writes into its parameters. */
+/* A trainer for model (CPU: layers "te" or "vanilla"; CUDA: see below): master weights from the model, zero
+   moments. options may be NULL. The model must outlive the trainer; the trainer writes into its parameters. */
 TE_LLAMA_API te_llama_result te_llama_trainer_create(te_llama_model *model, const te_llama_train_options *options,
                                                      te_llama_trainer **out);
 TE_LLAMA_API void te_llama_trainer_free(te_llama_trainer *trainer);
@@ -664,7 +669,9 @@ TE_LLAMA_API te_llama_result te_llama_trainer_update(te_llama_trainer *trainer);
 /* te_llama_trainer_backward, then te_llama_trainer_update every grad_accum micro-batches. */
 TE_LLAMA_API te_llama_result te_llama_train_step(te_llama_trainer *trainer, const int32_t *tokens,
                                                  const int32_t *labels, int B, int T, double *loss);
-/* The gradient buffer of parameter i (te_llama_parameter order, te_llama_param_numel floats), or NULL. */
+/* The gradient buffer of parameter i (te_llama_parameter order, te_llama_param_numel floats), or NULL. On CUDA a
+   host copy downloaded by this call (NULL, with the reason in te_llama_last_error, when that fails); it does not
+   follow later backward passes: call again. */
 TE_LLAMA_API float *te_llama_trainer_grad(te_llama_trainer *trainer, int i);
 /* The learning rate of optimizer step `step` (0-based) under options (defaults filled in). */
 TE_LLAMA_API double te_llama_train_lr(const te_llama_train_options *options, int64_t step);
@@ -678,6 +685,29 @@ TE_LLAMA_API te_llama_result te_llama_eval_loss(te_llama_model *model, const int
    and zeroes the gradients; the options are the trainer's own, not the file's. */
 TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *trainer, const char *path);
 TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *trainer, const char *path);
+
+/* Training on the CUDA backend: the same calls, on a model loaded or created with backend CUDA (layers "te", BF16
+   device parameters, head_dim 16, 32, 64 or 128, hidden size up to 12288, FP8 off). The forward keeps bf16
+   activations, every GEMM is bf16 on the tensor cores with fp32 accumulation (the gradients reaching a GEMM are
+   rounded to bf16, as under torch.autocast), and the master weights, gradients and moments are fp32 in device
+   memory (16 bytes a parameter); after each step the master weights are rounded into the model's BF16 weights.
+   The loss is computed in fp32 from fp32 logits. Expect gradients within a few 1e-3 (relative L2) of the fp32
+   CPU trainer's and losses within 1e-2. te_llama_trainer_grad downloads; save_state downloads the state (3 x 4
+   bytes a parameter of host memory for the call) and load_state uploads it. te_llama_eval_loss runs there too.
+   The library calls these; they are public only because te_llama_kernels.cu implements them. */
+enum { TE_LLAMA_TRAIN_MASTER, TE_LLAMA_TRAIN_GRAD, TE_LLAMA_TRAIN_EXP_AVG, TE_LLAMA_TRAIN_EXP_AVG_SQ };
+TE_LLAMA_API te_llama_result te_llama_cuda_train_create(te_llama_trainer *trainer);  /* sets trainer->device */
+TE_LLAMA_API void te_llama_cuda_train_free(te_llama_trainer *trainer);
+/* Forward, loss and, when trainer is given, backward over B x T tokens (checked by the caller): the gradients are
+   first multiplied by keep, then gain grad_scale d(loss_sum)/dW. *loss_sum: the summed token loss. */
+TE_LLAMA_API te_llama_result te_llama_cuda_train_pass(te_llama_model *model, te_llama_trainer *trainer, const int32_t *tokens,
+                                                      const int32_t *labels, int B, int T, float keep, float grad_scale,
+                                                      double *loss_sum);
+/* Clip and AdamW at learning rate lr for step trainer->step (already counted); zeroes the gradients. */
+TE_LLAMA_API te_llama_result te_llama_cuda_train_update(te_llama_trainer *trainer, double lr, double *grad_norm);
+/* Copy a state array (TE_LLAMA_TRAIN_*) between the device and host, laid out as trainer->offset says: parameter i,
+   or all when i is -1. Uploading the master weights (all only) also rounds them into the model's weights. */
+TE_LLAMA_API te_llama_result te_llama_cuda_train_copy(te_llama_trainer *trainer, int what, int i, float *host, int to_device);
 
 /* ======================================================================================================= FP8 */
 /* FP8 as TransformerEngine does it (DelayedScaling). Every GEMM has three scaling states (input, weight,
@@ -3997,7 +4027,8 @@ static te_llama_result te_llama__train_slots(te_llama_model *m, int l, int slot[
     for (k = 0; k < 6; k++) {
         int end = k < 5 ? s[k + 1] : L->n_params;
         for (i = s[k]; i < end; i++) {
-            if (L->params[i].on_device) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training %s: parameters on the device", L->params[i].name);
+            if (L->params[i].on_device && m->options.backend != TE_LLAMA_BACKEND_CUDA)
+                return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training %s: parameters on the device of a CPU model", L->params[i].name);
             got[k] += te_llama_param_numel(&L->params[i]);
         }
         if (got[k] != want[k]) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training layer %d: weight %d has %zu values, expected %zu", l, k, got[k], want[k]);
@@ -4006,16 +4037,17 @@ static te_llama_result te_llama__train_slots(te_llama_model *m, int l, int slot[
     return TE_LLAMA_OK;
 }
 
-/* Offsets of every parameter in an fp32 array in enumeration order; checks the layers can train. */
+/* Offsets of every parameter in an fp32 array in enumeration order; checks the layers can train (on CUDA the
+   device side checks the rest: te layers, BF16, head dims). */
 static te_llama_result te_llama__train_offsets(te_llama_model *m, size_t *off) {
-    int i, l, slot[6], n = te_llama_num_parameters(m);
+    int i, l, slot[6], n = te_llama_num_parameters(m), cuda = m->options.backend == TE_LLAMA_BACKEND_CUDA;
     te_llama_result r;
-    if (m->options.backend != TE_LLAMA_BACKEND_CPU || m->embed_tokens.on_device) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training runs on the CPU backend only");
+    if (cuda != (m->embed_tokens.on_device != 0)) return te_llama__fail(TE_LLAMA_ERR_UNSUPPORTED, "training: the embedding is not where the backend keeps parameters");
     for (l = 0; l < m->config.num_hidden_layers; l++)
         if ((r = te_llama__train_slots(m, l, slot))) return r;
     off[0] = 0;
     for (i = 0; i < n; i++) off[i + 1] = off[i] + te_llama_param_numel(te_llama_parameter(m, i));
-    if (off[n] > ((size_t)1 << 36)) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "%zu parameters are too many to train on the CPU", off[n]);
+    if (!cuda && off[n] > ((size_t)1 << 36)) return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "%zu parameters are too many to train on the CPU", off[n]);
     return TE_LLAMA_OK;
 }
 
@@ -4335,6 +4367,13 @@ TE_LLAMA_API te_llama_result te_llama_trainer_create(te_llama_model *m, const te
     if (!tr->offset) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "trainer"); goto fail; }
     if ((r = te_llama__train_offsets(m, tr->offset))) goto fail;
     N = tr->offset[tr->n_params];
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) { /* the state lives on the device */
+        if ((r = te_llama_cuda_train_create(tr))) goto fail;
+        *out = tr;
+        return TE_LLAMA_OK;
+    }
+#endif
     for (i = 0; i < tr->n_params; i++) all_f32 &= te_llama_parameter(m, i)->dtype == TE_LLAMA_F32;
     tr->master = (float *)te_llama__alloc(&tr->allocator, sizeof(float) * N);
     tr->weights = all_f32 ? tr->master : (float *)te_llama__alloc(&tr->allocator, sizeof(float) * N);
@@ -4360,6 +4399,9 @@ TE_LLAMA_API void te_llama_trainer_free(te_llama_trainer *tr) {
     te_llama_allocator a;
     if (!tr) return;
     a = tr->allocator;
+#ifdef TE_LLAMA_CUDA
+    te_llama_cuda_train_free(tr);
+#endif
     if (tr->weights != tr->master) te_llama__free(&a, tr->weights);
     te_llama__free(&a, tr->master);
     te_llama__free(&a, tr->grad);
@@ -4371,6 +4413,13 @@ TE_LLAMA_API void te_llama_trainer_free(te_llama_trainer *tr) {
 
 TE_LLAMA_API float *te_llama_trainer_grad(te_llama_trainer *tr, int i) {
     if (!tr || i < 0 || i >= tr->n_params) return NULL;
+#ifdef TE_LLAMA_CUDA
+    if (tr->device) { /* a host copy, made now */
+        if (!tr->grad) tr->grad = (float *)te_llama__alloc(&tr->allocator, sizeof(float) * tr->offset[tr->n_params]);
+        if (!tr->grad) { te_llama__fail(TE_LLAMA_ERR_NOMEM, "host copy of the gradients (%zu floats)", tr->offset[tr->n_params]); return NULL; }
+        if (te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_GRAD, i, tr->grad, 0)) return NULL;
+    }
+#endif
     return tr->grad + tr->offset[i];
 }
 
@@ -4393,6 +4442,18 @@ TE_LLAMA_API te_llama_result te_llama_trainer_backward(te_llama_trainer *tr, con
     if ((r = te_llama__train_batch(tr->model, tokens, labels, B, T, &count))) return r;
     total = tr->n_labels + count;
     N = tr->offset[tr->n_params];
+#ifdef TE_LLAMA_CUDA
+    if (tr->device) {
+        float keep = tr->n_labels > 0 && count > 0 ? (float)((double)tr->n_labels / (double)total) : 1.0f;
+        if ((r = te_llama_cuda_train_pass(tr->model, tr, tokens, labels, B, T, keep, total > 0 ? (float)(1.0 / (double)total) : 0.0f, &sum)))
+            return r;
+        tr->n_labels = total;
+        tr->loss_sum += sum;
+        tr->micro++;
+        if (loss) *loss = count ? sum / (double)count : 0.0;
+        return TE_LLAMA_OK;
+    }
+#endif
     if (tr->n_labels > 0 && count > 0) { /* grad holds the mean over n_labels: make it the mean over total */
         float keep = (float)((double)tr->n_labels / (double)total);
         for (k = 0; k < N; k++) tr->grad[k] *= keep;
@@ -4420,6 +4481,20 @@ TE_LLAMA_API te_llama_result te_llama_trainer_update(te_llama_trainer *tr) {
     if (!tr) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_update: NULL trainer");
     o = &tr->options;
     N = tr->offset[tr->n_params];
+#ifdef TE_LLAMA_CUDA
+    if (tr->device) {
+        lr = te_llama_train_lr(o, tr->step);
+        tr->step++;
+        r = te_llama_cuda_train_update(tr, lr, &norm);
+        tr->last_loss = tr->n_labels ? tr->loss_sum / (double)tr->n_labels : 0.0;
+        tr->last_grad_norm = norm;
+        tr->last_lr = lr;
+        tr->n_labels = 0;
+        tr->loss_sum = 0;
+        tr->micro = 0;
+        return r;
+    }
+#endif
     for (k = 0; k < N; k++) norm += (double)tr->grad[k] * tr->grad[k];
     norm = sqrt(norm);
     if (o->clip_norm > 0) { /* torch.nn.utils.clip_grad_norm_ */
@@ -4479,6 +4554,13 @@ TE_LLAMA_API te_llama_result te_llama_eval_loss(te_llama_model *m, const int32_t
     off = (size_t *)te_llama__alloc(&m->allocator, sizeof(size_t) * (size_t)(n + 1));
     if (!off) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "eval");
     if ((r = te_llama__train_offsets(m, off))) goto done;
+#ifdef TE_LLAMA_CUDA
+    if (m->options.backend == TE_LLAMA_BACKEND_CUDA) {
+        r = te_llama_cuda_train_pass(m, NULL, tokens, labels, B, T, 1.0f, 0.0f, &sum);
+        if (!r) *loss = count ? sum / (double)count : 0.0;
+        goto done;
+    }
+#endif
     arena = (float *)te_llama__alloc(&m->allocator, sizeof(float) * off[n]);
     if (arena) W = te_llama__train_ptrs(&m->allocator, arena, off, n);
     if (!arena || !W) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "eval: %zu floats of weights", off[n]); goto done; }
@@ -4506,8 +4588,9 @@ static int te_llama__state_sizes(te_llama_trainer *tr, int64_t *out) {
 TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *tr, const char *path) {
     te_llama_st_write_tensor t[5];
     int64_t shape_n, shape_p, shape_1 = 1, *numel;
+    float *state[3], *host = NULL; /* exp_avg, exp_avg_sq, master; host: their copy from the device */
     int i;
-    te_llama_result r;
+    te_llama_result r = TE_LLAMA_OK;
     if (!tr || !path) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_save_state: NULL");
     if (tr->micro) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "saving optimizer state with %d micro-batches accumulated: save after an optimizer step", tr->micro);
     shape_p = te_llama__state_sizes(tr, NULL);
@@ -4515,14 +4598,32 @@ TE_LLAMA_API te_llama_result te_llama_trainer_save_state(te_llama_trainer *tr, c
     if (!numel) return te_llama__fail(TE_LLAMA_ERR_NOMEM, "optimizer state");
     te_llama__state_sizes(tr, numel);
     shape_n = (int64_t)tr->offset[tr->n_params];
+    state[0] = tr->exp_avg; state[1] = tr->exp_avg_sq; state[2] = tr->master;
+#ifdef TE_LLAMA_CUDA
+    if (tr->device) {
+        size_t N = tr->offset[tr->n_params];
+        host = (float *)te_llama__alloc(&tr->allocator, sizeof(float) * 3 * (N ? N : 1));
+        if (!host) r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "host copy of the optimizer state (3 x %zu floats)", N);
+        for (i = 0; i < 3; i++) state[i] = host ? host + (size_t)i * N : NULL;
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_EXP_AVG, -1, state[0], 0);
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_EXP_AVG_SQ, -1, state[1], 0);
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_MASTER, -1, state[2], 0);
+        if (r) {
+            te_llama__free(&tr->allocator, host);
+            te_llama__free(&tr->allocator, numel);
+            return r;
+        }
+    }
+#endif
     memset(t, 0, sizeof t);
-    t[0].name = "exp_avg"; t[0].data = tr->exp_avg;
-    t[1].name = "exp_avg_sq"; t[1].data = tr->exp_avg_sq;
-    t[2].name = "master"; t[2].data = tr->master;
+    t[0].name = "exp_avg"; t[0].data = state[0];
+    t[1].name = "exp_avg_sq"; t[1].data = state[1];
+    t[2].name = "master"; t[2].data = state[2];
     for (i = 0; i < 3; i++) { t[i].dtype = TE_LLAMA_F32; t[i].ndim = 1; t[i].shape = &shape_n; }
     t[3].name = "numel"; t[3].dtype = TE_LLAMA_I64; t[3].ndim = 1; t[3].shape = &shape_p; t[3].data = numel;
     t[4].name = "step"; t[4].dtype = TE_LLAMA_I64; t[4].ndim = 1; t[4].shape = &shape_1; t[4].data = &tr->step;
     r = te_llama_safetensors_write(path, t, 5);
+    te_llama__free(&tr->allocator, host);
     te_llama__free(&tr->allocator, numel);
     return r;
 }
@@ -4532,10 +4633,12 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, c
     te_llama_safetensors st;
     int64_t *numel = NULL, *sizes, step = 0;
     size_t N;
+    float *state[3], *host = NULL; /* exp_avg, exp_avg_sq, master; host: staging for the device */
     int fd = -1, i, n_sizes;
     te_llama_result r;
     if (!tr || !path) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_trainer_load_state: NULL");
     N = tr->offset[tr->n_params];
+    state[0] = tr->exp_avg; state[1] = tr->exp_avg_sq; state[2] = tr->master;
     n_sizes = te_llama__state_sizes(tr, NULL);
     if ((r = te_llama_safetensors_open(path, &tr->allocator, &st))) return r;
     numel = (int64_t *)te_llama__alloc(&tr->allocator, sizeof(int64_t) * 2 * (size_t)n_sizes);
@@ -4564,11 +4667,29 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, c
         }
     TE_LLAMA__READ("step", &step);
     if (step < 0) { r = te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "%s: step %lld", path, (long long)step); goto done; }
-    TE_LLAMA__READ("exp_avg", tr->exp_avg);
-    TE_LLAMA__READ("exp_avg_sq", tr->exp_avg_sq);
-    TE_LLAMA__READ("master", tr->master);
+    if (tr->device) { /* CUDA: read into host staging, then upload below */
+        host = (float *)te_llama__alloc(&tr->allocator, sizeof(float) * 3 * (N ? N : 1));
+        if (!host) { r = te_llama__fail(TE_LLAMA_ERR_NOMEM, "host staging of the optimizer state (3 x %zu floats)", N); goto done; }
+        for (i = 0; i < 3; i++) state[i] = host + (size_t)i * N;
+    }
+    TE_LLAMA__READ("exp_avg", state[0]);
+    TE_LLAMA__READ("exp_avg_sq", state[1]);
+    TE_LLAMA__READ("master", state[2]);
 #undef TE_LLAMA__READ
     tr->step = step;
+#ifdef TE_LLAMA_CUDA
+    if (tr->device) { /* the master upload also rounds into the model's weights; the gradients go to zero */
+        r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_EXP_AVG, -1, state[0], 1);
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_EXP_AVG_SQ, -1, state[1], 1);
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_MASTER, -1, state[2], 1);
+        memset(state[0], 0, sizeof(float) * N);
+        if (!r) r = te_llama_cuda_train_copy(tr, TE_LLAMA_TRAIN_GRAD, -1, state[0], 1);
+        tr->n_labels = 0;
+        tr->loss_sum = 0;
+        tr->micro = 0;
+        goto done;
+    }
+#endif
     for (i = 0; i < tr->n_params && !r; i++) {
         te_llama_param *p = te_llama_parameter(tr->model, i);
         r = te_llama__param_f32(p, tr->master + tr->offset[i], 1);
@@ -4581,6 +4702,7 @@ TE_LLAMA_API te_llama_result te_llama_trainer_load_state(te_llama_trainer *tr, c
     tr->micro = 0;
 done:
     if (fd >= 0) close(fd);
+    te_llama__free(&tr->allocator, host);
     te_llama__free(&tr->allocator, numel);
     te_llama_safetensors_free(&st);
     return r;

@@ -1,5 +1,6 @@
 /* te_llama_kernels.cu - the CUDA backend of te_llama.h: device memory, the loader's pinned staging, the KV cache,
-   the TE decoder forward pass and generation with sampling on the device.
+   the TE decoder forward pass, generation with sampling on the device, and training (the training section: the
+   forward keeping activations, the loss, the backward of every op and a fused AdamW).
 
    BUILD
      nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80 \
@@ -142,7 +143,8 @@ static te_llama_result te_llama__cuda_fail(te_llama_result r, const char *file, 
 /* One GEMM shape: its descriptors and the algorithm the heuristic chose. */
 typedef struct te_llama__plan {
     int m, n, k, accumulate;
-    int fp8;                 /* 0: bf16 operands; 1: E4M3 (te_llama__gemm_fp8); 2: E4M3 with fast accumulation */
+    int fp8;             /* 0: bf16 operands; 1: E4M3 (te_llama__gemm_fp8); 2: E4M3 with fast accumulation */
+    int ta, tb;          /* A and B transposed (the forward's "TN": ta 1, tb 0); the training backward adds NN and NT */
     cudaDataType_t ctype;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
@@ -189,10 +191,12 @@ typedef struct te_llama__cuda {
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
+    void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
 } te_llama__cuda;
 
 /* The FP8 section's pieces (defined and documented at the end of this file), declared here for the forward. */
 static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx);
+static void te_llama__tact_free(te_llama__cuda *ctx); /* the training section's activations */
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx);
 static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx);
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
@@ -510,12 +514,13 @@ __device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[
    domain (scale * log2 e folded into the scores).
    Rounding (beyond the general kernel's): q is read from the fp32 QKV row after RoPE and rounded to bf16 (RNE)
    before the product, unscaled; the probabilities P are rounded to bf16 for the P V product, while the row sums
-   use the fp32 P. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
+   use the fp32 P. lse (training, else NULL): each row's log-sum-exp of the scaled scores (natural log) at
+   (sequence, head, position) of a (n_seq, heads, max_len) array. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
    group and the run's other tiles re-read them, mostly from L2), 64 x HD fp32 of q, 64 x HD bf16 written. */
 template <int HD>
 __global__ void __launch_bounds__(TE_LLAMA__FA_THREADS, 3)
 te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
-                               te_llama__bf16 *out, int n_heads, int n_kv, int max_len, float scale_log2) {
+                               te_llama__bf16 *out, float *lse, int n_heads, int n_kv, int max_len, float scale_log2) {
     constexpr int BN = TE_LLAMA__FA_BN, LD = HD + 8, KCH = HD / 16, NT = HD / 8, CPR = HD / 8 /* 16-byte chunks a row */;
     extern __shared__ __align__(16) unsigned char te_llama__fa_smem[];
     te_llama__bf16 *sk = (te_llama__bf16 *)te_llama__fa_smem; /* [2][BN][LD] */
@@ -646,6 +651,11 @@ te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_lla
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
     const int w0 = warp * 16 + g, w1 = w0 + 8;
+    if (lse && c == 0) { /* training: the natural-log log-sum-exp of each row's scaled scores, for the backward */
+        float *at = lse + ((size_t)tile.z * n_heads + head) * (size_t)max_len + tile.w;
+        if (w0 < tile.y) at[w0] = (m0 + log2f(l0)) * 0.69314718055994531f;
+        if (w1 < tile.y) at[w1] = (m1 + log2f(l1)) * 0.69314718055994531f;
+    }
     te_llama__bf16 *o0 = out + (size_t)(tile.x + w0) * q_dim + (size_t)head * HD + 2 * c;
     te_llama__bf16 *o1 = out + (size_t)(tile.x + w1) * q_dim + (size_t)head * HD + 2 * c;
 #pragma unroll
@@ -1563,7 +1573,7 @@ static void te_llama__plan_destroy(te_llama__plan *p) {
    has no FP8 algorithm for the shape the result is TE_LLAMA_ERR_UNSUPPORTED. */
 static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *p, cublasLtMatmulHeuristicResult_t *res,
                                            int *n_algos, const float *a_scale, const float *b_scale) {
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasOperation_t ta = p->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = p->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cudaDataType_t ab = p->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     cublasLtMatmulPreference_t pref = NULL;
     size_t ws = TE_LLAMA__WORKSPACE_BYTES;
@@ -1578,9 +1588,12 @@ static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *
         TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof a_scale));
         TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof b_scale));
     }
-    /* column-major view: A = W stored (k, m), B = X stored (k, n), C = Y stored (m, n) */
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
-    TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
+    /* column-major view: A stored (k, m) when transposed else (m, k), B stored (n, k) when transposed else (k, n),
+       C stored (m, n); the forward's A = W (k, m), B = X (k, n), C = Y (m, n) */
+    if (p->ta) TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)p->k, (uint64_t)p->m, (int64_t)p->k));
+    else TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)p->m, (uint64_t)p->k, (int64_t)p->m));
+    if (p->tb) TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)p->n, (uint64_t)p->k, (int64_t)p->n));
+    else TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)p->k, (uint64_t)p->n, (int64_t)p->k));
     TE_LLAMA__LT(cublasLtMatrixLayoutCreate(&p->c, p->ctype, (uint64_t)p->m, (uint64_t)p->n, (int64_t)p->m));
     TE_LLAMA__LT(cublasLtMatmulPreferenceCreate(&pref));
     s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
@@ -1596,7 +1609,8 @@ static te_llama_result te_llama__plan_make(te_llama__cuda *ctx, te_llama__plan *
     if (s != CUBLAS_STATUS_SUCCESS) return te_llama__cublas_error(s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
     if (*n_algos < 1) {
         char msg[160];
-        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d bf16 GEMM", p->m, p->n, p->k);
+        snprintf(msg, sizeof msg, "cuBLASLt has no algorithm for a %d x %d x %d bf16 GEMM (%c%c)", p->m, p->n, p->k,
+                 p->ta ? 'T' : 'N', p->tb ? 'T' : 'N');
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, msg);
     }
     p->algo = res[0].algo;
@@ -1649,21 +1663,23 @@ done:
 }
 
 /* The cached plan of a GEMM shape (made, and timed for 64 tokens or more, on first use); NULL with the error in *r. */
-static te_llama__plan *te_llama__plan_get(te_llama__cuda *ctx, int fp8, int m, int n, int k, cudaDataType_t ctype, int accumulate,
-                                          const void *W, const void *X, const float *a_scale, const float *b_scale,
-                                          te_llama_result *r) {
+static te_llama__plan *te_llama__plan_get(te_llama__cuda *ctx, int fp8, int ta, int tb, int m, int n, int k, cudaDataType_t ctype,
+                                          int accumulate, const void *A, const void *B, const float *a_scale,
+                                          const float *b_scale, te_llama_result *r) {
     te_llama__plan *p = NULL;
     cublasLtMatmulHeuristicResult_t res[TE_LLAMA__ALGOS];
     int i, n_algos = 0;
     for (i = 0; i < ctx->n_plans; i++) {
         te_llama__plan *q = &ctx->plans[i];
-        if (q->fp8 == fp8 && q->m == m && q->n == n && q->k == k && q->ctype == ctype && q->accumulate == accumulate) return q;
+        if (q->fp8 == fp8 && q->ta == ta && q->tb == tb && q->m == m && q->n == n && q->k == k && q->ctype == ctype &&
+            q->accumulate == accumulate)
+            return q;
     }
     if (ctx->n_plans < TE_LLAMA__MAX_PLANS) p = &ctx->plans[ctx->n_plans++];
     else { p = &ctx->plans[ctx->next_plan]; ctx->next_plan = (ctx->next_plan + 1) % TE_LLAMA__MAX_PLANS; }
     te_llama__plan_destroy(p);
-    p->fp8 = fp8; p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
-    if ((*r = te_llama__plan_make(ctx, p, res, &n_algos, a_scale, b_scale)) || (*r = te_llama__plan_tune(ctx, p, res, n_algos, W, X))) {
+    p->fp8 = fp8; p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->ctype = ctype; p->accumulate = accumulate;
+    if ((*r = te_llama__plan_make(ctx, p, res, &n_algos, a_scale, b_scale)) || (*r = te_llama__plan_tune(ctx, p, res, n_algos, A, B))) {
         te_llama__plan_destroy(p);
         p->m = -1; /* matches nothing; the slot is reused */
         return NULL;
@@ -1671,16 +1687,16 @@ static te_llama__plan *te_llama__plan_get(te_llama__cuda *ctx, int fp8, int m, i
     return p;
 }
 
-/* Y (n, m) row-major = X (n, k) @ W^T (+ Y when accumulate): W (m, k) row-major bf16 as nn.Linear stores it,
-   X bf16, Y fp32 or bf16. In cuBLAS's column-major terms Y^T = op(W') X' with W' the (k, m) column-major view of W
-   and op = transpose: the "TN" GEMM. Plans are cached by shape; the heuristic and the timing run once per shape. */
-static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const void *X, void *Y, cudaDataType_t ctype,
-                                      int m, int n, int k, int accumulate) {
+/* D = op(A) op(B) (+ C when accumulate), column-major: D and C (m, n) with leading dimension m, op(A) (m, k),
+   op(B) (k, n), A and B bf16 stored densely (see te_llama__plan_make), D and C of ctype; C may be D. Plans are
+   cached by shape and transposes; the heuristic and the timing run once per shape. */
+static te_llama_result te_llama__gemm_op(te_llama__cuda *ctx, int ta, int tb, const void *A, const void *B, const void *C,
+                                         void *D, cudaDataType_t ctype, int m, int n, int k, int accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     te_llama_result r = TE_LLAMA_OK;
-    te_llama__plan *p = te_llama__plan_get(ctx, 0, m, n, k, ctype, accumulate, W, X, NULL, NULL, &r);
+    te_llama__plan *p = te_llama__plan_get(ctx, 0, ta, tb, m, n, k, ctype, accumulate, A, B, NULL, NULL, &r);
     if (!p) return r;
-    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
+    TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, A, p->a, B, p->b, &beta, accumulate ? C : D, p->c, D, p->c, &p->algo,
                                 ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
     return TE_LLAMA_OK;
 }
@@ -1705,12 +1721,20 @@ static te_llama_result te_llama__gemm_fp8(te_llama__cuda *ctx, const uint8_t *W,
     }
     if (((uintptr_t)w_scale_inv | (uintptr_t)x_scale_inv) & 15) /* cublasLtMatmul: NOT_SUPPORTED, no reason given */
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "FP8 GEMM: the scale pointers must be 16-byte aligned");
-    if (!(p = te_llama__plan_get(ctx, fast ? 2 : 1, m, n, k, ctype, accumulate, W, X, w_scale_inv, x_scale_inv, &r))) return r;
+    if (!(p = te_llama__plan_get(ctx, fast ? 2 : 1, 1, 0, m, n, k, ctype, accumulate, W, X, w_scale_inv, x_scale_inv, &r))) return r;
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale_inv, sizeof w_scale_inv));
     TE_LLAMA__LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale_inv, sizeof x_scale_inv));
     TE_LLAMA__LT(cublasLtMatmul(ctx->lt, p->desc, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c, &p->algo,
                                 ctx->workspace, TE_LLAMA__WORKSPACE_BYTES, ctx->stream));
     return TE_LLAMA_OK;
+}
+
+/* Y (n, m) row-major = X (n, k) @ W^T (+ Y when accumulate): W (m, k) row-major bf16 as nn.Linear stores it,
+   X bf16, Y fp32 or bf16. In cuBLAS's column-major terms Y^T = op(W') X' with W' the (k, m) column-major view of W
+   and op = transpose: the "TN" GEMM. */
+static te_llama_result te_llama__gemm(te_llama__cuda *ctx, const void *W, const void *X, void *Y, cudaDataType_t ctype,
+                                      int m, int n, int k, int accumulate) {
+    return te_llama__gemm_op(ctx, 1, 0, W, X, Y, Y, ctype, m, n, k, accumulate);
 }
 
 /* Whether a GEMM of n tokens, m output rows and k inputs takes the small-batch GEMV (te_llama__gemv_kernel). */
@@ -1813,10 +1837,10 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
         const int4 *tiles = (const int4 *)(ctx->ints + 4 * cap);
         if (hd == 128)
             te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
-                ctx->qkv, tiles, kc, vc, ctx->att, nh, nkv, max_len, scale_log2);
+                ctx->qkv, tiles, kc, vc, ctx->att, NULL, nh, nkv, max_len, scale_log2);
         else
             te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
-                ctx->qkv, tiles, kc, vc, ctx->att, nh, nkv, max_len, scale_log2);
+                ctx->qkv, tiles, kc, vc, ctx->att, NULL, nh, nkv, max_len, scale_log2);
         TE_LLAMA__LAUNCHED(flash_prefill);
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
                                                                          nh, max_len, scale_log2)) {
@@ -1908,7 +1932,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         const int acc[TE_LLAMA_FP8_GEMMS] = {0, 1, 0, 1};
         int g;
         for (g = 0; g < TE_LLAMA_FP8_GEMMS && !r; g++)
-            if (!te_llama__plan_get(ctx, fast ? 2 : 1, rows[g], n, cols[g], out[g], acc[g], te_llama__fp8_weight(ctx, l, g), xq,
+            if (!te_llama__plan_get(ctx, fast ? 2 : 1, 1, 0, rows[g], n, cols[g], out[g], acc[g], te_llama__fp8_weight(ctx, l, g), xq,
                                     te_llama__fp8_lt_scale_inv(ctx, l, g, WT), te_llama__fp8_lt_scale_inv(ctx, l, g, IN), &r) && !r)
                 r = TE_LLAMA__FAIL(TE_LLAMA_ERR_CUDA, "FP8 GEMM plan");
         if (r == TE_LLAMA_ERR_UNSUPPORTED) { /* no FP8 algorithm: this and later inputs take the GEMV */
@@ -2182,6 +2206,7 @@ TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
     cudaSetDevice(ctx->device);
     if (ctx->stream) cudaStreamSynchronize(ctx->stream);
     te_llama__fp8_release(m, ctx);
+    te_llama__tact_free(ctx);
     for (i = 0; i < ctx->n_staging; i++) {
         cudaEventDestroy(ctx->staged[i]);
         cudaFreeHost(ctx->staging[i]);
@@ -2676,6 +2701,1046 @@ done:
     return r;
 }
 
+/* ================================================================================================ training */
+/* Fine-tuning on the device: te_llama_trainer_* and te_llama_eval_loss on a CUDA model come here (the header's
+   training section is the specification; te_llama__train_pass there is the fp32 CPU reference).
+
+   FORWARD of B sequences of T tokens (n = B T), keeping per layer what the backward reads:
+     x (fp32, the layer's input) -> rmsnorm (bf16 out, 1/rms kept) -> QKV GEMM (fp32) -> RoPE on q and k in place,
+     rotated k and v to bf16 (te_llama__rope_kv_kernel, the KV "cache" being the layer's own (B, T, kv_dim) buffers)
+     -> causal GQA attention (bf16 out, log-sum-exp kept) -> proj GEMM + x -> rmsnorm -> fc1 GEMM (bf16 gate, up)
+     -> SwiGLU (bf16) -> fc2 GEMM + residual. Attention: head_dim 64 and 128 take the inference prefill kernel
+     (tensor cores), which writes the log-sum-exp when asked; 16 and 32 take te_llama__t_attn_fwd_kernel (CUDA cores).
+   LOSS: final rmsnorm, then lm_head over chunks of rows (fp32 logits of at most 2^28 floats), one block a row for
+     the cross-entropy, which writes bf16 d loss / d logits scaled by 1 / (labels counted so far) in place of the
+     row's softmax; dgrad and wgrad of lm_head follow chunk by chunk.
+   BACKWARD: every GEMM is cuBLASLt bf16 x bf16 with fp32 accumulation: dgrad dX = dY W ("NN", fp32 out), wgrad
+     dW += dY^T X ("NT", beta 1 into the fp32 gradients). A gradient that feeds a GEMM is rounded to bf16 first (as
+     under torch.autocast); those feeding elementwise kernels (RMSNorm, SwiGLU, attention) stay fp32. The attention
+     backward (te_llama__t_attn_bwd_kernel) recomputes P from q, k and the log-sum-exp (FlashAttention-2's scheme,
+     on the CUDA cores): one block a (64-key tile, query head, sequence) loops over the query tiles at or after its
+     keys, keeping dK and dV in registers, and adds dQ, dK and dV to the fp32 gradient with atomics.
+     RMSNorm weight gradients and the embedding's scatter-add are fp32 atomics (per block partial sums first).
+   OPTIMIZER: fp32 master weights, gradients and moments in one device allocation, each parameter's span starting
+     at a multiple of 64 floats (cuBLASLt's alignment), except that a te layer's query, key and value views stay
+     adjacent (their gradient is the fused QKV GEMM's output). The global norm is one reduction (double atomics); AdamW is
+     one kernel over a table of tiles of at most 64K elements, each inside one parameter (torch's multi-tensor
+     apply): it clips, updates, zeroes the gradient and rounds the master weight into the model's BF16 parameter.
+     Traffic per optimizer step: 34 bytes a parameter (about 42 GB for Llama-3.2-1B, ~10 ms on an H200).
+   MEMORY for the activations: per token and layer about 4 (3 h + q + 2 kv) + 2 (2 h + q + 2 kv + 3 I) + 4 heads
+     bytes, plus the backward's work buffers and the logits chunk; grown to the largest batch, kept in the device
+     context until the model is freed. */
+
+#define TE_LLAMA__T_TILE 64          /* query rows and keys of an attention tile */
+#define TE_LLAMA__T_THREADS 256      /* 16 x 16 threads: 4 rows by 4 columns of a 64 x 64 tile each */
+#define TE_LLAMA__T_NORM_ROWS 16     /* rows a block of the RMSNorm backward takes */
+#define TE_LLAMA__T_MAX_HIDDEN 12288 /* the RMSNorm backward keeps a block's weight gradient in shared memory */
+#define TE_LLAMA__T_ADAM_TILE 65536  /* elements of an AdamW tile */
+#define TE_LLAMA__T_ALIGN 64         /* floats: each parameter's span in the device state starts at a multiple */
+#define TE_LLAMA__T_LOGITS ((size_t)1 << 28) /* fp32 logits of one lm_head chunk, at most */
+
+/* out[t] = bf16(w * x[t] * inv[t]), inv[t] = 1 / sqrt(mean(x[t]^2) + eps), kept for the backward. One block a
+   row: reads h fp32 + h bf16, writes h bf16 + 1 fp32. */
+__global__ void te_llama__t_rmsnorm_kernel(const float *x, const te_llama__bf16 *w, te_llama__bf16 *out, float *inv, int h,
+                                           float eps) {
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * h;
+    te_llama__bf16 *o = out + (size_t)blockIdx.x * h;
+    float ss = 0.0f, r;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = te_llama__block_sum(ss, red);
+    r = 1.0f / sqrtf(ss / (float)h + eps);
+    if (threadIdx.x == 0) inv[blockIdx.x] = r;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) o[i] = __float2bfloat16(__bfloat162float(w[i]) * (xr[i] * r));
+}
+
+/* RMSNorm backward (y = w x inv): dx[t] += w dy[t] inv[t] - x[t] inv[t]^3 sum(w dy[t] x[t]) / h, and
+   dw += sum_t dy[t] x[t] inv[t]. A block takes TE_LLAMA__T_NORM_ROWS rows, each thread the same columns in every
+   row, so its share of dw sums in shared memory (h floats, dynamic) without barriers and goes to dw with one atomic
+   add a column a block. Reads 2 n h fp32, reads and writes n h fp32. */
+__global__ void te_llama__t_rmsnorm_back_kernel(const float *dy, const float *x, const float *inv, const te_llama__bf16 *w,
+                                                float *dx, float *dw, int n, int h) {
+    extern __shared__ float te_llama__t_dw[];
+    __shared__ float red[32];
+    const int t0 = blockIdx.x * TE_LLAMA__T_NORM_ROWS, t1 = min(t0 + TE_LLAMA__T_NORM_ROWS, n);
+    for (int i = threadIdx.x; i < h; i += blockDim.x) te_llama__t_dw[i] = 0.0f;
+    for (int t = t0; t < t1; t++) {
+        const float *dyr = dy + (size_t)t * h, *xr = x + (size_t)t * h, r = inv[t];
+        float *dxr = dx + (size_t)t * h, s = 0.0f, k;
+        for (int i = threadIdx.x; i < h; i += blockDim.x) s += __bfloat162float(w[i]) * dyr[i] * xr[i];
+        s = te_llama__block_sum(s, red);
+        k = r * r * r * s / (float)h;
+        for (int i = threadIdx.x; i < h; i += blockDim.x) {
+            dxr[i] += __bfloat162float(w[i]) * dyr[i] * r - k * xr[i];
+            te_llama__t_dw[i] += dyr[i] * xr[i] * r;
+        }
+    }
+    for (int i = threadIdx.x; i < h; i += blockDim.x) atomicAdd(dw + i, te_llama__t_dw[i]);
+}
+
+/* The transpose of RoPE on the q and k heads of each token's QKV gradient (rotate back by the same angle), and the
+   whole row rounded to bf16 for the QKV GEMMs. Grid (tokens, q + 2 kv heads), head_dim / 2 threads (rounded up to a
+   warp) a head. Reads n ld fp32, writes n ld bf16. */
+__global__ void te_llama__t_rope_back_kernel(const float *dqkv, const float *rope, te_llama__bf16 *out, int n_rot, int hd, int ld) {
+    const int half = hd / 2, t = blockIdx.x, head = blockIdx.y;
+    const size_t at = (size_t)t * ld + (size_t)head * hd;
+    const float *d = dqkv + at, *cs = rope + (size_t)t * hd, *sn = cs + half;
+    te_llama__bf16 *o = out + at;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float a = d[i], b = d[i + half];
+        if (head < n_rot) {
+            o[i] = __float2bfloat16(a * cs[i] + b * sn[i]);
+            o[i + half] = __float2bfloat16(b * cs[i] - a * sn[i]);
+        } else {
+            o[i] = __float2bfloat16(a);
+            o[i + half] = __float2bfloat16(b);
+        }
+    }
+}
+
+/* SwiGLU backward: act = silu(g) u with g, u the bf16 fc1 outputs; dfc1 = (d act u silu'(g), d act silu(g)) in bf16,
+   silu'(g) = s (1 + g (1 - s)), s = sigmoid(g). Grid-stride: reads n 2I bf16 + n I fp32, writes n 2I bf16. */
+__global__ void te_llama__t_swiglu_back_kernel(const te_llama__bf16 *fc1, const float *dact, te_llama__bf16 *dfc1, int n, int I) {
+    const size_t total = (size_t)n * I;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = idx / I, i = idx - t * I, gi = t * 2 * I + i;
+        const float g = __bfloat162float(fc1[gi]), u = __bfloat162float(fc1[gi + I]), da = dact[idx];
+        const float s = 1.0f / (1.0f + expf(-g));
+        dfc1[gi] = __float2bfloat16(da * u * s * (1.0f + g * (1.0f - s)));
+        dfc1[gi + I] = __float2bfloat16(da * g * s);
+    }
+}
+
+/* Token cross-entropy of rows of fp32 logits against their targets (a target outside [0, V): the row does not
+   count, loss 0): loss[r] = logsumexp(row) - row[y]; when dlogits is given, dlogits[r] = bf16(scale (softmax(row) -
+   onehot(y))), zeros for a row that does not count. One block a row: reads the row three times (max, sum, write),
+   mostly from L2. */
+__global__ void te_llama__t_xent_kernel(const float *logits, const int32_t *target, float *loss, te_llama__bf16 *dlogits,
+                                        int V, float scale) {
+    __shared__ float red[32];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    te_llama__bf16 *d = dlogits ? dlogits + (size_t)blockIdx.x * V : NULL;
+    const int y = target[blockIdx.x];
+    float mx = -INFINITY, z = 0.0f;
+    if (y < 0 || y >= V) {
+        if (d) for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = __float2bfloat16(0.0f);
+        if (threadIdx.x == 0) loss[blockIdx.x] = 0.0f;
+        return;
+    }
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+    mx = te_llama__block_max(mx, red);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) z += expf(row[i] - mx);
+    z = te_llama__block_sum(z, red);
+    if (threadIdx.x == 0) loss[blockIdx.x] = mx + logf(z) - row[y];
+    if (d) {
+        const float k = scale / z;
+        for (int i = threadIdx.x; i < V; i += blockDim.x) d[i] = __float2bfloat16(expf(row[i] - mx) * k - (i == y ? scale : 0.0f));
+    }
+}
+
+/* dd[t, head] = sum_d dO[t, head, d] O[t, head, d] (FlashAttention's D; O as the forward stored it). One warp a
+   (token, head); dO and O are (n, heads, hd), so (token, head) w starts at w hd. */
+__global__ void te_llama__t_attn_dd_kernel(const float *datt, const te_llama__bf16 *att, float *dd, int rows, int hd) {
+    const int w = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    float s = 0.0f;
+    if (w >= rows) return;
+    for (int d = lane; d < hd; d += 32) s += datt[(size_t)w * hd + d] * __bfloat162float(att[(size_t)w * hd + d]);
+    s = te_llama__warp_sum(s);
+    if (lane == 0) dd[w] = s;
+}
+
+/* Shared memory of the training attention kernels: q, k, v (forward) or k, v, q, dO (backward) tiles of 64 rows of
+   HD + 1 floats (the odd stride keeps 16 threads reading 16 rows conflict-free), the 64 x 65 probability tile, and
+   (backward) the tile's log-sum-exp and D. */
+static size_t te_llama__t_fwd_smem(int hd) { return sizeof(float) * (size_t)(3 * TE_LLAMA__T_TILE * (hd + 1) + TE_LLAMA__T_TILE * (TE_LLAMA__T_TILE + 1)); }
+static size_t te_llama__t_bwd_smem(int hd) {
+    return sizeof(float) * (size_t)(4 * TE_LLAMA__T_TILE * (hd + 1) + TE_LLAMA__T_TILE * (TE_LLAMA__T_TILE + 1) + 2 * TE_LLAMA__T_TILE);
+}
+
+/* Causal GQA attention forward for training, head_dim HD (16 or 32; 64 and 128 use the tensor-core prefill kernel),
+   on the CUDA cores: one block a (64-query tile, head, sequence), 16 x 16 threads, thread (ty, tx) owning query rows
+   4 ty .. 4 ty + 3 and keys (or output dims) tx + 16 j. Key tiles 0 .. its own stream through shared memory; online
+   softmax in fp32 (natural log). q from the fp32 QKV rows after RoPE, k and v from the bf16 buffers, as the prefill
+   kernel reads them. Writes O (bf16, (n, heads, HD)) and the log-sum-exp of the scaled scores (B, heads, T). */
+template <int HD>
+__global__ void __launch_bounds__(TE_LLAMA__T_THREADS)
+te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te_llama__bf16 *vc, te_llama__bf16 *out, float *lse,
+                            int T, int nh, int nkv, float scale) {
+    constexpr int BT = TE_LLAMA__T_TILE, LD = HD + 1, DJ = HD / 16;
+    extern __shared__ float te_llama__t_smem[];
+    float *Qs = te_llama__t_smem, *Ks = Qs + BT * LD, *Vs = Ks + BT * LD, *Ps = Vs + BT * LD; /* Ps: [BT][BT + 1] */
+    const int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const int q_dim = nh * HD, kv_dim = nkv * HD, ld = q_dim + 2 * kv_dim, kvh = h / (nh / nkv), q0 = qt * BT;
+    const size_t tok0 = (size_t)b * T;
+    float m[4], l[4], o[4][DJ];
+    for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+        const int r = i / HD, d = i - r * HD;
+        Qs[r * LD + d] = q0 + r < T ? qkv[(tok0 + q0 + r) * ld + (size_t)h * HD + d] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DJ; j++) o[i][j] = 0.0f;
+    }
+    for (int kt = 0; kt <= qt; kt++) {
+        const int k0 = kt * BT;
+        float s[4][4];
+        __syncthreads(); /* the last tile's K, V and P are read */
+        for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+            const int r = i / HD, d = i - r * HD, ok = k0 + r < T;
+            const size_t at = (tok0 + (size_t)(ok ? k0 + r : 0)) * kv_dim + (size_t)kvh * HD + d;
+            Ks[r * LD + d] = ok ? __bfloat162float(kc[at]) : 0.0f;
+            Vs[r * LD + d] = ok ? __bfloat162float(vc[at]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+        for (int d = 0; d < HD; d++) {
+            float a[4], k[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[i] = Qs[(4 * ty + i) * LD + d];
+#pragma unroll
+            for (int j = 0; j < 4; j++) k[j] = Ks[(tx + 16 * j) * LD + d];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) s[i][j] += a[i] * k[j];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int q = q0 + 4 * ty + i;
+            float mx = -INFINITY, ls = 0.0f, mn, corr;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int key = k0 + tx + 16 * j;
+                s[i][j] = key <= q && key < T ? s[i][j] * scale : -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            for (int off = 8; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off)); /* the row's 16 threads */
+            mn = fmaxf(m[i], mx); /* finite: key 0 is visible to every row, so the first tile sets it */
+            corr = expf(m[i] - mn);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float p = expf(s[i][j] - mn);
+                Ps[(4 * ty + i) * (BT + 1) + tx + 16 * j] = p;
+                ls += p;
+            }
+            for (int off = 8; off > 0; off >>= 1) ls += __shfl_xor_sync(0xffffffffu, ls, off);
+            l[i] = l[i] * corr + ls;
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < DJ; j++) o[i][j] *= corr;
+        }
+        __syncthreads();
+        for (int c = 0; c < BT; c++) {
+            float v[DJ];
+#pragma unroll
+            for (int j = 0; j < DJ; j++) v[j] = Vs[c * LD + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = Ps[(4 * ty + i) * (BT + 1) + c];
+#pragma unroll
+                for (int j = 0; j < DJ; j++) o[i][j] += p * v[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int q = q0 + 4 * ty + i;
+        if (q >= T) continue;
+#pragma unroll
+        for (int j = 0; j < DJ; j++) out[(tok0 + q) * q_dim + (size_t)h * HD + tx + 16 * j] = __float2bfloat16(o[i][j] / l[i]);
+        if (tx == 0) lse[((size_t)b * nh + h) * T + q] = m[i] + logf(l[i]);
+    }
+}
+
+/* Causal GQA attention backward, FlashAttention-2's scheme on the CUDA cores: one block a (64-key tile, query
+   head, sequence), 16 x 16 threads (a block per query head rather than per kv head: four times the blocks for
+   Llama-3's groups, a shorter critical path). Its keys and values stay in shared memory; for each query tile at or
+   after the key tile it loads q, dO, the log-sum-exp and D (= rowsum(dO O)), recomputes
+   P = exp(scale q k - lse), and accumulates dV += P^T dO and dK += dS^T q in registers (thread (ty, tx): keys
+   4 ty .. 4 ty + 3, dims tx + 16 j), dS = P (dO v - D); dQ = scale dS k is added to the fp32 gradient with atomics.
+   At the end dK (times scale) and dV are added with atomics into their columns of the fp32 QKV gradient (the
+   group's query heads share them; the whole gradient must be zero before the launch). Traffic: per block its keys and values once, and per (head, query tile) 64 x HD fp32 of
+   q and dO, and 64 x HD atomics. */
+template <int HD>
+__global__ void __launch_bounds__(TE_LLAMA__T_THREADS)
+te_llama__t_attn_bwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te_llama__bf16 *vc, const float *datt, const float *lse,
+                            const float *dd, float *dqkv, int T, int nh, int nkv, float scale) {
+    constexpr int BT = TE_LLAMA__T_TILE, LD = HD + 1, DJ = HD / 16;
+    extern __shared__ float te_llama__t_smem[];
+    float *Ks = te_llama__t_smem, *Vs = Ks + BT * LD, *Qs = Vs + BT * LD, *Os = Qs + BT * LD, *Ps = Os + BT * LD;
+    float *Ls = Ps + BT * (BT + 1), *Ds = Ls + BT;
+    const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+    const int q_dim = nh * HD, kv_dim = nkv * HD, ld = q_dim + 2 * kv_dim, kvh = h / (nh / nkv), k0 = kt * BT, n_qt = (T + BT - 1) / BT;
+    const size_t tok0 = (size_t)b * T;
+    float dk[4][DJ], dv[4][DJ];
+    for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+        const int r = i / HD, d = i - r * HD, ok = k0 + r < T;
+        const size_t at = (tok0 + (size_t)(ok ? k0 + r : 0)) * kv_dim + (size_t)kvh * HD + d;
+        Ks[r * LD + d] = ok ? __bfloat162float(kc[at]) : 0.0f;
+        Vs[r * LD + d] = ok ? __bfloat162float(vc[at]) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < DJ; j++) dk[i][j] = dv[i][j] = 0.0f;
+    for (int qt = kt; qt < n_qt; qt++) {
+        const int q0 = qt * BT;
+        float s[4][4], dp[4][4];
+        __syncthreads(); /* the last tile's q, dO and P are read */
+        for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+            const int r = i / HD, d = i - r * HD, ok = q0 + r < T;
+            const size_t row = tok0 + (size_t)(ok ? q0 + r : 0);
+            Qs[r * LD + d] = ok ? qkv[row * ld + (size_t)h * HD + d] : 0.0f;
+            Os[r * LD + d] = ok ? datt[row * q_dim + (size_t)h * HD + d] : 0.0f;
+        }
+        if (tid < BT) {
+            const int ok = q0 + tid < T;
+            Ls[tid] = ok ? lse[((size_t)b * nh + h) * T + q0 + tid] : 0.0f;
+            Ds[tid] = ok ? dd[(tok0 + q0 + tid) * nh + h] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = dp[i][j] = 0.0f;
+        for (int d = 0; d < HD; d++) {
+            float a[4], o[4], k[4], v[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) { a[i] = Qs[(4 * ty + i) * LD + d]; o[i] = Os[(4 * ty + i) * LD + d]; }
+#pragma unroll
+            for (int j = 0; j < 4; j++) { k[j] = Ks[(tx + 16 * j) * LD + d]; v[j] = Vs[(tx + 16 * j) * LD + d]; }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) { s[i][j] += a[i] * k[j]; dp[i][j] += o[i] * v[j]; }
+        }
+        /* P into shared memory for dV; dS kept in s until P is consumed */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = 4 * ty + i, q = q0 + r;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int key = k0 + tx + 16 * j;
+                const float p = key <= q && q < T && key < T ? expf(s[i][j] * scale - Ls[r]) : 0.0f;
+                Ps[r * (BT + 1) + tx + 16 * j] = p;
+                s[i][j] = p * (dp[i][j] - Ds[r]);
+            }
+        }
+        __syncthreads();
+        for (int r = 0; r < BT; r++) { /* dV[c] += sum_r P[r][c] dO[r] */
+            float o[DJ];
+#pragma unroll
+            for (int j = 0; j < DJ; j++) o[j] = Os[r * LD + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = Ps[r * (BT + 1) + 4 * ty + i];
+#pragma unroll
+                for (int j = 0; j < DJ; j++) dv[i][j] += p * o[j];
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) Ps[(4 * ty + i) * (BT + 1) + tx + 16 * j] = s[i][j];
+        __syncthreads();
+        for (int r = 0; r < BT; r++) { /* dK[c] += sum_r dS[r][c] q[r] */
+            float a[DJ];
+#pragma unroll
+            for (int j = 0; j < DJ; j++) a[j] = Qs[r * LD + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float p = Ps[r * (BT + 1) + 4 * ty + i];
+#pragma unroll
+                for (int j = 0; j < DJ; j++) dk[i][j] += p * a[j];
+            }
+        }
+        {   /* dQ[r] = scale sum_c dS[r][c] k[c] */
+            float dq[4][DJ];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < DJ; j++) dq[i][j] = 0.0f;
+            for (int c = 0; c < BT; c++) {
+                float k[DJ];
+#pragma unroll
+                for (int j = 0; j < DJ; j++) k[j] = Ks[c * LD + tx + 16 * j];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float p = Ps[(4 * ty + i) * (BT + 1) + c];
+#pragma unroll
+                    for (int j = 0; j < DJ; j++) dq[i][j] += p * k[j];
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int q = q0 + 4 * ty + i;
+                if (q >= T) continue;
+#pragma unroll
+                for (int j = 0; j < DJ; j++) atomicAdd(dqkv + (tok0 + q) * ld + (size_t)h * HD + tx + 16 * j, dq[i][j] * scale);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int key = k0 + 4 * ty + i;
+        if (key >= T) continue;
+        float *row = dqkv + (tok0 + key) * ld + q_dim + (size_t)kvh * HD;
+#pragma unroll
+        for (int j = 0; j < DJ; j++) {
+            atomicAdd(row + tx + 16 * j, dk[i][j] * scale);
+            atomicAdd(row + kv_dim + tx + 16 * j, dv[i][j]);
+        }
+    }
+}
+
+/* The embedding's backward: a row gather, so a row scatter-add, g[tokens[t]] += dx[t] (fp32 atomics: tokens repeat).
+   One block a token. */
+__global__ void te_llama__t_embed_back_kernel(const float *dx, const int32_t *tokens, float *g, int h) {
+    float *row = g + (size_t)tokens[blockIdx.x] * h;
+    const float *d = dx + (size_t)blockIdx.x * h;
+    for (int i = threadIdx.x; i < h; i += blockDim.x) atomicAdd(row + i, d[i]);
+}
+
+__global__ void te_llama__t_to_bf16_kernel(const float *in, te_llama__bf16 *out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) out[i] = __float2bfloat16(in[i]);
+}
+
+__global__ void te_llama__t_scale_kernel(float *x, size_t n, float s) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] *= s;
+}
+
+/* One parameter in the optimizer's tables: its BF16 storage and where its span starts in the flat fp32 arrays. */
+typedef struct te_llama__tparam {
+    te_llama__bf16 *data;
+    unsigned long long offset;
+    int two_d;            /* weight decay applies */
+    int pad;
+} te_llama__tparam;
+/* Elements [begin, end) of the flat arrays, all inside parameter `param`. */
+typedef struct te_llama__ttile {
+    unsigned long long begin, end;
+    int param, pad;
+} te_llama__ttile;
+
+/* master[k] = float(the parameter's stored value), or (to_weights) the parameter = bf16(master[k]). One block a tile. */
+__global__ void te_llama__t_master_kernel(const te_llama__ttile *tiles, const te_llama__tparam *params, float *master, int to_weights) {
+    const te_llama__ttile t = tiles[blockIdx.x];
+    const te_llama__tparam p = params[t.param];
+    for (unsigned long long k = t.begin + threadIdx.x; k < t.end; k += blockDim.x) {
+        if (to_weights) p.data[k - p.offset] = __float2bfloat16(master[k]);
+        else master[k] = __bfloat162float(p.data[k - p.offset]);
+    }
+}
+
+/* *sumsq += sum of g^2 (fp32 per thread and block, double across blocks). */
+__global__ void te_llama__t_sumsq_kernel(const float *g, size_t n, double *sumsq) {
+    __shared__ float red[32];
+    float s = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += g[i] * g[i];
+    s = te_llama__block_sum(s, red);
+    if (threadIdx.x == 0) atomicAdd(sumsq, (double)s);
+}
+
+/* The AdamW step of te_llama_trainer_update, element by element in the CPU's order of operations: clip by
+   clip / (norm + 1e-6) when that is below 1 (norm from *sumsq; clip <= 0: off), decay (2-D parameters), the moments,
+   the update; then the gradient is zeroed and the master weight rounded into the parameter's BF16 storage. One block
+   a tile: reads 16 bytes an element, writes 18. */
+__global__ void te_llama__t_adamw_kernel(const te_llama__ttile *tiles, const te_llama__tparam *params, float *w, float *g, float *m1,
+                                         float *m2, const double *sumsq, float clip, float decay, float b1, float b2, float eps,
+                                         float step_size, float bc2) {
+    const te_llama__ttile t = tiles[blockIdx.x];
+    const te_llama__tparam p = params[t.param];
+    const float dec = p.two_d ? decay : 1.0f;
+    float coef = 1.0f;
+    if (clip > 0.0f) {
+        const float c = (float)((double)clip / (sqrt(*sumsq) + 1e-6));
+        if (c < 1.0f) coef = c;
+    }
+    for (unsigned long long k = t.begin + threadIdx.x; k < t.end; k += blockDim.x) {
+        const float gk = g[k] * coef;
+        float wk = w[k] * dec, a = m1[k], v = m2[k];
+        a += (1.0f - b1) * (gk - a);
+        v = v * b2 + (1.0f - b2) * gk * gk;
+        wk -= step_size * a / (sqrtf(v) / bc2 + eps);
+        w[k] = wk;
+        m1[k] = a;
+        m2[k] = v;
+        g[k] = 0.0f;
+        p.data[k - p.offset] = __float2bfloat16(wk);
+    }
+}
+
+/* The activations a training forward keeps and the backward's work buffers, for up to cap tokens (one device
+   allocation, te_llama__cuda.train). Per-layer arrays are (layers, cap, ...). */
+typedef struct te_llama__tact {
+    int cap;                 /* tokens */
+    int chunk;               /* rows of an lm_head chunk */
+    void *mem;
+    size_t bytes;
+    int32_t *ints;           /* (8, cap): tokens, targets (the label each position is scored against, or -1),
+                                positions, sequences, then the prefill attention's tile table (4 ints a tile) */
+    int32_t *host_ints;      /* (8, cap) host copy */
+    float *rope;             /* (cap, head_dim) cos then sin of each token's position */
+    float *x;                /* (layers + 1, cap, h) each layer's input; the last is the final norm's input */
+    float *xmid;             /* (layers, cap, h) residual stream after attention */
+    float *inv;              /* (2 layers + 1, cap) 1 / rms: each layer's two norms, then the final norm */
+    te_llama__bf16 *xn1;     /* (layers, cap, h) normed inputs of QKV */
+    te_llama__bf16 *xn2;     /* (layers, cap, h) normed inputs of fc1 */
+    float *qkv;              /* (layers, cap, q_dim + 2 kv_dim) q and k rotated */
+    te_llama__bf16 *kc, *vc; /* (layers, cap, kv_dim) rotated k and v in bf16, as the attention read them */
+    te_llama__bf16 *att;     /* (layers, cap, q_dim) attention output */
+    float *lse;              /* (layers, B, heads, T) log-sum-exp of each query row's scaled scores */
+    te_llama__bf16 *fc1;     /* (layers, cap, 2 I) gate then up */
+    te_llama__bf16 *act;     /* (layers, cap, I) */
+    te_llama__bf16 *xf;      /* (cap, h) final normed rows, lm_head's input */
+    float *dx;               /* (cap, h) gradient of the residual stream */
+    float *dxn;              /* (cap, h) gradient at a norm's output */
+    te_llama__bf16 *dxb;     /* (cap, h) dx in bf16 for the GEMMs */
+    float *datt;             /* (cap, q_dim) */
+    float *dd;               /* (cap, heads) rowsum(dO O) */
+    float *dqkv;             /* (cap, q_dim + 2 kv_dim) */
+    te_llama__bf16 *dqkvb;   /* (cap, q_dim + 2 kv_dim) after RoPE's transpose, bf16 */
+    float *dact;             /* (cap, I) */
+    te_llama__bf16 *dfc1;    /* (cap, 2 I) */
+    float *logits;           /* (chunk, vocab) */
+    te_llama__bf16 *dlogits; /* (chunk, vocab) */
+    float *row_loss;         /* (cap) each position's token loss, 0 where its target does not count */
+    float *host_loss;        /* (cap) host copy */
+} te_llama__tact;
+
+/* A trainer's device state (te_llama_trainer.device). */
+typedef struct te_llama__tstate {
+    size_t n;                /* floats in each flat array (padded spans) */
+    size_t *off;             /* (n_params + 1) host: parameter i's span starts at off[i] */
+    float *mem;              /* (4 n) device: master, grad, exp_avg, exp_avg_sq */
+    float *master, *grad, *m1, *m2;
+    te_llama__tparam *params; /* (n_params) device */
+    te_llama__ttile *tiles;  /* (n_tiles) device */
+    int n_tiles;
+    double *sumsq;           /* (1) device */
+} te_llama__tstate;
+
+static void te_llama__tact_free(te_llama__cuda *ctx) {
+    te_llama__tact *a = (te_llama__tact *)ctx->train;
+    if (!a) return;
+    cudaFree(a->mem);
+    te_llama__host_free(&ctx->allocator, a->host_ints);
+    te_llama__host_free(&ctx->allocator, a->host_loss);
+    te_llama__host_free(&ctx->allocator, a);
+    ctx->train = NULL;
+}
+
+/* Grow the training activations to n tokens (waits for the stream: the old buffers may be in use). */
+static te_llama_result te_llama__tact_ensure(te_llama_model *m, te_llama__cuda *ctx, int n) {
+    const te_llama_config *c = &m->config;
+    const size_t L = (size_t)c->num_hidden_layers, h = (size_t)c->hidden_size, nh = (size_t)c->num_attention_heads;
+    const size_t q = nh * c->head_dim, kv = (size_t)c->num_key_value_heads * c->head_dim, ld = q + 2 * kv;
+    const size_t I = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
+    te_llama__tact *a = (te_llama__tact *)ctx->train, fresh;
+    size_t cap, chunk, off = 0, o[32];
+    int k = 0;
+    cudaError_t e;
+    char msg[200];
+    if (a && n <= a->cap) return TE_LLAMA_OK;
+    cap = te_llama__round_up((size_t)n, TE_LLAMA__T_TILE);
+    chunk = TE_LLAMA__T_LOGITS / V;
+    chunk = chunk < TE_LLAMA__T_TILE ? TE_LLAMA__T_TILE : chunk / TE_LLAMA__T_TILE * TE_LLAMA__T_TILE;
+    if (chunk > cap) chunk = cap;
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    te_llama__tact_free(ctx);
+    memset(&fresh, 0, sizeof fresh);
+#define TE_LLAMA__TPART(bytes) do { o[k++] = off; off = te_llama__round_up(off + (bytes), TE_LLAMA__ALIGN); } while (0)
+    TE_LLAMA__TPART(cap * 8 * 4);            /* 0 ints */
+    TE_LLAMA__TPART(cap * (size_t)c->head_dim * 4);
+    TE_LLAMA__TPART((L + 1) * cap * h * 4);  /* 2 x */
+    TE_LLAMA__TPART(L * cap * h * 4);
+    TE_LLAMA__TPART((2 * L + 1) * cap * 4);
+    TE_LLAMA__TPART(L * cap * h * 2);        /* 5 xn1 */
+    TE_LLAMA__TPART(L * cap * h * 2);
+    TE_LLAMA__TPART(L * cap * ld * 4);
+    TE_LLAMA__TPART(L * cap * kv * 2);       /* 8 kc */
+    TE_LLAMA__TPART(L * cap * kv * 2);
+    TE_LLAMA__TPART(L * cap * q * 2);
+    TE_LLAMA__TPART(L * cap * nh * 4);       /* 11 lse */
+    TE_LLAMA__TPART(L * cap * 2 * I * 2);
+    TE_LLAMA__TPART(L * cap * I * 2);
+    TE_LLAMA__TPART(cap * h * 2);            /* 14 xf */
+    TE_LLAMA__TPART(cap * h * 4);
+    TE_LLAMA__TPART(cap * h * 4);
+    TE_LLAMA__TPART(cap * h * 2);            /* 17 dxb */
+    TE_LLAMA__TPART(cap * q * 4);
+    TE_LLAMA__TPART(cap * nh * 4);
+    TE_LLAMA__TPART(cap * ld * 4);           /* 20 dqkv */
+    TE_LLAMA__TPART(cap * ld * 2);
+    TE_LLAMA__TPART(cap * I * 4);
+    TE_LLAMA__TPART(cap * 2 * I * 2);        /* 23 dfc1 */
+    TE_LLAMA__TPART(chunk * V * 4);
+    TE_LLAMA__TPART(chunk * V * 2);
+    TE_LLAMA__TPART(cap * 4);                /* 26 row_loss */
+#undef TE_LLAMA__TPART
+    fresh.host_ints = (int32_t *)te_llama__host_alloc(&ctx->allocator, cap * 8 * 4);
+    fresh.host_loss = (float *)te_llama__host_alloc(&ctx->allocator, cap * 4);
+    a = (te_llama__tact *)te_llama__host_alloc(&ctx->allocator, sizeof *a);
+    if (!fresh.host_ints || !fresh.host_loss || !a) {
+        te_llama__host_free(&ctx->allocator, fresh.host_ints);
+        te_llama__host_free(&ctx->allocator, fresh.host_loss);
+        te_llama__host_free(&ctx->allocator, a);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "host copies of a training batch");
+    }
+    if ((e = cudaMalloc(&fresh.mem, off)) != cudaSuccess) {
+        te_llama__host_free(&ctx->allocator, fresh.host_ints);
+        te_llama__host_free(&ctx->allocator, fresh.host_loss);
+        te_llama__host_free(&ctx->allocator, a);
+        snprintf(msg, sizeof msg, "cudaMalloc(training activations for %d tokens: %zu MiB)", n, off >> 20);
+        return te_llama__cuda_error(e, msg, __FILE__, __LINE__);
+    }
+#define TE_LLAMA__TAT(i, type) ((type *)((char *)fresh.mem + o[i]))
+    fresh.ints = TE_LLAMA__TAT(0, int32_t);
+    fresh.rope = TE_LLAMA__TAT(1, float);
+    fresh.x = TE_LLAMA__TAT(2, float);
+    fresh.xmid = TE_LLAMA__TAT(3, float);
+    fresh.inv = TE_LLAMA__TAT(4, float);
+    fresh.xn1 = TE_LLAMA__TAT(5, te_llama__bf16);
+    fresh.xn2 = TE_LLAMA__TAT(6, te_llama__bf16);
+    fresh.qkv = TE_LLAMA__TAT(7, float);
+    fresh.kc = TE_LLAMA__TAT(8, te_llama__bf16);
+    fresh.vc = TE_LLAMA__TAT(9, te_llama__bf16);
+    fresh.att = TE_LLAMA__TAT(10, te_llama__bf16);
+    fresh.lse = TE_LLAMA__TAT(11, float);
+    fresh.fc1 = TE_LLAMA__TAT(12, te_llama__bf16);
+    fresh.act = TE_LLAMA__TAT(13, te_llama__bf16);
+    fresh.xf = TE_LLAMA__TAT(14, te_llama__bf16);
+    fresh.dx = TE_LLAMA__TAT(15, float);
+    fresh.dxn = TE_LLAMA__TAT(16, float);
+    fresh.dxb = TE_LLAMA__TAT(17, te_llama__bf16);
+    fresh.datt = TE_LLAMA__TAT(18, float);
+    fresh.dd = TE_LLAMA__TAT(19, float);
+    fresh.dqkv = TE_LLAMA__TAT(20, float);
+    fresh.dqkvb = TE_LLAMA__TAT(21, te_llama__bf16);
+    fresh.dact = TE_LLAMA__TAT(22, float);
+    fresh.dfc1 = TE_LLAMA__TAT(23, te_llama__bf16);
+    fresh.logits = TE_LLAMA__TAT(24, float);
+    fresh.dlogits = TE_LLAMA__TAT(25, te_llama__bf16);
+    fresh.row_loss = TE_LLAMA__TAT(26, float);
+#undef TE_LLAMA__TAT
+    fresh.cap = (int)cap;
+    fresh.chunk = (int)chunk;
+    fresh.bytes = off;
+    *a = fresh;
+    ctx->train = a;
+    return TE_LLAMA_OK;
+}
+
+/* What training needs beyond what the forward checks: a head dim the attention kernels take, a hidden size the
+   RMSNorm backward takes, no FP8. */
+static te_llama_result te_llama__train_check(te_llama_model *m, te_llama__cuda *ctx) {
+    const te_llama_config *c = &m->config;
+    char msg[200];
+    if (c->head_dim != 16 && c->head_dim != 32 && c->head_dim != 64 && c->head_dim != 128) {
+        snprintf(msg, sizeof msg, "training on CUDA takes head_dim 16, 32, 64 or 128; this model has %d", c->head_dim);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    if (c->hidden_size > TE_LLAMA__T_MAX_HIDDEN) {
+        snprintf(msg, sizeof msg, "training on CUDA takes hidden sizes up to %d; this model has %d", TE_LLAMA__T_MAX_HIDDEN, c->hidden_size);
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
+    }
+    if (ctx->fp8) return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, "training on CUDA with FP8 on: switch FP8 off (te_llama_fp8_disable) first");
+    return TE_LLAMA_OK;
+}
+
+/* Launch the training attention kernels at head dim HD_ (a macro body: the launch line differs per kernel). */
+#define TE_LLAMA__T_HD_SWITCH(hd, CALL) \
+    switch (hd) { case 16: CALL(16); break; case 32: CALL(32); break; case 64: CALL(64); break; default: CALL(128); break; }
+
+/* The forward of every layer over the batch in a->ints (n tokens, B sequences of T), keeping the activations. */
+static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ctx, te_llama__tact *a, int n, int B, int T, int n_tiles) {
+    const te_llama_config *c = &m->config;
+    const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads, L = c->num_hidden_layers;
+    const int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, cap = a->cap;
+    const int32_t *pos = a->ints + 2 * cap, *seq = a->ints + 3 * cap;
+    const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
+    te_llama_result r;
+    int l;
+    te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, a->ints, a->x, h);
+    TE_LLAMA__LAUNCHED(embed);
+    te_llama__rope_table_kernel<<<n, 64, 0, ctx->stream>>>(pos, ctx->inv_freq, a->rope, hd / 2);
+    TE_LLAMA__LAUNCHED(rope_table);
+    for (l = 0; l < L; l++) {
+        const te_llama_param *P = m->layers[l]->params;
+        const size_t nl = (size_t)l * cap;
+        float *x = a->x + nl * h, *xmid = a->xmid + nl * h, *qkv = a->qkv + nl * ld, *lse = a->lse + nl * nh;
+        te_llama__bf16 *xn1 = a->xn1 + nl * h, *xn2 = a->xn2 + nl * h, *kc = a->kc + nl * kv_dim, *vc = a->vc + nl * kv_dim;
+        te_llama__bf16 *att = a->att + nl * q_dim, *fc1 = a->fc1 + nl * 2 * I, *act = a->act + nl * I;
+        te_llama__t_rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(x, (const te_llama__bf16 *)P[0].data, xn1, a->inv + (size_t)(2 * l) * cap, h, eps);
+        TE_LLAMA__LAUNCHED(t_rmsnorm);
+        if ((r = te_llama__gemm(ctx, P[1].data, xn1, qkv, CUDA_R_32F, ld, n, h, 0))) return r;
+        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
+            qkv, a->rope, pos, seq, kc, vc, nh, nkv, hd, T);
+        TE_LLAMA__LAUNCHED(rope_kv);
+        if (hd == 64 || hd == 128) {
+            const dim3 grid((unsigned)nh, (unsigned)n_tiles);
+            const int4 *tiles = (const int4 *)(a->ints + 4 * cap);
+            const float scale_log2 = scale * 1.4426950408889634f;
+            if (hd == 128)
+                te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
+                    qkv, tiles, kc, vc, att, lse, nh, nkv, T, scale_log2);
+            else
+                te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
+                    qkv, tiles, kc, vc, att, lse, nh, nkv, T, scale_log2);
+            TE_LLAMA__LAUNCHED(flash_prefill);
+        } else {
+            const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nh, (unsigned)B);
+#define TE_LLAMA__T_FWD(HD_) te_llama__t_attn_fwd_kernel<HD_><<<grid, TE_LLAMA__T_THREADS, te_llama__t_fwd_smem(HD_), ctx->stream>>>( \
+                qkv, kc, vc, att, lse, T, nh, nkv, scale)
+            TE_LLAMA__T_HD_SWITCH(hd, TE_LLAMA__T_FWD)
+#undef TE_LLAMA__T_FWD
+            TE_LLAMA__LAUNCHED(t_attn_fwd);
+        }
+        if ((r = te_llama__gemm_op(ctx, 1, 0, P[4].data, att, x, xmid, CUDA_R_32F, h, n, q_dim, 1))) return r;
+        te_llama__t_rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(xmid, (const te_llama__bf16 *)P[5].data, xn2, a->inv + (size_t)(2 * l + 1) * cap, h, eps);
+        TE_LLAMA__LAUNCHED(t_rmsnorm);
+        if ((r = te_llama__gemm(ctx, P[6].data, xn2, fc1, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
+        te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(fc1, act, n, I);
+        TE_LLAMA__LAUNCHED(swiglu);
+        if ((r = te_llama__gemm_op(ctx, 1, 0, P[7].data, act, xmid, x + (size_t)cap * h, CUDA_R_32F, h, n, I, 1))) return r;
+    }
+    te_llama__t_rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(a->x + (size_t)L * cap * h, (const te_llama__bf16 *)m->norm.data, a->xf,
+                                                          a->inv + (size_t)(2 * L) * cap, h, eps);
+    TE_LLAMA__LAUNCHED(t_rmsnorm);
+    return TE_LLAMA_OK;
+}
+
+static te_llama_result te_llama__t_to_bf16(te_llama__cuda *ctx, const float *in, te_llama__bf16 *out, size_t n) {
+    const size_t blocks = (n + 255) / 256;
+    te_llama__t_to_bf16_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, ctx->stream>>>(in, out, n);
+    TE_LLAMA__LAUNCHED(t_to_bf16);
+    return TE_LLAMA_OK;
+}
+
+/* dx += the RMSNorm backward of dy (rows of n, h) at input x with 1/rms inv; dw += its weight gradient. */
+static te_llama_result te_llama__t_norm_back(te_llama__cuda *ctx, const float *dy, const float *x, const float *inv, const void *w,
+                                             float *dx, float *dw, int n, int h) {
+    const int blocks = (n + TE_LLAMA__T_NORM_ROWS - 1) / TE_LLAMA__T_NORM_ROWS;
+    te_llama__t_rmsnorm_back_kernel<<<blocks, 256, sizeof(float) * (size_t)h, ctx->stream>>>(dy, x, inv, (const te_llama__bf16 *)w, dx, dw, n, h);
+    TE_LLAMA__LAUNCHED(t_rmsnorm_back);
+    return TE_LLAMA_OK;
+}
+
+/* lm_head, the loss and (when G) lm_head's backward, chunk by chunk: a->row_loss gets each row's loss; with G,
+   a->dxn gets the gradient at the final norm's output and G's lm_head gradient gains its wgrad. */
+static te_llama_result te_llama__t_head(te_llama_model *m, te_llama__cuda *ctx, te_llama__tact *a, int n, float *g_lm, float grad_scale) {
+    const te_llama_config *c = &m->config;
+    const int h = c->hidden_size, V = c->vocab_size;
+    te_llama_result r;
+    int r0;
+    for (r0 = 0; r0 < n; r0 += a->chunk) {
+        const int rows = n - r0 < a->chunk ? n - r0 : a->chunk;
+        const te_llama__bf16 *xf = a->xf + (size_t)r0 * h;
+        if ((r = te_llama__gemm(ctx, m->lm_head.data, xf, a->logits, CUDA_R_32F, V, rows, h, 0))) return r;
+        te_llama__t_xent_kernel<<<rows, 512, 0, ctx->stream>>>(a->logits, a->ints + a->cap + r0, a->row_loss + r0, g_lm ? a->dlogits : NULL,
+                                                             V, grad_scale);
+        TE_LLAMA__LAUNCHED(t_xent);
+        if (!g_lm) continue;
+        if ((r = te_llama__gemm_op(ctx, 0, 0, m->lm_head.data, a->dlogits, NULL, a->dxn + (size_t)r0 * h, CUDA_R_32F, h, rows, V, 0))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 1, xf, a->dlogits, g_lm, g_lm, CUDA_R_32F, h, V, rows, 1))) return r;
+    }
+    return TE_LLAMA_OK;
+}
+
+/* The backward of every layer, the final norm and the embedding: a->dxn holds the gradient at the final norm's
+   output; G(i) is parameter i's gradient span. */
+static te_llama_result te_llama__t_backward(te_llama_model *m, te_llama__cuda *ctx, te_llama__tact *a, te_llama__tstate *st, int n, int B, int T) {
+    const te_llama_config *c = &m->config;
+    const int h = c->hidden_size, hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads, L = c->num_hidden_layers;
+    const int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, cap = a->cap;
+    const int np = te_llama_num_parameters(m), norm_idx = c->tie_word_embeddings ? np - 1 : np - 2;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
+    te_llama_result r;
+    int l, pidx = 1 + 8 * L;
+#define TE_LLAMA__G(i) (st->grad + st->off[(i)])
+    TE_LLAMA__CU(cudaMemsetAsync(a->dx, 0, sizeof(float) * (size_t)n * h, ctx->stream));
+    if ((r = te_llama__t_norm_back(ctx, a->dxn, a->x + (size_t)L * cap * h, a->inv + (size_t)(2 * L) * cap, m->norm.data, a->dx,
+                                   TE_LLAMA__G(norm_idx), n, h)))
+        return r;
+    for (l = L - 1; l >= 0; l--) {
+        const te_llama_param *P = m->layers[l]->params;
+        const size_t nl = (size_t)l * cap;
+        const float *x = a->x + nl * h, *xmid = a->xmid + nl * h, *qkv = a->qkv + nl * ld, *lse = a->lse + nl * nh;
+        const te_llama__bf16 *xn1 = a->xn1 + nl * h, *xn2 = a->xn2 + nl * h, *kc = a->kc + nl * kv_dim, *vc = a->vc + nl * kv_dim;
+        const te_llama__bf16 *att = a->att + nl * q_dim, *fc1 = a->fc1 + nl * 2 * I, *act = a->act + nl * I;
+        pidx -= 8;
+        /* MLP block: dx passes through the residual; fc2, SwiGLU, fc1 and the norm add theirs */
+        if ((r = te_llama__t_to_bf16(ctx, a->dx, a->dxb, (size_t)n * h))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 0, P[7].data, a->dxb, NULL, a->dact, CUDA_R_32F, I, n, h, 0))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 1, act, a->dxb, TE_LLAMA__G(pidx + 7), TE_LLAMA__G(pidx + 7), CUDA_R_32F, I, h, n, 1))) return r;
+        te_llama__t_swiglu_back_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(fc1, a->dact, a->dfc1, n, I);
+        TE_LLAMA__LAUNCHED(t_swiglu_back);
+        if ((r = te_llama__gemm_op(ctx, 0, 0, P[6].data, a->dfc1, NULL, a->dxn, CUDA_R_32F, h, n, 2 * I, 0))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 1, xn2, a->dfc1, TE_LLAMA__G(pidx + 6), TE_LLAMA__G(pidx + 6), CUDA_R_32F, h, 2 * I, n, 1))) return r;
+        if ((r = te_llama__t_norm_back(ctx, a->dxn, xmid, a->inv + (size_t)(2 * l + 1) * cap, P[5].data, a->dx, TE_LLAMA__G(pidx + 5), n, h)))
+            return r;
+        /* attention block */
+        if ((r = te_llama__t_to_bf16(ctx, a->dx, a->dxb, (size_t)n * h))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 0, P[4].data, a->dxb, NULL, a->datt, CUDA_R_32F, q_dim, n, h, 0))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 1, att, a->dxb, TE_LLAMA__G(pidx + 4), TE_LLAMA__G(pidx + 4), CUDA_R_32F, q_dim, h, n, 1))) return r;
+        te_llama__t_attn_dd_kernel<<<(unsigned)(((size_t)n * nh * 32 + 255) / 256), 256, 0, ctx->stream>>>(a->datt, att, a->dd, n * nh, hd);
+        TE_LLAMA__LAUNCHED(t_attn_dd);
+        TE_LLAMA__CU(cudaMemsetAsync(a->dqkv, 0, sizeof(float) * (size_t)n * ld, ctx->stream));
+        {
+            const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nh, (unsigned)B);
+#define TE_LLAMA__T_BWD(HD_) te_llama__t_attn_bwd_kernel<HD_><<<grid, TE_LLAMA__T_THREADS, te_llama__t_bwd_smem(HD_), ctx->stream>>>( \
+                qkv, kc, vc, a->datt, lse, a->dd, a->dqkv, T, nh, nkv, scale)
+            TE_LLAMA__T_HD_SWITCH(hd, TE_LLAMA__T_BWD)
+#undef TE_LLAMA__T_BWD
+            TE_LLAMA__LAUNCHED(t_attn_bwd);
+        }
+        te_llama__t_rope_back_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
+            a->dqkv, a->rope, a->dqkvb, nh + nkv, hd, ld);
+        TE_LLAMA__LAUNCHED(t_rope_back);
+        if ((r = te_llama__gemm_op(ctx, 0, 0, P[1].data, a->dqkvb, NULL, a->dxn, CUDA_R_32F, h, n, ld, 0))) return r;
+        if ((r = te_llama__gemm_op(ctx, 0, 1, xn1, a->dqkvb, TE_LLAMA__G(pidx + 1), TE_LLAMA__G(pidx + 1), CUDA_R_32F, h, ld, n, 1))) return r;
+        if ((r = te_llama__t_norm_back(ctx, a->dxn, x, a->inv + (size_t)(2 * l) * cap, P[0].data, a->dx, TE_LLAMA__G(pidx), n, h)))
+            return r;
+    }
+    te_llama__t_embed_back_kernel<<<n, 256, 0, ctx->stream>>>(a->dx, a->ints, TE_LLAMA__G(0), h);
+    TE_LLAMA__LAUNCHED(t_embed_back);
+#undef TE_LLAMA__G
+    return TE_LLAMA_OK;
+}
+
+/* Upload the batch: tokens, the target of each position (labels[t + 1] of its sequence, -1 where it does not
+   count), positions t % T, sequences t / T and the prefill kernel's tile table (runs of T tokens in tiles of 64).
+   *n_tiles gets the table's length. The caller checked tokens and labels. */
+static te_llama_result te_llama__t_upload(te_llama__cuda *ctx, te_llama__tact *a, const int32_t *tokens, const int32_t *labels, int B, int T,
+                                          int *n_tiles) {
+    const int n = B * T, cap = a->cap;
+    int32_t *hi = a->host_ints, *tt = hi + 4 * cap;
+    int t, b, t0, tiles = 0;
+    if (!labels) labels = tokens;
+    for (t = 0; t < n; t++) {
+        const int32_t y = (t % T) + 1 < T ? labels[t + 1] : TE_LLAMA_IGNORE_INDEX;
+        hi[t] = tokens[t];
+        hi[cap + t] = y == TE_LLAMA_IGNORE_INDEX ? -1 : y;
+        hi[2 * cap + t] = t % T;
+        hi[3 * cap + t] = t / T;
+    }
+    for (b = 0; b < B; b++)
+        for (t0 = 0; t0 < T; t0 += TE_LLAMA__FA_BM, tiles++) {
+            tt[4 * tiles] = b * T + t0;
+            tt[4 * tiles + 1] = T - t0 < TE_LLAMA__FA_BM ? T - t0 : TE_LLAMA__FA_BM;
+            tt[4 * tiles + 2] = b;
+            tt[4 * tiles + 3] = t0;
+        }
+    qsort(tt, (size_t)tiles, 4 * sizeof(int32_t), te_llama__tile_cmp);
+    TE_LLAMA__CU(cudaMemcpyAsync(a->ints, hi, sizeof(int32_t) * (4 * (size_t)cap + 4 * (size_t)tiles), cudaMemcpyHostToDevice, ctx->stream));
+    *n_tiles = tiles;
+    return TE_LLAMA_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- public */
+
+extern "C" {
+
+TE_LLAMA_API te_llama_result te_llama_cuda_train_pass(te_llama_model *m, te_llama_trainer *tr, const int32_t *tokens,
+                                                      const int32_t *labels, int B, int T, float keep, float grad_scale,
+                                                      double *loss_sum) {
+    te_llama__cuda *ctx = NULL;
+    te_llama__tstate *st = tr ? (te_llama__tstate *)tr->device : NULL;
+    te_llama__tact *a;
+    te_llama_result r;
+    const int n = B * T;
+    int n_tiles = 0, t, hd;
+    double sum = 0;
+    if (!m || !tokens || !loss_sum || B < 1 || T < 1 || (int64_t)B * T > ((int64_t)1 << 24) || (tr && (!st || tr->model != m)))
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_train_pass: bad arguments");
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama__train_check(m, ctx))) return r;
+    if (T > 65535 * TE_LLAMA__T_TILE || B > 65535 || (long)B * ((T + TE_LLAMA__FA_BM - 1) / TE_LLAMA__FA_BM) > 65535)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, "training batch too large for the attention grid (at most 65535 tiles of 64 tokens)");
+    if ((r = te_llama__tact_ensure(m, ctx, n))) return r;
+    a = (te_llama__tact *)ctx->train;
+    hd = m->config.head_dim;
+    /* the attention kernels' shared memory exceeds the default 48 KiB at the larger head dims */
+#define TE_LLAMA__T_ATTR(HD_) do { \
+        TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__t_attn_fwd_kernel<HD_>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)te_llama__t_fwd_smem(HD_))); \
+        TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__t_attn_bwd_kernel<HD_>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)te_llama__t_bwd_smem(HD_))); \
+    } while (0)
+    TE_LLAMA__T_HD_SWITCH(hd, TE_LLAMA__T_ATTR)
+#undef TE_LLAMA__T_ATTR
+    if ((r = te_llama__t_upload(ctx, a, tokens, labels, B, T, &n_tiles))) return r;
+    if ((r = te_llama__t_forward(m, ctx, a, n, B, T, n_tiles))) return r;
+    if (st) {
+        const int np = te_llama_num_parameters(m);
+        float *g_lm = st->grad + st->off[m->config.tie_word_embeddings ? 0 : np - 1];
+        if (keep != 1.0f) {
+            te_llama__t_scale_kernel<<<(unsigned)(4 * (ctx->n_sm > 0 ? ctx->n_sm : 132)), 256, 0, ctx->stream>>>(st->grad, st->n, keep);
+            TE_LLAMA__LAUNCHED(t_scale);
+        }
+        if ((r = te_llama__t_head(m, ctx, a, n, g_lm, grad_scale))) return r;
+        if ((r = te_llama__t_backward(m, ctx, a, st, n, B, T))) return r;
+    } else if ((r = te_llama__t_head(m, ctx, a, n, NULL, 0.0f))) {
+        return r;
+    }
+    TE_LLAMA__CU(cudaMemcpyAsync(a->host_loss, a->row_loss, sizeof(float) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    for (t = 0; t < n; t++) sum += (double)a->host_loss[t];
+    *loss_sum = sum;
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_train_create(te_llama_trainer *tr) {
+    te_llama_model *m = tr ? tr->model : NULL;
+    te_llama__cuda *ctx = NULL;
+    te_llama__tstate *st;
+    te_llama__tparam *hp = NULL;
+    te_llama__ttile *ht = NULL;
+    te_llama_result r;
+    size_t off = 0, n_tiles = 0, k;
+    int i, np;
+    if (!m) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_train_create: no model");
+    if ((r = te_llama__prepare(m, &ctx))) return r;
+    if ((r = te_llama__train_check(m, ctx))) return r;
+    np = te_llama_num_parameters(m);
+    st = (te_llama__tstate *)te_llama__host_alloc(&ctx->allocator, sizeof *st);
+    if (!st) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "trainer device state");
+    memset(st, 0, sizeof *st);
+    tr->device = st;
+    st->off = (size_t *)te_llama__host_alloc(&ctx->allocator, sizeof(size_t) * (size_t)(np + 1));
+    hp = (te_llama__tparam *)te_llama__host_alloc(&ctx->allocator, sizeof *hp * (size_t)np);
+    if (!st->off || !hp) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "trainer tables"); goto done; }
+    for (i = 0; i < np; i++) {
+        te_llama_param *p = te_llama_parameter(m, i), *next = i + 1 < np ? te_llama_parameter(m, i + 1) : NULL;
+        const size_t numel = te_llama_param_numel(p);
+        st->off[i] = off;
+        /* views of one buffer (a te layer's query, key and value) stay adjacent, so that the fused QKV gradient
+           is one (q_dim + 2 kv_dim, h) matrix for its wgrad; every other span starts aligned */
+        const int adjacent = next && p->is_view && next->is_view &&
+                             (const char *)p->data + numel * sizeof(te_llama__bf16) == (const char *)next->data;
+        hp[i].data = (te_llama__bf16 *)p->data;
+        hp[i].offset = off;
+        hp[i].two_d = p->ndim == 2;
+        hp[i].pad = 0;
+        n_tiles += (numel + TE_LLAMA__T_ADAM_TILE - 1) / TE_LLAMA__T_ADAM_TILE;
+        off = adjacent ? off + numel : te_llama__round_up(off + numel, TE_LLAMA__T_ALIGN);
+    }
+    st->off[np] = off;
+    st->n = off;
+    if (n_tiles > 0x7fffffff) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_OUT_OF_RANGE, "too many parameters for the optimizer's tile table"); goto done; }
+    ht = (te_llama__ttile *)te_llama__host_alloc(&ctx->allocator, sizeof *ht * (n_tiles ? n_tiles : 1));
+    if (!ht) { r = TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "trainer tile table"); goto done; }
+    for (i = 0, k = 0; i < np; i++) {
+        const size_t numel = te_llama_param_numel(te_llama_parameter(m, i));
+        size_t b;
+        for (b = 0; b < numel; b += TE_LLAMA__T_ADAM_TILE, k++) {
+            ht[k].begin = st->off[i] + b;
+            ht[k].end = st->off[i] + (numel - b < TE_LLAMA__T_ADAM_TILE ? numel : b + TE_LLAMA__T_ADAM_TILE);
+            ht[k].param = i;
+            ht[k].pad = 0;
+        }
+    }
+    st->n_tiles = (int)n_tiles;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&st->mem, sizeof(float) * 4 * st->n), done);
+    st->master = st->mem;
+    st->grad = st->mem + st->n;
+    st->m1 = st->mem + 2 * st->n;
+    st->m2 = st->mem + 3 * st->n;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&st->params, sizeof *hp * (size_t)np), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&st->tiles, sizeof *ht * (n_tiles ? n_tiles : 1)), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&st->sumsq, sizeof(double)), done);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(st->mem, 0, sizeof(float) * 4 * st->n, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(st->params, hp, sizeof *hp * (size_t)np, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(st->tiles, ht, sizeof *ht * n_tiles, cudaMemcpyHostToDevice, ctx->stream), done);
+    if (n_tiles) {
+        te_llama__t_master_kernel<<<(unsigned)n_tiles, 256, 0, ctx->stream>>>(st->tiles, st->params, st->master, 0);
+        TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    }
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+done:
+    te_llama__host_free(&ctx->allocator, hp);
+    te_llama__host_free(&ctx->allocator, ht);
+    if (r) te_llama_cuda_train_free(tr);
+    return r;
+}
+
+TE_LLAMA_API void te_llama_cuda_train_free(te_llama_trainer *tr) {
+    te_llama__tstate *st = tr ? (te_llama__tstate *)tr->device : NULL;
+    te_llama__cuda *ctx = tr && tr->model ? (te_llama__cuda *)tr->model->backend : NULL;
+    if (!st || !ctx) return;
+    cudaSetDevice(ctx->device);
+    cudaStreamSynchronize(ctx->stream);
+    cudaFree(st->mem);
+    cudaFree(st->params);
+    cudaFree(st->tiles);
+    cudaFree(st->sumsq);
+    (void)cudaGetLastError();
+    te_llama__host_free(&ctx->allocator, st->off);
+    te_llama__host_free(&ctx->allocator, st);
+    tr->device = NULL;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_train_update(te_llama_trainer *tr, double lr, double *grad_norm) {
+    te_llama__tstate *st = tr ? (te_llama__tstate *)tr->device : NULL;
+    te_llama__cuda *ctx = NULL;
+    const te_llama_train_options *o;
+    te_llama_result r;
+    double sumsq = 0, bc1, bc2;
+    if (!st || !grad_norm) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_train_update: no device trainer");
+    if ((r = te_llama__enter(tr->model, &ctx))) return r;
+    o = &tr->options;
+    /* the caller has counted this step in tr->step, as the CPU update does before its bias corrections */
+    bc1 = 1.0 - pow((double)o->beta1, (double)tr->step);
+    bc2 = sqrt(1.0 - pow((double)o->beta2, (double)tr->step));
+    TE_LLAMA__CU(cudaMemsetAsync(st->sumsq, 0, sizeof(double), ctx->stream));
+    te_llama__t_sumsq_kernel<<<(unsigned)(4 * (ctx->n_sm > 0 ? ctx->n_sm : 132)), 256, 0, ctx->stream>>>(st->grad, st->n, st->sumsq);
+    TE_LLAMA__LAUNCHED(t_sumsq);
+    if (st->n_tiles) {
+        te_llama__t_adamw_kernel<<<(unsigned)st->n_tiles, 256, 0, ctx->stream>>>(st->tiles, st->params, st->master, st->grad, st->m1, st->m2,
+                                                                                st->sumsq, o->clip_norm, (float)(1.0 - lr * o->weight_decay),
+                                                                                o->beta1, o->beta2, o->eps, (float)(lr / bc1), (float)bc2);
+        TE_LLAMA__LAUNCHED(t_adamw);
+    }
+    TE_LLAMA__CU(cudaMemcpyAsync(&sumsq, st->sumsq, sizeof(double), cudaMemcpyDeviceToHost, ctx->stream));
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    *grad_norm = sqrt(sumsq);
+    return TE_LLAMA_OK;
+}
+
+TE_LLAMA_API te_llama_result te_llama_cuda_train_copy(te_llama_trainer *tr, int what, int i, float *host, int to_device) {
+    te_llama__tstate *st = tr ? (te_llama__tstate *)tr->device : NULL;
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    float *base;
+    int k, first, last;
+    if (!st || !host || what < 0 || what > 3 || i < -1 || i >= tr->n_params || (to_device && what == TE_LLAMA_TRAIN_MASTER && i != -1))
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_train_copy: bad arguments");
+    if ((r = te_llama__enter(tr->model, &ctx))) return r;
+    base = what == TE_LLAMA_TRAIN_MASTER ? st->master : what == TE_LLAMA_TRAIN_GRAD ? st->grad : what == TE_LLAMA_TRAIN_EXP_AVG ? st->m1 : st->m2;
+    first = i < 0 ? 0 : i;
+    last = i < 0 ? tr->n_params : i + 1;
+    for (k = first; k < last; k++) { /* host spans are packed (tr->offset), device spans padded (st->off) */
+        const size_t bytes = sizeof(float) * (tr->offset[k + 1] - tr->offset[k]);
+        if (to_device) TE_LLAMA__CU(cudaMemcpyAsync(base + st->off[k], host + tr->offset[k], bytes, cudaMemcpyHostToDevice, ctx->stream));
+        else TE_LLAMA__CU(cudaMemcpyAsync(host + tr->offset[k], base + st->off[k], bytes, cudaMemcpyDeviceToHost, ctx->stream));
+    }
+    if (to_device && what == TE_LLAMA_TRAIN_MASTER && st->n_tiles) {
+        te_llama__t_master_kernel<<<(unsigned)st->n_tiles, 256, 0, ctx->stream>>>(st->tiles, st->params, st->master, 1);
+        TE_LLAMA__LAUNCHED(t_master);
+    }
+    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
+    return TE_LLAMA_OK;
+}
+
+} /* extern "C" */
+
 /* ====================================================================================== memory report */
 
 /* The device memory the context holds besides parameters and KV caches: cuBLASLt's workspace, the per-batch
@@ -2688,7 +3753,8 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     if (ctx) {
         ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
              ctx->part_floats * sizeof(float) + ctx->part_counts * sizeof(unsigned) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
-             sizeof(unsigned long long) * (size_t)ctx->cap_seqs + te_llama__fp8_device_bytes(ctx);
+             sizeof(unsigned long long) * (size_t)ctx->cap_seqs + te_llama__fp8_device_bytes(ctx) +
+             (ctx->train ? ((const te_llama__tact *)ctx->train)->bytes : 0);
         TE_LLAMA__CU(cudaSetDevice(ctx->device));
     }
     TE_LLAMA__CU(cudaMemGetInfo(&f, &t));

@@ -1,6 +1,6 @@
-/* train: fine-tune an HF Llama checkpoint on a text file, on the CPU, and save an HF checkpoint.
-   build/train -m MODEL_DIR -d TEXT_FILE -o OUT_DIR [--steps N] [--batch B] [--seq T] [--lr LR] [--warmup N]
-               [--eval-every N] [--holdout FRAC] [--seed S] [--grad-accum K] [--resume STATE] */
+/* train: fine-tune an HF Llama checkpoint on a text file, on the CPU or the GPU, and save an HF checkpoint.
+   build/train -m MODEL_DIR -d TEXT_FILE -o OUT_DIR [--backend cpu|cuda] [--steps N] [--batch B] [--seq T] [--lr LR]
+               [--warmup N] [--eval-every N] [--holdout FRAC] [--seed S] [--grad-accum K] [--resume STATE] */
 #define TE_LLAMA_IMPLEMENTATION
 #include "../te_llama.h"
 
@@ -9,7 +9,8 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: train -m MODEL_DIR -d TEXT_FILE -o OUT_DIR [options]\n"
-            "Fine-tunes an HF Llama checkpoint on a text file (CPU, fp32 math, AdamW with fp32 master weights) and\n"
+            "Fine-tunes an HF Llama checkpoint on a text file (AdamW with fp32 master weights; CPU: fp32 math, CUDA:\n"
+            "bf16 weights and activations on the tensor cores) and\n"
             "saves OUT_DIR as an HF checkpoint (with MODEL_DIR's tokenizer files) plus OUT_DIR/optimizer.safetensors.\n"
             "The text is tokenized with MODEL_DIR/tokenizer.json (BOS as the tokenizer adds it), cut into sequences of\n"
             "T tokens (the tail that does not fill one is dropped); the last FRAC of them are held out for evaluation,\n"
@@ -17,6 +18,7 @@ static void usage(FILE *f) {
             "  -m MODEL_DIR        the checkpoint to start from (a resumed run: the OUT_DIR of the previous one)\n"
             "  -d TEXT_FILE        training text (UTF-8)\n"
             "  -o OUT_DIR          where to save the checkpoint, the tokenizer files and the optimizer state\n"
+            "  --backend B         cpu (default) or cuda (BF16 parameters; the saved checkpoint is BF16)\n"
             "  --steps N           optimizer steps in all, counting those of a resumed state (default 20)\n"
             "  --batch B           sequences per micro-batch (default 4)\n"
             "  --seq T             tokens per sequence (default 128)\n"
@@ -78,7 +80,7 @@ static te_llama_result heldout_loss(te_llama_model *m, const int32_t *seqs, int 
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *out_dir = NULL, *resume = NULL;
-    int steps = 20, B = 4, T = 128, warmup = 2, eval_every = 5, accum = 1, i, rc = 1;
+    int steps = 20, B = 4, T = 128, warmup = 2, eval_every = 5, accum = 1, cuda = 0, i, rc = 1;
     double lr = 1e-3, holdout = 0.05, wd = 0.01, held = 0, held0 = 0;
     uint64_t seed = 1;
     te_llama_options opt;
@@ -110,6 +112,7 @@ int main(int argc, char **argv) {
         else if (ARG("--seed")) seed = strtoull(v, NULL, 10);
         else if (ARG("--grad-accum")) accum = atoi(v);
         else if (ARG("--resume")) resume = v;
+        else if (ARG("--backend") && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) cuda = !strcmp(v, "cuda");
         else { fprintf(stderr, "train: unknown or incomplete argument %s\n", a); usage(stderr); return 2; }
 #undef ARG
     }
@@ -134,10 +137,16 @@ int main(int argc, char **argv) {
     n_train = n_seq - n_held;
     if (n_train < 1) FAIL("%zu tokens make %d sequences of %d: too few to hold %d out", n_ids, n_seq, T, n_held);
     fprintf(stderr, "train: %zu bytes -> %zu tokens -> %d sequences of %d (%d for training, the last %d held out)\n", text_len, n_ids, n_seq, T, n_train, n_held);
-    /* the model: TE layers on the CPU, storage as the checkpoint says (the trainer keeps fp32 masters) */
+    /* the model: TE layers, on the CPU with storage as the checkpoint says, or on the GPU in BF16 (the trainer
+       keeps fp32 masters either way) */
     memset(&opt, 0, sizeof opt);
     opt.decoder = te_llama_te_decoder;
+    if (cuda) {
+        opt.backend = TE_LLAMA_BACKEND_CUDA;
+        opt.dtype = TE_LLAMA_BF16;
+    }
     if ((r = te_llama_load(model_dir, &opt, &m))) FAIL("loading %s: %s", model_dir, te_llama_last_error());
+    if (cuda && m->options.backend != TE_LLAMA_BACKEND_CUDA) FAIL("--backend cuda: no CUDA device (or a build without TE_LLAMA_CUDA)");
     if (T > m->config.max_position_embeddings) FAIL("--seq %d exceeds the model's %d positions", T, m->config.max_position_embeddings);
     memset(&to, 0, sizeof to);
     to.lr = (float)lr;

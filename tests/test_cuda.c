@@ -1578,6 +1578,319 @@ static void test_fp8(void) {
     test_fp8_forward();
 }
 
+/* ------------------------------------------------------------------------------------------------ training */
+
+/* ref_train.json of a fixture (tools/make_train_refs.py): the batch, HF's loss, the AdamW settings, torch's losses. */
+typedef struct train_ref {
+    int B, T, steps;
+    int32_t tokens[64], labels[64];
+    double loss, losses[32];
+    te_llama_train_options adamw;
+} train_ref;
+
+static double json_num(const te_llama_json *j, size_t obj, const char *key) {
+    double v = NAN;
+    size_t t = te_llama_json_get(j, obj, key);
+    if (t) te_llama_json_double(j, t, &v);
+    return v;
+}
+
+/* A (B, T) array of ints, flattened. */
+static int json_matrix(const te_llama_json *j, size_t arr, int32_t *out, int cap) {
+    size_t r, e, k, x;
+    int n = 0;
+    if (!arr) return 0;
+    for (r = 0, e = arr + 1; r < j->tokens[arr].size; r++, e = j->tokens[e].next)
+        for (k = 0, x = e + 1; k < j->tokens[e].size && n < cap; k++, x = j->tokens[x].next) {
+            int64_t v = 0;
+            te_llama_json_int64(j, x, &v);
+            out[n++] = (int32_t)v;
+        }
+    return n;
+}
+
+static int load_train_ref(const char *dir, train_ref *ref) {
+    char path[1100];
+    size_t len, a, ls, e;
+    char *text;
+    te_llama_json j;
+    unsigned k;
+    memset(ref, 0, sizeof *ref);
+    snprintf(path, sizeof path, "%s/ref_train.json", dir);
+    if (!(text = check_read_file(path, &len)) || te_llama_json_parse(text, len, NULL, &j)) { free(text); return 0; }
+    ref->B = (int)json_num(&j, 0, "B");
+    ref->T = (int)json_num(&j, 0, "T");
+    ref->loss = json_num(&j, 0, "loss");
+    json_matrix(&j, te_llama_json_get(&j, 0, "tokens"), ref->tokens, 64);
+    json_matrix(&j, te_llama_json_get(&j, 0, "labels"), ref->labels, 64);
+    a = te_llama_json_get(&j, 0, "adamw");
+    ref->adamw.lr = (float)json_num(&j, a, "lr");
+    ref->adamw.beta1 = (float)json_num(&j, a, "beta1");
+    ref->adamw.beta2 = (float)json_num(&j, a, "beta2");
+    ref->adamw.eps = (float)json_num(&j, a, "eps");
+    ref->adamw.weight_decay = (float)json_num(&j, a, "weight_decay");
+    ref->adamw.clip_norm = (float)json_num(&j, a, "clip_norm");
+    ref->adamw.warmup_steps = (int)json_num(&j, a, "warmup_steps");
+    ref->adamw.total_steps = (int)json_num(&j, a, "total_steps");
+    ref->adamw.min_lr_ratio = (float)json_num(&j, a, "min_lr_ratio");
+    ref->steps = (int)json_num(&j, a, "steps");
+    ls = te_llama_json_get(&j, a, "losses");
+    for (k = 0, e = ls + 1; ls && k < j.tokens[ls].size && k < 32; k++, e = j.tokens[e].next) te_llama_json_double(&j, e, &ref->losses[k]);
+    te_llama_json_free(&j);
+    free(text);
+    return ref->B * ref->T > 0 && ref->B * ref->T <= 64 && ref->steps > 0 && ref->steps < 32;
+}
+
+/* A float32 tensor of a safetensors file, malloc'd; *rows, *cols its shape (cols 1 for 1-D). */
+static float *read_tensor(const char *path, const char *name, int64_t *rows, int64_t *cols) {
+    te_llama_safetensors st;
+    const te_llama_st_tensor *t;
+    float *out = NULL;
+    FILE *f;
+    if (te_llama_safetensors_open(path, NULL, &st)) return NULL;
+    t = te_llama_safetensors_find(&st, name);
+    if (t && t->dtype == TE_LLAMA_F32 && (f = fopen(path, "rb"))) {
+        out = (float *)malloc((size_t)t->nbytes);
+        *rows = t->shape[0];
+        *cols = t->ndim == 2 ? t->shape[1] : 1;
+        if (fseek(f, (long)(st.data_start + t->offset), SEEK_SET) || fread(out, 1, (size_t)t->nbytes, f) != (size_t)t->nbytes) { free(out); out = NULL; }
+        fclose(f);
+    }
+    te_llama_safetensors_free(&st);
+    return out;
+}
+
+/* Relative L2 error of the GPU trainer's gradient of every parameter against the CPU trainer's (same model, same
+   batch, backward already run on both); prints each parameter's error when verbose or over tol; returns the worst. */
+static double grads_vs_cpu(const char *name, te_llama_trainer *gpu, te_llama_trainer *cpu, double tol, int verbose) {
+    double worst = 0;
+    int i;
+    for (i = 0; i < cpu->n_params; i++) {
+        te_llama_param *p = te_llama_parameter(cpu->model, i);
+        size_t n = te_llama_param_numel(p);
+        const float *gc = te_llama_trainer_grad(cpu, i), *gg = te_llama_trainer_grad(gpu, i);
+        double e, max_abs = 0;
+        CHECK(gg != NULL, "%s: GPU gradient %d: %s", name, i, te_llama_last_error());
+        if (!gg) return INFINITY;
+        e = rel_l2(gg, gc, n, &max_abs);
+        if (verbose || !(e < tol)) printf("    %s: %-58s rel L2 %.2e (max abs diff %.2e)\n", name, p->name, e, max_abs);
+        CHECK(e < tol, "%s: gradient of %s, GPU trainer vs the reference trainer: rel L2 %.3g (tolerance %.g)", name, p->name, e, tol);
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
+}
+
+static te_llama_result load_train(const char *dir, te_llama_backend backend, te_llama_model **m) {
+    te_llama_options o;
+    memset(&o, 0, sizeof o);
+    o.backend = backend;
+    o.decoder = te_llama_te_decoder;
+    o.dtype = TE_LLAMA_BF16; /* the CUDA backend runs BF16; the CPU side stores the same rounded values */
+    o.log = quiet_log;
+    *m = NULL;
+    return te_llama_load(dir, &o, m);
+}
+
+/* A fixture's gradients on the GPU against HF's float64 ones (tools/make_train_refs.py, on the checkpoint's own
+   weights: the GPU runs their bf16 rounding, so part of the error is the weights' rounding) and against the CPU
+   trainer's on the same bf16 weights; then 10 AdamW steps against torch's losses; gradient accumulation over two
+   micro-batches against one batch; an optimizer state saved, loaded into a fresh model and trained on. */
+static void test_train_fixture(const char *name) {
+    char dir[256], path[400];
+    te_llama_model *gpu = NULL, *cpu = NULL, *g2 = NULL;
+    te_llama_trainer *tg = NULL, *tc = NULL, *t2 = NULL;
+    train_ref ref;
+    double lg = 0, lc = 0, worst_hf = 0, worst_cpu, worst_step = 0, a[2] = {0, 0}, b[2] = {0, 0};
+    int i, s, n_sources = 0;
+    snprintf(dir, sizeof dir, FIXTURES "%s", name);
+    snprintf(path, sizeof path, "%s/ref_grads.safetensors", dir);
+    CHECK(load_train_ref(dir, &ref), "%s: ref_train.json", name);
+    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &gpu), TE_LLAMA_OK);
+    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CPU, &cpu), TE_LLAMA_OK);
+    if (!gpu || !cpu || ref.B < 1) goto done;
+    CHECK_RESULT(te_llama_trainer_create(gpu, NULL, &tg), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_trainer_create(cpu, NULL, &tc), TE_LLAMA_OK);
+    if (!tg || !tc) { printf("  %s: %s\n", name, te_llama_last_error()); goto done; }
+    CHECK(tg->device != NULL && tg->master == NULL, "%s: the CUDA trainer keeps its state on the device", name);
+    CHECK_RESULT(te_llama_trainer_backward(tg, ref.tokens, ref.labels, ref.B, ref.T, &lg), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_trainer_backward(tc, ref.tokens, ref.labels, ref.B, ref.T, &lc), TE_LLAMA_OK);
+    printf("  train %s: loss GPU %.6f, CPU (bf16 weights) %.6f, HF float64 %.6f\n", name, lg, lc, ref.loss);
+    CHECK(fabs(lg - ref.loss) < 2e-2 * fabs(ref.loss), "%s: GPU loss %.6f, HF %.6f", name, lg, ref.loss);
+    CHECK(fabs(lg - lc) < 1e-2 * fabs(lc), "%s: GPU loss %.6f, CPU %.6f", name, lg, lc);
+    /* every parameter against HF, source by source (the reference keeps the even rows of each matrix) */
+    for (i = 0; i < te_llama_num_parameters(gpu); i++) {
+        te_llama_param *p = te_llama_parameter(gpu, i);
+        const float *g = te_llama_trainer_grad(tg, i);
+        int64_t cols = p->ndim == 2 ? p->shape[1] : 1;
+        int src;
+        CHECK(g != NULL, "%s: gradient %d: %s", name, i, te_llama_last_error());
+        if (!g) break;
+        for (src = 0; src < p->n_sources; src++) {
+            int64_t rows = 0, rcols = 0, r, c;
+            float *want = read_tensor(path, p->sources[src].name, &rows, &rcols);
+            double d2 = 0, w2 = 0, e;
+            CHECK(want != NULL, "%s: no reference gradient %s", name, p->sources[src].name);
+            if (!want) continue;
+            CHECK(rcols == cols && rows == (p->ndim == 2 ? (p->sources[src].n_rows + 1) / 2 : p->shape[0]), "%s: %s shape", name, p->sources[src].name);
+            if (rcols == cols)
+                for (r = 0; r < rows; r++)
+                    for (c = 0; c < cols; c++) {
+                        int64_t row = p->ndim == 2 ? p->sources[src].row_begin + 2 * r : 0, col = p->ndim == 2 ? c : r;
+                        double got = g[row * cols + col], w = want[r * cols + c];
+                        d2 += (got - w) * (got - w);
+                        w2 += w * w;
+                    }
+            e = sqrt(d2) / (sqrt(w2) > 0 ? sqrt(w2) : 1);
+            if (!(e == e)) e = INFINITY;
+            printf("    %s: %-44s vs HF rel L2 %.2e\n", name, p->sources[src].name, e);
+            CHECK(e < 2e-2, "%s: GPU gradient of %s (from %s) vs HF float64: relative error %.3g", name, p->name, p->sources[src].name, e);
+            if (!(e <= worst_hf)) worst_hf = e;
+            n_sources++;
+            free(want);
+        }
+    }
+    CHECK(n_sources >= 9 * gpu->config.num_hidden_layers + 2, "%s: %d gradients compared", name, n_sources);
+    worst_cpu = grads_vs_cpu(name, tg, tc, 1e-2, 0);
+    printf("  train %s: worst gradient rel L2 vs HF %.2e (bf16 weights and activations), vs the CPU trainer %.2e\n", name, worst_hf, worst_cpu);
+    te_llama_trainer_free(tg);
+    te_llama_trainer_free(tc);
+    tg = tc = NULL;
+    te_llama_free(gpu);
+    gpu = NULL;
+    /* 10 AdamW steps against torch's losses (torch: float32 weights; here bf16 weights and activations) */
+    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &gpu), TE_LLAMA_OK);
+    if (gpu) CHECK_RESULT(te_llama_trainer_create(gpu, &ref.adamw, &tg), TE_LLAMA_OK);
+    printf("  train %s: AdamW losses GPU / torch:", name);
+    for (s = 0; tg && s < ref.steps; s++) {
+        double l = 0;
+        CHECK_RESULT(te_llama_train_step(tg, ref.tokens, ref.labels, ref.B, ref.T, &l), TE_LLAMA_OK);
+        printf(" %.4f/%.4f", l, ref.losses[s]);
+        CHECK(fabs(l - ref.losses[s]) < 2e-2, "%s: AdamW step %d: GPU loss %.6f, torch %.6f", name, s, l, ref.losses[s]);
+        if (!(fabs(l - ref.losses[s]) <= worst_step)) worst_step = fabs(l - ref.losses[s]);
+        CHECK(tg->step == s + 1 && fabs(tg->last_lr - te_llama_train_lr(&ref.adamw, s)) < 1e-12 && tg->last_grad_norm > 0,
+              "%s: step %d: lr %g, grad norm %g", name, s, tg->last_lr, tg->last_grad_norm);
+    }
+    if (tg) {
+        double l = 0;
+        CHECK_RESULT(te_llama_eval_loss(gpu, ref.tokens, ref.labels, ref.B, ref.T, &l), TE_LLAMA_OK);
+        printf(" | after: %.4f/%.4f\n", l, ref.losses[ref.steps]);
+        CHECK(fabs(l - ref.losses[ref.steps]) < 2e-2, "%s: loss after %d AdamW steps: GPU %.6f, torch %.6f", name, ref.steps, l, ref.losses[ref.steps]);
+        if (!(fabs(l - ref.losses[ref.steps]) <= worst_step)) worst_step = fabs(l - ref.losses[ref.steps]);
+        printf("  train %s: worst AdamW loss difference from torch %.2e\n", name, worst_step);
+    }
+    /* the optimizer state: save after 10 steps, load into a fresh model's trainer, train 2 more steps on both */
+    snprintf(path, sizeof path, "%s/%s.train_state.safetensors", out_dir, name);
+    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &g2), TE_LLAMA_OK);
+    if (g2) CHECK_RESULT(te_llama_trainer_create(g2, &ref.adamw, &t2), TE_LLAMA_OK);
+    if (tg && t2) {
+        CHECK_RESULT(te_llama_trainer_save_state(tg, path), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_trainer_load_state(t2, path), TE_LLAMA_OK);
+        CHECK(t2->step == tg->step, "%s: resumed at step %lld, saved at %lld", name, (long long)t2->step, (long long)tg->step);
+        for (s = 0; s < 2; s++) {
+            CHECK_RESULT(te_llama_train_step(tg, ref.tokens, ref.labels, ref.B, ref.T, &a[s]), TE_LLAMA_OK);
+            CHECK_RESULT(te_llama_train_step(t2, ref.tokens, ref.labels, ref.B, ref.T, &b[s]), TE_LLAMA_OK);
+        }
+        printf("  train %s: resumed from a saved state: losses %.7f %.7f, uninterrupted %.7f %.7f\n", name, b[0], b[1], a[0], a[1]);
+        /* atomics make the summation order vary between runs: equal to rounding, not bit for bit */
+        CHECK(fabs(a[0] - b[0]) < 1e-4 && fabs(a[1] - b[1]) < 1e-4, "%s: resumed losses %.7f %.7f, uninterrupted %.7f %.7f", name, b[0], b[1], a[0], a[1]);
+    }
+    te_llama_trainer_free(t2);
+    te_llama_trainer_free(tg);
+    t2 = tg = NULL;
+    /* two micro-batches of one sequence each == one batch of both (the label counts differ): two trainers on one
+       model, backward only */
+    if (ref.B == 2 && gpu) {
+        te_llama_train_options o;
+        te_llama_trainer *t1 = NULL;
+        memset(&o, 0, sizeof o);
+        o.grad_accum = 2;
+        CHECK_RESULT(te_llama_trainer_create(gpu, &o, &t1), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_trainer_create(gpu, NULL, &t2), TE_LLAMA_OK);
+        if (t1 && t2) {
+            CHECK_RESULT(te_llama_trainer_backward(t1, ref.tokens, ref.labels, 1, ref.T, NULL), TE_LLAMA_OK);
+            CHECK_RESULT(te_llama_trainer_backward(t1, ref.tokens + ref.T, ref.labels + ref.T, 1, ref.T, NULL), TE_LLAMA_OK);
+            CHECK_RESULT(te_llama_trainer_backward(t2, ref.tokens, ref.labels, ref.B, ref.T, NULL), TE_LLAMA_OK);
+            CHECK(t1->n_labels == t2->n_labels && t1->micro == 2, "%s: labels %lld vs %lld", name, (long long)t1->n_labels, (long long)t2->n_labels);
+            /* the same math up to bf16 rounding: the loss gradient reaches the GEMMs scaled by 1 / (the first
+               micro-batch's labels) then rescaled, against 1 / (all labels) directly, so the roundings differ */
+            printf("  train %s: two accumulated micro-batches vs one batch: worst gradient rel L2 %.2e\n", name, grads_vs_cpu(name, t1, t2, 1e-2, 0));
+        }
+        te_llama_trainer_free(t1);
+    }
+done:
+    te_llama_trainer_free(t2);
+    te_llama_trainer_free(tg);
+    te_llama_trainer_free(tc);
+    te_llama_free(g2);
+    te_llama_free(gpu);
+    te_llama_free(cpu);
+}
+
+/* A random model at a longer T (several 64-row attention tiles, a partial last one, GQA), GPU gradients against the
+   CPU trainer's on the same bf16 weights: exercises the attention backward's tiling and the prefill kernel's
+   log-sum-exp (head_dim 64 and 128) or the CUDA-core training forward (32). */
+static void test_train_long(int hd, int nh, int nkv, int B, int T) {
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    te_llama_trainer *tc = NULL, *tg = NULL;
+    int32_t *tokens = (int32_t *)malloc(sizeof(int32_t) * (size_t)B * T), *labels = (int32_t *)malloc(sizeof(int32_t) * (size_t)B * T);
+    uint64_t x = 777 + (uint64_t)hd;
+    double lc = 0, lg = 0, le = 0, worst, t0, t1;
+    char name[96];
+    int i;
+    snprintf(name, sizeof name, "train B %d x T %d, head_dim %d, %d:%d heads", B, T, hd, nh, nkv);
+    random_config(&c, 256, 512, 2, nh, nkv, hd, 512);
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    for (i = 0; i < B * T; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((x >> 33) % (uint64_t)c.vocab_size);
+        labels[i] = i % 7 == 3 ? TE_LLAMA_IGNORE_INDEX : tokens[i];
+    }
+    CHECK_RESULT(te_llama_trainer_create(cpu, NULL, &tc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_trainer_create(gpu, NULL, &tg), TE_LLAMA_OK);
+    if (!tc || !tg) { printf("  %s: %s\n", name, te_llama_last_error()); goto done; }
+    t0 = now_s();
+    CHECK_RESULT(te_llama_trainer_backward(tc, tokens, labels, B, T, &lc), TE_LLAMA_OK);
+    t1 = now_s();
+    CHECK_RESULT(te_llama_trainer_backward(tg, tokens, labels, B, T, &lg), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_eval_loss(gpu, tokens, labels, B, T, &le), TE_LLAMA_OK);
+    worst = grads_vs_cpu(name, tg, tc, 2e-2, 1);
+    printf("  %s: loss GPU %.6f (eval %.6f), CPU %.6f; worst gradient rel L2 %.2e; CPU %.0f ms, GPU %.1f ms\n", name, lg, le, lc, worst,
+           1e3 * (t1 - t0), 1e3 * (now_s() - t1));
+    CHECK(fabs(lg - lc) < 1e-2 * fabs(lc) && fabs(le - lg) < 1e-4 * fabs(lg), "%s: loss GPU %.6f, eval %.6f, CPU %.6f", name, lg, le, lc);
+done:
+    te_llama_trainer_free(tc);
+    te_llama_trainer_free(tg);
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+    free(tokens);
+    free(labels);
+}
+
+static void test_train_errors(void) {
+    te_llama_config c;
+    te_llama_model *cpu = NULL, *gpu = NULL;
+    te_llama_trainer *t = NULL;
+    random_config(&c, 192, 256, 1, 4, 2, 48, 256); /* head_dim 48: the training attention kernels do not take it */
+    if (!random_pair(&c, &cpu, &gpu)) goto done;
+    CHECK_RESULT(te_llama_trainer_create(gpu, NULL, &t), TE_LLAMA_ERR_UNSUPPORTED);
+    CHECK(t == NULL && strstr(te_llama_last_error(), "head_dim") != NULL, "head_dim 48: %s", te_llama_last_error());
+done:
+    te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+static void test_train(void) {
+    static const char *const names[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
+    size_t f;
+    for (f = 0; f < sizeof names / sizeof names[0]; f++) test_train_fixture(names[f]);
+    test_train_long(64, 8, 2, 2, 300);
+    test_train_long(128, 4, 1, 2, 200);
+    test_train_long(32, 4, 4, 2, 300);
+    test_train_long(16, 4, 2, 1, 130);
+    test_train_errors();
+}
+
 int main(void) {
     static const char *const fixtures[] = {"gqa_tied_llama3", "mha_untied_bf16", "headdim_f16"};
     const char *env = getenv("TE_LLAMA_TMP");
@@ -1602,5 +1915,6 @@ int main(void) {
     test_long_prompt("long prompt hd128", 128, 4, 1, 1024);
     test_long_prompt("long prompt hd64", 64, 8, 2, 777);
     test_general_attention();
+    test_train();
     return CHECK_DONE("cuda");
 }
