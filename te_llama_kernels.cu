@@ -2730,8 +2730,15 @@ done:
      apply): it clips, updates, zeroes the gradient and rounds the master weight into the model's BF16 parameter.
      Traffic per optimizer step: 34 bytes a parameter (about 42 GB for Llama-3.2-1B, ~10 ms on an H200).
    MEMORY for the activations: per token and layer about 4 (3 h + q + 2 kv) + 2 (2 h + q + 2 kv + 3 I) + 4 heads
-     bytes, plus the backward's work buffers and the logits chunk; grown to the largest batch, kept in the device
-     context until the model is freed. */
+     bytes (and 4 q more at head_dim 16 and 32: the fp32 attention output), plus the backward's work buffers and the
+     logits chunk; grown to the largest batch, kept in the device context until the model is freed.
+   NUMERICS (tools/train_precision.c emulates each rounding point in the fp32 CPU pass; bench/NOTES.md, "Training
+     precision", has the table): on the tiny test fixtures most of the gradient error against float64 comes from the
+     forward's bf16 GEMM inputs, which a bf16 trainer cannot avoid: the weights themselves (1.85% relative L2 on a
+     float32 checkpoint) and the RMSNorm outputs (1.05%); rounding them only in the wgrad GEMMs would not help. The
+     avoidable part was at the attention: k and v read in bf16 (0.7%) and D = rowsum(dO O) from the bf16 O (0.6%,
+     cancellation in dP - D). At head_dim 16 and 32 the attention kernels now read k and v from the fp32 QKV rows
+     and D takes an fp32 copy of O; at 64 and 128 the tensor-core prefill kernel's bf16 q, k, v, P and O remain. */
 
 #define TE_LLAMA__T_TILE 64          /* query rows and keys of an attention tile */
 #define TE_LLAMA__T_THREADS 256      /* 16 x 16 threads: 4 rows by 4 columns of a 64 x 64 tile each */
@@ -2840,13 +2847,15 @@ __global__ void te_llama__t_xent_kernel(const float *logits, const int32_t *targ
     }
 }
 
-/* dd[t, head] = sum_d dO[t, head, d] O[t, head, d] (FlashAttention's D; O as the forward stored it). One warp a
+/* dd[t, head] = sum_d dO[t, head, d] O[t, head, d] (FlashAttention's D): O in fp32 (att32) when the forward kept
+   it (head_dim 16, 32: then D equals rowsum(P dP) of the backward up to fp32 rounding), else the bf16 O. One warp a
    (token, head); dO and O are (n, heads, hd), so (token, head) w starts at w hd. */
-__global__ void te_llama__t_attn_dd_kernel(const float *datt, const te_llama__bf16 *att, float *dd, int rows, int hd) {
+__global__ void te_llama__t_attn_dd_kernel(const float *datt, const te_llama__bf16 *att, const float *att32, float *dd, int rows, int hd) {
     const int w = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     float s = 0.0f;
     if (w >= rows) return;
-    for (int d = lane; d < hd; d += 32) s += datt[(size_t)w * hd + d] * __bfloat162float(att[(size_t)w * hd + d]);
+    for (int d = lane; d < hd; d += 32)
+        s += datt[(size_t)w * hd + d] * (att32 ? att32[(size_t)w * hd + d] : __bfloat162float(att[(size_t)w * hd + d]));
     s = te_llama__warp_sum(s);
     if (lane == 0) dd[w] = s;
 }
@@ -2862,12 +2871,12 @@ static size_t te_llama__t_bwd_smem(int hd) {
 /* Causal GQA attention forward for training, head_dim HD (16 or 32; 64 and 128 use the tensor-core prefill kernel),
    on the CUDA cores: one block a (64-query tile, head, sequence), 16 x 16 threads, thread (ty, tx) owning query rows
    4 ty .. 4 ty + 3 and keys (or output dims) tx + 16 j. Key tiles 0 .. its own stream through shared memory; online
-   softmax in fp32 (natural log). q from the fp32 QKV rows after RoPE, k and v from the bf16 buffers, as the prefill
-   kernel reads them. Writes O (bf16, (n, heads, HD)) and the log-sum-exp of the scaled scores (B, heads, T). */
+   softmax in fp32 (natural log). q, k and v all from the fp32 QKV rows after RoPE (bf16 k and v cost about 0.7%
+   relative error on the fixtures' gradients, see NUMERICS above). Writes O (bf16 for the proj GEMM, and fp32 for the
+   backward's D: (n, heads, HD) each) and the log-sum-exp of the scaled scores (B, heads, T). */
 template <int HD>
 __global__ void __launch_bounds__(TE_LLAMA__T_THREADS)
-te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te_llama__bf16 *vc, te_llama__bf16 *out, float *lse,
-                            int T, int nh, int nkv, float scale) {
+te_llama__t_attn_fwd_kernel(const float *qkv, te_llama__bf16 *out, float *out32, float *lse, int T, int nh, int nkv, float scale) {
     constexpr int BT = TE_LLAMA__T_TILE, LD = HD + 1, DJ = HD / 16;
     extern __shared__ float te_llama__t_smem[];
     float *Qs = te_llama__t_smem, *Ks = Qs + BT * LD, *Vs = Ks + BT * LD, *Ps = Vs + BT * LD; /* Ps: [BT][BT + 1] */
@@ -2892,9 +2901,9 @@ te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
         __syncthreads(); /* the last tile's K, V and P are read */
         for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
             const int r = i / HD, d = i - r * HD, ok = k0 + r < T;
-            const size_t at = (tok0 + (size_t)(ok ? k0 + r : 0)) * kv_dim + (size_t)kvh * HD + d;
-            Ks[r * LD + d] = ok ? __bfloat162float(kc[at]) : 0.0f;
-            Vs[r * LD + d] = ok ? __bfloat162float(vc[at]) : 0.0f;
+            const size_t at = (tok0 + (size_t)(ok ? k0 + r : 0)) * ld + q_dim + (size_t)kvh * HD + d;
+            Ks[r * LD + d] = ok ? qkv[at] : 0.0f;
+            Vs[r * LD + d] = ok ? qkv[at + kv_dim] : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -2955,7 +2964,11 @@ te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
         const int q = q0 + 4 * ty + i;
         if (q >= T) continue;
 #pragma unroll
-        for (int j = 0; j < DJ; j++) out[(tok0 + q) * q_dim + (size_t)h * HD + tx + 16 * j] = __float2bfloat16(o[i][j] / l[i]);
+        for (int j = 0; j < DJ; j++) {
+            const size_t at = (tok0 + q) * q_dim + (size_t)h * HD + tx + 16 * j;
+            out[at] = __float2bfloat16(o[i][j] / l[i]);
+            out32[at] = o[i][j] / l[i];
+        }
         if (tx == 0) lse[((size_t)b * nh + h) * T + q] = m[i] + logf(l[i]);
     }
 }
@@ -2964,7 +2977,8 @@ te_llama__t_attn_fwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
    head, sequence), 16 x 16 threads (a block per query head rather than per kv head: four times the blocks for
    Llama-3's groups, a shorter critical path). Its keys and values stay in shared memory; for each query tile at or
    after the key tile it loads q, dO, the log-sum-exp and D (= rowsum(dO O)), recomputes
-   P = exp(scale q k - lse), and accumulates dV += P^T dO and dK += dS^T q in registers (thread (ty, tx): keys
+   P = exp(scale q k - lse) (k and v in fp32 from the QKV rows at head_dim 16 and 32, from the bf16 buffers at 64
+   and 128, as the forward read them), and accumulates dV += P^T dO and dK += dS^T q in registers (thread (ty, tx): keys
    4 ty .. 4 ty + 3, dims tx + 16 j), dS = P (dO v - D); dQ = scale dS k is added to the fp32 gradient with atomics.
    At the end dK (times scale) and dV are added with atomics into their columns of the fp32 QKV gradient (the
    group's query heads share them; the whole gradient must be zero before the launch). Traffic: per block its keys and values once, and per (head, query tile) 64 x HD fp32 of
@@ -2981,11 +2995,11 @@ te_llama__t_attn_bwd_kernel(const float *qkv, const te_llama__bf16 *kc, const te
     const int q_dim = nh * HD, kv_dim = nkv * HD, ld = q_dim + 2 * kv_dim, kvh = h / (nh / nkv), k0 = kt * BT, n_qt = (T + BT - 1) / BT;
     const size_t tok0 = (size_t)b * T;
     float dk[4][DJ], dv[4][DJ];
-    for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) {
+    for (int i = tid; i < BT * HD; i += TE_LLAMA__T_THREADS) { /* k and v as the forward read them */
         const int r = i / HD, d = i - r * HD, ok = k0 + r < T;
-        const size_t at = (tok0 + (size_t)(ok ? k0 + r : 0)) * kv_dim + (size_t)kvh * HD + d;
-        Ks[r * LD + d] = ok ? __bfloat162float(kc[at]) : 0.0f;
-        Vs[r * LD + d] = ok ? __bfloat162float(vc[at]) : 0.0f;
+        const size_t tok = tok0 + (size_t)(ok ? k0 + r : 0), at = tok * kv_dim + (size_t)kvh * HD + d, af = tok * ld + q_dim + (size_t)kvh * HD + d;
+        Ks[r * LD + d] = !ok ? 0.0f : HD <= 32 ? qkv[af] : __bfloat162float(kc[at]);
+        Vs[r * LD + d] = !ok ? 0.0f : HD <= 32 ? qkv[af + kv_dim] : __bfloat162float(vc[at]);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -3198,6 +3212,7 @@ typedef struct te_llama__tact {
     float *qkv;              /* (layers, cap, q_dim + 2 kv_dim) q and k rotated */
     te_llama__bf16 *kc, *vc; /* (layers, cap, kv_dim) rotated k and v in bf16, as the attention read them */
     te_llama__bf16 *att;     /* (layers, cap, q_dim) attention output */
+    float *att32;            /* (layers, cap, q_dim) the same in fp32 for D; head_dim 16 and 32 only, else NULL */
     float *lse;              /* (layers, B, heads, T) log-sum-exp of each query row's scaled scores */
     te_llama__bf16 *fc1;     /* (layers, cap, 2 I) gate then up */
     te_llama__bf16 *act;     /* (layers, cap, I) */
@@ -3286,6 +3301,7 @@ static te_llama_result te_llama__tact_ensure(te_llama_model *m, te_llama__cuda *
     TE_LLAMA__TPART(chunk * V * 4);
     TE_LLAMA__TPART(chunk * V * 2);
     TE_LLAMA__TPART(cap * 4);                /* 26 row_loss */
+    TE_LLAMA__TPART(c->head_dim <= 32 ? L * cap * q * 4 : 0); /* 27 att32 */
 #undef TE_LLAMA__TPART
     fresh.host_ints = (int32_t *)te_llama__host_alloc(&ctx->allocator, cap * 8 * 4);
     fresh.host_loss = (float *)te_llama__host_alloc(&ctx->allocator, cap * 4);
@@ -3331,6 +3347,7 @@ static te_llama_result te_llama__tact_ensure(te_llama_model *m, te_llama__cuda *
     fresh.logits = TE_LLAMA__TAT(24, float);
     fresh.dlogits = TE_LLAMA__TAT(25, te_llama__bf16);
     fresh.row_loss = TE_LLAMA__TAT(26, float);
+    fresh.att32 = c->head_dim <= 32 ? TE_LLAMA__TAT(27, float) : NULL;
 #undef TE_LLAMA__TAT
     fresh.cap = (int)cap;
     fresh.chunk = (int)chunk;
@@ -3401,7 +3418,7 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
         } else {
             const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nh, (unsigned)B);
 #define TE_LLAMA__T_FWD(HD_) te_llama__t_attn_fwd_kernel<HD_><<<grid, TE_LLAMA__T_THREADS, te_llama__t_fwd_smem(HD_), ctx->stream>>>( \
-                qkv, kc, vc, att, lse, T, nh, nkv, scale)
+                qkv, att, a->att32 + nl * q_dim, lse, T, nh, nkv, scale)
             TE_LLAMA__T_HD_SWITCH(hd, TE_LLAMA__T_FWD)
 #undef TE_LLAMA__T_FWD
             TE_LLAMA__LAUNCHED(t_attn_fwd);
@@ -3494,7 +3511,8 @@ static te_llama_result te_llama__t_backward(te_llama_model *m, te_llama__cuda *c
         if ((r = te_llama__t_to_bf16(ctx, a->dx, a->dxb, (size_t)n * h))) return r;
         if ((r = te_llama__gemm_op(ctx, 0, 0, P[4].data, a->dxb, NULL, a->datt, CUDA_R_32F, q_dim, n, h, 0))) return r;
         if ((r = te_llama__gemm_op(ctx, 0, 1, att, a->dxb, TE_LLAMA__G(pidx + 4), TE_LLAMA__G(pidx + 4), CUDA_R_32F, q_dim, h, n, 1))) return r;
-        te_llama__t_attn_dd_kernel<<<(unsigned)(((size_t)n * nh * 32 + 255) / 256), 256, 0, ctx->stream>>>(a->datt, att, a->dd, n * nh, hd);
+        te_llama__t_attn_dd_kernel<<<(unsigned)(((size_t)n * nh * 32 + 255) / 256), 256, 0, ctx->stream>>>(
+            a->datt, att, a->att32 ? a->att32 + nl * q_dim : NULL, a->dd, n * nh, hd);
         TE_LLAMA__LAUNCHED(t_attn_dd);
         TE_LLAMA__CU(cudaMemsetAsync(a->dqkv, 0, sizeof(float) * (size_t)n * ld, ctx->stream));
         {

@@ -1750,7 +1750,10 @@ static void test_train_fixture(const char *name) {
         }
     }
     CHECK(n_sources >= 9 * gpu->config.num_hidden_layers + 2, "%s: %d gradients compared", name, n_sources);
-    worst_cpu = grads_vs_cpu(name, tg, tc, 1e-2, 0);
+    /* 2e-2: tools/train_precision.c puts the GPU's rounding points (bf16 GEMM inputs and stored activations) at
+       1.2-1.4e-2 worst on these fixtures against the fp32 CPU pass, and they measured up to 10% above their
+       emulation before (1.88e-2 against 1.71e-2); a wrong term is an error of order 1 */
+    worst_cpu = grads_vs_cpu(name, tg, tc, 2e-2, 0);
     printf("  train %s: worst gradient rel L2 vs HF %.2e (bf16 weights and activations), vs the CPU trainer %.2e\n", name, worst_hf, worst_cpu);
     te_llama_trainer_free(tg);
     te_llama_trainer_free(tc);
