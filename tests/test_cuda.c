@@ -1691,17 +1691,56 @@ static te_llama_result load_train(const char *dir, te_llama_backend backend, te_
     return te_llama_load(dir, &o, m);
 }
 
-/* A fixture's gradients on the GPU against HF's float64 ones (tools/make_train_refs.py, on the checkpoint's own
-   weights: the GPU runs their bf16 rounding, so part of the error is the weights' rounding) and against the CPU
-   trainer's on the same bf16 weights; then 10 AdamW steps against torch's losses; gradient accumulation over two
+/* The trainer's gradient of every HF source tensor against the float64 reference in path (even rows of each
+   matrix), each below bound; *worst gets the largest relative L2. Returns the number compared. */
+static int grads_vs_hf(const char *name, te_llama_model *gpu, te_llama_trainer *tg, const char *path, double bound, double *worst) {
+    const char *file = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    int i, n = 0;
+    *worst = 0;
+    for (i = 0; i < te_llama_num_parameters(gpu); i++) {
+        te_llama_param *p = te_llama_parameter(gpu, i);
+        const float *g = te_llama_trainer_grad(tg, i);
+        int64_t cols = p->ndim == 2 ? p->shape[1] : 1;
+        int src;
+        CHECK(g != NULL, "%s: gradient %d: %s", name, i, te_llama_last_error());
+        if (!g) break;
+        for (src = 0; src < p->n_sources; src++) {
+            int64_t rows = 0, rcols = 0, r, c;
+            float *want = read_tensor(path, p->sources[src].name, &rows, &rcols);
+            double d2 = 0, w2 = 0, e;
+            CHECK(want != NULL, "%s: no reference gradient %s in %s", name, p->sources[src].name, file);
+            if (!want) continue;
+            CHECK(rcols == cols && rows == (p->ndim == 2 ? (p->sources[src].n_rows + 1) / 2 : p->shape[0]), "%s: %s shape", name, p->sources[src].name);
+            if (rcols == cols)
+                for (r = 0; r < rows; r++)
+                    for (c = 0; c < cols; c++) {
+                        int64_t row = p->ndim == 2 ? p->sources[src].row_begin + 2 * r : 0, col = p->ndim == 2 ? c : r;
+                        double got = g[row * cols + col], w = want[r * cols + c];
+                        d2 += (got - w) * (got - w);
+                        w2 += w * w;
+                    }
+            e = sqrt(d2) / (sqrt(w2) > 0 ? sqrt(w2) : 1);
+            if (!(e == e)) e = INFINITY;
+            printf("    %s: %-44s vs HF (%s) rel L2 %.2e\n", name, p->sources[src].name, file, e);
+            CHECK(e < bound, "%s: GPU gradient of %s (from %s) vs HF float64 (%s): relative error %.3g", name, p->name, p->sources[src].name, file, e);
+            if (!(e <= *worst)) *worst = e;
+            n++;
+            free(want);
+        }
+    }
+    return n;
+}
+
+/* A fixture's gradients on the GPU against HF's float64 ones (tools/make_train_refs.py: at the bf16-rounded weights
+   the GPU holds, and at the checkpoint's own) and against the CPU trainer's on the same bf16 weights; then 10 AdamW steps against torch's losses; gradient accumulation over two
    micro-batches against one batch; an optimizer state saved, loaded into a fresh model and trained on. */
 static void test_train_fixture(const char *name) {
     char dir[256], path[400];
     te_llama_model *gpu = NULL, *cpu = NULL, *g2 = NULL;
     te_llama_trainer *tg = NULL, *tc = NULL, *t2 = NULL;
     train_ref ref;
-    double lg = 0, lc = 0, worst_hf = 0, worst_cpu, worst_step = 0, a[2] = {0, 0}, b[2] = {0, 0};
-    int i, s, n_sources = 0;
+    double lg = 0, lc = 0, worst_hf = 0, worst_hf_own = 0, worst_cpu, worst_step = 0, a[2] = {0, 0}, b[2] = {0, 0};
+    int s, n_sources = 0;
     snprintf(dir, sizeof dir, FIXTURES "%s", name);
     snprintf(path, sizeof path, "%s/ref_grads.safetensors", dir);
     CHECK(load_train_ref(dir, &ref), "%s: ref_train.json", name);
@@ -1717,44 +1756,27 @@ static void test_train_fixture(const char *name) {
     printf("  train %s: loss GPU %.6f, CPU (bf16 weights) %.6f, HF float64 %.6f\n", name, lg, lc, ref.loss);
     CHECK(fabs(lg - ref.loss) < 2e-2 * fabs(ref.loss), "%s: GPU loss %.6f, HF %.6f", name, lg, ref.loss);
     CHECK(fabs(lg - lc) < 1e-2 * fabs(lc), "%s: GPU loss %.6f, CPU %.6f", name, lg, lc);
-    /* every parameter against HF, source by source (the reference keeps the even rows of each matrix) */
-    for (i = 0; i < te_llama_num_parameters(gpu); i++) {
-        te_llama_param *p = te_llama_parameter(gpu, i);
-        const float *g = te_llama_trainer_grad(tg, i);
-        int64_t cols = p->ndim == 2 ? p->shape[1] : 1;
-        int src;
-        CHECK(g != NULL, "%s: gradient %d: %s", name, i, te_llama_last_error());
-        if (!g) break;
-        for (src = 0; src < p->n_sources; src++) {
-            int64_t rows = 0, rcols = 0, r, c;
-            float *want = read_tensor(path, p->sources[src].name, &rows, &rcols);
-            double d2 = 0, w2 = 0, e;
-            CHECK(want != NULL, "%s: no reference gradient %s", name, p->sources[src].name);
-            if (!want) continue;
-            CHECK(rcols == cols && rows == (p->ndim == 2 ? (p->sources[src].n_rows + 1) / 2 : p->shape[0]), "%s: %s shape", name, p->sources[src].name);
-            if (rcols == cols)
-                for (r = 0; r < rows; r++)
-                    for (c = 0; c < cols; c++) {
-                        int64_t row = p->ndim == 2 ? p->sources[src].row_begin + 2 * r : 0, col = p->ndim == 2 ? c : r;
-                        double got = g[row * cols + col], w = want[r * cols + c];
-                        d2 += (got - w) * (got - w);
-                        w2 += w * w;
-                    }
-            e = sqrt(d2) / (sqrt(w2) > 0 ? sqrt(w2) : 1);
-            if (!(e == e)) e = INFINITY;
-            printf("    %s: %-44s vs HF rel L2 %.2e\n", name, p->sources[src].name, e);
-            CHECK(e < 2e-2, "%s: GPU gradient of %s (from %s) vs HF float64: relative error %.3g", name, p->name, p->sources[src].name, e);
-            if (!(e <= worst_hf)) worst_hf = e;
-            n_sources++;
-            free(want);
-        }
+    /* every parameter against HF, source by source (the reference keeps the even rows of each matrix), twice: at the
+       weights the GPU holds (ref_grads_bf16.safetensors: HF float64 at the bf16-rounded weights, for the fixtures
+       not stored in bf16; issue 10's bound 2e-2) and at the checkpoint's own weights (ref_grads.safetensors, which
+       adds the weights' rounding: 1.85e-2 alone on gqa_tied_llama3 by tools/train_precision.c; bound 3e-2) */
+    {
+        char path16[400];
+        FILE *f16;
+        snprintf(path16, sizeof path16, "%s/ref_grads_bf16.safetensors", dir);
+        f16 = fopen(path16, "rb");
+        if (f16) fclose(f16);
+        else snprintf(path16, sizeof path16, "%s", path);
+        n_sources = grads_vs_hf(name, gpu, tg, path16, 2e-2, &worst_hf);
+        CHECK(grads_vs_hf(name, gpu, tg, path, 3e-2, &worst_hf_own) == n_sources, "%s: the two references differ in count", name);
     }
     CHECK(n_sources >= 9 * gpu->config.num_hidden_layers + 2, "%s: %d gradients compared", name, n_sources);
     /* 2e-2: tools/train_precision.c puts the GPU's rounding points (bf16 GEMM inputs and stored activations) at
        1.2-1.4e-2 worst on these fixtures against the fp32 CPU pass, and they measured up to 10% above their
        emulation before (1.88e-2 against 1.71e-2); a wrong term is an error of order 1 */
     worst_cpu = grads_vs_cpu(name, tg, tc, 2e-2, 0);
-    printf("  train %s: worst gradient rel L2 vs HF %.2e (bf16 weights and activations), vs the CPU trainer %.2e\n", name, worst_hf, worst_cpu);
+    printf("  train %s: worst gradient rel L2 vs HF float64 at the bf16-rounded weights %.2e, at the checkpoint's weights %.2e; vs the CPU "
+           "trainer %.2e\n", name, worst_hf, worst_hf_own, worst_cpu);
     te_llama_trainer_free(tg);
     te_llama_trainer_free(tc);
     tg = tc = NULL;

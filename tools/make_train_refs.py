@@ -10,6 +10,9 @@ For each of gqa_tied_llama3, mha_untied_bf16 and headdim_f16 it writes, beside t
                          lm_head is part of model.embed_tokens.weight), from the checkpoint loaded in float64 with
                          eager attention, autograd in float64. To keep the fixture small a 2-D gradient keeps
                          its even rows only (rows 0, 2, 4, ...: shape (ceil(rows / 2), cols)); 1-D ones are whole.
+  ref_grads_bf16.safetensors   (fixtures not stored in bf16) the same gradients with the weights first rounded to
+                         bfloat16, as the CUDA backend holds them, then computed in float64: the reference for
+                         the GPU trainer's own arithmetic, apart from the rounding of the weights.
   ref_train.json         the batch (B = 2, T = 9 tokens, labels with some -100), the float64 loss of
                          LlamaForCausalLM(input_ids, labels=labels) (HF shifts the labels inside), and the losses
                          of 10 torch.optim.AdamW steps on the checkpoint loaded in float32 with the schedule and
@@ -62,8 +65,12 @@ def load(path, dtype):
     return m
 
 
-def grads_f64(path, tokens, labels):
+def grads_f64(path, tokens, labels, bf16_weights=False):
     m = load(path, torch.float64)
+    if bf16_weights:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(p.to(torch.bfloat16).to(torch.float64))
     out = m(input_ids=torch.tensor(tokens), labels=torch.tensor(labels), use_cache=False)
     out.loss.backward()
     grads = {}
@@ -100,11 +107,23 @@ def adamw_losses(path, tokens, labels):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    ap.add_argument("--bf16-only", action="store_true", help="write only ref_grads_bf16.safetensors")
     args = ap.parse_args()
     torch.manual_seed(0)
     tokens, labels = batch()
     for name in FIXTURES:
         d = os.path.join(args.fixtures, name)
+        with open(os.path.join(d, "config.json")) as f:
+            config = json.load(f)
+        stored = config.get("dtype") or config.get("torch_dtype")
+        if stored != "bfloat16":
+            loss16, grads16 = grads_f64(d, tokens, labels, bf16_weights=True)
+            save_file(grads16, os.path.join(d, "ref_grads_bf16.safetensors"),
+                      metadata={"rows": "even rows of 2-D gradients", "weights": "rounded to bfloat16, then float64",
+                                "loss": repr(loss16)})
+            print(f"{name}: bf16-rounded weights: loss {loss16:.8f}")
+        if args.bf16_only:
+            continue
         loss, grads = grads_f64(d, tokens, labels)
         losses, norms = adamw_losses(d, tokens, labels)
         save_file(grads, os.path.join(d, "ref_grads.safetensors"), metadata={"rows": "even rows of 2-D gradients"})
