@@ -1116,9 +1116,8 @@ __global__ void __launch_bounds__(32 * TE_LLAMA__GEMV_MAX_KW)
 te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int ES = FP8 ? 1 : 2;          /* bytes an element */
     constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
-    /* chunks in flight: 128 bytes of W a lane; 256 for E4M3 at 8 tokens or fewer, whose rows have half the chunks
-       (without it a warp's few chunks come in two rounds of DRAM latency: FP8 decode was no faster than BF16) */
-    constexpr int U = (RT == 1 ? 4 : 2) * (FP8 && NT == 1 ? 2 : 1);
+    constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
+                                                faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
     __shared__ float red[TE_LLAMA__GEMV_MAX_KW][RT * NT * 4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
