@@ -3,10 +3,13 @@
    does (te_llama_kernels.cu, section "training"), against HF's float64 gradients (tests/fixtures/<name>/
    ref_grads.safetensors). Prints, per fixture, the worst relative L2 error over all parameters with each rounding
    point alone and with all the others; with an argument (a mask of the R_ flags), that combination only
-   (VERBOSE=1: every parameter). Build: cc -O2 -std=c99 -Wall -Wextra -I. tools/train_precision.c -o build/train_precision -lm -lpthread
+   (VERBOSE=1: every parameter). Build: cc -O2 -std=c99 -Wall -Wextra -I. -Itests tools/train_precision.c -o build/train_precision -lm -lpthread
    Run from the repository root: ./build/train_precision */
 #define TE_LLAMA_IMPLEMENTATION
 #include "te_llama.h"
+
+#include "check.h"
+#include "train_ref.h"
 
 enum {
     R_W = 1 << 0,      /* weights in bf16 (the fixture's own dtype otherwise) */
@@ -240,66 +243,10 @@ static void em_pass(te_llama_model *m, float *const *W, float *const *G, const i
 
 /* ----------------------------------------------------------------------------------------------- the fixtures */
 
-static float *read_tensor(const char *path, const char *name, int64_t *rows, int64_t *cols) {
-    te_llama_safetensors st;
-    const te_llama_st_tensor *t;
-    float *out = NULL;
-    FILE *f;
-    if (te_llama_safetensors_open(path, NULL, &st)) return NULL;
-    t = te_llama_safetensors_find(&st, name);
-    if (t && t->dtype == TE_LLAMA_F32 && (f = fopen(path, "rb"))) {
-        out = (float *)malloc((size_t)t->nbytes);
-        *rows = t->shape[0];
-        *cols = t->ndim == 2 ? t->shape[1] : 1;
-        if (fseek(f, (long)(st.data_start + t->offset), SEEK_SET) || fread(out, 1, (size_t)t->nbytes, f) != (size_t)t->nbytes) { free(out); out = NULL; }
-        fclose(f);
-    }
-    te_llama_safetensors_free(&st);
-    return out;
-}
-
 typedef struct fixture {
     const char *name;
-    int B, T;
-    int32_t tokens[64], labels[64];
+    train_ref ref; /* the batch */
 } fixture;
-
-static int load_batch(fixture *fx) {
-    char path[512];
-    size_t len, a, r, e, k, x;
-    char *text;
-    te_llama_json j;
-    FILE *f;
-    int n = 0, which;
-    snprintf(path, sizeof path, "tests/fixtures/%s/ref_train.json", fx->name);
-    if (!(f = fopen(path, "rb"))) return 0;
-    fseek(f, 0, SEEK_END);
-    len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    text = (char *)malloc(len + 1);
-    if (fread(text, 1, len, f) != len) len = 0;
-    fclose(f);
-    if (te_llama_json_parse(text, len, NULL, &j)) return 0;
-    {
-        double v = 0;
-        te_llama_json_double(&j, te_llama_json_get(&j, 0, "B"), &v); fx->B = (int)v;
-        te_llama_json_double(&j, te_llama_json_get(&j, 0, "T"), &v); fx->T = (int)v;
-    }
-    for (which = 0; which < 2; which++) {
-        int32_t *out = which ? fx->labels : fx->tokens;
-        a = te_llama_json_get(&j, 0, which ? "labels" : "tokens");
-        n = 0;
-        for (r = 0, e = a + 1; a && r < j.tokens[a].size; r++, e = j.tokens[e].next)
-            for (k = 0, x = e + 1; k < j.tokens[e].size && n < 64; k++, x = j.tokens[x].next) {
-                int64_t v = 0;
-                te_llama_json_int64(&j, x, &v);
-                out[n++] = (int32_t)v;
-            }
-    }
-    te_llama_json_free(&j);
-    free(text);
-    return fx->B * fx->T == n;
-}
 
 /* The worst relative L2 error over all parameters (source by source, even rows) with rounding points `flags`;
    *where gets the parameter's source name. */
@@ -309,7 +256,7 @@ static double run(const fixture *fx, int flags, const char **where) {
     te_llama_model *m = NULL;
     te_llama_trainer *tr = NULL;
     float **W, **G;
-    int i, s, cnt = 0;
+    int i, s;
     double worst = 0;
     int64_t tot = 0;
     static char worst_name[200];
@@ -322,30 +269,16 @@ static double run(const fixture *fx, int flags, const char **where) {
     W = (float **)malloc(sizeof(float *) * (size_t)tr->n_params);
     G = (float **)malloc(sizeof(float *) * (size_t)tr->n_params);
     for (i = 0; i < tr->n_params; i++) { W[i] = tr->weights + tr->offset[i]; G[i] = tr->grad + tr->offset[i]; }
-    for (i = 1; i < fx->B * fx->T; i++) if (i % fx->T && fx->labels[i] != TE_LLAMA_IGNORE_INDEX) tot++;
+    for (i = 1; i < fx->ref.B * fx->ref.T; i++) if (i % fx->ref.T && fx->ref.labels[i] != TE_LLAMA_IGNORE_INDEX) tot++;
     F = flags;
-    em_pass(m, W, G, fx->tokens, fx->labels, fx->B, fx->T, (float)(1.0 / (double)tot));
+    em_pass(m, W, G, fx->ref.tokens, fx->ref.labels, fx->ref.B, fx->ref.T, (float)(1.0 / (double)tot));
     for (i = 0; i < tr->n_params; i++) {
         te_llama_param *p = te_llama_parameter(m, i);
-        const float *g = G[i];
-        int64_t cols = p->ndim == 2 ? p->shape[1] : 1;
         for (s = 0; s < p->n_sources; s++) {
-            int64_t rows, rcols, r, c2;
-            float *want = read_tensor(path, p->sources[s].name, &rows, &rcols);
-            double d2 = 0, w2 = 0, e;
-            if (!want) { fprintf(stderr, "no %s\n", p->sources[s].name); exit(1); }
-            for (r = 0; r < rows; r++)
-                for (c2 = 0; c2 < cols; c2++) {
-                    int64_t row = p->ndim == 2 ? p->sources[s].row_begin + 2 * r : 0, col = p->ndim == 2 ? c2 : r;
-                    double got = g[row * cols + col], wv = want[r * cols + c2];
-                    d2 += (got - wv) * (got - wv);
-                    w2 += wv * wv;
-                }
-            e = sqrt(d2) / (sqrt(w2) > 0 ? sqrt(w2) : 1);
+            double e = 0;
+            if (ref_grad_error(path, p, s, G[i], &e) != REF_GRAD_OK) { fprintf(stderr, "no %s of the expected shape\n", p->sources[s].name); exit(1); }
             if (getenv("VERBOSE")) printf("    %-44s %.2e\n", p->sources[s].name, e);
             if (e > worst) { worst = e; snprintf(worst_name, sizeof worst_name, "%s", p->sources[s].name); }
-            cnt++;
-            free(want);
         }
     }
     if (where) *where = worst_name;
@@ -357,11 +290,15 @@ static double run(const fixture *fx, int flags, const char **where) {
 }
 
 int main(int argc, char **argv) {
-    static fixture fxs[3] = {{"gqa_tied_llama3", 0, 0, {0}, {0}}, {"mha_untied_bf16", 0, 0, {0}, {0}}, {"headdim_f16", 0, 0, {0}, {0}}};
+    static fixture fxs[3] = {{"gqa_tied_llama3", {0}}, {"mha_untied_bf16", {0}}, {"headdim_f16", {0}}};
+    char dir[512];
     int f, k, extra = argc > 1 ? (int)strtol(argv[1], NULL, 0) : -1;
     const char *where;
-    for (f = 0; f < 3; f++)
-        if (!load_batch(&fxs[f])) { fprintf(stderr, "%s: ref_train.json\n", fxs[f].name); return 1; }
+    for (f = 0; f < 3; f++) {
+        snprintf(dir, sizeof dir, "tests/fixtures/%s", fxs[f].name);
+        CHECK(load_train_ref(dir, &fxs[f].ref), "%s: ref_train.json", fxs[f].name);
+    }
+    if (check_failed) return CHECK_DONE("train_precision");
     if (extra >= 0) { /* one set of flags */
         for (f = 0; f < 3; f++) {
             double e = run(&fxs[f], extra, &where);
