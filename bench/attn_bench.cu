@@ -181,6 +181,9 @@ static void setup(Problem &P, int nh, int nkv, int hd, int n_seq, int max_len, c
     P.ctx.part_floats = (size_t)P.n * nh * TE_LLAMA__DEC_MAX_SPLITS * (hd + 2);
     if (P.ctx.part_floats > ((size_t)64 << 20)) P.ctx.part_floats = (size_t)64 << 20;
     CK(cudaMalloc(&P.ctx.part, sizeof(float) * P.ctx.part_floats));
+    P.ctx.part_counts = (size_t)P.n * nkv; /* the decode kernel's finished-split counters, zero between launches */
+    CK(cudaMalloc(&P.ctx.part_count, sizeof(unsigned) * P.ctx.part_counts));
+    CK(cudaMemset(P.ctx.part_count, 0, sizeof(unsigned) * P.ctx.part_counts));
     P.cache.n_layers = 1;
     P.cache.n_seq = n_seq;
     P.cache.max_len = max_len;
@@ -203,7 +206,7 @@ static void setup(Problem &P, int nh, int nkv, int hd, int n_seq, int max_len, c
 }
 
 static void release(Problem &P) {
-    cudaFree(P.ctx.ints); cudaFree(P.ctx.qkv); cudaFree(P.ctx.att); cudaFree(P.ctx.part);
+    cudaFree(P.ctx.ints); cudaFree(P.ctx.qkv); cudaFree(P.ctx.att); cudaFree(P.ctx.part); cudaFree(P.ctx.part_count);
     cudaFree(P.kc); cudaFree(P.vc);
     free(P.ctx.host_ints);
     cudaStreamDestroy(P.ctx.stream);
