@@ -294,11 +294,10 @@ __device__ int te_llama__block_isum(int v, int *red) {
 }
 
 /* Programmatic dependent launch (Hopper): a kernel launched by te_llama__launch may start while the kernel
-   before it in the stream is still running: its blocks are scheduled during that kernel's tail, which hides the
-   launch gap between the small kernels of a decode step. Nothing before te_llama__pdl_wait may read what earlier
-   kernels write nor write what they read; the wait returns once the previous kernel has finished and its writes
-   are visible. Every such kernel waits first thing, in every block, which chains the guarantee through the
-   stream (te_llama__pdl_start). te_llama__pdl_trigger lets the
+   before it in the stream is still running. Everything it does before te_llama__pdl_wait must not read what
+   earlier kernels write nor write what they read (the GEMV streams its weights there); the wait returns once the
+   previous kernel has finished and its writes are visible. Every such kernel waits, in every block, before any
+   other work and before it exits, which chains the guarantee through the stream. te_llama__pdl_trigger lets the
    next kernel start launching; kernels call it right after their wait, so at most two grids share the SMs. Both
    are no-ops for a normal launch and before sm_90. */
 __device__ __forceinline__ void te_llama__pdl_wait() {
@@ -1190,10 +1189,6 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
                                                 faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
     __shared__ float red[TE_LLAMA__GEMV_MAX_KW][RT * NT * 4][32];
-    /* Programmatic dependent launch: the blocks become resident during the previous kernel's tail and wait here.
-       (Issuing the first weight loads before the wait, the loop carrying them, cost registers: 38-55 -> 64-82 a
-       thread, half the blocks an SM for the one-tile kernels; slower, bench/NOTES.md run 5.) */
-    te_llama__pdl_start();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
     const char *wrow[RT][2];
@@ -1209,13 +1204,10 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.0f;
     }
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        const int tok = nt * 8 + g;
-        xrow[nt] = tok < a.n ? (const char *)a.x + ((size_t)tok * a.k + (size_t)t * (16 / ES)) * ES : NULL;
-    }
-    for (int c = c0; c < c1; c += U) {
-        uint4 wv[U][RT][2], xv[U][NT];
+    uint4 wv[U][RT][2];
+    /* W's first loads go out before the wait: weights are never written by a forward, so this part of the stream
+       overlaps the previous kernel's tail (programmatic dependent launch, te_llama__launch) */
+    const auto load_w = [&](int c) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const size_t off = (size_t)(c + u) * 64;
@@ -1225,6 +1217,23 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 wv[u][rt][0] = in ? te_llama__ld_stream(wrow[rt][0] + off) : make_uint4(0, 0, 0, 0);
                 wv[u][rt][1] = in ? te_llama__ld_stream(wrow[rt][1] + off) : make_uint4(0, 0, 0, 0);
             }
+        }
+    };
+    if (NT == 1) load_w(c0); /* two token tiles (9-16 tokens) keep the plain loop: the 8B B16 decode measured 2.66k
+                                tok/s with the early loads, 2.83k before them (other runs; not isolated) */
+    te_llama__pdl_start();
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int tok = nt * 8 + g;
+        xrow[nt] = tok < a.n ? (const char *)a.x + ((size_t)tok * a.k + (size_t)t * (16 / ES)) * ES : NULL;
+    }
+    for (int c = c0; c < c1; c += U) {
+        uint4 xv[U][NT];
+        if (NT != 1 || c != c0) load_w(c);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const size_t off = (size_t)(c + u) * 64;
+            const bool in = c + u < c1;
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
                 xv[u][nt] = in && xrow[nt] ? __ldg((const uint4 *)(xrow[nt] + off)) : make_uint4(0, 0, 0, 0);
