@@ -295,8 +295,8 @@ __device__ int te_llama__block_isum(int v, int *red) {
 
 /* Programmatic dependent launch (Hopper): a kernel launched by te_llama__launch may start while the kernel
    before it in the stream is still running. Everything it does before te_llama__pdl_wait must not read what
-   earlier kernels write nor write what they read (the GEMV streams its weights there); the wait returns once the
-   previous kernel has finished and its writes are visible. Every such kernel waits, in every block, before any
+   earlier kernels write nor write what they read; the wait returns once the previous kernel has finished and its
+   writes are visible. Every such kernel waits, in every block, before any
    other work and before it exits, which chains the guarantee through the stream. te_llama__pdl_trigger lets the
    next kernel start launching; kernels call it right after their wait, so at most two grids share the SMs. Both
    are no-ops for a normal launch and before sm_90. */
@@ -1205,8 +1205,11 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.0f;
     }
     uint4 wv[U][RT][2];
-    /* W's first loads go out before the wait: weights are never written by a forward, so this part of the stream
-       overlaps the previous kernel's tail (programmatic dependent launch, te_llama__launch) */
+    /* The first chunks' weight loads are written before the wait (weights are never written by a forward), to
+       overlap the previous kernel's tail. They do not: ptxas puts the wait (ACQBULK) ahead of the first load in
+       every instantiation. What this form changes is the loop: one iteration's loads issued together, more
+       registers (64-82 a thread against 38-55). Measured against the plain loop in two full runs of one session:
+       8B BF16 decode 204 against 192 tok/s, FP8 261 against 266 (bench/NOTES.md, run 5). */
     const auto load_w = [&](int c) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -1220,7 +1223,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
         }
     };
     if (NT == 1) load_w(c0); /* two token tiles (9-16 tokens) keep the plain loop: the 8B B16 decode measured 2.66k
-                                tok/s with the early loads, 2.83k before them (other runs; not isolated) */
+                                tok/s with this form, 2.83k before it (other runs; not isolated) */
     te_llama__pdl_start();
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
