@@ -198,7 +198,7 @@ typedef struct te_llama__cuda {
 } te_llama__cuda;
 
 /* kernel<<<grid, block, smem, ctx->stream>>>(args), allowed to overlap the previous kernel's tail when ctx->pdl
-   (te_llama__pdl_wait says what the kernel must do for that). Check with TE_LLAMA__LAUNCHED. */
+   (te_llama__pdl_start says what the kernel must do for that). Check with TE_LLAMA__LAUNCHED. */
 template <typename... P, typename... A>
 static void te_llama__launch(te_llama__cuda *ctx, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args) {
     cudaLaunchConfig_t cfg;
@@ -294,25 +294,16 @@ __device__ int te_llama__block_isum(int v, int *red) {
 }
 
 /* Programmatic dependent launch (Hopper): a kernel launched by te_llama__launch may start while the kernel
-   before it in the stream is still running. Everything it does before te_llama__pdl_wait must not read what
-   earlier kernels write nor write what they read; the wait returns once the previous kernel has finished and its
-   writes are visible. Every such kernel waits, in every block, before any
-   other work and before it exits, which chains the guarantee through the stream. te_llama__pdl_trigger lets the
-   next kernel start launching; kernels call it right after their wait, so at most two grids share the SMs. Both
-   are no-ops for a normal launch and before sm_90. */
-__device__ __forceinline__ void te_llama__pdl_wait() {
+   before it in the stream is still running. It calls te_llama__pdl_start in every block before reading anything
+   earlier kernels write or writing anything they read (only the GEMV does work before it: loading weights,
+   which no forward writes). The wait returns once the previous kernel has finished and its writes are visible,
+   which chains the guarantee through the stream; the trigger that follows lets the next kernel start launching,
+   so at most two grids share the SMs. Both instructions are no-ops for a normal launch and before sm_90. */
+__device__ __forceinline__ void te_llama__pdl_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void te_llama__pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-__device__ __forceinline__ void te_llama__pdl_start() {
-    te_llama__pdl_wait();
-    te_llama__pdl_trigger();
 }
 
 __device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {

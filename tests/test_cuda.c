@@ -86,25 +86,23 @@ static int json_ints(const te_llama_json *j, size_t arr, int32_t *out, int cap) 
     return n;
 }
 
-static te_llama_result load_status(const char *dir, te_llama_backend backend, te_llama_model **m) {
+/* A checkpoint as the tests load it: TE decoder layers, bf16 (the CUDA backend's dtype; the CPU side then holds
+   the same rounded values), log as given (NULL: none). */
+static te_llama_result load_status(const char *dir, te_llama_backend backend,
+                                   void (*log)(void *, te_llama_log_level, const char *), te_llama_model **m) {
     te_llama_options o;
     memset(&o, 0, sizeof o);
     o.backend = backend;
     o.decoder = te_llama_te_decoder;
     o.dtype = TE_LLAMA_BF16;
+    o.log = log;
     *m = NULL;
     return te_llama_load(dir, &o, m);
 }
 
 static te_llama_model *load(const char *dir, te_llama_backend backend) {
-    te_llama_options o;
     te_llama_model *m = NULL;
-    memset(&o, 0, sizeof o);
-    o.backend = backend;
-    o.decoder = te_llama_te_decoder;
-    o.dtype = TE_LLAMA_BF16;
-    o.log = quiet_log;
-    CHECK_RESULT(te_llama_load(dir, &o, &m), TE_LLAMA_OK);
+    CHECK_RESULT(load_status(dir, backend, quiet_log, &m), TE_LLAMA_OK);
     return m;
 }
 
@@ -982,12 +980,12 @@ static void test_errors(void) {
         f = fopen(path, "w");
         if (f) { fputs("not read: the parameters do not fit", f); fclose(f); }
         te_llama_cuda_memory_info(NULL, NULL, &free0, &total);
-        CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, &big), TE_LLAMA_ERR_CUDA_OOM);
+        CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, NULL, &big), TE_LLAMA_ERR_CUDA_OOM);
         CHECK(big == NULL, "a failed load returned a model");
         te_llama_cuda_memory_info(NULL, NULL, &free1, &total);
         printf("  oom: device free %.2f GiB before the oversized load, %.2f GiB after it failed\n", free0 / 1073741824.0, free1 / 1073741824.0);
         CHECK(free1 + ((size_t)64 << 20) >= free0, "the failed load leaked %.1f MiB of device memory", ((double)free0 - (double)free1) / 1048576.0);
-        CHECK_RESULT(load_status(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA, &again), TE_LLAMA_OK);
+        CHECK_RESULT(load_status(FIXTURES "gqa_tied_llama3", TE_LLAMA_BACKEND_CUDA, NULL, &again), TE_LLAMA_OK);
         te_llama_free(again);
     }
 }
@@ -1601,17 +1599,6 @@ static double grads_vs_cpu(const char *name, te_llama_trainer *gpu, te_llama_tra
     return worst;
 }
 
-static te_llama_result load_train(const char *dir, te_llama_backend backend, te_llama_model **m) {
-    te_llama_options o;
-    memset(&o, 0, sizeof o);
-    o.backend = backend;
-    o.decoder = te_llama_te_decoder;
-    o.dtype = TE_LLAMA_BF16; /* the CUDA backend runs BF16; the CPU side stores the same rounded values */
-    o.log = quiet_log;
-    *m = NULL;
-    return te_llama_load(dir, &o, m);
-}
-
 /* The trainer's gradient of every HF source tensor against the float64 reference in path (even rows of each
    matrix), each below bound; *worst gets the largest relative L2. Returns the number compared. */
 static int grads_vs_hf(const char *name, te_llama_model *gpu, te_llama_trainer *tg, const char *path, double bound, double *worst) {
@@ -1652,8 +1639,8 @@ static void test_train_fixture(const char *name) {
     snprintf(dir, sizeof dir, FIXTURES "%s", name);
     snprintf(path, sizeof path, "%s/ref_grads.safetensors", dir);
     CHECK(load_train_ref(dir, &ref), "%s: ref_train.json", name);
-    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &gpu), TE_LLAMA_OK);
-    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CPU, &cpu), TE_LLAMA_OK);
+    CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, quiet_log, &gpu), TE_LLAMA_OK);
+    CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CPU, quiet_log, &cpu), TE_LLAMA_OK);
     if (!gpu || !cpu || ref.B < 1) goto done;
     CHECK_RESULT(te_llama_trainer_create(gpu, NULL, &tg), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_trainer_create(cpu, NULL, &tc), TE_LLAMA_OK);
@@ -1691,7 +1678,7 @@ static void test_train_fixture(const char *name) {
     te_llama_free(gpu);
     gpu = NULL;
     /* 10 AdamW steps against torch's losses (torch: float32 weights; here bf16 weights and activations) */
-    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &gpu), TE_LLAMA_OK);
+    CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, quiet_log, &gpu), TE_LLAMA_OK);
     if (gpu) CHECK_RESULT(te_llama_trainer_create(gpu, &ref.adamw, &tg), TE_LLAMA_OK);
     printf("  train %s: AdamW losses GPU / torch:", name);
     for (s = 0; tg && s < ref.steps; s++) {
@@ -1713,7 +1700,7 @@ static void test_train_fixture(const char *name) {
     }
     /* the optimizer state: save after 10 steps, load into a fresh model's trainer, train 2 more steps on both */
     snprintf(path, sizeof path, "%s/%s.train_state.safetensors", out_dir, name);
-    CHECK_RESULT(load_train(dir, TE_LLAMA_BACKEND_CUDA, &g2), TE_LLAMA_OK);
+    CHECK_RESULT(load_status(dir, TE_LLAMA_BACKEND_CUDA, quiet_log, &g2), TE_LLAMA_OK);
     if (g2) CHECK_RESULT(te_llama_trainer_create(g2, &ref.adamw, &t2), TE_LLAMA_OK);
     if (tg && t2) {
         CHECK_RESULT(te_llama_trainer_save_state(tg, path), TE_LLAMA_OK);
