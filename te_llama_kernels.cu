@@ -12,10 +12,11 @@
      embed -> rope table -> per layer: rmsnorm -> QKV GEMM -> rope + KV store -> attention -> proj GEMM (+= x)
      -> rmsnorm -> fc1 GEMM -> SwiGLU -> fc2 GEMM (+= x) -> final rmsnorm on the rows that want logits -> lm_head GEMM.
    GEMMs are cuBLASLt, y = x @ W^T with W the transposed operand ("TN"), bf16 inputs, fp32 accumulation; the
-   residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream). For up to 16 tokens (decode)
+   residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream). For up to 8 tokens (decode)
    QKV and proj run through te_llama__gemv_kernel, a weight-streaming GEMV on the tensor cores whose QKV epilogue
-   applies RoPE and stores k and v in the cache (no separate kernel). With FP8 on (see the FP8 section at the end)
-   every decoder GEMM runs through the same GEMV on E4M3 weights and inputs.
+   applies RoPE and stores k and v in the cache (no separate kernel); for one token fc1 (SwiGLU in its epilogue)
+   and fc2 too. With FP8 on (see the FP8 section at the end) every decoder GEMM of up to 16 tokens runs through
+   the same GEMV on E4M3 weights and inputs.
    Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
      - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
        128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);
@@ -195,6 +196,7 @@ typedef struct te_llama__cuda {
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
     void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
     int pdl;                 /* sm_90 or newer: decode kernels launch with programmatic dependent launch */
+    int gemv_occ[12][33];    /* blocks an SM of each GEMV kernel by its warps a block (0: not asked yet) */
 } te_llama__cuda;
 
 /* kernel<<<grid, block, smem, ctx->stream>>>(args), allowed to overlap the previous kernel's tail when ctx->pdl
@@ -303,6 +305,18 @@ __device__ __forceinline__ void te_llama__pdl_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* The GEMV's order: trigger, then wait. Its successor may then launch while the GEMV still waits on its own
+   predecessor, so up to three grids share the SMs (each still waits for the one before it to finish). The
+   successor's blocks take only free slots: a grid launches once every block of the one before it has started.
+   The trigger also keeps ptxas from hoisting the wait (ACQBULK) above the GEMV's first weight loads, which it
+   does past a lone wait (cuobjdump -sass). Measured on the H200 against wait-then-trigger (bench/NOTES.md, run 6):
+   8B decode BF16 205.0 against 201.7 tok/s, FP8 282.0 against 273.1, 1B BF16 961 against 905. */
+__device__ __forceinline__ void te_llama__pdl_start_early() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 
@@ -1075,7 +1089,7 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
    fixed order (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
    (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
 #define TE_LLAMA__GEMV_MAX_N 16
-#define TE_LLAMA__GEMV_MAX_KW 16
+#define TE_LLAMA__GEMV_MAX_KW 32 /* warps a block: 32 for one tile (RT 1), 16 for the SwiGLU pair (RT 2) */
 
 enum {
     TE_LLAMA__EPI_STORE = 0, /* y[t, row] = (y[t, row] if accumulate) + sum: an fp32 output or the residual stream */
@@ -1172,14 +1186,16 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
     }
 }
 
+/* One tile (RT 1): at most 64 registers a thread, so that 32 warps fit an SM in any block shape (up to 70 without
+   the bound, which halved the blocks an SM of the E4M3 kernels); the SwiGLU pair keeps its 82-84. */
 template <int NT, int RT, int EPI, bool FP8>
-__global__ void __launch_bounds__(32 * TE_LLAMA__GEMV_MAX_KW)
+__global__ void __launch_bounds__(RT == 1 ? 32 * TE_LLAMA__GEMV_MAX_KW : 16 * TE_LLAMA__GEMV_MAX_KW, RT == 1 ? 1 : 0)
 te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int ES = FP8 ? 1 : 2;          /* bytes an element */
     constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
     constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
                                                 faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
-    __shared__ float red[TE_LLAMA__GEMV_MAX_KW][RT * NT * 4][32];
+    __shared__ float red[RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2][RT * NT * 4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
     const char *wrow[RT][2];
@@ -1196,11 +1212,8 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             for (int e = 0; e < 4; e++) acc[rt][nt][e] = 0.0f;
     }
     uint4 wv[U][RT][2];
-    /* The first chunks' weight loads are written before the wait (weights are never written by a forward), to
-       overlap the previous kernel's tail. They do not: ptxas puts the wait (ACQBULK) ahead of the first load in
-       every instantiation. What this form changes is the loop: one iteration's loads issued together, more
-       registers (64-82 a thread against 38-55). Measured against the plain loop in two full runs of one session:
-       8B BF16 decode 204 against 192 tok/s, FP8 261 against 266 (bench/NOTES.md, run 5). */
+    /* The first chunks' weight loads go out before the wait (weights are never written by a forward), so they
+       overlap the previous kernel's tail; te_llama__pdl_start_early's trigger keeps them there in SASS. */
     const auto load_w = [&](int c) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -1215,7 +1228,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     };
     if (NT == 1) load_w(c0); /* two token tiles (9-16 tokens) keep the plain loop: the 8B B16 decode measured 2.66k
                                 tok/s with this form, 2.83k before it (other runs; not isolated) */
-    te_llama__pdl_start();
+    te_llama__pdl_start_early();
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int tok = nt * 8 + g;
@@ -1301,15 +1314,21 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             } else { /* SWIGLU: tile 0 is gate rows, tile 1 the matching up rows */
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const float gt = acc[0][nt][2 * h + j], up = acc[RT - 1][nt][2 * h + j];
-                    const float v = gt / (1.0f + expf(-gt)) * up;
                     const size_t at = (size_t)tok * a.inter + (size_t)blockIdx.x * 16 + g + 8 * h;
-                    ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
-                    amax = fmaxf(amax, fabsf(v));
+                    if (FP8) {
+                        const float gt = acc[0][nt][2 * h + j], up = acc[RT - 1][nt][2 * h + j];
+                        const float v = gt / (1.0f + expf(-gt)) * up;
+                        ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
+                        amax = fmaxf(amax, fabsf(v));
+                    } else { /* gate and up rounded to bf16 first, as cuBLASLt's fc1 writes them for te_llama__swiglu_kernel */
+                        const float gt = __bfloat162float(__float2bfloat16(acc[0][nt][2 * h + j]));
+                        const float up = __bfloat162float(__float2bfloat16(acc[RT - 1][nt][2 * h + j]));
+                        ((te_llama__bf16 *)a.act)[at] = __float2bfloat16(gt / (1.0f + expf(-gt)) * up);
+                    }
                 }
             }
         }
-    if (EPI == TE_LLAMA__EPI_SWIGLU) {
+    if (EPI == TE_LLAMA__EPI_SWIGLU && FP8) {
         amax = te_llama__warp_max(amax);
         if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
     }
@@ -1365,6 +1384,7 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
         /* strided over the threads (coalesced, 16-byte loads when the row allows); each thread meets its ids in
            increasing order, so a strict > keeps its first maximum; NaN never wins */
         if ((vocab & 3) == 0 && ((size_t)logits & 15) == 0) {
+#pragma unroll 8 /* eight loads in flight a thread: the 128k-id row took 20 us one load at a time */
             for (int i4 = tid; i4 < vocab / 4; i4 += TE_LLAMA__SAMPLE_THREADS) {
                 const float4 v4 = ((const float4 *)logits)[i4];
                 const float v[4] = {v4.x, v4.y, v4.z, v4.w};
@@ -1823,20 +1843,41 @@ static int te_llama__gemv_ok(int n, int m, int k) {
     return n >= 1 && n <= TE_LLAMA__GEMV_MAX_N && m % 16 == 0 && k % 64 == 0 && k > 0;
 }
 
-/* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair). The k split gives about 32 warps
-   an SM in all (enough 16-byte loads in flight to cover the latency), never more than the chunks of k. */
+/* The k split: the warps a block (kw) that keep the most warps resident over the grid's waves, by the occupancy
+   the compiled kernel allows (its registers decide it). The 8B QKV (384 blocks of 64-register kernels) took 11
+   warps a block by the old rule (32 warps an SM spread over the blocks), which fit 2 blocks an SM: two waves and
+   16 warps an SM on average; 10 warps fit 3 blocks, one wave, 29 warps. Never more warps than chunks of k. */
+template <int NT, int RT, int EPI, bool FP8>
+static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
+    static_assert(TE_LLAMA__GEMV_MAX_KW < 33, "te_llama__cuda.gemv_occ");
+    int *occ = ctx->gemv_occ[(EPI * 2 + (FP8 ? 1 : 0)) * 2 + NT - 1];
+    const int sms = ctx->n_sm > 0 ? ctx->n_sm : 132, most = RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2;
+    long best_score = -1;
+    int kw, best = 1;
+    for (kw = 1; kw <= most && kw <= chunks; kw++) {
+        long waves, score;
+        if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8>, 32 * kw, 0) ||
+                         occ[kw] < 1))
+            occ[kw] = 1;
+        waves = (blocks + (long)occ[kw] * sms - 1) / ((long)occ[kw] * sms);
+        score = (long)blocks * kw / waves; /* warps resident, summed over the SMs, on average */
+        if (score > best_score) best_score = score, best = kw;
+    }
+    return best;
+}
+
+/* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair). */
 template <int EPI, bool FP8>
 static te_llama_result te_llama__gemv(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks) {
     constexpr int RT = EPI == TE_LLAMA__EPI_SWIGLU ? 2 : 1;
-    const int chunks = a.k / (FP8 ? 64 : 32), sms = ctx->n_sm > 0 ? ctx->n_sm : 132;
-    int kw = (32 * sms + blocks - 1) / blocks;
-    if (kw > TE_LLAMA__GEMV_MAX_KW) kw = TE_LLAMA__GEMV_MAX_KW;
-    if (kw > chunks) kw = chunks;
-    if (kw < 1) kw = 1;
-    if (a.n <= 8)
+    const int chunks = a.k / (FP8 ? 64 : 32);
+    if (a.n <= 8) {
+        const int kw = te_llama__gemv_warps<1, RT, EPI, FP8>(ctx, blocks, chunks);
         te_llama__launch(ctx, te_llama__gemv_kernel<1, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)), 0, a);
-    else
+    } else {
+        const int kw = te_llama__gemv_warps<2, RT, EPI, FP8>(ctx, blocks, chunks);
         te_llama__launch(ctx, te_llama__gemv_kernel<2, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)), 0, a);
+    }
     TE_LLAMA__LAUNCHED(gemv);
     return TE_LLAMA_OK;
 }
@@ -2089,10 +2130,14 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     const int norm_threads = te_llama__norm_threads(n, h);
     const int fp8 = ctx->fp8 != NULL, calibrating = te_llama__fp8_calibrating(ctx), IN = TE_LLAMA_FP8_INPUT;
-    /* a few tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue. fc1, fc2
-       and lm_head stay with cuBLASLt, whose TMA-pipelined kernels stream their larger weights faster than the
-       GEMV's loads (bench/NOTES.md, run 3). In FP8 every GEMM takes the E4M3 GEMV (te_llama__layer_fp8). */
-    const int small = te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
+    /* up to 8 tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue; for one
+       token fc1 (SwiGLU in its epilogue) and fc2 too. The rest, lm_head always, is cuBLASLt's: its TMA-pipelined
+       kernels stream the larger weights about as fast; the GEMV's fc1 and fc2 cost the 8B decode 3 to 5% at 2 to 8
+       tokens (each block reads X again from L2) and gain 0.4% at 1 token, 4.7% on the 1B shape; the two-tile GEMV
+       (9-16 tokens) made the 8B B16 decode 2.75k tok/s against cuBLASLt's 3.04k (bench/NOTES.md, run 6). In FP8
+       every GEMM of up to 16 tokens takes the E4M3 GEMV (te_llama__layer_fp8). */
+    const int small = n <= 8 && te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
+    const int small_mlp = small && n == 1 && !calibrating && te_llama__gemv_ok(n, 2 * I, h) && te_llama__gemv_ok(n, h, I);
     te_llama__gemv_args ga;
     te_llama_result r;
     int l;
@@ -2157,6 +2202,14 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
                              (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
         if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
+        if (small_mlp) { /* fc1 with SwiGLU in its epilogue (gate and up rounded to bf16 first, as cuBLASLt's are), fc2 */
+            memset(&ga, 0, sizeof ga);
+            ga.n = n; ga.w = P[6].data; ga.x = ctx->xn; ga.m = 2 * I; ga.k = h; ga.act = ctx->act; ga.inter = I;
+            if ((r = te_llama__gemv<TE_LLAMA__EPI_SWIGLU, false>(ctx, ga, I / 16)) ||
+                (r = te_llama__gemv_store(ctx, P[7].data, ctx->act, ctx->x, h, n, I, 1)))
+                return r;
+            continue;
+        }
         if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
         if (calibrating) {
             if ((r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, NULL, ctx->act, n, I, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN),
