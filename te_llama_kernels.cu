@@ -296,11 +296,12 @@ __device__ int te_llama__block_isum(int v, int *red) {
 }
 
 /* Programmatic dependent launch (Hopper): a kernel launched by te_llama__launch may start while the kernel
-   before it in the stream is still running. It calls te_llama__pdl_start in every block before reading anything
-   earlier kernels write or writing anything they read (only the GEMV does work before it: loading weights,
-   which no forward writes). The wait returns once the previous kernel has finished and its writes are visible,
-   which chains the guarantee through the stream; the trigger that follows lets the next kernel start launching,
-   so at most two grids share the SMs. Both instructions are no-ops for a normal launch and before sm_90. */
+   before it in the stream is still running. It calls te_llama__pdl_start (the GEMV: te_llama__pdl_start_early) in
+   every block before reading anything earlier kernels write or writing anything they read (only the GEMV does
+   work before it: loading weights, which no forward writes). The wait returns once the previous kernel has
+   finished and its writes are visible, which chains the guarantee through the stream; the trigger that follows
+   lets the next kernel start launching, so two grids share the SMs (three around a GEMV). Both instructions are
+   no-ops for a normal launch and before sm_90. */
 __device__ __forceinline__ void te_llama__pdl_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
