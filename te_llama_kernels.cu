@@ -1385,7 +1385,6 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
         /* strided over the threads (coalesced, 16-byte loads when the row allows); each thread meets its ids in
            increasing order, so a strict > keeps its first maximum; NaN never wins */
         if ((vocab & 3) == 0 && ((size_t)logits & 15) == 0) {
-#pragma unroll 8 /* eight loads in flight a thread: the 128k-id row took 20 us one load at a time */
             for (int i4 = tid; i4 < vocab / 4; i4 += TE_LLAMA__SAMPLE_THREADS) {
                 const float4 v4 = ((const float4 *)logits)[i4];
                 const float v[4] = {v4.x, v4.y, v4.z, v4.w};
