@@ -647,10 +647,12 @@ static void test_fixture(const char *name) {
            n, V, e_cpu, max_abs, e_hf, e_cpu_hf);
     CHECK(e_cpu < 1e-2, "%s: GPU vs CPU logits rel L2 %g", name, e_cpu);
     CHECK(e_hf < 2e-2, "%s: GPU vs HF float64 logits rel L2 %g", name, e_hf);
-    /* Up to 8 tokens the decode GEMVs run QKV and proj (te_llama__gemv_kernel), whose rounding the emulation
-       follows to 1e-7 here; the 11-token prompt takes cuBLASLt, as every longer prefill does: within 1e-7 on two
-       fixtures, 1.2e-3 on mha_untied_bf16 (first seen on the H200 when 9-16 tokens moved to cuBLASLt; not yet
-       explained), so that check keeps the bf16 tolerance's half. */
+    /* Up to 8 tokens the decode GEMVs run QKV and proj (te_llama__gemv_kernel); the 11-token prompt takes cuBLASLt,
+       as every longer prefill does. Both follow the emulation to 1e-7 here but for one value of mha_untied_bf16's
+       11-token forward that lies within an fp32 ulp of a bf16 rounding boundary: cuBLASLt's sum lands on the
+       other side of it, and that one flip moves the logits by 1.2e-3 (bench/NOTES.md, run 6: the emulation with
+       every value nudged by -1, 0 or +1 ulp before each rounding flips it in 7 of 12 trials, by exactly that much).
+       So the tight check runs on the first 8 tokens, the whole prompt at half the bf16 tolerance. */
     {
         float *lg8 = prompt_logits(gpu, prompt, 8);
         char name8[96];
