@@ -734,7 +734,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_train_copy(te_llama_trainer *trainer,
    forward's kernels raise the amaxes and update the scales (te_llama_kernels.cu, FP8 section); the bf16 weights
    stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward runs every decoder
    GEMM on E4M3 weights and E4M3 inputs (quantised by the kernels that produce them): up to 16 tokens (decode)
-   through a GEMV on the FP8 tensor cores, which halves the weight bytes a decode step reads; more tokens through
+   through a GEMV on the tensor cores, which halves the weight bytes a decode step reads; more tokens through
    cuBLASLt's FP8 GEMM (fp32 accumulation, promoted periodically unless recipe.fast_accum). It needs hidden, q_dim
    and intermediate multiples of 64 and head_dim a multiple of 16. The output states' amaxes are recorded on the
    CPU only. */

@@ -1084,9 +1084,10 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
    permutation of k that is the same for W and X, so no shuffles are needed: lane (g, t) holds elements [E t, E t + E)
    of the chunk (E = 8 bf16 or 16 e4m3), and mma i of the chunk takes elements 4i, 4i + 1 as logical k 2t, 2t + 1 and
    4i + 2, 4i + 3 as 2t + 8, 2t + 9. X's elements for token g come by the same 16-byte loads (L1/L2: X is tiny).
-   E4M3 operands (W and X both, the FP8 path) go to the FP8 tensor cores (mma.sync m16n8k32 e4m3, sm_89 and newer;
-   the same k permutation, two mma per 16 bytes); the compute_80 PTX build widens them to fp16 exactly instead
-   (every E4M3 value is an fp16 value). The scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
+   E4M3 operands (W and X both, the FP8 path) go to mma.sync m16n8k32 e4m3 (sm_89 and newer; the same k
+   permutation, two mma per 16 bytes), which Ada runs on its FP8 tensor cores and sm_90a compiles to an f16 unpack
+   plus HMMA (Hopper's FP8 tensor cores are reached only by wgmma); the compute_80 PTX build widens them to fp16
+   exactly itself (every E4M3 value is an fp16 value). The scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
    fixed order (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
    (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
 #define TE_LLAMA__GEMV_MAX_N 16
@@ -1141,8 +1142,8 @@ __device__ __forceinline__ void te_llama__mma_f16(float c[4], const uint32_t a[4
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-/* The FP8 tensor cores (sm_89+): A 16 x 32 E4M3 (four words: rows g, g + 8, g, g + 8 at k 4t.. and 16 + 4t..), B
-   32 x 8 (two words: k 4t.. and 16 + 4t.. of column g), fp32 accumulation. */
+/* mma.sync e4m3 (sm_89+; native on Ada, unpacked to f16 on sm_90a): A 16 x 32 E4M3 (four words: rows g, g + 8,
+   g, g + 8 at k 4t.. and 16 + 4t..), B 32 x 8 (two words: k 4t.. and 16 + 4t.. of column g), fp32 accumulation. */
 __device__ __forceinline__ void te_llama__mma_e4m3(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                  "{%0, %1, %2, %3};\n"
@@ -4476,7 +4477,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *m, const t
     TE_LLAMA__CU(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device));
     TE_LLAMA__CU(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ctx->device));
     if (major * 10 + minor < 89) {
-        snprintf(msg, sizeof msg, "FP8 on the CUDA backend needs compute capability 8.9 or newer (FP8 tensor cores); device %d is %d.%d",
+        snprintf(msg, sizeof msg, "FP8 on the CUDA backend needs compute capability 8.9 or newer (E4M3 mma, cuBLASLt FP8); device %d is %d.%d",
                  ctx->device, major, minor);
         return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, msg);
     }
