@@ -376,38 +376,59 @@ __device__ float te_llama__rms_inv(const float *xr, int h, float eps, float *red
     return 1.0f / sqrtf(te_llama__warp_sum(lane < groups ? red[lane] : 0.0f) / (float)h + eps);
 }
 
-/* HF LlamaRMSNorm into bf16: out[r, :] = bf16(w * (x[src, :] * inv)), inv = 1 / sqrt(mean(x[src, :]^2) + eps),
-   src = rows[r] when rows is given, else r. One block per row: reads hidden fp32 + hidden bf16, writes hidden
-   bf16. A decode step runs it with one row, where it is pure latency: 16-byte loads (when h % 4 == 0) and a wide
-   block (te_llama__norm_threads) make it one round of loads, a reduction and one round of stores; the second pass
-   reads x again from L1. Launched by te_llama__launch (programmatic dependent launch). */
-__global__ void __launch_bounds__(1024) te_llama__rmsnorm_kernel(const float *x, const int32_t *rows, const te_llama__bf16 *w,
-                                                                 te_llama__bf16 *out, int h, float eps) {
-    __shared__ float red[32];
-    te_llama__pdl_start();
-    const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
-    te_llama__bf16 *o = out + (size_t)blockIdx.x * h;
-    float ss = 0.0f, inv;
+/* One row of HF's LlamaRMSNorm: y = float(w) * (xr * inv), inv = 1 / sqrt(mean(xr^2) + eps) (te_llama__rms_inv
+   when h % 4 == 0: 16-byte loads, the second pass reading xr again from L1), stored as bf16(y) in ob and / or
+   e4m3(y * s) in oq (either may be NULL); returns this thread's max |y| (an FP8 input's amax). Every thread of the
+   block calls it; red: 32 floats of shared memory. Reads h fp32 + h bf16, writes h bf16 and / or h bytes. */
+__device__ __forceinline__ float te_llama__norm_row(const float *xr, const te_llama__bf16 *w, int h, float eps, float *red,
+                                                   te_llama__bf16 *ob, uint8_t *oq, float s) {
+    float mx = 0.0f, inv;
     if ((h & 3) == 0) {
         const float4 *x4 = (const float4 *)xr;
         const uint2 *w4 = (const uint2 *)w;
-        uint2 *o4 = (uint2 *)o;
         inv = te_llama__rms_inv(xr, h, eps, red);
         for (int i = threadIdx.x; i < h / 4; i += blockDim.x) {
             const float4 v = x4[i];
             const uint2 wv = w4[i];
             const __nv_bfloat162 w01 = *(const __nv_bfloat162 *)&wv.x, w23 = *(const __nv_bfloat162 *)&wv.y;
-            uint2 r;
-            r.x = te_llama__pack_bf16(__low2float(w01) * (v.x * inv), __high2float(w01) * (v.y * inv));
-            r.y = te_llama__pack_bf16(__low2float(w23) * (v.z * inv), __high2float(w23) * (v.w * inv));
-            o4[i] = r;
+            const float y[4] = {__low2float(w01) * (v.x * inv), __high2float(w01) * (v.y * inv),
+                                __low2float(w23) * (v.z * inv), __high2float(w23) * (v.w * inv)};
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
+            if (oq)
+                ((uint32_t *)oq)[i] = (uint32_t)te_llama__e4m3_scaled(y[0], s) | (uint32_t)te_llama__e4m3_scaled(y[1], s) << 8 |
+                                      (uint32_t)te_llama__e4m3_scaled(y[2], s) << 16 | (uint32_t)te_llama__e4m3_scaled(y[3], s) << 24;
+            if (ob) {
+                uint2 r;
+                r.x = te_llama__pack_bf16(y[0], y[1]);
+                r.y = te_llama__pack_bf16(y[2], y[3]);
+                ((uint2 *)ob)[i] = r;
+            }
         }
-        return;
+        return mx;
     }
+    float ss = 0.0f;
     for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
     ss = te_llama__block_sum(ss, red);
     inv = 1.0f / sqrtf(ss / (float)h + eps);
-    for (int i = threadIdx.x; i < h; i += blockDim.x) o[i] = __float2bfloat16(__bfloat162float(w[i]) * (xr[i] * inv));
+    for (int i = threadIdx.x; i < h; i += blockDim.x) {
+        const float y = __bfloat162float(w[i]) * (xr[i] * inv), a = fabsf(y);
+        if (a > mx) mx = a;
+        if (oq) oq[i] = te_llama__e4m3_scaled(y, s);
+        if (ob) ob[i] = __float2bfloat16(y);
+    }
+    return mx;
+}
+
+/* HF LlamaRMSNorm into bf16: out[r, :] = bf16(w * (x[src, :] * inv)) (te_llama__norm_row), src = rows[r] when rows
+   is given, else r. One block per row: reads hidden fp32 + hidden bf16, writes hidden bf16. A decode step runs it
+   with one row, where it is pure latency: 16-byte loads and a wide block (te_llama__norm_threads) make it one round
+   of loads, a reduction and one round of stores. Launched by te_llama__launch (programmatic dependent launch). */
+__global__ void __launch_bounds__(1024) te_llama__rmsnorm_kernel(const float *x, const int32_t *rows, const te_llama__bf16 *w,
+                                                                 te_llama__bf16 *out, int h, float eps) {
+    __shared__ float red[32];
+    te_llama__pdl_start();
+    const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
+    (void)te_llama__norm_row(xr, w, h, eps, red, out + (size_t)blockIdx.x * h, NULL, 0.0f);
 }
 
 /* Threads for the norm of n rows of h: a few rows (decode) get wide blocks, one 16-byte load a thread; many rows
@@ -1228,8 +1249,9 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             }
         }
     };
-    if (NT == 1) load_w(c0); /* two token tiles (9-16 tokens) keep the plain loop: the 8B B16 decode measured 2.66k
-                                tok/s with this form, 2.83k before it (other runs; not isolated) */
+    if (NT == 1) load_w(c0); /* two token tiles (9-16 tokens, FP8 only since BF16 takes cuBLASLt there) keep the
+                                plain loop: the 8B BF16 B16 decode measured 2.66k tok/s with this form, 2.83k before
+                                it (run 5; other runs, not isolated) */
     te_llama__pdl_start_early();
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -4191,41 +4213,8 @@ te_llama__rmsnorm_fp8_kernel(const float *x, const int32_t *rows, const te_llama
     __shared__ float red[32];
     te_llama__pdl_start();
     const float *xr = x + (size_t)(rows ? rows[blockIdx.x] : (int32_t)blockIdx.x) * h;
-    const float s = *scale;
-    float ss = 0.0f, inv, mx = 0.0f;
-    if ((h & 3) == 0) {
-        const float4 *x4 = (const float4 *)xr;
-        const uint2 *w4 = (const uint2 *)w;
-        inv = te_llama__rms_inv(xr, h, eps, red);
-        for (int i = threadIdx.x; i < h / 4; i += blockDim.x) {
-            const float4 v = x4[i];
-            const uint2 wv = w4[i];
-            const __nv_bfloat162 w01 = *(const __nv_bfloat162 *)&wv.x, w23 = *(const __nv_bfloat162 *)&wv.y;
-            const float y[4] = {__low2float(w01) * (v.x * inv), __high2float(w01) * (v.y * inv),
-                                __low2float(w23) * (v.z * inv), __high2float(w23) * (v.w * inv)};
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
-            if (out)
-                ((uint32_t *)(out + (size_t)blockIdx.x * h))[i] =
-                    (uint32_t)te_llama__e4m3_scaled(y[0], s) | (uint32_t)te_llama__e4m3_scaled(y[1], s) << 8 |
-                    (uint32_t)te_llama__e4m3_scaled(y[2], s) << 16 | (uint32_t)te_llama__e4m3_scaled(y[3], s) << 24;
-            if (out_bf16) {
-                uint2 r;
-                r.x = te_llama__pack_bf16(y[0], y[1]);
-                r.y = te_llama__pack_bf16(y[2], y[3]);
-                ((uint2 *)(out_bf16 + (size_t)blockIdx.x * h))[i] = r;
-            }
-        }
-    } else {
-        for (int i = threadIdx.x; i < h; i += blockDim.x) ss += xr[i] * xr[i];
-        ss = te_llama__block_sum(ss, red);
-        inv = 1.0f / sqrtf(ss / (float)h + eps);
-        for (int i = threadIdx.x; i < h; i += blockDim.x) {
-            const float y = __bfloat162float(w[i]) * (xr[i] * inv), a = fabsf(y);
-            if (a > mx) mx = a;
-            if (out) out[(size_t)blockIdx.x * h + i] = te_llama__e4m3_scaled(y, s);
-            if (out_bf16) out_bf16[(size_t)blockIdx.x * h + i] = __float2bfloat16(y);
-        }
-    }
+    const float mx = te_llama__norm_row(xr, w, h, eps, red, out_bf16 ? out_bf16 + (size_t)blockIdx.x * h : NULL,
+                                        out ? out + (size_t)blockIdx.x * h : NULL, *scale);
     te_llama__amax_commit(mx, red, amax);
 }
 
