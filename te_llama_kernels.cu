@@ -15,7 +15,8 @@
    residual adds are the GEMMs' own epilogue (beta = 1 on the fp32 residual stream). For up to 8 tokens (decode)
    QKV and proj run through te_llama__gemv_kernel, a weight-streaming GEMV on the tensor cores whose QKV epilogue
    applies RoPE and stores k and v in the cache (no separate kernel); for one token fc1 (SwiGLU in its epilogue)
-   and fc2 too. With FP8 on (see the FP8 section at the end) every decoder GEMM of up to 16 tokens runs through
+   and fc2 too, and the two RMSNorms fold into the GEMVs around them (proj and fc2 write bf16(w x) and the sums of
+   squares, QKV and fc1 scale their sums by 1 / rms: no norm kernel but layer 0's and the final one). With FP8 on (see the FP8 section at the end) every decoder GEMM of up to 16 tokens runs through
    the same GEMV on E4M3 weights and inputs.
    Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
      - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
@@ -32,6 +33,9 @@
        (gate and up) is bf16, as TE and HF have it.
      - Every GEMM input is bf16: the normed activations, the attention output and the SwiGLU output are rounded
        to bf16 before their GEMM (the CPU keeps them fp32). Keys and values are cached in bf16.
+     - A one-token bf16 forward (a decode step of one sequence) rounds its normed activations differently: bf16(w x)
+       goes into the GEMM and its fp32 sums are multiplied by 1 / rms(x) (the same relative rounding error at
+       another point; tests/test_cuda.c emulates both).
      - cos and sin of the rotary angle are computed as the CPU does (float32 angle, double cos/sin, then float).
      - The tensor-core prefill attention rounds q (after RoPE, before the 1/sqrt(hd) scale) and the softmax
        probabilities to bf16 for its two products (fp32 accumulation, fp32 softmax statistics and row sums); the
@@ -39,12 +43,12 @@
      Expected relative L2 error of the logits against the CPU over the same bf16 weights: a few 1e-3.
 
    SAMPLING (te_llama_cuda_generate, te_llama_cuda_generate_batch)
-     One block a sequence. Greedy: an argmax kernel, ties to the lowest id as the CPU. Otherwise the block draws
-     from softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits' bit patterns (no
-     sort), with the library's xorshift64* generator kept in device memory, one state a sequence. The distribution
-     is the CPU's; the draw is not bit-identical to te_llama_sample's (that walks tokens in probability order, this
-     one in id order), and ties at the top_k / top_p boundary keep every tied token. Only the sampled ids cross to
-     the host per step.
+     Greedy: te_llama__argmax_kernel, up to 64 blocks a row, ties to the lowest id as the CPU. Otherwise one block
+     a sequence draws from softmax(logits / T) restricted by top_k then top_p, found by bisection on the logits'
+     bit patterns (no sort), with the library's xorshift64* generator kept in device memory, one state a
+     sequence. The distribution is the CPU's; the draw is not bit-identical to te_llama_sample's (that walks tokens
+     in probability order, this one in id order), and ties at the top_k / top_p boundary keep every tied token.
+     Only the sampled ids cross to the host per step.
      The decode step (forward of one token a sequence, lm_head, sampling, the copy of the ids) is captured once in a
      CUDA graph and replayed: tokens and positions are read from device memory, which the sampling kernel advances.
      A batch keeps its finished sequences in the step (their ids are dropped) so that the graph keeps its shape. If
@@ -55,7 +59,8 @@
      workspace (32 MiB), per-token scratch grown to the largest batch seen (~ 4 (hidden + q_dim + 2 kv_dim)
      + 2 (hidden + q_dim + 3 I) + 32 bytes a token), the split-KV attention's partial results (tokens x heads x
      splits x (head_dim + 2) fp32, for batches small enough to split: at most ~ 2 x SMs x G (head_dim + 2) x 4
-     bytes, 0.5 MiB for Llama-3-8B) and a logits buffer of up to 128 rows x vocab fp32. The KV cache is two
+     bytes, 0.5 MiB for Llama-3-8B) and a logits buffer of up to 128 rows x vocab fp32 (plus 516 bytes a row for
+     the greedy argmax). The KV cache is two
      bf16 buffers of n_layers x n_seq x max_len x kv_dim. A failed allocation frees what the call took and returns
      TE_LLAMA_ERR_CUDA_OOM. The loader's pinned staging buffers are freed at the first forward call.
 */
@@ -176,6 +181,7 @@ typedef struct te_llama__cuda {
     te_llama__bf16 *att; /* (cap, q_dim) attention output */
     te_llama__bf16 *mlp; /* (cap, 2 I) fc1 output: gate then up */
     te_llama__bf16 *act; /* (cap, I) silu(gate) * up */
+    float *norm_ss;      /* (hidden / 16) a one-token step's sums of squares of x, a float per GEMV block (fold_norm) */
     int32_t *ints;       /* (8, cap): tokens, positions, sequences, rows wanting logits, then the prefill tile table
                             (4 ints a tile, at most cap tiles) */
     int32_t *host_ints;  /* (8, cap) host copy being uploaded */
@@ -185,7 +191,8 @@ typedef struct te_llama__cuda {
     unsigned *part_count; /* (part_counts) the decode attention's finished splits per (token, kv head); kept 0 between launches */
     size_t part_counts;
     int cap_rows;
-    float *logits;       /* (cap_rows, vocab) */
+    float *logits;       /* (cap_rows, vocab), then the greedy argmax's (cap_rows, TE_LLAMA__ARGMAX_SLICES) maxima,
+                            their ids, and its cap_rows counters (kept 0 between launches): te_llama__rows_bytes */
     /* generation */
     int cap_seqs;            /* sequences rng and pinned_token hold; grown by te_llama__ensure_seqs */
     unsigned long long *rng; /* (cap_seqs) device: each sequence's sampler state */
@@ -1113,6 +1120,7 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
    (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
 #define TE_LLAMA__GEMV_MAX_N 16
 #define TE_LLAMA__GEMV_MAX_KW 32 /* warps a block: 32 for one tile (RT 1), 16 for the SwiGLU pair (RT 2) */
+#define TE_LLAMA__GEMV_MAX_SS 1024 /* a folded norm's partial sums (hidden / 16): hidden up to 16384 */
 
 enum {
     TE_LLAMA__EPI_STORE = 0, /* y[t, row] = (y[t, row] if accumulate) + sum: an fp32 output or the residual stream */
@@ -1138,6 +1146,16 @@ typedef struct te_llama__gemv_args {
     int inter;
     const float *act_scale;
     float *act_amax;
+    /* The RMSNorm folded into the GEMVs around it (a one-token bf16 step): a STORE with norm_w also writes
+       xg (n, m) = bf16(norm_w * y) and each token's sum of y^2 over the block's 16 rows to ss_out[tok * blocks +
+       block]; a ROPE_KV or SWIGLU with ss_in reads that xg as x and scales its sums by inv = 1 / sqrt(sum of
+       ss_in[0 .. ss_parts) / k + eps) (one token). */
+    const te_llama__bf16 *norm_w;
+    te_llama__bf16 *xg;
+    float *ss_out;
+    const float *ss_in;
+    int ss_parts;
+    float eps;
 } te_llama__gemv_args;
 
 /* Row of W that row r (0..15) of tile tt stands for. ROPE_KV: a tile holds dims [8a, 8a + 8) of a head in rows 0..7
@@ -1218,7 +1236,13 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
     constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
                                                 faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
-    __shared__ float red[RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2][RT * NT * 4][32];
+    /* red (KW, RT NT 4, 32): the warps' partial sums, sized by the launch (te_llama__gemv_smem) rather than for 32
+       warps: with the multi-block argmax (about 0.3% alone) the 8B BF16 decode went from 206 to 214.5 tok/s
+       (bench/NOTES.md, run 7; registers, not shared memory, limit the blocks an SM either way, so why the smaller
+       footprint helps that much was not isolated) */
+    extern __shared__ float te_llama__gemv_red[];
+    float(*red)[RT * NT * 4][32] = (float(*)[RT * NT * 4][32])te_llama__gemv_red;
+    __shared__ __align__(16) float ssm[EPI == TE_LLAMA__EPI_STORE ? 4 : TE_LLAMA__GEMV_MAX_SS]; /* a.ss_in */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
     const char *wrow[RT][2];
@@ -1253,6 +1277,11 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                                 plain loop: the 8B BF16 B16 decode measured 2.66k tok/s with this form, 2.83k before
                                 it (run 5; other runs, not isolated) */
     te_llama__pdl_start_early();
+    if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm's sums, written by the kernel before: in flight
+                                                  during the main loop, waited for at its end */
+        for (int i = threadIdx.x; i < a.ss_parts / 4; i += blockDim.x) te_llama__cp_async16(ssm + 4 * i, a.ss_in + 4 * i, 16);
+        te_llama__cp_async_commit();
+    }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int tok = nt * 8 + g;
@@ -1283,6 +1312,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) red[warp][(rt * NT + nt) * 4 + e][lane] = acc[rt][nt][e];
+    if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) te_llama__cp_async_wait<0>();
     __syncthreads();
     if (warp) return;
     float scale = 1.0f, amax = 0.0f;
@@ -1297,6 +1327,18 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 for (int w = 1; w < KW; w++) s += red[w][(rt * NT + nt) * 4 + e][lane];
                 acc[rt][nt][e] = FP8 ? s * scale : s;
             }
+    if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm: sum_k W (w x) times inv, one token */
+        float ss = 0.0f;
+        for (int p = lane; p < a.ss_parts; p += 32) ss += ssm[p];
+        const float inv = 1.0f / sqrtf(te_llama__warp_sum(ss) / (float)a.k + a.eps);
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[rt][nt][e] *= inv;
+    }
+    float sq[NT][2] = {}; /* STORE with norm_w: this lane's y^2 of each of its tokens */
     /* acc[rt][nt][e]: row g (e < 2) or g + 8 (e >= 2) of tile rt, token nt * 8 + 2t + (e & 1) */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -1309,9 +1351,14 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 for (int rt = 0; rt < RT; rt++)
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        float *y = a.y + (size_t)tok * a.m + te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a);
-                        const float v = acc[rt][nt][2 * h + j];
-                        *y = a.accumulate ? *y + v : v;
+                        const int row = te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a);
+                        float *y = a.y + (size_t)tok * a.m + row;
+                        const float v = a.accumulate ? *y + acc[rt][nt][2 * h + j] : acc[rt][nt][2 * h + j];
+                        *y = v;
+                        if (!FP8 && a.norm_w) {
+                            a.xg[(size_t)tok * a.m + row] = __float2bfloat16(__bfloat162float(a.norm_w[row]) * v);
+                            sq[nt][j] += v * v;
+                        }
                     }
             } else if (EPI == TE_LLAMA__EPI_ROPE_KV) {
                 const int per_head = a.hd / 16, head = blockIdx.x / per_head, i = 8 * (blockIdx.x - head * per_head) + g;
@@ -1352,6 +1399,16 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 }
             }
         }
+    if (EPI == TE_LLAMA__EPI_STORE && !FP8 && a.norm_w) /* the block's sum of y^2 a token: over g (lanes 4 g + t) */
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                float q = sq[nt][j];
+                for (int o = 4; o < 32; o <<= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+                const int tok = nt * 8 + 2 * t + j;
+                if (g == 0 && tok < a.n) a.ss_out[(size_t)tok * gridDim.x + blockIdx.x] = q;
+            }
     if (EPI == TE_LLAMA__EPI_SWIGLU && FP8) {
         amax = te_llama__warp_max(amax);
         if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
@@ -1379,14 +1436,95 @@ __device__ __forceinline__ unsigned te_llama__order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* One token from each row of logits, one block of 1024 threads a row: block b reads logits + b * vocab, draws
-   with rng[b], writes token[b] and advances pos[b]. Each thread owns a contiguous chunk of the row's ids.
-   Greedy (temperature <= 0): argmax, ties to the lowest id, over ids strided across the threads. Else p_i = exp((l_i - max) / T); top_k keeps the ids
+/* Greedy decoding: the first largest logit of each row, ties to the lowest id, NaN never wins (a row of NaN
+   gives id 0). Block (s, r) scans slice s of row r (ids [s span, (s + 1) span), span a multiple of 4: 16-byte
+   loads strided over the threads when the row allows), writes its (max, id) to part, and the last of the row's
+   blocks to finish (a counter per row, reset by that block, so a captured graph replays) merges the slices and
+   writes token[r], advancing pos[r] when pos is given. A single block a row read the 128k logits of a Llama 3
+   shape in 20.6 us (bench/NOTES.md, run 6): one SM's share of L2. Traffic: vocab fp32 a row, 8 bytes a block. */
+#define TE_LLAMA__ARGMAX_THREADS 256
+#define TE_LLAMA__ARGMAX_SLICES 64 /* most blocks a row */
+#define TE_LLAMA__ARGMAX_SPAN 2048 /* fewest ids a block */
+
+/* (best, bi) = the larger of it and (ob, oi), the lower id on ties; id < 0 marks "nothing yet" */
+__device__ __forceinline__ void te_llama__argmax_merge(float &best, int &bi, float ob, int oi) {
+    if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
+}
+__device__ __forceinline__ void te_llama__argmax_warp(float &best, int &bi) {
+    for (int o = 16; o > 0; o >>= 1) te_llama__argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
+__global__ void __launch_bounds__(TE_LLAMA__ARGMAX_THREADS)
+te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v, int *part_i, unsigned *counts,
+                        int32_t *token, int32_t *pos) {
+    te_llama__pdl_start();
+    __shared__ float wb[TE_LLAMA__ARGMAX_THREADS / 32];
+    __shared__ int wi[TE_LLAMA__ARGMAX_THREADS / 32];
+    __shared__ int last;
+    const int s = blockIdx.x, row = blockIdx.y, S = gridDim.x, tid = threadIdx.x, lane = tid & 31;
+    const float *lr = logits + (size_t)row * (size_t)vocab;
+    const int lo = min(vocab, s * span), hi = min(vocab, lo + span);
+    float best = -INFINITY;
+    int bi = -1;
+    /* each thread meets its ids in increasing order, so a strict > keeps its first maximum */
+    if ((vocab & 3) == 0 && ((size_t)logits & 15) == 0) {
+        for (int i4 = lo / 4 + tid; i4 < hi / 4; i4 += TE_LLAMA__ARGMAX_THREADS) {
+            const float4 v4 = ((const float4 *)lr)[i4];
+            const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (bi < 0 ? v[e] == v[e] : v[e] > best) { best = v[e]; bi = 4 * i4 + e; }
+        }
+    } else {
+        for (int i = lo + tid; i < hi; i += TE_LLAMA__ARGMAX_THREADS) {
+            const float v = lr[i];
+            if (bi < 0 ? v == v : v > best) { best = v; bi = i; }
+        }
+    }
+    te_llama__argmax_warp(best, bi);
+    if (lane == 0) { wb[tid >> 5] = best; wi[tid >> 5] = bi; }
+    __syncthreads();
+    if (tid >= 32) return;
+    best = lane < TE_LLAMA__ARGMAX_THREADS / 32 ? wb[lane] : -INFINITY;
+    bi = lane < TE_LLAMA__ARGMAX_THREADS / 32 ? wi[lane] : -1;
+    te_llama__argmax_warp(best, bi);
+    if (S == 1) {
+        if (lane == 0) {
+            token[row] = bi < 0 ? 0 : bi;
+            if (pos) pos[row] += 1;
+        }
+        return;
+    }
+    /* the last block of the row merges: every writer fences its (max, id) before the count goes up, the last
+       block fences before reading them (through L2) */
+    if (lane == 0) {
+        part_v[(size_t)row * S + s] = best;
+        part_i[(size_t)row * S + s] = bi;
+        __threadfence();
+        last = atomicAdd(&counts[row], 1u) == (unsigned)S - 1;
+        if (last) counts[row] = 0;
+    }
+    __syncwarp();
+    if (!last) return;
+    __threadfence();
+    best = -INFINITY;
+    bi = -1;
+    for (int j = lane; j < S; j += 32) te_llama__argmax_merge(best, bi, __ldcg(part_v + (size_t)row * S + j), __ldcg(part_i + (size_t)row * S + j));
+    te_llama__argmax_warp(best, bi);
+    if (lane == 0) {
+        token[row] = bi < 0 ? 0 : bi;
+        if (pos) pos[row] += 1;
+    }
+}
+
+/* One token from each row of logits by sampling (temperature > 0; greedy rows take te_llama__argmax_kernel), one
+   block of 1024 threads a row: block b reads logits + b * vocab, draws with rng[b], writes token[b] and advances
+   pos[b]. Each thread owns a contiguous chunk of the row's ids. p_i = exp((l_i - max) / T); top_k keeps the ids
    whose logit key is >= the largest key that still leaves k ids (32 counting passes over the vocabulary); top_p
    then keeps those >= the largest key whose kept mass reaches top_p of the top_k mass (32 summing passes); the
    draw u * mass (xorshift64* state in rng[b], as te_llama_sample's) picks the id whose interval in id order holds
    it. Writes token[b], and advances pos[b] when pos is given (the next decode step's position). Traffic per row:
-   vocab fp32 reads per pass (1 for greedy, 3 to 67 for sampling), mostly from L2. */
+   vocab fp32 reads per pass (3 to 67), mostly from L2. */
 __global__ void __launch_bounds__(TE_LLAMA__SAMPLE_THREADS)
 te_llama__sample_kernel(const float *logits, int vocab, float temperature, int top_k, float top_p,
                         unsigned long long *rng, int32_t *token, int32_t *pos) {
@@ -1397,115 +1535,74 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
     __shared__ float draw;
     const int tid = threadIdx.x, chunk = (vocab + TE_LLAMA__SAMPLE_THREADS - 1) / TE_LLAMA__SAMPLE_THREADS;
     const int lo = min(vocab, tid * chunk), hi = min(vocab, lo + chunk);
-    int result;
-    logits += (size_t)blockIdx.x * (size_t)vocab; /* this block's row (the float4 path checks its alignment) */
+    logits += (size_t)blockIdx.x * (size_t)vocab; /* this block's row */
     rng += blockIdx.x;
     token += blockIdx.x;
     if (pos) pos += blockIdx.x;
-    if (temperature <= 0.0f) {
-        float best = -INFINITY;
-        int bi = -1;
-        /* strided over the threads (coalesced, 16-byte loads when the row allows); each thread meets its ids in
-           increasing order, so a strict > keeps its first maximum; NaN never wins */
-        if ((vocab & 3) == 0 && ((size_t)logits & 15) == 0) {
-            for (int i4 = tid; i4 < vocab / 4; i4 += TE_LLAMA__SAMPLE_THREADS) {
-                const float4 v4 = ((const float4 *)logits)[i4];
-                const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (bi < 0 ? v[e] == v[e] : v[e] > best) { best = v[e]; bi = 4 * i4 + e; }
-            }
-        } else {
-            for (int i = tid; i < vocab; i += TE_LLAMA__SAMPLE_THREADS) {
-                const float v = logits[i];
-                if (bi < 0 ? v == v : v > best) { best = v; bi = i; }
-            }
+    float mx = -INFINITY;
+    for (int i = lo; i < hi; i++) mx = fmaxf(mx, logits[i]);
+    mx = te_llama__block_max(mx, red);
+    unsigned thr = 0u; /* keep ids whose key >= thr */
+    if (top_k > 0 && top_k < vocab) {
+        for (int b = 31; b >= 0; b--) {
+            unsigned c = thr | (1u << b);
+            int cnt = 0;
+            for (int i = lo; i < hi; i++) cnt += te_llama__order_key(logits[i]) >= c;
+            if (te_llama__block_isum(cnt, ired) >= top_k) thr = c;
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
-        }
-        __shared__ float wb[32];
-        __shared__ int wi[32];
-        if ((tid & 31) == 0) { wb[tid >> 5] = best; wi[tid >> 5] = bi; }
-        __syncthreads();
-        if (tid < 32) {
-            best = wb[tid];
-            bi = wi[tid];
-            for (int o = 16; o > 0; o >>= 1) {
-                float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-                if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
-            }
-        }
-        result = bi < 0 ? 0 : bi;
-    } else {
-        float mx = -INFINITY;
-        for (int i = lo; i < hi; i++) mx = fmaxf(mx, logits[i]);
-        mx = te_llama__block_max(mx, red);
-        unsigned thr = 0u; /* keep ids whose key >= thr */
-        if (top_k > 0 && top_k < vocab) {
-            for (int b = 31; b >= 0; b--) {
-                unsigned c = thr | (1u << b);
-                int cnt = 0;
-                for (int i = lo; i < hi; i++) cnt += te_llama__order_key(logits[i]) >= c;
-                if (te_llama__block_isum(cnt, ired) >= top_k) thr = c;
-            }
-        }
-        if (top_p > 0.0f && top_p < 1.0f) {
-            float total = 0.0f;
-            for (int i = lo; i < hi; i++)
-                if (te_llama__order_key(logits[i]) >= thr) total += expf((logits[i] - mx) / temperature);
-            total = te_llama__block_sum(total, red);
-            unsigned t2 = 0u;
-            for (int b = 31; b >= 0; b--) {
-                unsigned c = t2 | (1u << b), cut = c > thr ? c : thr;
-                float mass = 0.0f;
-                for (int i = lo; i < hi; i++)
-                    if (te_llama__order_key(logits[i]) >= cut) mass += expf((logits[i] - mx) / temperature);
-                if (te_llama__block_sum(mass, red) >= top_p * total) t2 = c;
-            }
-            if (t2 > thr) thr = t2;
-        }
-        /* this thread's kept mass, then an inclusive scan over threads: interval [scan[tid-1], scan[tid]) */
-        float s = 0.0f;
-        int last = -1;
-        for (int i = lo; i < hi; i++)
-            if (te_llama__order_key(logits[i]) >= thr) { s += expf((logits[i] - mx) / temperature); last = i; }
-        scan[tid] = s;
-        __syncthreads();
-        for (int off = 1; off < TE_LLAMA__SAMPLE_THREADS; off <<= 1) { /* Hillis-Steele */
-            float add = tid >= off ? scan[tid - off] : 0.0f;
-            __syncthreads();
-            scan[tid] += add;
-            __syncthreads();
-        }
-        if (tid == 0) {
-            unsigned long long x = *rng ? *rng : 0x9e3779b97f4a7c15ull;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            *rng = x;
-            draw = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 16777216.0f * scan[TE_LLAMA__SAMPLE_THREADS - 1];
-        }
-        __syncthreads();
-        const float r = draw, begin = tid ? scan[tid - 1] : 0.0f;
-        int pick = -1;
-        if (last >= 0 && r >= begin && r < scan[tid]) {
-            float acc = begin;
-            for (int i = lo; i < hi && pick < 0; i++)
-                if (te_llama__order_key(logits[i]) >= thr) {
-                    acc += expf((logits[i] - mx) / temperature);
-                    if (r < acc) pick = i;
-                }
-            if (pick < 0) pick = last; /* the walk's rounding fell short of the scan's */
-        }
-        /* one thread at most picked; when none did (r at the very end), the last kept id */
-        pick = (int)te_llama__block_max((float)pick, red);
-        last = (int)te_llama__block_max((float)last, red);
-        result = pick >= 0 ? pick : (last >= 0 ? last : 0);
     }
+    if (top_p > 0.0f && top_p < 1.0f) {
+        float total = 0.0f;
+        for (int i = lo; i < hi; i++)
+            if (te_llama__order_key(logits[i]) >= thr) total += expf((logits[i] - mx) / temperature);
+        total = te_llama__block_sum(total, red);
+        unsigned t2 = 0u;
+        for (int b = 31; b >= 0; b--) {
+            unsigned c = t2 | (1u << b), cut = c > thr ? c : thr;
+            float mass = 0.0f;
+            for (int i = lo; i < hi; i++)
+                if (te_llama__order_key(logits[i]) >= cut) mass += expf((logits[i] - mx) / temperature);
+            if (te_llama__block_sum(mass, red) >= top_p * total) t2 = c;
+        }
+        if (t2 > thr) thr = t2;
+    }
+    /* this thread's kept mass, then an inclusive scan over threads: interval [scan[tid-1], scan[tid]) */
+    float s = 0.0f;
+    int last = -1;
+    for (int i = lo; i < hi; i++)
+        if (te_llama__order_key(logits[i]) >= thr) { s += expf((logits[i] - mx) / temperature); last = i; }
+    scan[tid] = s;
+    __syncthreads();
+    for (int off = 1; off < TE_LLAMA__SAMPLE_THREADS; off <<= 1) { /* Hillis-Steele */
+        float add = tid >= off ? scan[tid - off] : 0.0f;
+        __syncthreads();
+        scan[tid] += add;
+        __syncthreads();
+    }
+    if (tid == 0) {
+        unsigned long long x = *rng ? *rng : 0x9e3779b97f4a7c15ull;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *rng = x;
+        draw = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 16777216.0f * scan[TE_LLAMA__SAMPLE_THREADS - 1];
+    }
+    __syncthreads();
+    const float r = draw, begin = tid ? scan[tid - 1] : 0.0f;
+    int pick = -1;
+    if (last >= 0 && r >= begin && r < scan[tid]) {
+        float acc = begin;
+        for (int i = lo; i < hi && pick < 0; i++)
+            if (te_llama__order_key(logits[i]) >= thr) {
+                acc += expf((logits[i] - mx) / temperature);
+                if (r < acc) pick = i;
+            }
+        if (pick < 0) pick = last; /* the walk's rounding fell short of the scan's */
+    }
+    /* one thread at most picked; when none did (r at the very end), the last kept id */
+    pick = (int)te_llama__block_max((float)pick, red);
+    last = (int)te_llama__block_max((float)last, red);
+    const int result = pick >= 0 ? pick : (last >= 0 ? last : 0);
     if (tid == 0) {
         *token = result;
         if (pos) *pos += 1;
@@ -1576,7 +1673,7 @@ static te_llama_result te_llama__check_model(te_llama_model *m) {
 /* Grow the per-token scratch to n tokens (waits for the stream first: the old buffers may be in use). */
 static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda *ctx, int n) {
     const te_llama_config *c = &m->config;
-    size_t cap, h, q, kv, I, off = 0, o_x, o_xn, o_qkv, o_rope, o_att, o_mlp, o_act, o_ints;
+    size_t cap, h, q, kv, I, off = 0, o_x, o_xn, o_qkv, o_rope, o_att, o_mlp, o_act, o_ints, o_ss;
     void *p = NULL, *hp;
     cudaError_t e;
     if (n <= ctx->cap_tokens) return TE_LLAMA_OK;
@@ -1592,6 +1689,7 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     TE_LLAMA__PART(o_mlp, cap * 2 * I * 2);
     TE_LLAMA__PART(o_act, cap * I * 2);
     TE_LLAMA__PART(o_ints, cap * 8 * 4);
+    TE_LLAMA__PART(o_ss, h / 16 * 4);
 #undef TE_LLAMA__PART
     TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
     TE_LLAMA__CU(cudaFree(ctx->scratch));
@@ -1617,8 +1715,17 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
     ctx->mlp = (te_llama__bf16 *)((char *)p + o_mlp);
     ctx->act = (te_llama__bf16 *)((char *)p + o_act);
     ctx->ints = (int32_t *)((char *)p + o_ints);
+    ctx->norm_ss = (float *)((char *)p + o_ss);
     ctx->cap_tokens = (int)cap;
     return TE_LLAMA_OK;
+}
+
+/* Bytes of the logits allocation for rows rows: the logits, then the greedy argmax's partials and counters. */
+static size_t te_llama__rows_bytes(int rows, int vocab) {
+    return (size_t)rows * ((size_t)vocab * sizeof(float) + TE_LLAMA__ARGMAX_SLICES * (sizeof(float) + sizeof(int)) + sizeof(unsigned));
+}
+static unsigned *te_llama__argmax_counts(const te_llama__cuda *ctx, int vocab) {
+    return (unsigned *)(ctx->logits + (size_t)ctx->cap_rows * ((size_t)vocab + 2 * TE_LLAMA__ARGMAX_SLICES));
 }
 
 static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *ctx, int rows) {
@@ -1630,11 +1737,30 @@ static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *
     TE_LLAMA__CU(cudaFree(ctx->logits));
     ctx->logits = NULL;
     ctx->cap_rows = 0;
-    if ((e = cudaMalloc(&p, (size_t)rows * (size_t)m->config.vocab_size * sizeof(float))) != cudaSuccess)
+    if ((e = cudaMalloc(&p, te_llama__rows_bytes(rows, m->config.vocab_size))) != cudaSuccess)
         return te_llama__cuda_error(e, "cudaMalloc(logits)", __FILE__, __LINE__);
     ctx->logits = (float *)p;
     ctx->cap_rows = rows;
+    TE_LLAMA__CU(cudaMemsetAsync(te_llama__argmax_counts(ctx, m->config.vocab_size), 0, sizeof(unsigned) * (size_t)rows, ctx->stream));
     return TE_LLAMA_OK;
+}
+
+/* One token from each of rows rows of ctx->logits into token[] (advancing pos[] when given): the greedy argmax
+   when temperature <= 0, else the sampler with rng[]. Stream work (capturable). */
+static void te_llama__sample(te_llama__cuda *ctx, int rows, int vocab, float temperature, int top_k, float top_p,
+                             unsigned long long *rng, int32_t *token, int32_t *pos) {
+    if (temperature > 0.0f) {
+        te_llama__launch(ctx, te_llama__sample_kernel, dim3((unsigned)rows), dim3(TE_LLAMA__SAMPLE_THREADS), 0, ctx->logits, vocab,
+                         temperature, top_k, top_p, rng, token, pos);
+        return;
+    }
+    int slices = (vocab + TE_LLAMA__ARGMAX_SPAN - 1) / TE_LLAMA__ARGMAX_SPAN;
+    slices = slices > TE_LLAMA__ARGMAX_SLICES ? TE_LLAMA__ARGMAX_SLICES : slices;
+    const int span = (int)te_llama__round_up((size_t)((vocab + slices - 1) / slices), 4);
+    float *part_v = ctx->logits + (size_t)ctx->cap_rows * (size_t)vocab;
+    te_llama__launch(ctx, te_llama__argmax_kernel, dim3((unsigned)slices, (unsigned)rows), dim3(TE_LLAMA__ARGMAX_THREADS), 0,
+                     (const float *)ctx->logits, vocab, span, part_v, (int *)(part_v + (size_t)ctx->cap_rows * TE_LLAMA__ARGMAX_SLICES),
+                     te_llama__argmax_counts(ctx, vocab), token, pos);
 }
 
 /* Grow a device buffer of *have elements of elem bytes to n (zeroed when zero), freeing the old one after the
@@ -1866,6 +1992,9 @@ static int te_llama__gemv_ok(int n, int m, int k) {
     return n >= 1 && n <= TE_LLAMA__GEMV_MAX_N && m % 16 == 0 && k % 64 == 0 && k > 0;
 }
 
+/* Dynamic shared memory of a GEMV block of kw warps: its partial sums, red (kw, RT NT 4, 32) floats. */
+static size_t te_llama__gemv_smem(int kw, int nt, int rt) { return sizeof(float) * (size_t)kw * (size_t)(rt * nt * 4 * 32); }
+
 /* The k split: the warps a block (kw) that keep the most warps resident over the grid's waves, by the occupancy
    the compiled kernel allows (its registers decide it). The 8B QKV (384 blocks of 64-register kernels) took 11
    warps a block by the old rule (32 warps an SM spread over the blocks), which fit 2 blocks an SM: two waves and
@@ -1879,7 +2008,8 @@ static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
     int kw, best = 1;
     for (kw = 1; kw <= most && kw <= chunks; kw++) {
         long waves, score;
-        if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8>, 32 * kw, 0) ||
+        if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8>, 32 * kw,
+                                                                       te_llama__gemv_smem(kw, NT, RT)) ||
                          occ[kw] < 1))
             occ[kw] = 1;
         waves = (blocks + (long)occ[kw] * sms - 1) / ((long)occ[kw] * sms);
@@ -1889,28 +2019,33 @@ static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
     return best;
 }
 
-/* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair). */
+/* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair), kw warps a block, each with its
+   partial sums in dynamic shared memory. */
 template <int EPI, bool FP8>
 static te_llama_result te_llama__gemv(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks) {
     constexpr int RT = EPI == TE_LLAMA__EPI_SWIGLU ? 2 : 1;
     const int chunks = a.k / (FP8 ? 64 : 32);
     if (a.n <= 8) {
         const int kw = te_llama__gemv_warps<1, RT, EPI, FP8>(ctx, blocks, chunks);
-        te_llama__launch(ctx, te_llama__gemv_kernel<1, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)), 0, a);
+        te_llama__launch(ctx, te_llama__gemv_kernel<1, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)),
+                         te_llama__gemv_smem(kw, 1, RT), a);
     } else {
         const int kw = te_llama__gemv_warps<2, RT, EPI, FP8>(ctx, blocks, chunks);
-        te_llama__launch(ctx, te_llama__gemv_kernel<2, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)), 0, a);
+        te_llama__launch(ctx, te_llama__gemv_kernel<2, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)),
+                         te_llama__gemv_smem(kw, 2, RT), a);
     }
     TE_LLAMA__LAUNCHED(gemv);
     return TE_LLAMA_OK;
 }
 
-/* Y (n, m) fp32 (+)= X (n, k) bf16 @ W^T by the GEMV. */
+/* Y (n, m) fp32 (+)= X (n, k) bf16 @ W^T by the GEMV; with next_norm (the residual stream's next RMSNorm weight,
+   folded into the GEMV after this one), also ctx->xn = bf16(next_norm * Y) and ctx->norm_ss its sums of squares. */
 static te_llama_result te_llama__gemv_store(te_llama__cuda *ctx, const void *W, const void *X, float *Y, int m, int n, int k,
-                                            int accumulate) {
+                                            int accumulate, const te_llama__bf16 *next_norm) {
     te_llama__gemv_args a;
     memset(&a, 0, sizeof a);
     a.w = W; a.x = X; a.y = Y; a.n = n; a.m = m; a.k = k; a.accumulate = accumulate;
+    if (next_norm) { a.norm_w = next_norm; a.xg = ctx->xn; a.ss_out = ctx->norm_ss; }
     return te_llama__gemv<TE_LLAMA__EPI_STORE, false>(ctx, a, m / 16);
 }
 
@@ -1958,7 +2093,7 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
 #define TE_LLAMA__DEC2(HD_, G_)                                                                                        \
     if (hd == HD_ && G == G_) {                                                                                       \
         te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_>, grid, block, 0, ctx->qkv, pos, seq, kc, vc,    \
-                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2);                       \
+                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2); \
         return 1;                                                                                                     \
     }
 #define TE_LLAMA__DEC2_G(HD_) TE_LLAMA__DEC2(HD_, 1) TE_LLAMA__DEC2(HD_, 2) TE_LLAMA__DEC2(HD_, 4) TE_LLAMA__DEC2(HD_, 8)
@@ -2161,6 +2296,9 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
        every GEMM of up to 16 tokens takes the E4M3 GEMV (te_llama__layer_fp8). */
     const int small = n <= 8 && te_llama__gemv_ok(n, q_dim + 2 * kv_dim, h) && te_llama__gemv_ok(n, h, q_dim) && hd % 16 == 0;
     const int small_mlp = small && n == 1 && !calibrating && te_llama__gemv_ok(n, 2 * I, h) && te_llama__gemv_ok(n, h, I);
+    /* one token: the RMSNorms before QKV (but layer 0's) and fc1 fold into the GEMVs around them (te_llama__gemv_args):
+       proj and fc2 write bf16(w x) and the sums of squares, QKV and fc1 scale their sums by 1 / rms. */
+    const int fold_norm = small_mlp && h / 16 <= TE_LLAMA__GEMV_MAX_SS;
     te_llama__gemv_args ga;
     te_llama_result r;
     int l;
@@ -2193,13 +2331,14 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if (calibrating)
             r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, NULL, ctx->xn, n, h, eps,
                                       te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_QKV, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_QKV, IN));
-        else
+        else if (!fold_norm || l == 0)
             te_llama__launch(ctx, te_llama__rmsnorm_kernel, dim3((unsigned)n), dim3((unsigned)norm_threads), 0, ctx->x, (const int32_t *)NULL,
                              (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
         if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if (small) {
             ga.w = P[1].data; ga.x = ctx->xn; ga.m = q_dim + 2 * kv_dim; ga.k = h;
+            ga.ss_in = fold_norm && l > 0 ? ctx->norm_ss : NULL; ga.ss_parts = h / 16; ga.eps = eps; /* fc2's blocks */
             ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = pos; ga.seq = seq; ga.kc = kc; ga.vc = vc;
             ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
             if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, false>(ctx, ga, ga.m / 16))) return r;
@@ -2212,7 +2351,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if (calibrating && (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
                                                    te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
             return r;
-        if (small) r = te_llama__gemv_store(ctx, P[4].data, ctx->att, ctx->x, h, n, q_dim, 1);
+        if (small) r = te_llama__gemv_store(ctx, P[4].data, ctx->att, ctx->x, h, n, q_dim, 1, fold_norm ? (const te_llama__bf16 *)P[5].data : NULL);
         else r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1);
         if (r) return r;
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
@@ -2220,16 +2359,18 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if (calibrating)
             r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, NULL, ctx->xn, n, h, eps,
                                       te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC1, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC1, IN));
-        else
+        else if (!fold_norm)
             te_llama__launch(ctx, te_llama__rmsnorm_kernel, dim3((unsigned)n), dim3((unsigned)norm_threads), 0, ctx->x, (const int32_t *)NULL,
                              (const te_llama__bf16 *)P[5].data, ctx->xn, h, eps);
         if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if (small_mlp) { /* fc1 with SwiGLU in its epilogue (gate and up rounded to bf16 first, as cuBLASLt's are), fc2 */
+            const te_llama__bf16 *next = fold_norm && l + 1 < c->num_hidden_layers ? (const te_llama__bf16 *)m->layers[l + 1]->params[0].data : NULL;
             memset(&ga, 0, sizeof ga);
             ga.n = n; ga.w = P[6].data; ga.x = ctx->xn; ga.m = 2 * I; ga.k = h; ga.act = ctx->act; ga.inter = I;
+            if (fold_norm) { ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; } /* proj's blocks */
             if ((r = te_llama__gemv<TE_LLAMA__EPI_SWIGLU, false>(ctx, ga, I / 16)) ||
-                (r = te_llama__gemv_store(ctx, P[7].data, ctx->act, ctx->x, h, n, I, 1)))
+                (r = te_llama__gemv_store(ctx, P[7].data, ctx->act, ctx->x, h, n, I, 1, next)))
                 return r;
             continue;
         }
@@ -2591,8 +2732,8 @@ static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *
     for (r0 = 0; r0 < n; r0 += TE_LLAMA__LOGIT_ROWS) {
         const int rows = n - r0 < TE_LLAMA__LOGIT_ROWS ? n - r0 : TE_LLAMA__LOGIT_ROWS;
         if ((r = te_llama__head(m, ctx, r0 ? ctx->ints + 3 * cap + r0 : NULL, rows))) return r;
-        te_llama__launch(ctx, te_llama__sample_kernel, dim3((unsigned)rows), dim3(TE_LLAMA__SAMPLE_THREADS), 0, ctx->logits,
-                         m->config.vocab_size, s->temperature, s->top_k, s->top_p, ctx->rng + r0, ctx->ints + r0, ctx->ints + cap + r0);
+        te_llama__sample(ctx, rows, m->config.vocab_size, s->temperature, s->top_k, s->top_p, ctx->rng + r0, ctx->ints + r0,
+                         ctx->ints + cap + r0);
         TE_LLAMA__LAUNCHED(sample);
     }
     TE_LLAMA__CU(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
@@ -2708,8 +2849,8 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
         const int32_t *last = ctx->ints + 3 * ctx->cap_tokens + (n_prompt - 1); /* rows[] holds 0..n-1 */
         if ((r = te_llama__head(m, ctx, last, 1))) goto done;
     }
-    te_llama__launch(ctx, te_llama__sample_kernel, dim3(1), dim3(TE_LLAMA__SAMPLE_THREADS), 0, ctx->logits, m->config.vocab_size,
-                     g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng, ctx->ints, (int32_t *)NULL);
+    te_llama__sample(ctx, 1, m->config.vocab_size, g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng, ctx->ints,
+                     (int32_t *)NULL);
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     next_pos = n_prompt; /* the first new token sits right after the prompt; the sampler advances it from here */
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + ctx->cap_tokens, &next_pos, sizeof next_pos, cudaMemcpyHostToDevice, ctx->stream), done);
@@ -2828,9 +2969,8 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_mo
     for (r0 = 0; r0 < n_seq; r0 += TE_LLAMA__LOGIT_ROWS) {
         const int rows = n_seq - r0 < TE_LLAMA__LOGIT_ROWS ? n_seq - r0 : TE_LLAMA__LOGIT_ROWS;
         if ((r = te_llama__head(m, ctx, ctx->ints + 3 * tcap + r0, rows))) goto done;
-        te_llama__launch(ctx, te_llama__sample_kernel, dim3((unsigned)rows), dim3(TE_LLAMA__SAMPLE_THREADS), 0, ctx->logits,
-                         m->config.vocab_size, g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng + r0, ctx->ints + r0,
-                         (int32_t *)NULL);
+        te_llama__sample(ctx, rows, m->config.vocab_size, g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng + r0,
+                         ctx->ints + r0, (int32_t *)NULL);
         TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     }
     /* the decode state: positions right after each prompt (the sampler advances them), slots and rows 0..n_seq-1;
@@ -3931,7 +4071,7 @@ extern "C" te_llama_result te_llama_cuda_memory_info(const te_llama_model *model
     const te_llama__cuda *ctx = model ? (const te_llama__cuda *)model->backend : NULL;
     size_t ws = 0, f = 0, t = 0;
     if (ctx) {
-        ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (size_t)ctx->cap_rows * (size_t)model->config.vocab_size * sizeof(float) +
+        ws = TE_LLAMA__WORKSPACE_BYTES + ctx->scratch_bytes + (ctx->logits ? te_llama__rows_bytes(ctx->cap_rows, model->config.vocab_size) : 0) +
              ctx->part_floats * sizeof(float) + ctx->part_counts * sizeof(unsigned) + (ctx->inv_freq ? sizeof(float) * (size_t)(model->config.head_dim / 2) : 0) +
              sizeof(unsigned long long) * (size_t)ctx->cap_seqs + te_llama__fp8_device_bytes(ctx) +
              (ctx->train ? ((const te_llama__tact *)ctx->train)->bytes : 0);
@@ -3995,7 +4135,7 @@ extern "C" te_llama_result te_llama_cuda_test_gemv(te_llama_model *model, int n,
         double *rel = pass ? rel_lt : rel_gemv, *us = pass ? us_lt : us_gemv;
         float ms = 0.0f;
         TE_LLAMA__CU_GOTO(cudaMemcpy(dy, hy0, ny * 4, cudaMemcpyHostToDevice), done);
-        r = pass ? te_llama__gemm(ctx, dw, dx, dy, CUDA_R_32F, m, n, k, accumulate) : te_llama__gemv_store(ctx, dw, dx, dy, m, n, k, accumulate);
+        r = pass ? te_llama__gemm(ctx, dw, dx, dy, CUDA_R_32F, m, n, k, accumulate) : te_llama__gemv_store(ctx, dw, dx, dy, m, n, k, accumulate, NULL);
         if (r) goto done;
         TE_LLAMA__CU_GOTO(cudaMemcpyAsync(hy, dy, ny * 4, cudaMemcpyDeviceToHost, ctx->stream), done);
         TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
@@ -4009,7 +4149,7 @@ extern "C" te_llama_result te_llama_cuda_test_gemv(te_llama_model *model, int n,
             for (rep = 0; rep < reps && !r; rep++)
             {
                 const te_llama__bf16 *w = dw + nw * (rep % copies); /* contents beyond copy 0 do not matter for time */
-                r = pass ? te_llama__gemm(ctx, w, dx, dy, CUDA_R_32F, m, n, k, 0) : te_llama__gemv_store(ctx, w, dx, dy, m, n, k, 0);
+                r = pass ? te_llama__gemm(ctx, w, dx, dy, CUDA_R_32F, m, n, k, 0) : te_llama__gemv_store(ctx, w, dx, dy, m, n, k, 0, NULL);
             }
             if (r) goto done;
             TE_LLAMA__CU_GOTO(cudaEventRecord(e1, ctx->stream), done);
@@ -4023,6 +4163,28 @@ done:
     if (e1) cudaEventDestroy(e1);
     cudaFree(dw); cudaFree(dx); cudaFree(dy);
     free(hw); free(hx); free(hy0); free(hy); free(ref);
+    return r;
+}
+
+/* For tests/test_cuda.c only: the greedy argmax of the decode step (te_llama__sample at temperature 0) over rows
+   rows of logits (rows x the model's vocab, host memory) into ids (host). */
+extern "C" te_llama_result te_llama_cuda_test_argmax(te_llama_model *model, const float *logits, int rows, int32_t *ids) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    int32_t *d_ids = NULL;
+    const int vocab = model ? model->config.vocab_size : 0;
+    if ((r = te_llama__enter(model, &ctx))) return r;
+    if (rows < 1 || rows > TE_LLAMA__LOGIT_ROWS)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_argmax: rows outside 1..TE_LLAMA__LOGIT_ROWS");
+    if ((r = te_llama__ensure_rows(model, ctx, rows))) return r;
+    TE_LLAMA__CU(cudaMalloc((void **)&d_ids, sizeof(int32_t) * (size_t)rows));
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->logits, logits, sizeof(float) * (size_t)rows * (size_t)vocab, cudaMemcpyHostToDevice, ctx->stream), done);
+    te_llama__sample(ctx, rows, vocab, 0.0f, 0, 0.0f, NULL, d_ids, NULL);
+    TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ids, d_ids, sizeof(int32_t) * (size_t)rows, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+done:
+    cudaFree(d_ids);
     return r;
 }
 

@@ -5,8 +5,8 @@
         --repeat 1 > step.csv
     python3 bench/ncu_step.py step.csv
 
-The step is the kernels between the last two launches of the sampler (te_llama__sample_kernel), i.e. the last
-decode step. Kernels of one name and grid are summed: count, total and per-launch time, DRAM bytes read and the
+The step is the kernels between the last two launches of the sampler (te_llama__argmax_kernel when greedy, else
+te_llama__sample_kernel), i.e. the last decode step. Kernels of one name and grid are summed: count, total and per-launch time, DRAM bytes read and the
 rate they give. ncu runs each kernel alone with the caches flushed, so a sum has no launch overlap and no L2
 reuse between kernels: compare it with the step the benchmark measures (1 / decode tok/s)."""
 import collections
@@ -33,7 +33,7 @@ def kernels(path):
 
 def main():
     ks = kernels(sys.argv[1])
-    samples = [i for i, k in enumerate(ks) if "sample_kernel" in k["name"]]
+    samples = [i for i, k in enumerate(ks) if "sample_kernel" in k["name"] or "argmax_kernel" in k["name"]]
     if len(samples) < 2:
         sys.exit("fewer than two sampler launches: no complete decode step in " + sys.argv[1])
     step = ks[samples[-2] + 1:samples[-1] + 1]

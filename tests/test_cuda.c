@@ -148,9 +148,31 @@ static void rmsnorm_bf16(float *out, const float *x, const float *w, int n, int 
     round_bf16(out, (size_t)n * h);
 }
 
+/* The RMSNorm folded into the GEMVs (a one-token forward, te_llama_kernels.cu's fold_norm): out = bf16(w x) and
+   inv[t] = 1 / rms(x[t]), which the GEMM after it applies to its fp32 sums. */
+static void rmsnorm_folded(float *out, float *inv, const float *x, const float *w, int n, int h, double eps) {
+    int t, i;
+    for (t = 0; t < n; t++) {
+        double ss = 0;
+        for (i = 0; i < h; i++) ss += (double)x[(size_t)t * h + i] * x[(size_t)t * h + i];
+        inv[t] = (float)(1.0 / sqrt(ss / h + eps));
+        for (i = 0; i < h; i++) out[(size_t)t * h + i] = w[i] * x[(size_t)t * h + i];
+    }
+    round_bf16(out, (size_t)n * h);
+}
+
+/* Whether a one-token forward of this config folds its norms into the GEMVs (te_llama__layers: every GEMM on the
+   GEMV, whose k must be a multiple of 64 and m of 16). */
+static int one_token_folds(const te_llama_config *c) {
+    const int q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+    return c->hidden_size % 64 == 0 && q % 64 == 0 && c->intermediate_size % 64 == 0 && (q + 2 * kv) % 16 == 0 &&
+           c->head_dim % 16 == 0 && c->hidden_size / 16 <= 1024;
+}
+
 /* The forward of one fresh sequence as the CUDA backend rounds it (te_llama_kernels.cu, NUMERICS): the CPU
-   reference's math with bf16 at every GEMM input and in the KV cache. Logits (n, vocab) at every position. */
-static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
+   reference's math with bf16 at every GEMM input and in the KV cache. Logits (n, vocab) at every position. With
+   fold, the norms before fc1 and before QKV (but layer 0's) are folded as a one-token forward folds them. */
+static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n, int fold) {
     const te_llama_config *c = &m->config;
     int h = c->hidden_size, hd = c->head_dim, half = hd / 2, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
     int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, V = c->vocab_size;
@@ -162,6 +184,7 @@ static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
     float *kc = (float *)malloc(sizeof(float) * (size_t)n * kv_dim), *vc = (float *)malloc(sizeof(float) * (size_t)n * kv_dim);
     float *cs = (float *)malloc(sizeof(float) * (size_t)n * hd), *sc = (float *)malloc(sizeof(float) * (size_t)n);
     float *logits = (float *)malloc(sizeof(float) * (size_t)n * V), *w;
+    float *inv = (float *)malloc(sizeof(float) * (size_t)n);
     float *emb = param_f32(&m->embed_tokens, (size_t)V);
     for (t = 0; t < n; t++) memcpy(x + (size_t)t * h, emb + (size_t)tokens[t] * h, sizeof(float) * h);
     free(emb);
@@ -174,13 +197,16 @@ static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
     for (l = 0; l < c->num_hidden_layers; l++) {
         const te_llama_param *P = m->layers[l]->params;
         w = param_f32(&P[0], 1);
-        rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
+        if (fold && l > 0) rmsnorm_folded(xn, inv, x, w, n, h, c->rms_norm_eps);
+        else rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
         free(w);
         w = param_f32(&P[1], (size_t)ld); /* the view's first rows and the k, v rows after them */
         matmul_ref(qkv, xn, w, n, ld, h, 0);
         free(w);
         for (t = 0; t < n; t++) {
             float *row = qkv + (size_t)t * ld;
+            if (fold && l > 0)
+                for (i = 0; i < ld; i++) row[i] *= inv[t];
             const float *cos_ = cs + (size_t)t * hd, *sin_ = cos_ + half;
             for (hh = 0; hh < nh + nkv; hh++)
                 for (i = 0; i < half; i++) {
@@ -216,11 +242,15 @@ static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
         matmul_ref(x, att, w, n, h, q_dim, 1);
         free(w);
         w = param_f32(&P[5], 1);
-        rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
+        if (fold) rmsnorm_folded(xn, inv, x, w, n, h, c->rms_norm_eps);
+        else rmsnorm_bf16(xn, x, w, n, h, c->rms_norm_eps);
         free(w);
         w = param_f32(&P[6], (size_t)2 * I);
         matmul_ref(mlp, xn, w, n, 2 * I, h, 0);
         free(w);
+        if (fold)
+            for (t = 0; t < n; t++)
+                for (i = 0; i < 2 * I; i++) mlp[(size_t)t * 2 * I + i] *= inv[t];
         round_bf16(mlp, (size_t)n * 2 * I); /* fc1 writes bf16 */
         for (t = 0; t < n; t++)
             for (i = 0; i < I; i++) {
@@ -238,7 +268,7 @@ static float *emulate_gpu(te_llama_model *m, const int32_t *tokens, int n) {
     w = param_f32(&m->lm_head, (size_t)V);
     matmul_ref(logits, xn, w, n, V, h, 0);
     free(w);
-    free(x); free(xn); free(qkv); free(att); free(mlp); free(act); free(kc); free(vc); free(cs); free(sc);
+    free(x); free(xn); free(qkv); free(att); free(mlp); free(act); free(kc); free(vc); free(cs); free(sc); free(inv);
     return logits;
 }
 
@@ -294,11 +324,28 @@ static int stop_at_three(void *user, int32_t token) {
    so there tol is the bf16 tolerance. */
 static void check_emulated(const char *name, te_llama_model *cpu, const int32_t *prompt, int n, const float *gpu,
                            double e_cpu, double tol) {
-    float *emu = emulate_gpu(cpu, prompt, n);
+    const int fold = n == 1 && one_token_folds(&cpu->config);
+    float *emu = emulate_gpu(cpu, prompt, n, fold);
     double e = rel_l2(gpu, emu, (size_t)n * cpu->config.vocab_size, NULL);
     printf("  %s: GPU vs CPU emulating the GPU's bf16 rounding: rel L2 %.2e (vs %.2e against the fp32 CPU)\n", name, e, e_cpu);
+    if (fold) { /* how far the same emulation without the fold would be: what the check tells apart */
+        float *plain = emulate_gpu(cpu, prompt, n, 0);
+        printf("  %s: the emulation without the fold is %.2e from the GPU\n", name, rel_l2(gpu, plain, (size_t)n * cpu->config.vocab_size, NULL));
+        free(plain);
+    }
     CHECK(e < tol, "%s: GPU vs its CPU emulation rel L2 %g (tolerance %g)", name, e, tol);
     free(emu);
+}
+
+/* A one-token forward against the emulation: every GEMM takes the GEMV, with the norms folded into it where the
+   shapes allow (one_token_folds; the emulation follows). */
+static void check_one_token(const char *name, te_llama_model *cpu, te_llama_model *gpu, const int32_t *prompt, double tol) {
+    float *lg = prompt_logits(gpu, prompt, 1), *lc = prompt_logits(cpu, prompt, 1);
+    char name1[96];
+    snprintf(name1, sizeof name1, "%s, one token%s", name, one_token_folds(&cpu->config) ? " (norms folded)" : "");
+    check_emulated(name1, cpu, prompt, 1, lg, rel_l2(lg, lc, (size_t)cpu->config.vocab_size, NULL), tol);
+    free(lg);
+    free(lc);
 }
 
 /* KV-cache decode vs recompute on the GPU: prefill half the prompt, then one token at a time. Where the prompt
@@ -661,6 +708,7 @@ static void test_fixture(const char *name) {
         free(lg8);
     }
     check_emulated(name, cpu, prompt, n, lg, e_cpu, 5e-3);
+    check_one_token(name, cpu, gpu, prompt, 1e-4);
     check_decode(name, gpu, prompt, n, lg);
     /* two sequences of unequal lengths */
     snprintf(path, sizeof path, "%s/ref_batch.json", dir);
@@ -742,6 +790,7 @@ static void test_random_model(void) {
            "(max abs %.2e), GPU %.1f ms\n", n, e, max_abs, 1e3 * t0);
     CHECK(e < 1e-2, "random model: GPU vs CPU rel L2 %g", e);
     check_emulated("random model", cpu, prompt, n, lg, e, 1e-2);
+    check_one_token("random model", cpu, gpu, prompt, 1e-3);
     check_decode("random model", gpu, prompt, n, lg);
     memset(&g, 0, sizeof g);
     g.max_new_tokens = 32;
@@ -1026,6 +1075,70 @@ static void test_gemv(te_llama_model *gpu) {
         }
     CHECK_RESULT(te_llama_cuda_test_gemv(gpu, 17, 16, 64, 0, 0, NULL, NULL, NULL, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
     CHECK_RESULT(te_llama_cuda_test_gemv(gpu, 1, 16, 96, 0, 0, NULL, NULL, NULL, NULL), TE_LLAMA_ERR_INVALID_ARGUMENT);
+}
+
+/* test hook in te_llama_kernels.cu: the decode step's greedy argmax */
+te_llama_result te_llama_cuda_test_argmax(te_llama_model *model, const float *logits, int rows, int32_t *ids);
+
+/* The first largest logit ignoring NaN, 0 when there is none: what the greedy argmax must return. */
+static int32_t first_max(const float *x, int n) {
+    int i, best = -1;
+    for (i = 0; i < n; i++)
+        if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i;
+    return best < 0 ? 0 : best;
+}
+
+/* The greedy argmax, split over up to 64 blocks a row whose last block merges: on a Llama 3 vocabulary (63
+   slices of 2036 ids, 16-byte loads) and an odd one (scalar loads), with ties inside and across slices (the
+   lowest id wins), the maximum at the last id, NaN anywhere (never wins), rows of NaN (id 0), and a second launch
+   (the counters must have been reset). */
+static void test_argmax(void) {
+    static const int vocabs[] = {128256, 4099};
+    enum { ROWS = 7 };
+    size_t v;
+    for (v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++) {
+        const int V = vocabs[v];
+        te_llama_config c;
+        te_llama_options o;
+        te_llama_model *gpu = NULL;
+        float *x = (float *)malloc(sizeof(float) * (size_t)ROWS * V);
+        int32_t got[ROWS], want[ROWS];
+        uint64_t s = 0x2545f4914f6cdd1dull + (uint64_t)V;
+        int r, i, pass, wrong = 0;
+        random_config(&c, 64, 128, 1, 2, 1, 32, V);
+        memset(&o, 0, sizeof o);
+        o.decoder = te_llama_te_decoder;
+        o.dtype = TE_LLAMA_BF16;
+        o.log = quiet_log;
+        o.backend = TE_LLAMA_BACKEND_CUDA;
+        CHECK_RESULT(te_llama_create(&c, &o, &gpu), TE_LLAMA_OK);
+        if (!gpu || !x) { free(x); te_llama_free(gpu); return; }
+        for (i = 0; i < ROWS * V; i++) {
+            s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+            x[i] = (float)((s * 0x2545f4914f6cdd1dull) >> 40) / 1677721.6f - 5.0f; /* [-5, 5) */
+        }
+        x[1 * V + 3 * V / 4] = x[1 * V + V / 3] = 9.0f;        /* a tie across slices: the lower id */
+        x[2 * V + 2036] = x[2 * V + 2035] = 9.0f;               /* a tie at a slice boundary */
+        x[3 * V + V - 1] = 9.0f;                                 /* the last id */
+        for (i = 0; i < V; i += 97) x[3 * V + i] = NAN;          /* NaN around it, id 0 included */
+        for (i = 0; i < V; i++) x[4 * V + i] = NAN;              /* no number at all */
+        for (i = 0; i < V; i++) x[5 * V + i] = -1.0f;            /* all equal */
+        x[6 * V + V / 2] = INFINITY;
+        x[6 * V + V / 2 + 1] = INFINITY;
+        for (r = 0; r < ROWS; r++) want[r] = first_max(x + (size_t)r * V, V);
+        for (pass = 0; pass < 2; pass++) {
+            memset(got, 0xff, sizeof got);
+            CHECK_RESULT(te_llama_cuda_test_argmax(gpu, x, ROWS, got), TE_LLAMA_OK);
+            for (r = 0; r < ROWS; r++) wrong += got[r] != want[r];
+        }
+        printf("  greedy argmax, vocab %d, %d rows x 2 launches: %d wrong (row 1 %d, row 3 %d, row 4 %d)\n", V, ROWS, wrong,
+               got[1], got[3], got[4]);
+        CHECK(wrong == 0, "greedy argmax on vocab %d: %d of %d rows differ from the first maximum", V, wrong, 2 * ROWS);
+        CHECK(want[1] == V / 3 && want[2] == 2035 && want[3] == V - 1 && want[4] == 0 && want[5] == 0 && want[6] == V / 2,
+              "test_argmax's own expectations (vocab %d)", V);
+        free(x);
+        te_llama_free(gpu);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------------------- FP8 */
@@ -1841,6 +1954,7 @@ int main(void) {
     }
     test_gemv(probe);
     te_llama_free(probe);
+    test_argmax();
     test_errors();
     test_fp8();
     for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
