@@ -191,8 +191,11 @@ typedef struct te_llama__cuda {
     unsigned *part_count; /* (part_counts) the decode attention's finished splits per (token, kv head); kept 0 between launches */
     size_t part_counts;
     int cap_rows;
-    float *logits;       /* (cap_rows, vocab), then the greedy argmax's (cap_rows, TE_LLAMA__ARGMAX_SLICES) maxima,
-                            their ids, and its cap_rows counters (kept 0 between launches): te_llama__rows_bytes */
+    float *logits;       /* (cap_rows, vocab); the greedy argmax's buffers follow it in the same allocation
+                            (te_llama__ensure_rows, te_llama__rows_bytes): */
+    float *argmax_v;     /* (cap_rows, TE_LLAMA__ARGMAX_SLICES) each slice's maximum */
+    int *argmax_i;       /* (cap_rows, TE_LLAMA__ARGMAX_SLICES) its id */
+    unsigned *argmax_count; /* (cap_rows) slices finished; kept 0 between launches */
     /* generation */
     int cap_seqs;            /* sequences rng and pinned_token hold; grown by te_llama__ensure_seqs */
     unsigned long long *rng; /* (cap_seqs) device: each sequence's sampler state */
@@ -1237,9 +1240,9 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
                                                 faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
     /* red (KW, RT NT 4, 32): the warps' partial sums, sized by the launch (te_llama__gemv_smem) rather than for 32
-       warps: with the multi-block argmax (about 0.3% alone) the 8B BF16 decode went from 206 to 214.5 tok/s
-       (bench/NOTES.md, run 7; registers, not shared memory, limit the blocks an SM either way, so why the smaller
-       footprint helps that much was not isolated) */
+       warps. With 16 KB for 32 warps plus the folded norm's 4 KB the 8B BF16 decode fell from 206 to 200 tok/s
+       (bench/NOTES.md, run 7, call 1); sized by kw it runs at 204.7 against the previous commit's 202.8 (call 4,
+       one machine, with the fold and the split argmax). */
     extern __shared__ float te_llama__gemv_red[];
     float(*red)[RT * NT * 4][32] = (float(*)[RT * NT * 4][32])te_llama__gemv_red;
     __shared__ __align__(16) float ssm[EPI == TE_LLAMA__EPI_STORE ? 4 : TE_LLAMA__GEMV_MAX_SS]; /* a.ss_in */
@@ -1724,9 +1727,6 @@ static te_llama_result te_llama__ensure_tokens(te_llama_model *m, te_llama__cuda
 static size_t te_llama__rows_bytes(int rows, int vocab) {
     return (size_t)rows * ((size_t)vocab * sizeof(float) + TE_LLAMA__ARGMAX_SLICES * (sizeof(float) + sizeof(int)) + sizeof(unsigned));
 }
-static unsigned *te_llama__argmax_counts(const te_llama__cuda *ctx, int vocab) {
-    return (unsigned *)(ctx->logits + (size_t)ctx->cap_rows * ((size_t)vocab + 2 * TE_LLAMA__ARGMAX_SLICES));
-}
 
 static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *ctx, int rows) {
     void *p = NULL;
@@ -1740,8 +1740,11 @@ static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *
     if ((e = cudaMalloc(&p, te_llama__rows_bytes(rows, m->config.vocab_size))) != cudaSuccess)
         return te_llama__cuda_error(e, "cudaMalloc(logits)", __FILE__, __LINE__);
     ctx->logits = (float *)p;
+    ctx->argmax_v = ctx->logits + (size_t)rows * (size_t)m->config.vocab_size;
+    ctx->argmax_i = (int *)(ctx->argmax_v + (size_t)rows * TE_LLAMA__ARGMAX_SLICES);
+    ctx->argmax_count = (unsigned *)(ctx->argmax_i + (size_t)rows * TE_LLAMA__ARGMAX_SLICES);
     ctx->cap_rows = rows;
-    TE_LLAMA__CU(cudaMemsetAsync(te_llama__argmax_counts(ctx, m->config.vocab_size), 0, sizeof(unsigned) * (size_t)rows, ctx->stream));
+    TE_LLAMA__CU(cudaMemsetAsync(ctx->argmax_count, 0, sizeof(unsigned) * (size_t)rows, ctx->stream));
     return TE_LLAMA_OK;
 }
 
@@ -1757,10 +1760,8 @@ static void te_llama__sample(te_llama__cuda *ctx, int rows, int vocab, float tem
     int slices = (vocab + TE_LLAMA__ARGMAX_SPAN - 1) / TE_LLAMA__ARGMAX_SPAN;
     slices = slices > TE_LLAMA__ARGMAX_SLICES ? TE_LLAMA__ARGMAX_SLICES : slices;
     const int span = (int)te_llama__round_up((size_t)((vocab + slices - 1) / slices), 4);
-    float *part_v = ctx->logits + (size_t)ctx->cap_rows * (size_t)vocab;
     te_llama__launch(ctx, te_llama__argmax_kernel, dim3((unsigned)slices, (unsigned)rows), dim3(TE_LLAMA__ARGMAX_THREADS), 0,
-                     (const float *)ctx->logits, vocab, span, part_v, (int *)(part_v + (size_t)ctx->cap_rows * TE_LLAMA__ARGMAX_SLICES),
-                     te_llama__argmax_counts(ctx, vocab), token, pos);
+                     (const float *)ctx->logits, vocab, span, ctx->argmax_v, ctx->argmax_i, ctx->argmax_count, token, pos);
 }
 
 /* Grow a device buffer of *have elements of elem bytes to n (zeroed when zero), freeing the old one after the
