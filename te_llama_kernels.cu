@@ -23,9 +23,10 @@
        128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);
      - otherwise, up to 8 query heads a kv head and head_dim <= 256 (decode steps, interleaved batches):
        split-KV (flash-decoding) with one block per (token, split, kv head): te_llama__decode_attention2_kernel
-       (head_dim 32/64/128/256 and 1/2/4/8 query heads a kv head; no barriers, its last split merges the others),
-       else te_llama__decode_attention_kernel then te_llama__decode_combine_kernel; the splits' extent is computed
-       on the device from the positions, so the captured decode graph stays valid at every position;
+       (head_dim 32/64/128/256 and 1/2/4/8 query heads a kv head; a round of keys in flight a block, its last
+       split merges the others), else te_llama__decode_attention_kernel then te_llama__decode_combine_kernel;
+       the splits' extent is computed on the device from the positions, so the captured decode graph stays valid
+       at every position;
      - otherwise te_llama__attention_kernel, one block per (token, query head) on the CUDA cores.
 
    NUMERICS (what differs from the fp32 CPU reference, te_llama__cpu_layer)
@@ -963,41 +964,52 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
 }
 
 /* Decode attention for head_dim HD in {32, 64, 128, 256} and G in {1, 2, 4, 8} query heads a kv head (every
-   Llama decode step): one block per (token, split, kv head), 4 warps, and no barrier until the end. A key row is
-   HD / 8 lanes ("a subgroup", one 16-byte load of K and one of V each); a warp holds 32 / (HD / 8) subgroups, and
-   each subgroup streams its own keys (the split's keys dealt round-robin) with its own online softmax, 2 keys in
-   flight. Scores: the lane's 8 dims of q (fp32, scaled by 1/sqrt(hd) log2 e) against its 8 dims of K, then a
-   shuffle reduction over the subgroup; P V: the lane's 8 dims of the output. The block's subgroups then merge in
-   shared memory. With one split active the block writes the bf16 output. Else it writes (sums, max, sum) to part
-   like te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter per (token, kv
-   head), reset by that block, so a captured graph replays) merges them: one launch, no combine kernel.
-   Splits cover at least 64 keys (short caches get one block per kv head). Rounding as the split-KV kernel: q and
-   the probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per (token, kv head), G HD fp32 of q. */
-#define TE_LLAMA__DEC2_WARPS 4
-#define TE_LLAMA__DEC2_MIN_CHUNK 64
+   Llama decode step): one block per (token, split, kv head). A decode step waits on this kernel between its QKV
+   and proj GEMVs, so what counts is its latency. A key row is HD / 8 lanes ("a subgroup": one 16-byte load of K
+   and one of V each); a warp holds 32 / (HD / 8) subgroups, and each subgroup has KPS keys of a round in flight
+   (a round: WARPS x subgroups x KPS keys, dealt round-robin so that neighbouring subgroups read neighbouring
+   rows; a split covers at least one round). Scores: the lane's 8 dims of q (fp32, scaled by 1/sqrt(hd) log2 e)
+   against its 8 dims of each K row, a shuffle reduction over the subgroup; then one online-softmax update per
+   round and head (the round's maximum), and P V on the lane's 8 dims. The subgroups of a warp merge by shuffles,
+   the warps in shared memory. With one split active the block writes the bf16 output. Else it writes (sums, max,
+   sum) to part like te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter
+   per (token, kv head), reset by that block, so a captured graph replays) merges them: one launch, no combine
+   kernel. Rounding as the split-KV kernel: q and the probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per
+   (token, kv head), G HD fp32 of q.
+   Measured on the 8B shape at position 128 (bench/NOTES.md, run 8): 10.0 us a launch alone under ncu (13.5 for
+   the previous form: 4 warps, 2 keys in flight a subgroup, a key at a time), 17 us at 16 tokens (16 before).
+   In the captured step attention still costs about 14 us a layer: skipping it (a test build) decodes at 237
+   tok/s against 214; an empty kernel in its place costs 1.5 us. With 8 keys a subgroup the launch took 13 us
+   alone and 23 at 16 tokens (177 registers, one block an SM). */
+__host__ __device__ constexpr int te_llama__dec2_warps(int hd, int G) { return hd * G > 1024 ? 4 : 8; } /* sacc <= 32 KB */
+__host__ __device__ constexpr int te_llama__dec2_kps(int G) { return G > 4 ? 2 : 4; } /* 128 registers at G = 4 */
+/* keys a block reads in one round: the least a split covers */
+__host__ __device__ constexpr int te_llama__dec2_round(int hd, int G) {
+    return te_llama__dec2_warps(hd, G) * (32 / (hd / 8)) * te_llama__dec2_kps(G);
+}
+static int te_llama__dec2_takes(int hd, int G) {
+    return (hd == 32 || hd == 64 || hd == 128 || hd == 256) && (G == 1 || G == 2 || G == 4 || G == 8);
+}
 
 template <int HD, int G>
-__global__ void __launch_bounds__(32 * TE_LLAMA__DEC2_WARPS)
+__global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
                                    const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
                                    int n_heads, int n_kv, int max_len, float scale_log2) {
     te_llama__pdl_start();
-    constexpr int LPK = HD / 8, SUBS = 32 / LPK, STREAMS = TE_LLAMA__DEC2_WARPS * SUBS;
-    __shared__ float sm[STREAMS][G], sl[STREAMS][G];
-    __shared__ float sacc[STREAMS][G][HD];
+    constexpr int LPK = HD / 8, SUBS = 32 / LPK, WARPS = te_llama__dec2_warps(HD, G), STREAMS = WARPS * SUBS;
+    constexpr int KPS = te_llama__dec2_kps(G), ROUND = te_llama__dec2_round(HD, G);
+    __shared__ float sm[WARPS][G], sl[WARPS][G];
+    __shared__ float sacc[WARPS][G][HD];
+    __shared__ float split_m[G][TE_LLAMA__DEC_MAX_SPLITS], split_l[G][TE_LLAMA__DEC_MAX_SPLITS]; /* the merge's */
     __shared__ int last;
     const int t = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z, S = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int stream = warp * SUBS + sub, q_dim = n_heads * HD, kv_dim = n_kv * HD;
-    const int n_keys = pos[t] + 1;
-    int chunk = (n_keys + S - 1) / S;
-    chunk = chunk < TE_LLAMA__DEC2_MIN_CHUNK ? TE_LLAMA__DEC2_MIN_CHUNK : (chunk + 15) / 16 * 16;
-    const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk), active = (n_keys + chunk - 1) / chunk;
-    if (k0 >= n_keys) return;
     float q[G][8], acc[G][8], m[G], l[G];
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
-    for (int g = 0; g < G; g++) {
+    for (int g = 0; g < G; g++) { /* before pos[]: these loads do not wait for it */
         const float4 a = *(const float4 *)(qrow + g * HD), b = *(const float4 *)(qrow + g * HD + 4);
         q[g][0] = a.x * scale_log2; q[g][1] = a.y * scale_log2; q[g][2] = a.z * scale_log2; q[g][3] = a.w * scale_log2;
         q[g][4] = b.x * scale_log2; q[g][5] = b.y * scale_log2; q[g][6] = b.z * scale_log2; q[g][7] = b.w * scale_log2;
@@ -1006,24 +1018,33 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
+    const int n_keys = pos[t] + 1;
+    int chunk = (n_keys + S - 1) / S;
+    chunk = chunk <= ROUND ? ROUND : (chunk + 15) / 16 * 16;
+    const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk), active = (n_keys + chunk - 1) / chunk;
+    if (k0 >= n_keys) return;
     const size_t base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * HD + 8 * li;
-    /* the trip count is the warp's (shuffles need all 32 lanes); a lane whose key is past the end skips the update */
-    for (int jw = k0 + warp * SUBS; jw < k1; jw += 2 * STREAMS) {
-        const int ja = jw + sub, jb = ja + STREAMS;
-        const bool has_a = ja < k1, has_b = jb < k1;
-        uint4 ka = make_uint4(0, 0, 0, 0), va = ka, kb = ka, vb = ka;
-        if (has_a) { ka = *(const uint4 *)(kc + base + (size_t)ja * kv_dim); va = *(const uint4 *)(vc + base + (size_t)ja * kv_dim); }
-        if (has_b) { kb = *(const uint4 *)(kc + base + (size_t)jb * kv_dim); vb = *(const uint4 *)(vc + base + (size_t)jb * kv_dim); }
+    for (int r0 = k0; r0 < k1; r0 += ROUND) {
+        uint4 kr[KPS], vr[KPS];
 #pragma unroll
-        for (int which = 0; which < 2; which++) {
-            const uint4 ku = which ? kb : ka, vu = which ? vb : va;
-            const bool has = which ? has_b : has_a;
-            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&ku, *v2 = (const __nv_bfloat162 *)&vu;
-            float kf[8], vf[8], s[G];
+        for (int i = 0; i < KPS; i++) {
+            const int j = r0 + i * STREAMS + stream;
+            kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+            if (j < k1) {
+                kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
+                vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
+            }
+        }
+        float s[KPS][G]; /* the trip counts are the warp's (shuffles need all 32 lanes); keys past k1 score 0 */
+#pragma unroll
+        for (int i = 0; i < KPS; i++) {
+            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kr[i];
+            float kf[8];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float2 kk = __bfloat1622float2(k2[e]), vv = __bfloat1622float2(v2[e]);
-                kf[2 * e] = kk.x; kf[2 * e + 1] = kk.y; vf[2 * e] = vv.x; vf[2 * e + 1] = vv.y;
+                const float2 kk = __bfloat1622float2(k2[e]);
+                kf[2 * e] = kk.x;
+                kf[2 * e + 1] = kk.y;
             }
 #pragma unroll
             for (int g = 0; g < G; g++) {
@@ -1032,35 +1053,74 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
                 for (int e = 0; e < 8; e++) d += q[g][e] * kf[e];
 #pragma unroll
                 for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                s[g] = d;
+                s[i][g] = d;
             }
-            if (!has) continue;
+        }
+        float mx[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) { /* the round's maximum, then one rescale of the running sums */
+            mx[g] = m[g];
+#pragma unroll
+            for (int i = 0; i < KPS; i++)
+                if (r0 + i * STREAMS + stream < k1) mx[g] = fmaxf(mx[g], s[i][g]);
+            const float corr = mx[g] == m[g] ? 1.0f : exp2f(m[g] - mx[g]); /* 1 while no key was seen (-inf) */
+            l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= corr;
+            m[g] = mx[g];
+        }
+#pragma unroll
+        for (int i = 0; i < KPS; i++) {
+            if (r0 + i * STREAMS + stream >= k1) continue;
+            const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&vr[i];
+            float vf[8];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 vv = __bfloat1622float2(v2[e]);
+                vf[2 * e] = vv.x;
+                vf[2 * e + 1] = vv.y;
+            }
 #pragma unroll
             for (int g = 0; g < G; g++) {
-                const float m_new = fmaxf(m[g], s[g]), corr = exp2f(m[g] - m_new), p = exp2f(s[g] - m_new);
-                l[g] = l[g] * corr + p;
-                m[g] = m_new;
+                const float p = exp2f(s[i][g] - mx[g]);
+                l[g] += p;
 #pragma unroll
-                for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * corr + p * vf[e];
+                for (int e = 0; e < 8; e++) acc[g][e] += p * vf[e];
             }
         }
     }
-    /* merge the block's streams (a stream with no keys has m = -inf and weighs 0) */
+    /* the warp's subgroups merge (same dims, different keys); one that saw no key has m = -inf and weighs 0 */
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-        if (li == 0) { sm[stream][g] = m[g]; sl[stream][g] = l[g]; }
+    for (int o = LPK; o < 32; o <<= 1)
 #pragma unroll
-        for (int e = 0; e < 8; e++) sacc[stream][g][8 * li + e] = acc[g][e];
+        for (int g = 0; g < G; g++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            const float M = fmaxf(m[g], mo);
+            const float wa = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - M), wb = mo == -INFINITY ? 0.0f : exp2f(mo - M);
+            l[g] = l[g] * wa + lo * wb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * wa + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * wb;
+            m[g] = M;
+        }
+    if (sub == 0) {
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            if (li == 0) { sm[warp][g] = m[g]; sl[warp][g] = l[g]; }
+#pragma unroll
+            for (int e = 0; e < 8; e++) sacc[warp][g][8 * li + e] = acc[g][e];
+        }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD, head = kvh * G + g;
         float M = -INFINITY, L = 0.0f, o = 0.0f;
-        for (int s = 0; s < STREAMS; s++) M = fmaxf(M, sm[s][g]);
-        for (int s = 0; s < STREAMS; s++) {
-            const float w = sm[s][g] == -INFINITY ? 0.0f : exp2f(sm[s][g] - M);
-            L += w * sl[s][g];
-            o += w * sacc[s][g][d];
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) M = fmaxf(M, sm[w][g]);
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) {
+            const float wt = sm[w][g] == -INFINITY ? 0.0f : exp2f(sm[w][g] - M);
+            L += wt * sl[w][g];
+            o += wt * sacc[w][g][d];
         }
         if (active == 1) {
             out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
@@ -1071,27 +1131,39 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         }
     }
     if (active == 1) return;
-    /* the last split of this (token, kv head) to finish merges them all: every writer fences its partials before
-       the count goes up, the last block fences before reading them (through L2) */
-    __threadfence();
+    /* The last split of this (token, kv head) to finish merges them all. The barrier orders the block's partial
+       stores before thread 0's count, whose acq_rel atomic publishes them at gpu scope and, in the last block,
+       acquires the others' (the partials are then read through L2): one fence a block (MEMBAR.ALL.GPU) where
+       __threadfence in every thread gave each a MEMBAR.SC.GPU (8B decode 211.8 against 210.3 tok/s, run 8). */
     __syncthreads();
     if (threadIdx.x == 0) {
-        const unsigned prev = atomicAdd(&counts[(size_t)t * n_kv + kvh], 1u);
+        unsigned prev;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(prev) : "l"(counts + (size_t)t * n_kv + kvh) : "memory");
         last = prev == (unsigned)active - 1;
         if (last) counts[(size_t)t * n_kv + kvh] = 0; /* ready for the next step (a graph replays this launch) */
     }
     __syncthreads();
     if (!last) return;
-    __threadfence();
+    /* Every split's (max, sum) at once into shared memory, then each output's sums with the splits' loads unrolled:
+       two round trips to L2 rather than 4 x active dependent ones (8B decode 212.4 against 211.2 tok/s, run 8). */
+    for (int i = threadIdx.x; i < G * active; i += blockDim.x) {
+        const int g = i / active, s = i - g * active;
+        const float *p = part + ((size_t)t * n_heads + kvh * G + g) * (size_t)S * (HD + 2) + (size_t)s * (HD + 2);
+        split_m[g][s] = __ldcg(p + HD);
+        split_l[g][s] = __ldcg(p + HD + 1);
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD, head = kvh * G + g;
-        const float *p = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2);
+        const float *p = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2) + d;
         float M = -INFINITY, L = 0.0f, o = 0.0f;
-        for (int s = 0; s < active; s++) M = fmaxf(M, __ldcg(p + (size_t)s * (HD + 2) + HD));
+        for (int s = 0; s < active; s++) M = fmaxf(M, split_m[g][s]); /* finite: a split that ran had keys */
+#pragma unroll 8
         for (int s = 0; s < active; s++) {
-            const float w = exp2f(__ldcg(p + (size_t)s * (HD + 2) + HD) - M);
-            L += w * __ldcg(p + (size_t)s * (HD + 2) + HD + 1);
-            o += w * __ldcg(p + (size_t)s * (HD + 2) + d);
+            const float w = exp2f(split_m[g][s] - M);
+            L += w * split_l[g][s];
+            o += w * __ldcg(p + (size_t)s * (HD + 2));
         }
         out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
     }
@@ -1996,26 +2068,31 @@ static int te_llama__gemv_ok(int n, int m, int k) {
 /* Dynamic shared memory of a GEMV block of kw warps: its partial sums, red (kw, RT NT 4, 32) floats. */
 static size_t te_llama__gemv_smem(int kw, int nt, int rt) { return sizeof(float) * (size_t)kw * (size_t)(rt * nt * 4 * 32); }
 
-/* The k split: the warps a block (kw) that keep the most warps resident over the grid's waves, by the occupancy
-   the compiled kernel allows (its registers decide it). The 8B QKV (384 blocks of 64-register kernels) took 11
-   warps a block by the old rule (32 warps an SM spread over the blocks), which fit 2 blocks an SM: two waves and
-   16 warps an SM on average; 10 warps fit 3 blocks, one wave, 29 warps. Never more warps than chunks of k. */
+/* The k split: kw warps a block. A decode GEMV block is bound by latency: it takes about (1 + rounds) rounds of
+   loads, rounds = its warps' chunks / U (the 1: the first loads' wait, the partial-sum reduction, the epilogue),
+   and the grid runs in `waves` at the occupancy the compiled kernel allows (its registers decide it). So kw
+   minimises waves x (1 + rounds), ties to fewer warps. The previous rule (the most warps resident averaged over
+   the waves) gave the 8B QKV (384 blocks, 128 chunks) 32 warps in 3 waves of one round each: 204.5 tok/s against
+   210.9 with 8 warps in one wave of 4 rounds (bench/NOTES.md, run 8, call 1: the estimate ranks every measured
+   kw of the 8B and 1B GEMVs in their measured order, but two close pairs). Never more warps than chunks of k. */
 template <int NT, int RT, int EPI, bool FP8>
 static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
     static_assert(TE_LLAMA__GEMV_MAX_KW < 33, "te_llama__cuda.gemv_occ");
+    constexpr int U = RT == 1 ? 4 : 2; /* chunks in flight a warp (te_llama__gemv_kernel) */
     int *occ = ctx->gemv_occ[(EPI * 2 + (FP8 ? 1 : 0)) * 2 + NT - 1];
     const int sms = ctx->n_sm > 0 ? ctx->n_sm : 132, most = RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2;
-    long best_score = -1;
+    long best_cost = -1;
     int kw, best = 1;
     for (kw = 1; kw <= most && kw <= chunks; kw++) {
-        long waves, score;
+        long waves, rounds, cost;
         if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8>, 32 * kw,
                                                                        te_llama__gemv_smem(kw, NT, RT)) ||
                          occ[kw] < 1))
             occ[kw] = 1;
         waves = (blocks + (long)occ[kw] * sms - 1) / ((long)occ[kw] * sms);
-        score = (long)blocks * kw / waves; /* warps resident, summed over the SMs, on average */
-        if (score > best_score) best_score = score, best = kw;
+        rounds = (chunks + (long)kw * U - 1) / ((long)kw * U);
+        cost = waves * (1 + rounds);
+        if (best_cost < 0 || cost < best_cost) best_cost = cost, best = kw;
     }
     return best;
 }
@@ -2076,8 +2153,11 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
         a.mode = TE_LLAMA__ATT_TILED;
         a.n_tiles = n_tiles;
     } else if (G <= TE_LLAMA__DEC_GMAX && hd <= TE_LLAMA__DEC_MAX_HD && nkv <= 65535) {
+        /* a split never covers less than the kernel's least chunk: more splits than the cache holds chunks of it
+           would be launched only to exit (the 8B shape at max_len 256: 4 instead of 16) */
+        const long least = te_llama__dec2_takes(hd, G) ? te_llama__dec2_round(hd, G) : TE_LLAMA__DEC_MIN_CHUNK;
         long blocks = (long)n * nkv, target = 2L * (ctx->n_sm > 0 ? ctx->n_sm : 132);
-        long s = (target + blocks - 1) / blocks, most = (cache->max_len + TE_LLAMA__DEC_MIN_CHUNK - 1) / TE_LLAMA__DEC_MIN_CHUNK;
+        long s = (target + blocks - 1) / blocks, most = (cache->max_len + least - 1) / least;
         if (s > most) s = most;
         if (s > TE_LLAMA__DEC_MAX_SPLITS) s = TE_LLAMA__DEC_MAX_SPLITS;
         a.mode = TE_LLAMA__ATT_DECODE;
@@ -2090,10 +2170,11 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
                                  int max_len, float scale_log2) {
-    const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv), block(32 * TE_LLAMA__DEC2_WARPS);
+    const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv);
 #define TE_LLAMA__DEC2(HD_, G_)                                                                                        \
     if (hd == HD_ && G == G_) {                                                                                       \
-        te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_>, grid, block, 0, ctx->qkv, pos, seq, kc, vc,    \
+        te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_>, grid, dim3(32 * te_llama__dec2_warps(HD_, G_)), \
+                         0, ctx->qkv, pos, seq, kc, vc,                                                               \
                          ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2); \
         return 1;                                                                                                     \
     }
@@ -4186,6 +4267,51 @@ extern "C" te_llama_result te_llama_cuda_test_argmax(te_llama_model *model, cons
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
 done:
     cudaFree(d_ids);
+    return r;
+}
+
+/* Test entry (tests/test_cuda.c): the decode attention of n tokens over host K/V caches (n_seq, max_len, kv_dim) bf16
+   bits, with the model's head shape and the given split count, as a decode step launches it; q comes in QKV rows
+   (n, q_dim + 2 kv_dim) fp32 (only the q part is read); out (n, q_dim) bf16 bits. */
+extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
+                                                              const int32_t *pos, const int32_t *seq, const float *qkv,
+                                                              const uint16_t *kc, const uint16_t *vc, uint16_t *out) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    te_llama__att a;
+    te_llama__bf16 *d_kc = NULL, *d_vc = NULL;
+    int i, hd, nh, nkv, cap;
+    size_t cache_elems;
+    if ((r = te_llama__enter(model, &ctx))) return r;
+    hd = model->config.head_dim, nh = model->config.num_attention_heads, nkv = model->config.num_key_value_heads;
+    if (n < 1 || n > 64 || splits < 1 || splits > TE_LLAMA__DEC_MAX_SPLITS || max_len < 1 || n_seq < 1 ||
+        nh / nkv > TE_LLAMA__DEC_GMAX || hd > TE_LLAMA__DEC_MAX_HD)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_decode_attention: shape outside the decode kernels");
+    for (i = 0; i < n; i++)
+        if (pos[i] < 0 || pos[i] >= max_len || seq[i] < 0 || seq[i] >= n_seq)
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_decode_attention: position or sequence out of range");
+    if ((r = te_llama__ensure_tokens(model, ctx, n))) return r;
+    if ((r = te_llama__ensure_split(ctx, (size_t)n * nh * splits * (size_t)(hd + 2), (size_t)n * nkv))) return r;
+    cap = ctx->cap_tokens;
+    cache_elems = (size_t)n_seq * (size_t)max_len * (size_t)nkv * (size_t)hd;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_kc, sizeof(te_llama__bf16) * cache_elems), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_vc, sizeof(te_llama__bf16) * cache_elems), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(d_kc, kc, sizeof(te_llama__bf16) * cache_elems, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(d_vc, vc, sizeof(te_llama__bf16) * cache_elems, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->qkv, qkv, sizeof(float) * (size_t)n * (size_t)(nh + 2 * nkv) * hd, cudaMemcpyHostToDevice,
+                                      ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + cap, pos, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 2 * cap, seq, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, ctx->stream), done);
+    memset(&a, 0, sizeof a);
+    a.mode = TE_LLAMA__ATT_DECODE;
+    a.splits = splits;
+    if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n))) goto done;
+    TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+done:
+    cudaFree(d_kc);
+    cudaFree(d_vc);
     return r;
 }
 
