@@ -991,6 +991,17 @@ static int te_llama__dec2_takes(int hd, int G) {
     return (hd == 32 || hd == 64 || hd == 128 || hd == 256) && (G == 1 || G == 2 || G == 4 || G == 8);
 }
 
+/* 8 bf16 (one 16-byte load) as floats */
+__device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[8]) {
+    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 v = __bfloat1622float2(b2[e]);
+        f[2 * e] = v.x;
+        f[2 * e + 1] = v.y;
+    }
+}
+
 template <int HD, int G>
 __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
@@ -1038,14 +1049,8 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         float s[KPS][G]; /* the trip counts are the warp's (shuffles need all 32 lanes); keys past k1 score 0 */
 #pragma unroll
         for (int i = 0; i < KPS; i++) {
-            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&kr[i];
             float kf[8];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 kk = __bfloat1622float2(k2[e]);
-                kf[2 * e] = kk.x;
-                kf[2 * e + 1] = kk.y;
-            }
+            te_llama__bf16x8_to_f32(kr[i], kf);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 float d = 0.0f;
@@ -1072,14 +1077,8 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
         for (int i = 0; i < KPS; i++) {
             if (r0 + i * STREAMS + stream >= k1) continue;
-            const __nv_bfloat162 *v2 = (const __nv_bfloat162 *)&vr[i];
             float vf[8];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 vv = __bfloat1622float2(v2[e]);
-                vf[2 * e] = vv.x;
-                vf[2 * e + 1] = vv.y;
-            }
+            te_llama__bf16x8_to_f32(vr[i], vf);
 #pragma unroll
             for (int g = 0; g < G; g++) {
                 const float p = exp2f(s[i][g] - mx[g]);

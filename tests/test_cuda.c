@@ -813,16 +813,22 @@ done:
 }
 
 /* A random model of config c on both sides (one seed), or 0 when either failed. */
-static int random_pair(const te_llama_config *c, te_llama_model **cpu, te_llama_model **gpu) {
+/* A model of config c with the TE decoder and bf16 storage on the backend; NULL (and a failed check) if refused. */
+static te_llama_model *create_bf16(const te_llama_config *c, te_llama_backend backend) {
     te_llama_options o;
+    te_llama_model *m = NULL;
     memset(&o, 0, sizeof o);
     o.decoder = te_llama_te_decoder;
     o.dtype = TE_LLAMA_BF16;
     o.log = quiet_log;
-    *cpu = *gpu = NULL;
-    CHECK_RESULT(te_llama_create(c, &o, cpu), TE_LLAMA_OK);
-    o.backend = TE_LLAMA_BACKEND_CUDA;
-    CHECK_RESULT(te_llama_create(c, &o, gpu), TE_LLAMA_OK);
+    o.backend = backend;
+    CHECK_RESULT(te_llama_create(c, &o, &m), TE_LLAMA_OK);
+    return m;
+}
+
+static int random_pair(const te_llama_config *c, te_llama_model **cpu, te_llama_model **gpu) {
+    *cpu = create_bf16(c, TE_LLAMA_BACKEND_CPU);
+    *gpu = create_bf16(c, TE_LLAMA_BACKEND_CUDA);
     return *cpu && *gpu;
 }
 
@@ -1104,19 +1110,13 @@ static void test_argmax(void) {
     for (v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++) {
         const int V = vocabs[v];
         te_llama_config c;
-        te_llama_options o;
-        te_llama_model *gpu = NULL;
+        te_llama_model *gpu;
         float *x = (float *)malloc(sizeof(float) * (size_t)ROWS * V);
         int32_t got[ROWS], want[ROWS];
         uint64_t s = 0x2545f4914f6cdd1dull + (uint64_t)V;
         int r, i, pass, wrong = 0;
         random_config(&c, 64, 128, 1, 2, 1, 32, V);
-        memset(&o, 0, sizeof o);
-        o.decoder = te_llama_te_decoder;
-        o.dtype = TE_LLAMA_BF16;
-        o.log = quiet_log;
-        o.backend = TE_LLAMA_BACKEND_CUDA;
-        CHECK_RESULT(te_llama_create(&c, &o, &gpu), TE_LLAMA_OK);
+        gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !x) { free(x); te_llama_free(gpu); return; }
         for (i = 0; i < ROWS * V; i++) {
             s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
@@ -1168,8 +1168,7 @@ static void test_decode_attention(void) {
         const int hd = shapes[sh][0], G = shapes[sh][1], nh = G * NKV, qd = nh * hd, kvd = NKV * hd, row = qd + 2 * kvd;
         const size_t cache = (size_t)N_SEQ * MAX_LEN * kvd;
         te_llama_config c;
-        te_llama_options o;
-        te_llama_model *gpu = NULL;
+        te_llama_model *gpu;
         uint16_t *kc = (uint16_t *)malloc(sizeof(uint16_t) * cache), *vc = (uint16_t *)malloc(sizeof(uint16_t) * cache);
         uint16_t *got = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)BATCH * qd * 2);
         float *q = (float *)malloc(sizeof(float) * (size_t)BATCH * row);
@@ -1178,12 +1177,7 @@ static void test_decode_attention(void) {
         size_t i;
         int launches = 0, bad = 0, pi, si, t, rep;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
-        memset(&o, 0, sizeof o);
-        o.decoder = te_llama_te_decoder;
-        o.dtype = TE_LLAMA_BF16;
-        o.log = quiet_log;
-        o.backend = TE_LLAMA_BACKEND_CUDA;
-        CHECK_RESULT(te_llama_create(&c, &o, &gpu), TE_LLAMA_OK);
+        gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !p) goto next;
         for (i = 0; i < cache; i++) { /* K spread enough that the softmax is far from uniform */
             x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
