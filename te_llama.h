@@ -4799,6 +4799,10 @@ typedef struct te_llama__fp8_model {
     int calibrating;
     unsigned skip;                    /* measurement only (bench/fp8_error.c), 0 = the recipe: bit 2g keeps GEMM g's
                                          input in float32, bit 2g+1 its weight */
+    int input_scaling;                /* measurement only (bench/fp8_error.c), 0 = the recipe (delayed, a scale per
+                                         tensor): 1 = current per tensor (TE's Float8CurrentScaling), 2 = current per
+                                         row and 128 columns (Float8BlockScaling's inputs), 3 = 2 with power-of-2
+                                         scales */
     int n_layers;
     float lut[256];                   /* E4M3 byte -> float */
     te_llama__fp8_gemm_state *gemms;  /* (n_layers, TE_LLAMA_FP8_GEMMS) */
@@ -4948,6 +4952,27 @@ TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *m, int laye
     return &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm].meta[tensor];
 }
 
+/* Measurement only (te_llama__fp8_model.input_scaling, bench/fp8_error.c): x (n, cols) quantised and dequantised
+   in place with scales from its own amax (current scaling), per tensor or per row and 128 columns. */
+static void te_llama__fp8_qdq_current(const te_llama__fp8_model *f, float *x, int ld_x, int n, int cols) {
+    const int span = f->input_scaling == 1 ? cols : 128;
+    int t0 = 0, t1, k0, k, t;
+    for (; t0 < n; t0 = t1) {
+        t1 = f->input_scaling == 1 ? n : t0 + 1; /* per tensor: all rows share one amax */
+        for (k0 = 0; k0 < cols; k0 += span) {
+            const int k1 = k0 + span < cols ? k0 + span : cols;
+            float amax = 0.0f, s;
+            for (t = t0; t < t1; t++)
+                for (k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[(size_t)t * ld_x + k]));
+            s = amax > 0.0f && amax < FLT_MAX ? 448.0f / amax : 1.0f;
+            if (isinf(s)) s = FLT_MAX; /* as te_llama_fp8_meta_update */
+            if (f->input_scaling == 3) s = exp2f(floorf(log2f(s)));
+            for (t = t0; t < t1; t++)
+                for (k = k0; k < k1; k++) x[(size_t)t * ld_x + k] = f->lut[te_llama__f32_to_fp8(x[(size_t)t * ld_x + k] * s, 0)] / s;
+        }
+    }
+}
+
 /* One GEMM of the CPU layer under FP8: out[t, 0:rows] = x[t, 0:cols] @ W^T. Records the input's amax; unless
    calibrating, the input is quantised and dequantised in place with its delayed scale (the callers' inputs are
    scratch they no longer need) and W is the E4M3 copy, its scale_inv applied to the float32 sums as TE's GEMM
@@ -4970,9 +4995,10 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
         float *xt = x + (size_t)t * ld_x, mx = in->amax;
         for (k = 0; k < cols; k++) if (fabsf(xt[k]) > mx) mx = fabsf(xt[k]);
         in->amax = mx;
-        if (q_in)
+        if (q_in && !f->input_scaling)
             for (k = 0; k < cols; k++) xt[k] = f->lut[te_llama__f32_to_fp8(xt[k] * in->scale, 0)] * in->scale_inv;
     }
+    if (q_in && f->input_scaling) te_llama__fp8_qdq_current(f, x, ld_x, n, cols);
     if (!q_w) {
         for (k = 0, col = 0; k < g->n_parts; col += g->parts[k]->shape[0], k++)
             te_llama__matmul(out + col, ld_out, x, ld_x, n, g->parts[k], rowbuf);

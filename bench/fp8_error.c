@@ -4,7 +4,8 @@
    The held-out text, chunking, calibration text and metric are test_accuracy's (tests/test_fp8.c): top-1
    agreement with the same model in float32 and the perplexity ratio, over chunks of 256 tokens. Each row is one
    configuration: the recipe (history, algo, margin), how many chunks of training text calibrate it, which
-   tensors are quantised (the private skip mask), and "sink": a NON-TE diagnostic that keeps the first token of
+   tensors are quantised (the private skip mask), the scaling granularity of TE's other recipes (the private
+   input_scaling and block_weights below; group b), and "sink": a NON-TE diagnostic that keeps the first token of
    every chunk (calibration and held-out) out of FP8 and out of the amaxes. */
 #define TE_LLAMA_IMPLEMENTATION
 #include "te_llama.h"
@@ -61,8 +62,55 @@ static double nll_at(const float *q, int next) {
     return log(s) + mq - q[next];
 }
 
+/* TE's Float8BlockScaling weights, emulated in the parameters themselves: each 128 x 128 block of a GEMM's weight
+   (the fused rows of its parts) quantised to E4M3 with a power-of-2 scale from the block's amax and dequantised,
+   exact in the bf16 or f32 storage (E4M3 values times powers of 2). The row then keeps the weights out of the
+   emulation's per-tensor path (skip) so the GEMMs read these. restore puts the original bytes back. */
+static void **saved;
+static void block_weights(te_llama_model *m, int restore) {
+    te_llama__fp8_model *f = (te_llama__fp8_model *)m->fp8;
+    int gi, k, n = f->n_layers * TE_LLAMA_FP8_GEMMS, at = 0;
+    if (!saved) saved = (void **)calloc((size_t)n * 3, sizeof(void *));
+    for (gi = 0; gi < n; gi++) {
+        te_llama__fp8_gemm_state *g = &f->gemms[gi];
+        const int64_t cols = g->cols;
+        float *w = (float *)malloc(sizeof(float) * (size_t)(g->rows * cols)), *row = w;
+        int64_t r, r0, c0, i, j;
+        for (k = 0; k < g->n_parts; k++, at++) {
+            te_llama_param *p = (te_llama_param *)g->parts[k];
+            if (restore) { memcpy(p->data, saved[at], te_llama_param_bytes(p)); continue; }
+            if (!saved[at]) { saved[at] = malloc(te_llama_param_bytes(p)); memcpy(saved[at], p->data, te_llama_param_bytes(p)); }
+            for (r = 0; r < p->shape[0]; r++, row += cols) memmove(row, te_llama__row(p, r, row), sizeof(float) * (size_t)cols);
+        }
+        if (!restore) {
+            for (r0 = 0; r0 < g->rows; r0 += 128)
+                for (c0 = 0; c0 < cols; c0 += 128) {
+                    float amax = 0.0f, sc;
+                    for (i = r0; i < g->rows && i < r0 + 128; i++)
+                        for (j = c0; j < cols && j < c0 + 128; j++) amax = fmaxf(amax, fabsf(w[i * cols + j]));
+                    sc = amax > 0.0f ? exp2f(floorf(log2f(448.0f / amax))) : 1.0f;
+                    for (i = r0; i < g->rows && i < r0 + 128; i++)
+                        for (j = c0; j < cols && j < c0 + 128; j++) w[i * cols + j] = f->lut[te_llama__f32_to_fp8(w[i * cols + j] * sc, 0)] / sc;
+                }
+            for (k = 0, row = w; k < g->n_parts; k++) {
+                te_llama_param *p = (te_llama_param *)g->parts[k];
+                for (r = 0; r < p->shape[0]; r++, row += cols)
+                    for (j = 0; j < cols; j++) {
+                        const size_t e = (size_t)r * (size_t)cols + (size_t)j;
+                        if (p->dtype == TE_LLAMA_BF16) ((uint16_t *)p->data)[e] = te_llama__f32_to_bf16(row[j]);
+                        else if (p->dtype == TE_LLAMA_F32) ((float *)p->data)[e] = row[j];
+                        else { fprintf(stderr, "block_weights: bf16 or f32 storage only\n"); exit(1); }
+                    }
+            }
+        }
+        free(w);
+    }
+}
+
+/* One configuration. input_scaling: te_llama__fp8_model.input_scaling (0: the recipe's delayed scales);
+   wblocks: the weights as Float8BlockScaling's (block_weights) instead of a scale per tensor. */
 static void row(te_llama_model *m, const char *name, int hist, te_llama_fp8_amax_algo algo, int margin, int calib,
-                unsigned skip, int sink) {
+                unsigned skip, int sink, int input_scaling, int wblocks) {
     te_llama_fp8_recipe rc;
     double nll = 0;
     int c, t, agree = 0, total = 0, flips = 0, near = 0;
@@ -71,7 +119,9 @@ static void row(te_llama_model *m, const char *name, int hist, te_llama_fp8_amax
     rc.amax_compute_algo = algo;
     rc.margin = margin;
     te_llama_fp8_enable(m, &rc);
-    ((te_llama__fp8_model *)m->fp8)->skip = skip;
+    ((te_llama__fp8_model *)m->fp8)->skip = skip | (wblocks ? 0xaau : 0u);
+    ((te_llama__fp8_model *)m->fp8)->input_scaling = input_scaling;
+    if (wblocks) block_weights(m, 0);
     te_llama_fp8_calibrate(m, 1);
     for (c = 0; c < calib && (size_t)(c + 1) * SEQ <= n_cids; c++) chunk(m, cids + (size_t)c * SEQ, sink, lg);
     te_llama_fp8_calibrate(m, 0);
@@ -89,6 +139,7 @@ static void row(te_llama_model *m, const char *name, int hist, te_llama_fp8_amax
            algo ? "recent" : "max", margin, calib, 100.0 * agree / total, 100.0 * (exp((nll - ref_sum) / total) - 1.0));
     if (skip == 0 && !sink) printf("    %d of the %d flips are where the reference's top-2 logits are within 0.25\n", near, flips);
     fflush(stdout);
+    if (wblocks) block_weights(m, 1);
     te_llama_fp8_disable(m);
 }
 
@@ -158,32 +209,39 @@ int main(int argc, char **argv) {
     for (c = 0, t = 0; c < total; c++) t += ref_gap[c] < 0.25f;
     printf("the reference's top-2 logits are within 0.25 at %d of the %d positions\n", t, total);
     if (!*only || strchr(only, 'd')) {
-        row(m, "default recipe (TE's)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0);
+        row(m, "default recipe (TE's)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 0, 0);
         if (strchr(only, 'D')) return 0;
-        row(m, "weights only", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0x55, 0);
-        row(m, "activations only", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xaa, 0);
+        row(m, "weights only", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0x55, 0, 0, 0);
+        row(m, "activations only", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xaa, 0, 0, 0);
     }
     if (!*only || strchr(only, 'g')) {
         static const char *names[4] = {"input of QKV only", "input of proj only", "input of fc1 only", "input of fc2 only"};
-        for (g = 0; g < 4; g++) row(m, names[g], 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xffu & ~(1u << (2 * g)), 0);
+        for (g = 0; g < 4; g++) row(m, names[g], 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xffu & ~(1u << (2 * g)), 0, 0, 0);
         for (g = 0; g < 4; g++) {
             char name[64];
             snprintf(name, sizeof name, "all but the input of %s", g == 0 ? "QKV" : g == 1 ? "proj" : g == 2 ? "fc1" : "fc2");
-            row(m, name, 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 1u << (2 * g), 0);
+            row(m, name, 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 1u << (2 * g), 0, 0, 0);
         }
     }
     if (!*only || strchr(only, 'r')) {
-        row(m, "margin 1", 0, TE_LLAMA_FP8_AMAX_MAX, 1, 4, 0, 0);
-        row(m, "margin 2", 0, TE_LLAMA_FP8_AMAX_MAX, 2, 4, 0, 0);
-        row(m, "most recent", 1, TE_LLAMA_FP8_AMAX_MOST_RECENT, 0, 4, 0, 0);
-        row(m, "history 16", 16, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0);
-        row(m, "no calibration", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 0, 0, 0);
-        row(m, "calibration 1 chunk", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 1, 0, 0);
-        row(m, "calibration 16 chunks", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 16, 0, 0);
+        row(m, "margin 1", 0, TE_LLAMA_FP8_AMAX_MAX, 1, 4, 0, 0, 0, 0);
+        row(m, "margin 2", 0, TE_LLAMA_FP8_AMAX_MAX, 2, 4, 0, 0, 0, 0);
+        row(m, "most recent", 1, TE_LLAMA_FP8_AMAX_MOST_RECENT, 0, 4, 0, 0, 0, 0);
+        row(m, "history 16", 16, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 0, 0);
+        row(m, "no calibration", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 0, 0, 0, 0, 0);
+        row(m, "calibration 1 chunk", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 1, 0, 0, 0, 0);
+        row(m, "calibration 16 chunks", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 16, 0, 0, 0, 0);
+    }
+    if (!*only || strchr(only, 'b')) { /* TE's other recipes: current scaling, per tensor or per block */
+        row(m, "current scaling per tensor", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 1, 0);
+        row(m, "inputs 1x128 blocks, weights per tensor", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 2, 0);
+        row(m, "weights 128x128 blocks only", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0x55, 0, 0, 1);
+        row(m, "Float8BlockScaling, fp32 input scales", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 2, 1);
+        row(m, "Float8BlockScaling, power-of-2 scales", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 3, 1);
     }
     if (!*only || strchr(only, 's')) {
-        row(m, "sink: first token kept out (non-TE)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 1);
-        row(m, "sink, activations only (non-TE)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xaa, 1);
+        row(m, "sink: first token kept out (non-TE)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 1, 0, 0);
+        row(m, "sink, activations only (non-TE)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0xaa, 1, 0, 0);
     }
     return 0;
 }
