@@ -4952,25 +4952,32 @@ TE_LLAMA_API te_llama_fp8_meta *te_llama_fp8_meta_of(te_llama_model *m, int laye
     return &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm].meta[tensor];
 }
 
-/* Measurement only (te_llama__fp8_model.input_scaling, bench/fp8_error.c): x (n, cols) quantised and dequantised
-   in place with scales from its own amax (current scaling), per tensor or per row and 128 columns. */
+/* Measurement only (bench/fp8_error.c): the block x (rows, cols; row stride ld) quantised to E4M3 and dequantised
+   in place with a scale from its own amax (current scaling), rounded down to a power of 2 when pow2. */
+static void te_llama__fp8_qdq_block(const float *lut, float *x, size_t ld, int rows, int cols, int pow2) {
+    float amax = 0.0f, s;
+    int r, k;
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < cols; k++) amax = fmaxf(amax, fabsf(x[(size_t)r * ld + k]));
+    s = amax > 0.0f && amax < FLT_MAX ? 448.0f / amax : 1.0f;
+    if (isinf(s)) s = FLT_MAX; /* as te_llama_fp8_meta_update */
+    if (pow2) s = exp2f(floorf(log2f(s)));
+    for (r = 0; r < rows; r++)
+        for (k = 0; k < cols; k++) x[(size_t)r * ld + k] = lut[te_llama__f32_to_fp8(x[(size_t)r * ld + k] * s, 0)] / s;
+}
+
+/* Measurement only (te_llama__fp8_model.input_scaling): x (n, cols) by te_llama__fp8_qdq_block, one block for the
+   whole tensor or one per row and 128 columns. */
 static void te_llama__fp8_qdq_current(const te_llama__fp8_model *f, float *x, int ld_x, int n, int cols) {
-    const int span = f->input_scaling == 1 ? cols : 128;
-    int t0 = 0, t1, k0, k, t;
-    for (; t0 < n; t0 = t1) {
-        t1 = f->input_scaling == 1 ? n : t0 + 1; /* per tensor: all rows share one amax */
-        for (k0 = 0; k0 < cols; k0 += span) {
-            const int k1 = k0 + span < cols ? k0 + span : cols;
-            float amax = 0.0f, s;
-            for (t = t0; t < t1; t++)
-                for (k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(x[(size_t)t * ld_x + k]));
-            s = amax > 0.0f && amax < FLT_MAX ? 448.0f / amax : 1.0f;
-            if (isinf(s)) s = FLT_MAX; /* as te_llama_fp8_meta_update */
-            if (f->input_scaling == 3) s = exp2f(floorf(log2f(s)));
-            for (t = t0; t < t1; t++)
-                for (k = k0; k < k1; k++) x[(size_t)t * ld_x + k] = f->lut[te_llama__f32_to_fp8(x[(size_t)t * ld_x + k] * s, 0)] / s;
-        }
+    int t, k0;
+    if (f->input_scaling == 1) {
+        te_llama__fp8_qdq_block(f->lut, x, (size_t)ld_x, n, cols, 0);
+        return;
     }
+    for (t = 0; t < n; t++)
+        for (k0 = 0; k0 < cols; k0 += 128)
+            te_llama__fp8_qdq_block(f->lut, x + (size_t)t * ld_x + k0, (size_t)ld_x, 1, cols - k0 < 128 ? cols - k0 : 128,
+                                    f->input_scaling == 3);
 }
 
 /* One GEMM of the CPU layer under FP8: out[t, 0:rows] = x[t, 0:cols] @ W^T. Records the input's amax; unless

@@ -16,8 +16,9 @@
    QKV and proj run through te_llama__gemv_kernel, a weight-streaming GEMV on the tensor cores whose QKV epilogue
    applies RoPE and stores k and v in the cache (no separate kernel); for one token fc1 (SwiGLU in its epilogue)
    and fc2 too, and the two RMSNorms fold into the GEMVs around them (proj and fc2 write bf16(w x) and the sums of
-   squares, QKV and fc1 scale their sums by 1 / rms: no norm kernel but layer 0's and the final one). With FP8 on (see the FP8 section at the end) every decoder GEMM of up to 16 tokens runs through
-   the same GEMV on E4M3 weights and inputs.
+   squares, QKV and fc1 scale their sums by 1 / rms: no norm kernel but layer 0's and the final one). With FP8 on
+   (see the FP8 section at the end) every decoder GEMM of up to 16 tokens runs through the same GEMV on E4M3
+   weights and inputs.
    Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
      - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
        128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);

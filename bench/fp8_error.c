@@ -75,7 +75,7 @@ static void block_weights(te_llama_model *m, int restore) {
         te_llama__fp8_gemm_state *g = &f->gemms[gi];
         const int64_t cols = g->cols;
         float *w = (float *)malloc(sizeof(float) * (size_t)(g->rows * cols)), *row = w;
-        int64_t r, r0, c0, i, j;
+        int64_t r, r0, c0, j;
         for (k = 0; k < g->n_parts; k++, at++) {
             te_llama_param *p = (te_llama_param *)g->parts[k];
             if (restore) { memcpy(p->data, saved[at], te_llama_param_bytes(p)); continue; }
@@ -84,14 +84,9 @@ static void block_weights(te_llama_model *m, int restore) {
         }
         if (!restore) {
             for (r0 = 0; r0 < g->rows; r0 += 128)
-                for (c0 = 0; c0 < cols; c0 += 128) {
-                    float amax = 0.0f, sc;
-                    for (i = r0; i < g->rows && i < r0 + 128; i++)
-                        for (j = c0; j < cols && j < c0 + 128; j++) amax = fmaxf(amax, fabsf(w[i * cols + j]));
-                    sc = amax > 0.0f ? exp2f(floorf(log2f(448.0f / amax))) : 1.0f;
-                    for (i = r0; i < g->rows && i < r0 + 128; i++)
-                        for (j = c0; j < cols && j < c0 + 128; j++) w[i * cols + j] = f->lut[te_llama__f32_to_fp8(w[i * cols + j] * sc, 0)] / sc;
-                }
+                for (c0 = 0; c0 < cols; c0 += 128)
+                    te_llama__fp8_qdq_block(f->lut, w + r0 * cols + c0, (size_t)cols, (int)(g->rows - r0 < 128 ? g->rows - r0 : 128),
+                                            (int)(cols - c0 < 128 ? cols - c0 : 128), 1);
             for (k = 0, row = w; k < g->n_parts; k++) {
                 te_llama_param *p = (te_llama_param *)g->parts[k];
                 for (r = 0; r < p->shape[0]; r++, row += cols)
