@@ -21,7 +21,8 @@
    weights and inputs.
    Attention, chosen per forward call from the batch's host arrays (te_llama__att_choose):
      - prefill (runs of consecutive positions of one sequence averaging >= 16 tokens a 64-row tile, head_dim 64 or
-       128): te_llama__flash_prefill_kernel, FlashAttention-2 style on the tensor cores (mma.sync bf16);
+       128): FlashAttention on the tensor cores, te_llama__flash_wgmma_kernel (Hopper's warpgroup MMA, when the
+       device runs this build's sm_90a code) else te_llama__flash_prefill_kernel (mma.sync bf16);
      - otherwise, up to 8 query heads a kv head and head_dim <= 256 (decode steps, interleaved batches):
        split-KV (flash-decoding) with one block per (token, split, kv head): te_llama__decode_attention2_kernel
        (head_dim 32/64/128/256 and 1/2/4/8 query heads a kv head; a round of keys in flight a block, its last
@@ -208,6 +209,7 @@ typedef struct te_llama__cuda {
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
     void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
     int pdl;                 /* sm_90 or newer: decode kernels launch with programmatic dependent launch */
+    int wgmma;               /* the device runs this build's sm_90a code: prefill attention on wgmma */
     int gemv_occ[12][33];    /* blocks an SM of each GEMV kernel by its warps a block (0: not asked yet) */
 } te_llama__cuda;
 
@@ -775,6 +777,274 @@ te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_lla
 
 /* Shared memory of the prefill kernel: K and V, two stages, padded rows. */
 static size_t te_llama__fa_smem_bytes(int hd) { return (size_t)2 * 2 * TE_LLAMA__FA_BN * (size_t)(hd + 8) * sizeof(te_llama__bf16); }
+
+/* -------------------------------------------------------------- tensor-core prefill attention on Hopper (wgmma) */
+
+/* wgmma is sm_90a only: the kernel below has a body in that pass alone, and te_llama__wgmma_probe_kernel tells the
+   host at init whether the device runs that pass (te_llama__cuda.wgmma). */
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TE_LLAMA__WGMMA 1
+#else
+#define TE_LLAMA__WGMMA 0
+#endif
+#define TE_LLAMA__WG_BN 64 /* keys a shared-memory stage (and query rows a warpgroup) */
+
+__global__ void te_llama__wgmma_probe_kernel(int *has) { *has = TE_LLAMA__WGMMA; }
+
+#if TE_LLAMA__WGMMA
+/* A shared-memory matrix descriptor of wgmma: 128-byte swizzle (16-byte chunk c of 128-byte row r stored at chunk
+   c ^ (r % 8), the pattern anchored at 1024-byte boundaries); lbo and sbo in bytes (PTX ISA, "Matrix Descriptor
+   Format"). */
+__device__ __forceinline__ uint64_t te_llama__wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | (uint64_t)((lbo >> 4) & 0x3FFF) << 16 | (uint64_t)((sbo >> 4) & 0x3FFF) << 32 |
+           (uint64_t)1 << 62;
+}
+__device__ __forceinline__ void te_llama__wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void te_llama__wg_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void te_llama__wg_wait0(void) { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* After a wait: the compiler must not move reads of the accumulators above it (the asm's outputs look written at
+   the wgmma itself). */
+template <int N> __device__ __forceinline__ void te_llama__wg_regs_ready(float *r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+/* d (64 x 64 fp32, accumulator layout) = (accumulate: +=) A B^T, A (64 x 16) and B (64 x 16) bf16 K-major in
+   shared memory (descriptors a and b) */
+__device__ __forceinline__ void te_llama__wgmma_n64_ss(float *d, uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+/* d (64 x 64 fp32) += A B, A (64 x 16 bf16) in registers (a warp's 16 rows as mma.sync's A fragment), B (16 x 64
+   bf16) N-major in shared memory (descriptor b, transposed) */
+__device__ __forceinline__ void te_llama__wgmma_n64_rs(float *d, const uint32_t a[4], uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+/* d (64 x 128 fp32) += A B, A (64 x 16 bf16) in registers (a warp's 16 rows as mma.sync's A fragment), B (16 x 128
+   bf16) N-major in shared memory (descriptor b, transposed) */
+__device__ __forceinline__ void te_llama__wgmma_n128_rs(float *d, const uint32_t a[4], uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+#endif
+
+/* The prefill attention of te_llama__flash_prefill_kernel (same tiles, masks, rounding and outputs) on Hopper's
+   warpgroup MMA. A block is one 64-row tile and NH query heads of one kv head (NH = 2 when the group size is even:
+   the two heads share every K and V stage, halving the L2 traffic), one warpgroup (128 threads) a head. q is
+   rounded to bf16 into shared memory once; K and V stream through ST stages of 64 keys (cp.async, 128-byte
+   swizzled rows as wgmma reads them); per stage S = q K^T is HD / 16 wgmma m64n64k16 from shared memory, the
+   online softmax runs on S's accumulators, and O += P V is 4 wgmma m64nHDk16 with P from registers (its bf16
+   fragments are the accumulators' own layout) and V read N-major. With ST = 4 the P V of one stage is waited for
+   only at the next S (the tensor cores do both back to back) and stages are reloaded two behind; with ST = 3 each
+   P V is waited for at once. Shared memory: te_llama__fa3_smem_bytes. */
+template <int HD, int NH, int ST>
+__global__ void __launch_bounds__(128 * NH, 1)
+te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
+                             te_llama__bf16 *out, float *lse, int n_heads, int n_kv, int max_len, float scale_log2) {
+#if TE_LLAMA__WGMMA
+    constexpr int BN = TE_LLAMA__WG_BN, CPR = HD / 8 /* 16-byte chunks a row */, TILE = 64 * HD * 2 /* bytes */;
+    constexpr bool DEFER = ST >= 4;
+    constexpr int AHEAD = DEFER ? ST - 2 : ST - 1; /* stages loading while one is used */
+    static_assert(HD == 64 || HD == 128, "head dim");
+    static_assert(ST >= 3 && ST <= 4, "stages");
+    extern __shared__ unsigned char te_llama__fa3_raw[];
+    unsigned char *sq = te_llama__fa3_raw + ((1024u - ((unsigned)__cvta_generic_to_shared(te_llama__fa3_raw) & 1023u)) & 1023u);
+    unsigned char *sk = sq + NH * TILE, *sv = sk + ST * TILE; /* [NH] q, [ST] K, [ST] V: each HD / 64 x [64 rows][128 B] */
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
+    const int head = blockIdx.x * NH + wg;
+    const int4 tile = tiles[blockIdx.y];
+    const int q_dim = n_heads * HD, kv_dim = n_kv * HD, ld = q_dim + 2 * kv_dim;
+    const int n_keys = tile.w + tile.y, n_kt = (n_keys + BN - 1) / BN;
+    const size_t kv_base = (size_t)tile.z * (size_t)max_len * (size_t)kv_dim + (size_t)(blockIdx.x * NH / (n_heads / n_kv)) * HD;
+    const te_llama__bf16 *kg = kc + kv_base, *vg = vc + kv_base;
+    /* byte offset of 16-byte chunk ch of row r (0..63) in a q, K or V tile */
+#define TE_LLAMA__SW128(r, ch) (((ch) >> 3) * (64 * 128) + (r) * 128 + ((((ch) ^ (r)) & 7) << 4))
+    {   /* this warpgroup's q, rows past the run are copies of its last row */
+        unsigned char *q_s = sq + wg * TILE;
+        for (int i = tid & 127; i < 64 * CPR; i += 128) {
+            const int r = i / CPR, ch = i - r * CPR;
+            const float *src = qkv + (size_t)(tile.x + min(r, tile.y - 1)) * ld + (size_t)head * HD + ch * 8;
+            const float4 a = *(const float4 *)src, b = *(const float4 *)(src + 4);
+            uint4 v;
+            v.x = te_llama__pack_bf16(a.x, a.y);
+            v.y = te_llama__pack_bf16(a.z, a.w);
+            v.z = te_llama__pack_bf16(b.x, b.y);
+            v.w = te_llama__pack_bf16(b.z, b.w);
+            *(uint4 *)(q_s + TE_LLAMA__SW128(r, ch)) = v;
+        }
+    }
+    /* keys past the last row's position are zero-filled (never read from the cache) and masked */
+    auto load = [&](int kt) {
+        unsigned char *k_s = sk + (kt % ST) * TILE, *v_s = sv + (kt % ST) * TILE;
+        for (int i = tid; i < BN * CPR; i += 128 * NH) {
+            const int r = i / CPR, ch = i - r * CPR, j = kt * BN + r, ok = j < n_keys;
+            const size_t at = (size_t)(ok ? j : 0) * (size_t)kv_dim + ch * 8;
+            te_llama__cp_async16(k_s + TE_LLAMA__SW128(r, ch), kg + at, ok ? 16 : 0);
+            te_llama__cp_async16(v_s + TE_LLAMA__SW128(r, ch), vg + at, ok ? 16 : 0);
+        }
+    };
+#undef TE_LLAMA__SW128
+#pragma unroll
+    for (int t = 0; t < AHEAD; t++) {
+        if (t < n_kt) load(t);
+        te_llama__cp_async_commit();
+    }
+    float o[HD / 2], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
+    const int r0 = warp * 16 + g, r1 = r0 + 8; /* this thread's rows; positions of rows past the run: the last's */
+    const int p0 = tile.w + min(r0, tile.y - 1), p1 = tile.w + min(r1, tile.y - 1);
+    const unsigned char *q_s = sq + wg * TILE;
+    for (int kt = 0; kt < n_kt; kt++) {
+        const unsigned char *k_s = sk + (kt % ST) * TILE, *v_s = sv + (kt % ST) * TILE;
+        te_llama__cp_async_wait<AHEAD - 1>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* this thread's stores, seen by wgmma */
+        __syncthreads(); /* stage kt is in; every warpgroup is done with the stage reloaded next */
+        if (kt + AHEAD < n_kt) load(kt + AHEAD);
+        te_llama__cp_async_commit();
+        float s[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
+        te_llama__wg_fence();
+#pragma unroll
+        for (int k = 0; k < HD / 16; k++) /* 16 dims a step: 32 bytes into the swizzled rows, the next 64 dims 8 KiB on */
+            te_llama__wgmma_n64_ss(s, te_llama__wg_desc(q_s + (k >> 2) * 8192 + (k & 3) * 32, 16, 1024),
+                                   te_llama__wg_desc(k_s + (k >> 2) * 8192 + (k & 3) * 32, 16, 1024), k > 0);
+        te_llama__wg_commit();
+        te_llama__wg_wait0(); /* S, and (DEFER) the previous stage's P V */
+        te_llama__wg_regs_ready<BN / 2>(s);
+        if (DEFER) te_llama__wg_regs_ready<HD / 2>(o);
+        /* causal mask (key j visible to the row at position p when j <= p), on the stages reaching past the first
+           row; then the running max of the raw scores (scale_log2 > 0 keeps the order) */
+        const int j0 = kt * BN;
+        if (j0 + BN - 1 > tile.w) {
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+                const int j = j0 + nt * 8 + 2 * c;
+                if (j > p0) s[4 * nt] = -INFINITY;
+                if (j + 1 > p0) s[4 * nt + 1] = -INFINITY;
+                if (j > p1) s[4 * nt + 2] = -INFINITY;
+                if (j + 1 > p1) s[4 * nt + 3] = -INFINITY;
+            }
+        }
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * nt], s[4 * nt + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        /* finite: key 0 is visible to every row, so the first stage sets a finite max */
+        const float corr0 = exp2f((m0 - mx0) * scale_log2), corr1 = exp2f((m1 - mx1) * scale_log2);
+        const float b0 = mx0 * scale_log2, b1 = mx1 * scale_log2;
+        m0 = mx0;
+        m1 = mx1;
+        float ls0 = 0.0f, ls1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            s[4 * nt] = exp2f(fmaf(s[4 * nt], scale_log2, -b0));
+            s[4 * nt + 1] = exp2f(fmaf(s[4 * nt + 1], scale_log2, -b0));
+            s[4 * nt + 2] = exp2f(fmaf(s[4 * nt + 2], scale_log2, -b1));
+            s[4 * nt + 3] = exp2f(fmaf(s[4 * nt + 3], scale_log2, -b1));
+            ls0 += s[4 * nt] + s[4 * nt + 1];
+            ls1 += s[4 * nt + 2] + s[4 * nt + 3];
+        }
+        l0 = l0 * corr0 + ls0; /* this thread's share of the row sum; the quad's shares add at the end */
+        l1 = l1 * corr1 + ls1;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) {
+            o[4 * nt] *= corr0;
+            o[4 * nt + 1] *= corr0;
+            o[4 * nt + 2] *= corr1;
+            o[4 * nt + 3] *= corr1;
+        }
+        /* O += P V, 16 keys a step: V N-major, its two 64-dim halves 8 KiB apart (lbo), 8 keys 1 KiB (sbo); every
+           fragment of P is packed before the first wgmma (registers a wgmma reads must not change between them) */
+        uint32_t pa[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            pa[kk][0] = te_llama__pack_bf16(s[8 * kk], s[8 * kk + 1]);
+            pa[kk][1] = te_llama__pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[kk][2] = te_llama__pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[kk][3] = te_llama__pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        te_llama__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint64_t dv = te_llama__wg_desc(v_s + kk * 16 * 128, 8192, 1024);
+            if (HD == 128) te_llama__wgmma_n128_rs(o, pa[kk], dv);
+            else te_llama__wgmma_n64_rs(o, pa[kk], dv);
+        }
+        te_llama__wg_commit();
+        if (!DEFER) {
+            te_llama__wg_wait0();
+            te_llama__wg_regs_ready<HD / 2>(o);
+        }
+    }
+    if (DEFER) {
+        te_llama__wg_wait0();
+        te_llama__wg_regs_ready<HD / 2>(o);
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    if (lse && c == 0) { /* training: the natural-log log-sum-exp of each row's scaled scores, for the backward */
+        float *at = lse + ((size_t)tile.z * n_heads + head) * (size_t)max_len + tile.w;
+        if (r0 < tile.y) at[r0] = (m0 * scale_log2 + log2f(l0)) * 0.69314718055994531f;
+        if (r1 < tile.y) at[r1] = (m1 * scale_log2 + log2f(l1)) * 0.69314718055994531f;
+    }
+    te_llama__bf16 *o0 = out + (size_t)(tile.x + r0) * q_dim + (size_t)head * HD + 2 * c;
+    te_llama__bf16 *o1 = out + (size_t)(tile.x + r1) * q_dim + (size_t)head * HD + 2 * c;
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) {
+        if (r0 < tile.y) *(__nv_bfloat162 *)(o0 + nt * 8) = __floats2bfloat162_rn(o[4 * nt] * inv0, o[4 * nt + 1] * inv0);
+        if (r1 < tile.y) *(__nv_bfloat162 *)(o1 + nt * 8) = __floats2bfloat162_rn(o[4 * nt + 2] * inv1, o[4 * nt + 3] * inv1);
+    }
+#endif
+}
+
+/* Shared memory of te_llama__flash_wgmma_kernel: NH q tiles and ST stages of K and V, 64 x hd bf16 each, and 1 KiB to
+   align the first to the swizzle's 1024 bytes. */
+static size_t te_llama__fa3_smem_bytes(int hd, int nh, int st) { return (size_t)(nh + 2 * st) * 64 * (size_t)hd * 2 + 1024; }
 
 /* --------------------------------------------------------------------------- split-KV (flash-decoding) attention */
 
@@ -2167,6 +2437,68 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
     return a;
 }
 
+/* The tensor-core prefill attention over n_tiles tiles (head_dim 64 or 128) into out (and lse when training):
+   te_llama__flash_wgmma_kernel where the device runs the sm_90a code (two heads a block when the group size is
+   even), else te_llama__flash_prefill_kernel; wgmma < 0 asks for the latter whatever the device (tests). */
+static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int wgmma, const float *qkv, const int4 *tiles, int n_tiles,
+                                               const te_llama__bf16 *kc, const te_llama__bf16 *vc, te_llama__bf16 *out,
+                                               float *lse, int nh, int nkv, int hd, int max_len, float scale_log2) {
+    if (wgmma > 0 && ctx->wgmma) {
+        const int pair = (nh / nkv) % 2 == 0;
+        const dim3 grid((unsigned)(pair ? nh / 2 : nh), (unsigned)n_tiles);
+#define TE_LLAMA__FA3(HD_, NH_, ST_)                                                                                   \
+    te_llama__flash_wgmma_kernel<HD_, NH_, ST_><<<grid, 128 * NH_, te_llama__fa3_smem_bytes(HD_, NH_, ST_), ctx->stream>>>( \
+        qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2)
+        if (hd == 128 && pair) TE_LLAMA__FA3(128, 2, 4);
+        else if (hd == 128) TE_LLAMA__FA3(128, 1, 3);
+        else if (pair) TE_LLAMA__FA3(64, 2, 4);
+        else TE_LLAMA__FA3(64, 1, 3);
+#undef TE_LLAMA__FA3
+        TE_LLAMA__LAUNCHED(flash_wgmma);
+        return TE_LLAMA_OK;
+    }
+    {
+        const dim3 grid((unsigned)nh, (unsigned)n_tiles);
+        if (hd == 128)
+            te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
+                qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2);
+        else
+            te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
+                qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2);
+        TE_LLAMA__LAUNCHED(flash_prefill);
+    }
+    return TE_LLAMA_OK;
+}
+
+/* Once per device context (ctx->stream and ctx->pdl set): whether the device runs this build's sm_90a code
+   (ctx->wgmma), and the shared memory the prefill attention kernels need beyond the default 48 KiB. */
+static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
+    if (ctx->pdl) { /* sm_90 or newer: the probe's sm_90a pass runs unless the driver compiled the PTX */
+        int *d_has = NULL, has = 0;
+        cudaError_t e;
+        TE_LLAMA__CU(cudaMalloc((void **)&d_has, sizeof(int)));
+        te_llama__wgmma_probe_kernel<<<1, 1, 0, ctx->stream>>>(d_has);
+        e = cudaMemcpyAsync(&has, d_has, sizeof has, cudaMemcpyDeviceToHost, ctx->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(ctx->stream);
+        cudaFree(d_has);
+        if (e != cudaSuccess) return te_llama__cuda_error(e, "the sm_90a probe kernel", __FILE__, __LINE__);
+        ctx->wgmma = has == 1;
+    }
+    TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__flash_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)te_llama__fa_smem_bytes(128)));
+    if (ctx->wgmma) {
+#define TE_LLAMA__FA3_SMEM(HD_, NH_, ST_)                                                                              \
+    TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__flash_wgmma_kernel<HD_, NH_, ST_>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                      (int)te_llama__fa3_smem_bytes(HD_, NH_, ST_)))
+        TE_LLAMA__FA3_SMEM(128, 2, 4);
+        TE_LLAMA__FA3_SMEM(128, 1, 3);
+        TE_LLAMA__FA3_SMEM(64, 2, 4);
+        TE_LLAMA__FA3_SMEM(64, 1, 3);
+#undef TE_LLAMA__FA3_SMEM
+    }
+    return TE_LLAMA_OK;
+}
+
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
@@ -2197,15 +2529,9 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
     const int32_t *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
     const float scale = 1.0f / sqrtf((float)hd), scale_log2 = scale * 1.4426950408889634f;
     if (a->mode == TE_LLAMA__ATT_TILED) {
-        const dim3 grid((unsigned)nh, (unsigned)a->n_tiles);
-        const int4 *tiles = (const int4 *)(ctx->ints + 4 * cap);
-        if (hd == 128)
-            te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
-                ctx->qkv, tiles, kc, vc, ctx->att, NULL, nh, nkv, max_len, scale_log2);
-        else
-            te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
-                ctx->qkv, tiles, kc, vc, ctx->att, NULL, nh, nkv, max_len, scale_log2);
-        TE_LLAMA__LAUNCHED(flash_prefill);
+        const te_llama_result r = te_llama__flash_prefill(ctx, 1, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), a->n_tiles,
+                                                          kc, vc, ctx->att, NULL, nh, nkv, hd, max_len, scale_log2);
+        if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
                                                                          nh, max_len, scale_log2)) {
         TE_LLAMA__LAUNCHED(decode_attention2);
@@ -2572,9 +2898,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
     TE_LLAMA__CU_GOTO(cudaDeviceGetAttribute(&ctx->n_sm, cudaDevAttrMultiProcessorCount, dev), fail);
     TE_LLAMA__CU_GOTO(cudaDeviceGetAttribute(&ctx->pdl, cudaDevAttrComputeCapabilityMajor, dev), fail);
     ctx->pdl = ctx->pdl >= 9;
-    /* the prefill attention's K and V stages exceed the default 48 KiB of shared memory at head_dim 128 */
-    TE_LLAMA__CU_GOTO(cudaFuncSetAttribute(te_llama__flash_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)te_llama__fa_smem_bytes(128)), fail);
+    if ((r = te_llama__attention_init(ctx))) goto fail;
     TE_LLAMA__CU_GOTO(cudaMalloc(&ctx->workspace, TE_LLAMA__WORKSPACE_BYTES), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&ctx->rng, sizeof(unsigned long long)), fail);
     TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, sizeof(int32_t), cudaHostAllocDefault), fail);
@@ -3788,16 +4112,9 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
             qkv, a->rope, pos, seq, kc, vc, nh, nkv, hd, T);
         TE_LLAMA__LAUNCHED(rope_kv);
         if (hd == 64 || hd == 128) {
-            const dim3 grid((unsigned)nh, (unsigned)n_tiles);
-            const int4 *tiles = (const int4 *)(a->ints + 4 * cap);
-            const float scale_log2 = scale * 1.4426950408889634f;
-            if (hd == 128)
-                te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
-                    qkv, tiles, kc, vc, att, lse, nh, nkv, T, scale_log2);
-            else
-                te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
-                    qkv, tiles, kc, vc, att, lse, nh, nkv, T, scale_log2);
-            TE_LLAMA__LAUNCHED(flash_prefill);
+            if ((r = te_llama__flash_prefill(ctx, 1, qkv, (const int4 *)(a->ints + 4 * cap), n_tiles, kc, vc, att, lse, nh, nkv, hd, T,
+                                             scale * 1.4426950408889634f)))
+                return r;
         } else {
             const dim3 grid((unsigned)((T + TE_LLAMA__T_TILE - 1) / TE_LLAMA__T_TILE), (unsigned)nh, (unsigned)B);
 #define TE_LLAMA__T_FWD(HD_) te_llama__t_attn_fwd_kernel<HD_><<<grid, TE_LLAMA__T_THREADS, te_llama__t_fwd_smem(HD_), ctx->stream>>>( \
@@ -4313,6 +4630,65 @@ extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *m
 done:
     cudaFree(d_kc);
     cudaFree(d_vc);
+    return r;
+}
+
+/* Test entry (tests/test_cuda.c): the tensor-core prefill attention of n tokens (runs of consecutive positions, as
+   a prefill has them) over host K/V caches (n_seq, max_len, kv_dim) bf16 bits, with the model's head shape
+   (head_dim 64 or 128); kernel 0: te_llama__flash_prefill_kernel (mma.sync), 1: te_llama__flash_wgmma_kernel
+   (TE_LLAMA_ERR_UNSUPPORTED where the device does not run it). q in QKV rows (n, q_dim + 2 kv_dim) fp32; out (n,
+   q_dim) bf16 bits; lse (n_seq, heads, max_len) the rows' log-sum-exp as training keeps it, or NULL. */
+extern "C" te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *model, int kernel, int n, int max_len, int n_seq,
+                                                               const int32_t *pos, const int32_t *seq, const float *qkv,
+                                                               const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse) {
+    te_llama__cuda *ctx = NULL;
+    te_llama_result r;
+    te_llama_batch b;
+    te_llama__bf16 *d_kc = NULL, *d_vc = NULL;
+    float *d_lse = NULL;
+    int32_t *tokens = NULL;
+    int i, hd, nh, nkv, cap, n_rows = 0, n_tiles = 0;
+    size_t cache_elems, lse_elems;
+    if ((r = te_llama__enter(model, &ctx))) return r;
+    hd = model->config.head_dim, nh = model->config.num_attention_heads, nkv = model->config.num_key_value_heads;
+    if (n < 1 || max_len < 1 || n_seq < 1 || (hd != 64 && hd != 128) || (kernel != 0 && kernel != 1))
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_prefill_attention: shape outside the tiled kernels");
+    if (kernel == 1 && !ctx->wgmma) return TE_LLAMA__FAIL(TE_LLAMA_ERR_UNSUPPORTED, "the wgmma attention needs the sm_90a code on an sm_90 device");
+    for (i = 0; i < n; i++)
+        if (pos[i] < 0 || pos[i] >= max_len || seq[i] < 0 || seq[i] >= n_seq)
+            return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_prefill_attention: position or sequence out of range");
+    if ((r = te_llama__ensure_tokens(model, ctx, n))) return r;
+    cap = ctx->cap_tokens;
+    cache_elems = (size_t)n_seq * (size_t)max_len * (size_t)nkv * (size_t)hd;
+    lse_elems = (size_t)n_seq * (size_t)nh * (size_t)max_len;
+    tokens = (int32_t *)calloc((size_t)n, sizeof(int32_t));
+    if (!tokens) return TE_LLAMA__FAIL(TE_LLAMA_ERR_NOMEM, "test tokens");
+    memset(&b, 0, sizeof b);
+    b.n_tokens = n;
+    b.tokens = tokens;
+    b.pos = pos;
+    b.seq = seq;
+    if ((r = te_llama__upload_batch(ctx, &b, &n_rows, &n_tiles))) goto done;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_kc, sizeof(te_llama__bf16) * cache_elems), done);
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_vc, sizeof(te_llama__bf16) * cache_elems), done);
+    if (lse) TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_lse, sizeof(float) * lse_elems), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(d_kc, kc, sizeof(te_llama__bf16) * cache_elems, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(d_vc, vc, sizeof(te_llama__bf16) * cache_elems, cudaMemcpyHostToDevice, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->qkv, qkv, sizeof(float) * (size_t)n * (size_t)(nh + 2 * nkv) * hd, cudaMemcpyHostToDevice,
+                                      ctx->stream), done);
+    if (lse) TE_LLAMA__CU_GOTO(cudaMemsetAsync(d_lse, 0, sizeof(float) * lse_elems, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(ctx->att, 0xff, sizeof(te_llama__bf16) * (size_t)n * nh * hd, ctx->stream), done); /* NaN */
+    if ((r = te_llama__flash_prefill(ctx, kernel ? 1 : -1, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), n_tiles, d_kc, d_vc, ctx->att,
+                                     d_lse, nh, nkv, hd, max_len, 1.0f / sqrtf((float)hd) * 1.4426950408889634f)))
+        goto done;
+    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
+    if (lse) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(lse, d_lse, sizeof(float) * lse_elems, cudaMemcpyDeviceToHost, ctx->stream), done);
+    TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+done:
+    cudaFree(d_kc);
+    cudaFree(d_vc);
+    cudaFree(d_lse);
+    free(tokens);
     return r;
 }
 

@@ -7,8 +7,9 @@
      build/attn_bench --rss-only   # the RSS stages alone (run it under CUDA_MODULE_LOADING=EAGER / LAZY to compare)
      build/attn_bench --load DIR   # RSS through te_llama_load of a checkpoint on CUDA and a first forward
 
-   Prefill cases compare the tensor-core tiled kernel (and the split-KV kernel) with the general CUDA-core kernel,
-   the reference of the library before this kernel; decode cases compare the split-KV kernel with the general one.
+   Prefill cases compare the tensor-core tiled kernel the library picks (wgmma on Hopper), the mma.sync one it takes
+   elsewhere, and the split-KV kernel with the general CUDA-core kernel, the reference of the library before them;
+   decode cases compare the split-KV kernel with the general one.
    Inputs are random (never zeros), times are medians of CUDA-event-timed launches after a warm-up. */
 #include "../te_llama_kernels.cu"
 #define TE_LLAMA_IMPLEMENTATION
@@ -173,6 +174,9 @@ static void setup(Problem &P, int nh, int nkv, int hd, int n_seq, int max_len, c
     const int q_dim = nh * hd, kv_dim = nkv * hd, cap = (P.n + 63) / 64 * 64;
     CK(cudaStreamCreate(&P.ctx.stream));
     CK(cudaDeviceGetAttribute(&P.ctx.n_sm, cudaDevAttrMultiProcessorCount, 0));
+    CK(cudaDeviceGetAttribute(&P.ctx.pdl, cudaDevAttrComputeCapabilityMajor, 0));
+    P.ctx.pdl = P.ctx.pdl >= 9;
+    if (te_llama__attention_init(&P.ctx)) { fprintf(stderr, "attention init: %s\n", te_llama_last_error()); exit(1); }
     P.ctx.cap_tokens = cap;
     P.ctx.host_ints = (int32_t *)malloc(sizeof(int32_t) * 8 * cap);
     CK(cudaMalloc(&P.ctx.ints, sizeof(int32_t) * 8 * cap));
@@ -212,10 +216,20 @@ static void release(Problem &P) {
     cudaStreamDestroy(P.ctx.stream);
 }
 
+/* The attention of P as te_llama__attention runs it with a; a.mode < 0: the mma.sync prefill kernel whatever the
+   device (the one the library takes where the sm_90a wgmma kernel does not run). */
+static te_llama_result launch(Problem &P, const te_llama__att &a) {
+    const int nh = P.m.config.num_attention_heads, hd = P.m.config.head_dim;
+    if (a.mode >= 0) return te_llama__attention(&P.m, &P.ctx, &a, P.kc, P.vc, P.cache.max_len, P.n);
+    return te_llama__flash_prefill(&P.ctx, -1, P.ctx.qkv, (const int4 *)(P.ctx.ints + 4 * P.ctx.cap_tokens), P.n_tiles, P.kc, P.vc,
+                                   P.ctx.att, NULL, nh, P.m.config.num_key_value_heads, hd, P.cache.max_len,
+                                   1.0f / sqrtf((float)hd) * 1.4426950408889634f);
+}
+
 static std::vector<uint16_t> run_once(Problem &P, const te_llama__att &a) {
     const int q_dim = P.m.config.num_attention_heads * P.m.config.head_dim;
     CK(cudaMemsetAsync(P.ctx.att, 0xff, 2 * (size_t)P.n * q_dim, P.ctx.stream)); /* NaN poison: every element written? */
-    if (te_llama__attention(&P.m, &P.ctx, &a, P.kc, P.vc, P.cache.max_len, P.n)) { fprintf(stderr, "launch: %s\n", te_llama_last_error()); exit(1); }
+    if (launch(P, a)) { fprintf(stderr, "launch: %s\n", te_llama_last_error()); exit(1); }
     CK(cudaStreamSynchronize(P.ctx.stream));
     std::vector<uint16_t> out((size_t)P.n * q_dim);
     CK(cudaMemcpy(out.data(), P.ctx.att, 2 * out.size(), cudaMemcpyDeviceToHost));
@@ -229,7 +243,7 @@ static double time_ms(Problem &P, const te_llama__att &a, int reps) {
     CK(cudaEventCreate(&e1));
     for (int i = 0; i < reps + 2; i++) {
         CK(cudaEventRecord(e0, P.ctx.stream));
-        te_llama__attention(&P.m, &P.ctx, &a, P.kc, P.vc, P.cache.max_len, P.n);
+        launch(P, a);
         CK(cudaEventRecord(e1, P.ctx.stream));
         CK(cudaEventSynchronize(e1));
         float ms;
@@ -306,22 +320,28 @@ static void prefill_case(const char *name, int nh, int nkv, int hd, const std::v
     }
     Problem P;
     setup(P, nh, nkv, hd, (int)lens.size(), max_len, pos, seq, 1234u + (uint32_t)hd);
-    te_llama__att general, tiled, dec;
+    te_llama__att general, tiled, mma, dec;
     memset(&general, 0, sizeof general);
     general.mode = TE_LLAMA__ATT_GENERAL;
     tiled = te_llama__att_choose(&P.m, &P.ctx, &P.cache, P.n, P.n_tiles);
+    mma = tiled;
+    mma.mode = -1;
     dec.mode = TE_LLAMA__ATT_DECODE;
     dec.n_tiles = 0;
     dec.splits = 1;
-    std::vector<uint16_t> ref = run_once(P, general), got = run_once(P, tiled), got_dec = run_once(P, dec);
-    double e = rel_l2(got, ref), e_dec = rel_l2(got_dec, ref);
-    double c_gen = cpu_check(P, ref, 24), c_tiled = cpu_check(P, got, 24), c_dec = cpu_check(P, got_dec, 24);
-    double t_gen = time_ms(P, general, reps_general), t_tiled = time_ms(P, tiled, 20), t_dec = time_ms(P, dec, reps_general);
+    std::vector<uint16_t> ref = run_once(P, general), got = run_once(P, tiled), got_mma = run_once(P, mma), got_dec = run_once(P, dec);
+    double e = rel_l2(got, ref), e_mma = rel_l2(got_mma, ref), e_pair = rel_l2(got, got_mma), e_dec = rel_l2(got_dec, ref);
+    double c_gen = cpu_check(P, ref, 24), c_tiled = cpu_check(P, got, 24), c_mma = cpu_check(P, got_mma, 24), c_dec = cpu_check(P, got_dec, 24);
+    double t_gen = time_ms(P, general, reps_general), t_tiled = time_ms(P, tiled, 20), t_mma = time_ms(P, mma, 20);
+    double t_dec = time_ms(P, dec, reps_general);
     double flop = 4.0 * hd * nh * (double)P.keys; /* QK^T and PV, causal: 2 x 2 x hd per (query, visible key, head) */
-    printf("prefill %-34s n %5d tiles %4d mode %d | general %8.3f ms | tiled %7.3f ms (%5.1f TFLOP/s) | split-KV(S=1) %7.3f ms | "
-           "rel L2 vs general: tiled %.2e, split %.2e | worst row vs f64: general %.2e tiled %.2e split %.2e\n",
-           name, P.n, P.n_tiles, tiled.mode, t_gen, t_tiled, flop / t_tiled / 1e9, t_dec, e, e_dec, c_gen, c_tiled, c_dec);
-    if (tiled.mode != TE_LLAMA__ATT_TILED || !(e < 1e-2) || !(e_dec < 1e-2) || !(c_tiled < 1e-2) || !(c_dec < 1e-2)) {
+    printf("prefill %-34s n %5d tiles %4d | general %8.3f ms | tiled (%s) %7.3f ms (%5.1f TFLOP/s) | mma.sync %7.3f ms (%5.1f "
+           "TFLOP/s) | split-KV(S=1) %7.3f ms | rel L2 vs general: tiled %.2e, mma.sync %.2e, split %.2e; tiled vs mma.sync %.2e | "
+           "worst row vs f64: general %.2e tiled %.2e mma.sync %.2e split %.2e\n",
+           name, P.n, P.n_tiles, t_gen, P.ctx.wgmma ? "wgmma" : "mma.sync", t_tiled, flop / t_tiled / 1e9, t_mma, flop / t_mma / 1e9,
+           t_dec, e, e_mma, e_dec, e_pair, c_gen, c_tiled, c_mma, c_dec);
+    if (tiled.mode != TE_LLAMA__ATT_TILED || !(e < 1e-2) || !(e_mma < 1e-2) || !(e_dec < 1e-2) || !(c_tiled < 1e-2) ||
+        !(c_mma < 1e-2) || !(c_dec < 1e-2) || !(e_pair < 1e-2)) {
         printf("FAIL prefill %s\n", name);
         failures++;
     }
@@ -392,15 +412,16 @@ int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--load")) { load_probe(argv[2]); return 0; }
     rss_probe();
     if (argc > 1 && !strcmp(argv[1], "--rss-only")) return 0;
-    CK(cudaFuncSetAttribute(te_llama__flash_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            (int)te_llama__fa_smem_bytes(128)));
     /* Llama-3-8B: 32 heads, 8 kv heads, head_dim 128; Llama-3.2-1B: head_dim 64 */
+    prefill_case("8b T4096 (the issue's target shape)", 32, 8, 128, {4096}, {0}, 1);
     prefill_case("8b T2048", 32, 8, 128, {2048}, {0}, 3);
     prefill_case("1b T2048", 32, 8, 64, {2048}, {0}, 3);
     prefill_case("8b 2 seqs 1500+548", 32, 8, 128, {1500, 548}, {0, 0}, 3);
     prefill_case("8b chunk 700 at pos 1000", 32, 8, 128, {700}, {1000}, 3);
     prefill_case("8b B8 T2048", 32, 8, 128, {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, {0, 0, 0, 0, 0, 0, 0, 0}, 1);
     prefill_case("hd128 GQA4 T1000 (test shape)", 4, 1, 128, {1000}, {0}, 3);
+    prefill_case("hd128 MHA T2048 (one head a block)", 32, 32, 128, {2048}, {0}, 1);
+    prefill_case("hd64 MHA 700 at pos 100", 8, 8, 64, {700}, {100}, 3);
     decode_case("8b pos 127", 32, 8, 128, 1, 8192, 127);
     decode_case("8b pos 255 (bench.py decode)", 32, 8, 128, 1, 257, 255);
     decode_case("8b pos 2047", 32, 8, 128, 1, 8192, 2047);

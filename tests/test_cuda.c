@@ -1,6 +1,7 @@
 /* test_cuda.c - the CUDA backend (te_llama_kernels.cu) against the CPU reference of te_llama.h.
 
-   The decode attention kernels are also checked alone (test_decode_attention) against double precision.
+   The decode attention kernels (test_decode_attention) and the two tensor-core prefill attention kernels
+   (test_prefill_attention) are also checked alone against double precision.
 
    Build and run from the repository root:
      mkdir -p build
@@ -1243,6 +1244,127 @@ static void test_decode_attention(void) {
     }
 }
 
+te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *model, int kernel, int n, int max_len, int n_seq,
+                                                     const int32_t *pos, const int32_t *seq, const float *qkv,
+                                                     const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse);
+
+/* The two tensor-core prefill attention kernels (mma.sync, and wgmma where the device runs sm_90a code) against
+   attention in double precision over the same bf16 K/V and bf16-rounded q, as both kernels round q: head_dim 64
+   and 128, 1, 2 and 4 query heads a kv head (odd groups take the wgmma kernel's one-head blocks), on a batch of
+   three runs: 300 tokens of sequence 1 from position 0 (a partial last tile), 200 of sequence 0 from position
+   100 (tiles not aligned to the 64-key stages), 77 of sequence 2 from 0. Bounds per element: the probabilities
+   are rounded to bf16 for P V (2^-9 relative each, so up to 2^-9 of sum p|v| / sum p; twice that allowed) plus
+   the output's own bf16 rounding; the log-sum-exp (training's) within 1e-5 of the reference's. The kernels
+   against each other: within the same bound (each rounds its own P: the wgmma kernel forms the exponent with an
+   fma, the mma.sync one with a multiply then a subtraction, so a probability may round to the other bf16). */
+static void test_prefill_attention(void) {
+    static const int shapes[][2] = {{64, 1}, {64, 2}, {64, 4}, {128, 1}, {128, 2}, {128, 4}};
+    enum { MAX_LEN = 320, N_SEQ = 3, NKV = 2, N = 300 + 200 + 77 };
+    size_t sh;
+    uint64_t x = 0x243f6a8885a308d3ull;
+    int wgmma_ran = 0, wgmma_missing = 0;
+    for (sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const int hd = shapes[sh][0], G = shapes[sh][1], nh = G * NKV, qd = nh * hd, kvd = NKV * hd, row = qd + 2 * kvd;
+        const size_t cache = (size_t)N_SEQ * MAX_LEN * kvd, lse_n = (size_t)N_SEQ * nh * MAX_LEN;
+        te_llama_config c;
+        te_llama_model *gpu;
+        uint16_t *kc = (uint16_t *)malloc(sizeof(uint16_t) * cache), *vc = (uint16_t *)malloc(sizeof(uint16_t) * cache);
+        uint16_t *got = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)N * qd * 2);
+        float *q = (float *)malloc(sizeof(float) * (size_t)N * row), *lse = (float *)malloc(sizeof(float) * lse_n * 2);
+        double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst[2] = {0.0, 0.0}, worst_lse[2] = {0.0, 0.0}, worst_pair = 0.0;
+        int32_t pos[N], seq[N];
+        int bad[2] = {0, 0}, bad_pair = 0, kernels = 1, k, t, h, d, j;
+        size_t i;
+        random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
+        gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
+        if (!gpu || !kc || !vc || !got || !q || !lse || !p) goto next;
+        for (i = 0; i < cache; i++) { /* K spread enough that the softmax is far from uniform */
+            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+            kc[i] = te_llama__f32_to_bf16((float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f);
+            vc[i] = te_llama__f32_to_bf16((float)((x * 0x9e3779b97f4a7c15ull) >> 40) / 8388608.0f - 1.0f);
+        }
+        for (i = 0; i < (size_t)N * row; i++) {
+            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+            q[i] = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f;
+        }
+        for (t = 0; t < N; t++) {
+            pos[t] = t < 300 ? t : t < 500 ? 100 + t - 300 : t - 500;
+            seq[t] = t < 300 ? 1 : t < 500 ? 0 : 2;
+        }
+        CHECK_RESULT(te_llama_cuda_test_prefill_attention(gpu, 0, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, got, lse), TE_LLAMA_OK);
+        {
+            const te_llama_result r = te_llama_cuda_test_prefill_attention(gpu, 1, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc,
+                                                                           got + (size_t)N * qd, lse + lse_n);
+            if (r == TE_LLAMA_OK) kernels = 2, wgmma_ran++;
+            else if (r == TE_LLAMA_ERR_UNSUPPORTED) wgmma_missing++;
+            else CHECK(0, "wgmma prefill attention: %s", te_llama_last_error());
+        }
+        for (t = 0; t < N; t++)
+            for (h = 0; h < nh; h++) {
+                const float *qh = q + (size_t)t * row + (size_t)h * hd;
+                const size_t kv0 = (size_t)seq[t] * MAX_LEN * kvd + (size_t)(h / G) * hd;
+                double mx = -1e300, sum = 0.0, ref_lse;
+                for (j = 0; j <= pos[t]; j++) {
+                    double dot = 0.0;
+                    for (d = 0; d < hd; d++)
+                        dot += (double)te_llama__bf16_to_f32(te_llama__f32_to_bf16(qh[d])) * te_llama__bf16_to_f32(kc[kv0 + (size_t)j * kvd + d]);
+                    p[j] = dot / sqrt((double)hd);
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (j = 0; j <= pos[t]; j++) sum += (p[j] = exp(p[j] - mx));
+                ref_lse = mx + log(sum);
+                for (k = 0; k < kernels; k++) {
+                    const double e = fabs(lse[k * lse_n + ((size_t)seq[t] * nh + h) * MAX_LEN + pos[t]] - ref_lse) / (1e-5 * fmax(1.0, fabs(ref_lse)));
+                    if (!(e <= 1.0)) bad[k]++;
+                    if (e > worst_lse[k]) worst_lse[k] = e;
+                }
+                for (d = 0; d < hd; d++) {
+                    double ref = 0.0, mag = 0.0, tol;
+                    for (j = 0; j <= pos[t]; j++) {
+                        const double v = te_llama__bf16_to_f32(vc[kv0 + (size_t)j * kvd + d]);
+                        ref += p[j] * v;
+                        mag += p[j] * fabs(v);
+                    }
+                    ref /= sum;
+                    tol = mag / sum / 256.0 + fabs(ref) / 256.0 + 1e-6;
+                    for (k = 0; k < kernels; k++) {
+                        const double gk = te_llama__bf16_to_f32(got[(size_t)k * N * qd + (size_t)t * qd + (size_t)h * hd + d]);
+                        const double err = fabs(gk - ref);
+                        if (!(err <= tol)) bad[k]++;
+                        if (err / tol > worst[k]) worst[k] = err / tol;
+                    }
+                    if (kernels == 2) {
+                        const double a = te_llama__bf16_to_f32(got[(size_t)t * qd + (size_t)h * hd + d]);
+                        const double b = te_llama__bf16_to_f32(got[(size_t)N * qd + (size_t)t * qd + (size_t)h * hd + d]);
+                        const double e = fabs(a - b) / (mag / sum / 256.0 + (fabs(a) + fabs(b)) / 256.0 + 1e-6);
+                        if (!(e <= 1.0)) bad_pair++;
+                        if (e > worst_pair) worst_pair = e;
+                    }
+                }
+            }
+        printf("  prefill attention, head_dim %d, %d query heads a kv head, %d tokens: mma.sync %d off (worst %.2f of the "
+               "bound, lse %.2f)", hd, G, N, bad[0], worst[0], worst_lse[0]);
+        if (kernels == 2)
+            printf("; wgmma %d off (worst %.2f, lse %.2f); the two apart: %d off (worst %.2f)\n", bad[1], worst[1], worst_lse[1],
+                   bad_pair, worst_pair);
+        else
+            printf("; wgmma not run on this device\n");
+        CHECK(bad[0] == 0, "prefill attention (mma.sync) hd %d G %d: %d elements beyond the bound (worst %.2f x)", hd, G, bad[0], worst[0]);
+        CHECK(bad[1] == 0, "prefill attention (wgmma) hd %d G %d: %d elements beyond the bound (worst %.2f x)", hd, G, bad[1], worst[1]);
+        CHECK(bad_pair == 0, "prefill attention: wgmma vs mma.sync hd %d G %d: %d elements apart (worst %.2f x)", hd, G, bad_pair, worst_pair);
+    next:
+        te_llama_free(gpu);
+        free(kc);
+        free(vc);
+        free(got);
+        free(q);
+        free(lse);
+        free(p);
+    }
+    printf("  prefill attention: the wgmma kernel ran on %d of %d shapes%s\n", wgmma_ran, (int)(sizeof shapes / sizeof shapes[0]),
+           wgmma_missing ? " (the device does not run this build's sm_90a code)" : "");
+}
+
 /* ---------------------------------------------------------------------------------------------------------- FP8 */
 
 /* The FP8 section of te_llama_kernels.cu: its test-only entry points (not in the public header). uint16_t arrays
@@ -2058,6 +2180,7 @@ int main(void) {
     te_llama_free(probe);
     test_argmax();
     test_decode_attention();
+    test_prefill_attention();
     test_errors();
     test_fp8();
     for (f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) test_fixture(fixtures[f]);
