@@ -787,7 +787,6 @@ static size_t te_llama__fa_smem_bytes(int hd) { return (size_t)2 * 2 * TE_LLAMA_
 #else
 #define TE_LLAMA__WGMMA 0
 #endif
-#define TE_LLAMA__WG_BN 64 /* keys a shared-memory stage (and query rows a warpgroup) */
 
 __global__ void te_llama__wgmma_probe_kernel(int *has) { *has = TE_LLAMA__WGMMA; }
 
@@ -800,14 +799,24 @@ __device__ __forceinline__ uint64_t te_llama__wg_desc(const void *smem, uint32_t
     return (uint64_t)((a & 0x3FFFF) >> 4) | (uint64_t)((lbo >> 4) & 0x3FFF) << 16 | (uint64_t)((sbo >> 4) & 0x3FFF) << 32 |
            (uint64_t)1 << 62;
 }
+__device__ __forceinline__ float te_llama__exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ void te_llama__wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void te_llama__wg_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void te_llama__wg_wait0(void) { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-/* After a wait: the compiler must not move reads of the accumulators above it (the asm's outputs look written at
-   the wgmma itself). */
+/* Pins registers at this point of the instruction stream, among the wgmma asm statements (which the compiler keeps
+   in order): after a wait, so that reads of accumulators are not moved above it (the asm's outputs look written at
+   the wgmma itself); before a fence, so that writes of a wgmma's operands are not moved below it. */
 template <int N> __device__ __forceinline__ void te_llama__wg_regs_ready(float *r) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void te_llama__wg_regs_ready(uint32_t *r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 }
 /* d (64 x 64 fp32, accumulator layout) = (accumulate: +=) A B^T, A (64 x 16) and B (64 x 16) bf16 K-major in
    shared memory (descriptors a and b) */
@@ -821,6 +830,27 @@ __device__ __forceinline__ void te_llama__wgmma_n64_ss(float *d, uint64_t a, uin
                    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
                    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
                    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+/* d (64 x 128 fp32, accumulator layout) = (accumulate: +=) A B^T, A (64 x 16) and B (128 x 16) bf16 K-major in
+   shared memory (descriptors a and b) */
+__device__ __forceinline__ void te_llama__wgmma_n128_ss(float *d, uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "l"(a), "l"(b), "r"(accumulate));
 }
 
@@ -865,25 +895,25 @@ __device__ __forceinline__ void te_llama__wgmma_n128_rs(float *d, const uint32_t
 /* The prefill attention of te_llama__flash_prefill_kernel (same tiles, masks, rounding and outputs) on Hopper's
    warpgroup MMA. A block is one 64-row tile and NH query heads of one kv head (NH = 2 when the group size is even:
    the two heads share every K and V stage, halving the L2 traffic), one warpgroup (128 threads) a head. q is
-   rounded to bf16 into shared memory once; K and V stream through ST stages of 64 keys (cp.async, 128-byte
-   swizzled rows as wgmma reads them); per stage S = q K^T is HD / 16 wgmma m64n64k16 from shared memory, the
-   online softmax runs on S's accumulators, and O += P V is 4 wgmma m64nHDk16 with P from registers (its bf16
-   fragments are the accumulators' own layout) and V read N-major. With ST = 4 the P V of one stage is waited for
-   only at the next S (the tensor cores do both back to back) and stages are reloaded two behind; with ST = 3 each
-   P V is waited for at once. Shared memory: te_llama__fa3_smem_bytes. */
-template <int HD, int NH, int ST>
+   rounded to bf16 into shared memory once; K and V stream through 3 stages of BN keys (cp.async, 128-byte
+   swizzled rows as wgmma reads them, the next stage loading while one is used). Per stage kt, S = q K^T is HD / 16
+   wgmma m64nBNk16 from shared memory and O += P V is BN / 16 wgmma m64nHDk16 with P from registers (its bf16
+   fragments are the accumulators' own layout) and V read N-major. The products overlap the softmax: stage kt + 1's S is
+   issued before stage kt's softmax runs, and kt's P V is waited for only at kt + 1's softmax, so the tensor cores
+   have work queued while the warpgroup computes exponentials (FlashAttention-3's intra-warpgroup pipelining).
+   Shared memory: te_llama__fa3_smem_bytes. */
+#define TE_LLAMA__WG_STAGES 3
+template <int HD, int NH, int BN>
 __global__ void __launch_bounds__(128 * NH, 1)
 te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
                              te_llama__bf16 *out, float *lse, int n_heads, int n_kv, int max_len, float scale_log2) {
 #if TE_LLAMA__WGMMA
-    constexpr int BN = TE_LLAMA__WG_BN, CPR = HD / 8 /* 16-byte chunks a row */, TILE = 64 * HD * 2 /* bytes */;
-    constexpr bool DEFER = ST >= 4;
-    constexpr int AHEAD = DEFER ? ST - 2 : ST - 1; /* stages loading while one is used */
-    static_assert(HD == 64 || HD == 128, "head dim");
-    static_assert(ST >= 3 && ST <= 4, "stages");
+    constexpr int CPR = HD / 8 /* 16-byte chunks a row */, QT = 64 * HD * 2, KT = BN * HD * 2 /* bytes of a q, K, V tile */;
+    constexpr int ST = TE_LLAMA__WG_STAGES, AHEAD = ST - 2; /* stages loading beyond the one in use */
+    static_assert((HD == 64 || HD == 128) && (BN == 64 || BN == 128), "head dim, keys a stage");
     extern __shared__ unsigned char te_llama__fa3_raw[];
     unsigned char *sq = te_llama__fa3_raw + ((1024u - ((unsigned)__cvta_generic_to_shared(te_llama__fa3_raw) & 1023u)) & 1023u);
-    unsigned char *sk = sq + NH * TILE, *sv = sk + ST * TILE; /* [NH] q, [ST] K, [ST] V: each HD / 64 x [64 rows][128 B] */
+    unsigned char *sk = sq + NH * QT, *sv = sk + ST * KT; /* [NH] q, [ST] K, [ST] V: each HD / 64 x [rows][128 B] */
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c = lane & 3;
     const int head = blockIdx.x * NH + wg;
     const int4 tile = tiles[blockIdx.y];
@@ -891,10 +921,10 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
     const int n_keys = tile.w + tile.y, n_kt = (n_keys + BN - 1) / BN;
     const size_t kv_base = (size_t)tile.z * (size_t)max_len * (size_t)kv_dim + (size_t)(blockIdx.x * NH / (n_heads / n_kv)) * HD;
     const te_llama__bf16 *kg = kc + kv_base, *vg = vc + kv_base;
-    /* byte offset of 16-byte chunk ch of row r (0..63) in a q, K or V tile */
-#define TE_LLAMA__SW128(r, ch) (((ch) >> 3) * (64 * 128) + (r) * 128 + ((((ch) ^ (r)) & 7) << 4))
+    /* byte offset of 16-byte chunk ch of row r in a tile of n rows (q: 64, K and V: BN) */
+#define TE_LLAMA__SW128(r, ch, n) (((ch) >> 3) * ((n) * 128) + (r) * 128 + ((((ch) ^ (r)) & 7) << 4))
     {   /* this warpgroup's q, rows past the run are copies of its last row */
-        unsigned char *q_s = sq + wg * TILE;
+        unsigned char *q_s = sq + wg * QT;
         for (int i = tid & 127; i < 64 * CPR; i += 128) {
             const int r = i / CPR, ch = i - r * CPR;
             const float *src = qkv + (size_t)(tile.x + min(r, tile.y - 1)) * ld + (size_t)head * HD + ch * 8;
@@ -904,50 +934,81 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
             v.y = te_llama__pack_bf16(a.z, a.w);
             v.z = te_llama__pack_bf16(b.x, b.y);
             v.w = te_llama__pack_bf16(b.z, b.w);
-            *(uint4 *)(q_s + TE_LLAMA__SW128(r, ch)) = v;
+            *(uint4 *)(q_s + TE_LLAMA__SW128(r, ch, 64)) = v;
         }
     }
-    /* keys past the last row's position are zero-filled (never read from the cache) and masked */
+    /* keys past the last row's position are zero-filled (never read from the cache) and masked; one cp.async group
+       a call, empty past the last stage */
     auto load = [&](int kt) {
-        unsigned char *k_s = sk + (kt % ST) * TILE, *v_s = sv + (kt % ST) * TILE;
-        for (int i = tid; i < BN * CPR; i += 128 * NH) {
+        unsigned char *k_s = sk + (kt % ST) * KT, *v_s = sv + (kt % ST) * KT;
+        for (int i = tid; i < BN * CPR && kt < n_kt; i += 128 * NH) {
             const int r = i / CPR, ch = i - r * CPR, j = kt * BN + r, ok = j < n_keys;
             const size_t at = (size_t)(ok ? j : 0) * (size_t)kv_dim + ch * 8;
-            te_llama__cp_async16(k_s + TE_LLAMA__SW128(r, ch), kg + at, ok ? 16 : 0);
-            te_llama__cp_async16(v_s + TE_LLAMA__SW128(r, ch), vg + at, ok ? 16 : 0);
+            te_llama__cp_async16(k_s + TE_LLAMA__SW128(r, ch, BN), kg + at, ok ? 16 : 0);
+            te_llama__cp_async16(v_s + TE_LLAMA__SW128(r, ch, BN), vg + at, ok ? 16 : 0);
         }
+        te_llama__cp_async_commit();
     };
 #undef TE_LLAMA__SW128
+    const unsigned char *q_s = sq + wg * QT;
+    /* S = q K^T of stage kt into s: 16 dims a step, 32 bytes into the swizzled rows, the next 64 dims a half tile on */
+    auto issue_s = [&](int kt, float *s) {
+        const unsigned char *k_s = sk + (kt % ST) * KT;
+        te_llama__wg_fence();
 #pragma unroll
-    for (int t = 0; t < AHEAD; t++) {
-        if (t < n_kt) load(t);
-        te_llama__cp_async_commit();
-    }
+        for (int k = 0; k < HD / 16; k++) {
+            const uint64_t dq = te_llama__wg_desc(q_s + (k >> 2) * (64 * 128) + (k & 3) * 32, 16, 1024);
+            const uint64_t dk = te_llama__wg_desc(k_s + (k >> 2) * (BN * 128) + (k & 3) * 32, 16, 1024);
+            if (BN == 128) te_llama__wgmma_n128_ss(s, dq, dk, k > 0);
+            else te_llama__wgmma_n64_ss(s, dq, dk, k > 0);
+        }
+        te_llama__wg_commit();
+    };
+    /* stage kt is in (for every thread's copies) and every warpgroup is done with stage kt + AHEAD - ST (at most
+       kt - 2, whose P V was waited for in step kt - 1): load stage kt + AHEAD in its place */
+    auto next_stage = [&](int kt) {
+        te_llama__cp_async_wait<AHEAD - 1>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* this thread's stores, seen by wgmma */
+        __syncthreads();
+        load(kt + AHEAD);
+    };
     float o[HD / 2], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    uint32_t pa[BN / 16][4]; /* the previous stage's P, bf16 A fragments of 16 keys */
 #pragma unroll
     for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
     const int r0 = warp * 16 + g, r1 = r0 + 8; /* this thread's rows; positions of rows past the run: the last's */
     const int p0 = tile.w + min(r0, tile.y - 1), p1 = tile.w + min(r1, tile.y - 1);
-    const unsigned char *q_s = sq + wg * TILE;
+    /* O += P V of stage kt (its P in pa, packed at the end of step kt): V N-major, its two 64-dim halves a half tile
+       apart (lbo), 8 keys 1 KiB (sbo) */
+    auto issue_pv = [&](int kt) {
+        const unsigned char *v_s = sv + (kt % ST) * KT;
+        te_llama__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint64_t dv = te_llama__wg_desc(v_s + kk * 16 * 128, BN * 128, 1024);
+            if (HD == 128) te_llama__wgmma_n128_rs(o, pa[kk], dv);
+            else te_llama__wgmma_n64_rs(o, pa[kk], dv);
+        }
+        te_llama__wg_commit();
+    };
+#pragma unroll
+    for (int t = 0; t < AHEAD; t++) load(t);
+    /* step kt: S of stage kt issued, then (kt > 0) stage kt - 1's P V; the softmax of S runs while the tensor cores
+       do that P V; then O is rescaled and P packed once the P V is done (those registers are its operands) */
     for (int kt = 0; kt < n_kt; kt++) {
-        const unsigned char *k_s = sk + (kt % ST) * TILE, *v_s = sv + (kt % ST) * TILE;
-        te_llama__cp_async_wait<AHEAD - 1>();
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* this thread's stores, seen by wgmma */
-        __syncthreads(); /* stage kt is in; every warpgroup is done with the stage reloaded next */
-        if (kt + AHEAD < n_kt) load(kt + AHEAD);
-        te_llama__cp_async_commit();
         float s[BN / 2];
 #pragma unroll
         for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
-        te_llama__wg_fence();
-#pragma unroll
-        for (int k = 0; k < HD / 16; k++) /* 16 dims a step: 32 bytes into the swizzled rows, the next 64 dims 8 KiB on */
-            te_llama__wgmma_n64_ss(s, te_llama__wg_desc(q_s + (k >> 2) * 8192 + (k & 3) * 32, 16, 1024),
-                                   te_llama__wg_desc(k_s + (k >> 2) * 8192 + (k & 3) * 32, 16, 1024), k > 0);
-        te_llama__wg_commit();
-        te_llama__wg_wait0(); /* S, and (DEFER) the previous stage's P V */
         te_llama__wg_regs_ready<BN / 2>(s);
-        if (DEFER) te_llama__wg_regs_ready<HD / 2>(o);
+        next_stage(kt);
+        issue_s(kt, s);
+        if (kt > 0) {
+            issue_pv(kt - 1);
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); /* S in, the P V may run on */
+        } else {
+            te_llama__wg_wait0();
+        }
+        te_llama__wg_regs_ready<BN / 2>(s);
         /* causal mask (key j visible to the row at position p when j <= p), on the stages reaching past the first
            row; then the running max of the raw scores (scale_log2 > 0 keeps the order) */
         const int j0 = kt * BN;
@@ -961,33 +1022,47 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
                 if (j + 1 > p1) s[4 * nt + 3] = -INFINITY;
             }
         }
-        float mx0 = m0, mx1 = m1;
+        /* the maxima and sums as trees of 4 chains: with two warps a scheduler the chains' latency shows */
+        float mq0[4], mq1[4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[4 * nt], s[4 * nt + 1]));
-            mx1 = fmaxf(mx1, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+        for (int q = 0; q < 4; q++) {
+            mq0[q] = fmaxf(s[4 * q], s[4 * q + 1]);
+            mq1[q] = fmaxf(s[4 * q + 2], s[4 * q + 3]);
         }
+#pragma unroll
+        for (int nt = 4; nt < BN / 8; nt++) {
+            mq0[nt & 3] = fmaxf(mq0[nt & 3], fmaxf(s[4 * nt], s[4 * nt + 1]));
+            mq1[nt & 3] = fmaxf(mq1[nt & 3], fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+        }
+        float mx0 = fmaxf(fmaxf(m0, fmaxf(mq0[0], mq0[1])), fmaxf(mq0[2], mq0[3]));
+        float mx1 = fmaxf(fmaxf(m1, fmaxf(mq1[0], mq1[1])), fmaxf(mq1[2], mq1[3]));
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        /* finite: key 0 is visible to every row, so the first stage sets a finite max */
-        const float corr0 = exp2f((m0 - mx0) * scale_log2), corr1 = exp2f((m1 - mx1) * scale_log2);
+        /* finite: key 0 is visible to every row, so the first stage sets a finite max. ex2.approx.ftz: results
+           below 2^-126 flush to 0 (exp2f would scale them back up), a probability of no weight beside the max's 1 */
+        const float corr0 = te_llama__exp2_ftz((m0 - mx0) * scale_log2), corr1 = te_llama__exp2_ftz((m1 - mx1) * scale_log2);
         const float b0 = mx0 * scale_log2, b1 = mx1 * scale_log2;
         m0 = mx0;
         m1 = mx1;
-        float ls0 = 0.0f, ls1 = 0.0f;
+        float lq0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, lq1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
-            s[4 * nt] = exp2f(fmaf(s[4 * nt], scale_log2, -b0));
-            s[4 * nt + 1] = exp2f(fmaf(s[4 * nt + 1], scale_log2, -b0));
-            s[4 * nt + 2] = exp2f(fmaf(s[4 * nt + 2], scale_log2, -b1));
-            s[4 * nt + 3] = exp2f(fmaf(s[4 * nt + 3], scale_log2, -b1));
-            ls0 += s[4 * nt] + s[4 * nt + 1];
-            ls1 += s[4 * nt + 2] + s[4 * nt + 3];
+            s[4 * nt] = te_llama__exp2_ftz(fmaf(s[4 * nt], scale_log2, -b0));
+            s[4 * nt + 1] = te_llama__exp2_ftz(fmaf(s[4 * nt + 1], scale_log2, -b0));
+            s[4 * nt + 2] = te_llama__exp2_ftz(fmaf(s[4 * nt + 2], scale_log2, -b1));
+            s[4 * nt + 3] = te_llama__exp2_ftz(fmaf(s[4 * nt + 3], scale_log2, -b1));
+            lq0[nt & 3] += s[4 * nt] + s[4 * nt + 1];
+            lq1[nt & 3] += s[4 * nt + 2] + s[4 * nt + 3];
         }
-        l0 = l0 * corr0 + ls0; /* this thread's share of the row sum; the quad's shares add at the end */
-        l1 = l1 * corr1 + ls1;
+        /* this thread's share of the row sum; the quad's shares add at the end */
+        l0 = l0 * corr0 + ((lq0[0] + lq0[1]) + (lq0[2] + lq0[3]));
+        l1 = l1 * corr1 + ((lq1[0] + lq1[1]) + (lq1[2] + lq1[3]));
+        te_llama__wg_wait0(); /* the previous stage's P V: o and pa are free */
+        te_llama__wg_regs_ready<HD / 2>(o);
+        /* O takes this stage's correction now, with no wgmma in flight (ptxas serialises the products when an
+           accumulator is written between the issue of one and the wait for another) */
 #pragma unroll
         for (int nt = 0; nt < HD / 8; nt++) {
             o[4 * nt] *= corr0;
@@ -995,9 +1070,6 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
             o[4 * nt + 2] *= corr1;
             o[4 * nt + 3] *= corr1;
         }
-        /* O += P V, 16 keys a step: V N-major, its two 64-dim halves 8 KiB apart (lbo), 8 keys 1 KiB (sbo); every
-           fragment of P is packed before the first wgmma (registers a wgmma reads must not change between them) */
-        uint32_t pa[BN / 16][4];
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             pa[kk][0] = te_llama__pack_bf16(s[8 * kk], s[8 * kk + 1]);
@@ -1005,23 +1077,12 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
             pa[kk][2] = te_llama__pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
             pa[kk][3] = te_llama__pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
         }
-        te_llama__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const uint64_t dv = te_llama__wg_desc(v_s + kk * 16 * 128, 8192, 1024);
-            if (HD == 128) te_llama__wgmma_n128_rs(o, pa[kk], dv);
-            else te_llama__wgmma_n64_rs(o, pa[kk], dv);
-        }
-        te_llama__wg_commit();
-        if (!DEFER) {
-            te_llama__wg_wait0();
-            te_llama__wg_regs_ready<HD / 2>(o);
-        }
-    }
-    if (DEFER) {
-        te_llama__wg_wait0();
         te_llama__wg_regs_ready<HD / 2>(o);
+        te_llama__wg_regs_ready<BN / 4>(&pa[0][0]);
     }
+    issue_pv(n_kt - 1);
+    te_llama__wg_wait0();
+    te_llama__wg_regs_ready<HD / 2>(o);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -1042,9 +1103,11 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
 #endif
 }
 
-/* Shared memory of te_llama__flash_wgmma_kernel: NH q tiles and ST stages of K and V, 64 x hd bf16 each, and 1 KiB to
-   align the first to the swizzle's 1024 bytes. */
-static size_t te_llama__fa3_smem_bytes(int hd, int nh, int st) { return (size_t)(nh + 2 * st) * 64 * (size_t)hd * 2 + 1024; }
+/* Shared memory of te_llama__flash_wgmma_kernel<hd, nh, bn>: nh q tiles (64 x hd bf16), the stages of K and V (bn x
+   hd bf16 each), and 1 KiB to align the first to the swizzle's 1024 bytes (225 KiB at hd 128, two heads, 128 keys). */
+static size_t te_llama__fa3_smem_bytes(int hd, int nh, int bn) {
+    return ((size_t)nh * 64 + (size_t)2 * TE_LLAMA__WG_STAGES * bn) * (size_t)hd * 2 + 1024;
+}
 
 /* --------------------------------------------------------------------------- split-KV (flash-decoding) attention */
 
@@ -2446,13 +2509,13 @@ static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int wgmma, c
     if (wgmma > 0 && ctx->wgmma) {
         const int pair = (nh / nkv) % 2 == 0;
         const dim3 grid((unsigned)(pair ? nh / 2 : nh), (unsigned)n_tiles);
-#define TE_LLAMA__FA3(HD_, NH_, ST_)                                                                                   \
-    te_llama__flash_wgmma_kernel<HD_, NH_, ST_><<<grid, 128 * NH_, te_llama__fa3_smem_bytes(HD_, NH_, ST_), ctx->stream>>>( \
+#define TE_LLAMA__FA3(HD_, NH_, BN_)                                                                                   \
+    te_llama__flash_wgmma_kernel<HD_, NH_, BN_><<<grid, 128 * NH_, te_llama__fa3_smem_bytes(HD_, NH_, BN_), ctx->stream>>>( \
         qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2)
-        if (hd == 128 && pair) TE_LLAMA__FA3(128, 2, 4);
-        else if (hd == 128) TE_LLAMA__FA3(128, 1, 3);
-        else if (pair) TE_LLAMA__FA3(64, 2, 4);
-        else TE_LLAMA__FA3(64, 1, 3);
+        if (hd == 128 && pair) TE_LLAMA__FA3(128, 2, 128);
+        else if (hd == 128) TE_LLAMA__FA3(128, 1, 64);
+        else if (pair) TE_LLAMA__FA3(64, 2, 64);
+        else TE_LLAMA__FA3(64, 1, 64);
 #undef TE_LLAMA__FA3
         TE_LLAMA__LAUNCHED(flash_wgmma);
         return TE_LLAMA_OK;
@@ -2487,13 +2550,13 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
     TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__flash_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)te_llama__fa_smem_bytes(128)));
     if (ctx->wgmma) {
-#define TE_LLAMA__FA3_SMEM(HD_, NH_, ST_)                                                                              \
-    TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__flash_wgmma_kernel<HD_, NH_, ST_>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                                      (int)te_llama__fa3_smem_bytes(HD_, NH_, ST_)))
-        TE_LLAMA__FA3_SMEM(128, 2, 4);
-        TE_LLAMA__FA3_SMEM(128, 1, 3);
-        TE_LLAMA__FA3_SMEM(64, 2, 4);
-        TE_LLAMA__FA3_SMEM(64, 1, 3);
+#define TE_LLAMA__FA3_SMEM(HD_, NH_, BN_)                                                                              \
+    TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__flash_wgmma_kernel<HD_, NH_, BN_>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                                      (int)te_llama__fa3_smem_bytes(HD_, NH_, BN_)))
+        TE_LLAMA__FA3_SMEM(128, 2, 128);
+        TE_LLAMA__FA3_SMEM(128, 1, 64);
+        TE_LLAMA__FA3_SMEM(64, 2, 64);
+        TE_LLAMA__FA3_SMEM(64, 1, 64);
 #undef TE_LLAMA__FA3_SMEM
     }
     return TE_LLAMA_OK;
