@@ -589,6 +589,13 @@ te_llama__attention_kernel(const float *qkv, const int32_t *pos, const int32_t *
 #define TE_LLAMA__FA_THREADS 128
 #define TE_LLAMA__FA_MIN_ROWS 16 /* the tiled path runs when the batch's tiles average at least this many rows */
 
+/* 2^x by the special-function unit alone: results below 2^-126 flush to 0 (exp2f scales them back up with three
+   more instructions), which as a softmax weight beside the maximum's 1 is no loss. */
+__device__ __forceinline__ float te_llama__exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ void te_llama__cp_async16(void *smem, const void *gmem, int src_bytes) {
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
@@ -798,11 +805,6 @@ __device__ __forceinline__ uint64_t te_llama__wg_desc(const void *smem, uint32_t
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
     return (uint64_t)((a & 0x3FFFF) >> 4) | (uint64_t)((lbo >> 4) & 0x3FFF) << 16 | (uint64_t)((sbo >> 4) & 0x3FFF) << 32 |
            (uint64_t)1 << 62;
-}
-__device__ __forceinline__ float te_llama__exp2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
 }
 __device__ __forceinline__ void te_llama__wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void te_llama__wg_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -1402,7 +1404,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
             for (int i = 0; i < KPS; i++)
                 if (r0 + i * STREAMS + stream < k1) mx[g] = fmaxf(mx[g], s[i][g]);
-            const float corr = mx[g] == m[g] ? 1.0f : exp2f(m[g] - mx[g]); /* 1 while no key was seen (-inf) */
+            const float corr = mx[g] == m[g] ? 1.0f : te_llama__exp2_ftz(m[g] - mx[g]); /* 1 while no key was seen (-inf) */
             l[g] *= corr;
 #pragma unroll
             for (int e = 0; e < 8; e++) acc[g][e] *= corr;
@@ -1415,7 +1417,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
             te_llama__bf16x8_to_f32(vr[i], vf);
 #pragma unroll
             for (int g = 0; g < G; g++) {
-                const float p = exp2f(s[i][g] - mx[g]);
+                const float p = te_llama__exp2_ftz(s[i][g] - mx[g]);
                 l[g] += p;
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[g][e] += p * vf[e];
@@ -1429,7 +1431,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         for (int g = 0; g < G; g++) {
             const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
             const float M = fmaxf(m[g], mo);
-            const float wa = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - M), wb = mo == -INFINITY ? 0.0f : exp2f(mo - M);
+            const float wa = m[g] == -INFINITY ? 0.0f : te_llama__exp2_ftz(m[g] - M), wb = mo == -INFINITY ? 0.0f : te_llama__exp2_ftz(mo - M);
             l[g] = l[g] * wa + lo * wb;
 #pragma unroll
             for (int e = 0; e < 8; e++) acc[g][e] = acc[g][e] * wa + __shfl_xor_sync(0xffffffffu, acc[g][e], o) * wb;
@@ -1451,7 +1453,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         for (int w = 0; w < WARPS; w++) M = fmaxf(M, sm[w][g]);
 #pragma unroll
         for (int w = 0; w < WARPS; w++) {
-            const float wt = sm[w][g] == -INFINITY ? 0.0f : exp2f(sm[w][g] - M);
+            const float wt = sm[w][g] == -INFINITY ? 0.0f : te_llama__exp2_ftz(sm[w][g] - M);
             L += wt * sl[w][g];
             o += wt * sacc[w][g][d];
         }
@@ -1494,7 +1496,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         for (int s = 0; s < active; s++) M = fmaxf(M, split_m[g][s]); /* finite: a split that ran had keys */
 #pragma unroll 8
         for (int s = 0; s < active; s++) {
-            const float w = exp2f(split_m[g][s] - M);
+            const float w = te_llama__exp2_ftz(split_m[g][s] - M);
             L += w * split_l[g][s];
             o += w * __ldcg(p + (size_t)s * (HD + 2));
         }
