@@ -1318,11 +1318,12 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    tok/s against 214; an empty kernel in its place costs 1.5 us. With 8 keys a subgroup the launch took 13 us
    alone and 23 at 16 tokens (177 registers, one block an SM). */
 __host__ __device__ constexpr int te_llama__dec2_warps(int hd, int G) { return hd * G > 1024 ? 4 : 8; } /* sacc <= 32 KB */
-__host__ __device__ constexpr int te_llama__dec2_kps(int G) { return G > 4 ? 2 : 4; } /* 128 registers at G = 4 */
+/* Keys a subgroup has in flight: 2 for one token (half the round, twice the splits: more blocks share the one
+   token's keys, each with a shorter chain; run 9 measured the 8B B1 step 1.0% faster, the 1B 2.6%), 4 for a batch
+   of tokens (which has blocks enough: KPS 2 read 1-5% slower at 16 tokens), 2 for G = 8 (registers). */
+__host__ __device__ constexpr int te_llama__dec2_kps(int G, int n) { return G > 4 || n == 1 ? 2 : 4; }
 /* keys a block reads in one round: the least a split covers */
-__host__ __device__ constexpr int te_llama__dec2_round(int hd, int G) {
-    return te_llama__dec2_warps(hd, G) * (32 / (hd / 8)) * te_llama__dec2_kps(G);
-}
+__host__ __device__ constexpr int te_llama__dec2_round(int hd, int G, int kps) { return te_llama__dec2_warps(hd, G) * (32 / (hd / 8)) * kps; }
 static int te_llama__dec2_takes(int hd, int G) {
     return (hd == 32 || hd == 64 || hd == 128 || hd == 256) && (G == 1 || G == 2 || G == 4 || G == 8);
 }
@@ -1338,14 +1339,14 @@ __device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[
     }
 }
 
-template <int HD, int G>
+template <int HD, int G, int KPS>
 __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
                                    const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
                                    int n_heads, int n_kv, int max_len, float scale_log2) {
     te_llama__pdl_start();
     constexpr int LPK = HD / 8, SUBS = 32 / LPK, WARPS = te_llama__dec2_warps(HD, G), STREAMS = WARPS * SUBS;
-    constexpr int KPS = te_llama__dec2_kps(G), ROUND = te_llama__dec2_round(HD, G);
+    constexpr int ROUND = te_llama__dec2_round(HD, G, KPS);
     __shared__ float sm[WARPS][G], sl[WARPS][G];
     __shared__ float sacc[WARPS][G][HD];
     __shared__ float split_m[G][TE_LLAMA__DEC_MAX_SPLITS], split_l[G][TE_LLAMA__DEC_MAX_SPLITS]; /* the merge's */
@@ -2491,7 +2492,7 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
     } else if (G <= TE_LLAMA__DEC_GMAX && hd <= TE_LLAMA__DEC_MAX_HD && nkv <= 65535) {
         /* a split never covers less than the kernel's least chunk: more splits than the cache holds chunks of it
            would be launched only to exit (the 8B shape at max_len 256: 4 instead of 16) */
-        const long least = te_llama__dec2_takes(hd, G) ? te_llama__dec2_round(hd, G) : TE_LLAMA__DEC_MIN_CHUNK;
+        const long least = te_llama__dec2_takes(hd, G) ? te_llama__dec2_round(hd, G, te_llama__dec2_kps(G, n)) : TE_LLAMA__DEC_MIN_CHUNK;
         long blocks = (long)n * nkv, target = 2L * (ctx->n_sm > 0 ? ctx->n_sm : 132);
         long s = (target + blocks - 1) / blocks, most = (cache->max_len + least - 1) / least;
         if (s > most) s = most;
@@ -2569,14 +2570,17 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
                                  int max_len, float scale_log2) {
     const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv);
-#define TE_LLAMA__DEC2(HD_, G_)                                                                                        \
-    if (hd == HD_ && G == G_) {                                                                                       \
-        te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_>, grid, dim3(32 * te_llama__dec2_warps(HD_, G_)), \
-                         0, ctx->qkv, pos, seq, kc, vc,                                                               \
-                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2); \
+    const int kps = te_llama__dec2_kps(G, n);
+#define TE_LLAMA__DEC2(HD_, G_, KPS_)                                                                                  \
+    if (hd == HD_ && G == G_ && kps == KPS_) {                                                                        \
+        te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_, KPS_>, grid,                                \
+                         dim3(32 * te_llama__dec2_warps(HD_, G_)), 0, ctx->qkv, pos, seq, kc, vc,                     \
+                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2);                        \
         return 1;                                                                                                     \
     }
-#define TE_LLAMA__DEC2_G(HD_) TE_LLAMA__DEC2(HD_, 1) TE_LLAMA__DEC2(HD_, 2) TE_LLAMA__DEC2(HD_, 4) TE_LLAMA__DEC2(HD_, 8)
+#define TE_LLAMA__DEC2_G(HD_)                                                                                          \
+    TE_LLAMA__DEC2(HD_, 1, 2) TE_LLAMA__DEC2(HD_, 1, 4) TE_LLAMA__DEC2(HD_, 2, 2) TE_LLAMA__DEC2(HD_, 2, 4)            \
+    TE_LLAMA__DEC2(HD_, 4, 2) TE_LLAMA__DEC2(HD_, 4, 4) TE_LLAMA__DEC2(HD_, 8, 2)
     TE_LLAMA__DEC2_G(32)
     TE_LLAMA__DEC2_G(64)
     TE_LLAMA__DEC2_G(128)
