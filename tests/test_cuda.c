@@ -1147,6 +1147,21 @@ static void test_argmax(void) {
     }
 }
 
+/* Random inputs of the attention kernel tests: K (bf16 bits) in [-2, 2), spread enough that the softmax is far from
+   uniform, V in [-1, 1), n_cache elements each; q (fp32) in [-2, 2), n_q elements. */
+static void random_attention_inputs(uint64_t *x, uint16_t *kc, uint16_t *vc, size_t n_cache, float *q, size_t n_q) {
+    size_t i;
+    for (i = 0; i < n_cache; i++) {
+        *x ^= *x >> 12; *x ^= *x << 25; *x ^= *x >> 27;
+        kc[i] = te_llama__f32_to_bf16((float)((*x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f);
+        vc[i] = te_llama__f32_to_bf16((float)((*x * 0x9e3779b97f4a7c15ull) >> 40) / 8388608.0f - 1.0f);
+    }
+    for (i = 0; i < n_q; i++) {
+        *x ^= *x >> 12; *x ^= *x << 25; *x ^= *x >> 27;
+        q[i] = (float)((*x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f;
+    }
+}
+
 te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
                                                     const int32_t *pos, const int32_t *seq, const float *qkv,
                                                     const uint16_t *kc, const uint16_t *vc, uint16_t *out);
@@ -1175,20 +1190,11 @@ static void test_decode_attention(void) {
         float *q = (float *)malloc(sizeof(float) * (size_t)BATCH * row);
         double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst = 0.0;
         int32_t pos[BATCH], seq[BATCH];
-        size_t i;
         int launches = 0, bad = 0, pi, si, t, rep;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
         gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !p) goto next;
-        for (i = 0; i < cache; i++) { /* K spread enough that the softmax is far from uniform */
-            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-            kc[i] = te_llama__f32_to_bf16((float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f);
-            vc[i] = te_llama__f32_to_bf16((float)((x * 0x9e3779b97f4a7c15ull) >> 40) / 8388608.0f - 1.0f);
-        }
-        for (i = 0; i < (size_t)BATCH * row; i++) {
-            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-            q[i] = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f;
-        }
+        random_attention_inputs(&x, kc, vc, cache, q, (size_t)BATCH * row);
         for (pi = -1; pi < (int)(sizeof positions / sizeof positions[0]); pi++) {
             /* pi = -1: a batch of 16 tokens at random positions of 3 sequences, 3 splits; else one token */
             const int n = pi < 0 ? BATCH : 1;
@@ -1274,19 +1280,10 @@ static void test_prefill_attention(void) {
         double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst[2] = {0.0, 0.0}, worst_lse[2] = {0.0, 0.0}, worst_pair = 0.0;
         int32_t pos[N], seq[N];
         int bad[2] = {0, 0}, bad_pair = 0, kernels = 1, k, t, h, d, j;
-        size_t i;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
         gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !lse || !p) goto next;
-        for (i = 0; i < cache; i++) { /* K spread enough that the softmax is far from uniform */
-            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-            kc[i] = te_llama__f32_to_bf16((float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f);
-            vc[i] = te_llama__f32_to_bf16((float)((x * 0x9e3779b97f4a7c15ull) >> 40) / 8388608.0f - 1.0f);
-        }
-        for (i = 0; i < (size_t)N * row; i++) {
-            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-            q[i] = (float)((x * 0x2545f4914f6cdd1dull) >> 40) / 4194304.0f - 2.0f;
-        }
+        random_attention_inputs(&x, kc, vc, cache, q, (size_t)N * row);
         for (t = 0; t < N; t++) {
             pos[t] = t < 300 ? t : t < 500 ? 100 + t - 300 : t - 500;
             seq[t] = t < 300 ? 1 : t < 500 ? 0 : 2;
