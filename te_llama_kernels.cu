@@ -2498,11 +2498,11 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
 
 /* The tensor-core prefill attention over n_tiles tiles (head_dim 64 or 128) into out (and lse when training):
    te_llama__flash_wgmma_kernel where the device runs the sm_90a code (two heads a block when the group size is
-   even), else te_llama__flash_prefill_kernel; wgmma < 0 asks for the latter whatever the device (tests). */
-static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int wgmma, const float *qkv, const int4 *tiles, int n_tiles,
+   even), else te_llama__flash_prefill_kernel; allow_wgmma 0 asks for the latter whatever the device (tests). */
+static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int allow_wgmma, const float *qkv, const int4 *tiles, int n_tiles,
                                                const te_llama__bf16 *kc, const te_llama__bf16 *vc, te_llama__bf16 *out,
                                                float *lse, int nh, int nkv, int hd, int max_len, float scale_log2) {
-    if (wgmma > 0 && ctx->wgmma) {
+    if (allow_wgmma && ctx->wgmma) {
         const int pair = (nh / nkv) % 2 == 0;
         const dim3 grid((unsigned)(pair ? nh / 2 : nh), (unsigned)n_tiles);
 #define TE_LLAMA__FA3(HD_, NH_, BN_)                                                                                   \
@@ -4740,7 +4740,7 @@ extern "C" te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *
                                       ctx->stream), done);
     if (lse) TE_LLAMA__CU_GOTO(cudaMemsetAsync(d_lse, 0, sizeof(float) * lse_elems, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaMemsetAsync(ctx->att, 0xff, sizeof(te_llama__bf16) * (size_t)n * nh * hd, ctx->stream), done); /* NaN */
-    if ((r = te_llama__flash_prefill(ctx, kernel ? 1 : -1, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), n_tiles, d_kc, d_vc, ctx->att,
+    if ((r = te_llama__flash_prefill(ctx, kernel, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), n_tiles, d_kc, d_vc, ctx->att,
                                      d_lse, nh, nkv, hd, max_len, 1.0f / sqrtf((float)hd) * 1.4426950408889634f)))
         goto done;
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);

@@ -221,7 +221,7 @@ static void release(Problem &P) {
 static te_llama_result launch(Problem &P, const te_llama__att &a) {
     const int nh = P.m.config.num_attention_heads, hd = P.m.config.head_dim;
     if (a.mode >= 0) return te_llama__attention(&P.m, &P.ctx, &a, P.kc, P.vc, P.cache.max_len, P.n);
-    return te_llama__flash_prefill(&P.ctx, -1, P.ctx.qkv, (const int4 *)(P.ctx.ints + 4 * P.ctx.cap_tokens), P.n_tiles, P.kc, P.vc,
+    return te_llama__flash_prefill(&P.ctx, 0, P.ctx.qkv, (const int4 *)(P.ctx.ints + 4 * P.ctx.cap_tokens), P.n_tiles, P.kc, P.vc,
                                    P.ctx.att, NULL, nh, P.m.config.num_key_value_heads, hd, P.cache.max_len,
                                    1.0f / sqrtf((float)hd) * 1.4426950408889634f);
 }
