@@ -207,6 +207,7 @@ typedef struct te_llama__cuda {
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
+    int fp8_unfused;         /* tests only: an FP8 decode step quantises proj's input by te_llama__cast_fp8 */
     void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
     int pdl;                 /* sm_90 or newer: decode kernels launch with programmatic dependent launch */
     int wgmma;               /* the device runs this build's sm_90a code: prefill attention on wgmma */
@@ -1305,6 +1306,10 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    per (token, kv head), reset by that block, so a captured graph replays) merges them: one launch, no combine
    kernel. Rounding as the split-KV kernel: q and the probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per
    (token, kv head), G HD fp32 of q.
+   With out_q (an FP8 decode step: proj's E4M3 input) the output goes there instead of out, quantised as
+   te_llama__cast_fp8_kernel would quantise the bf16 output: out_q = e4m3(float(bf16(o)) * *q_scale), and *q_amax
+   raised to its largest |bf16(o)|. The step then has no cast launch before proj (a test build that skipped that
+   launch decoded the 8B FP8 shape 3.4% faster, bench/NOTES.md run 10).
    Measured on the 8B shape at position 128 (bench/NOTES.md, run 8): 10.0 us a launch alone under ncu (13.5 for
    the previous form: 4 warps, 2 keys in flight a subgroup, a key at a time), 17 us at 16 tokens (16 before).
    In the captured step attention still costs about 14 us a layer: skipping it (a test build) decodes at 237
@@ -1336,7 +1341,8 @@ template <int HD, int G, int KPS>
 __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
                                    const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
-                                   int n_heads, int n_kv, int max_len, float scale_log2) {
+                                   int n_heads, int n_kv, int max_len, float scale_log2, uint8_t *out_q,
+                                   const float *q_scale, float *q_amax) {
     te_llama__pdl_start();
     constexpr int LPK = HD / 8, SUBS = 32 / LPK, WARPS = te_llama__dec2_warps(HD, G), STREAMS = WARPS * SUBS;
     constexpr int ROUND = te_llama__dec2_round(HD, G, KPS);
@@ -1348,6 +1354,22 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int stream = warp * SUBS + sub, q_dim = n_heads * HD, kv_dim = n_kv * HD;
     float q[G][8], acc[G][8], m[G], l[G];
+    float q_max = 0.0f; /* out_q: this thread's largest |output| */
+    /* output element `at` (bf16 or quantised) */
+    const auto put = [&](size_t at, float v) {
+        const te_llama__bf16 b = __float2bfloat16(v);
+        if (!out_q) {
+            out[at] = b;
+        } else {
+            const float f = __bfloat162float(b);
+            if (fabsf(f) > q_max) q_max = fabsf(f);
+            out_q[at] = te_llama__e4m3_scaled(f, *q_scale);
+        }
+    };
+    const auto commit_amax = [&]() { /* te_llama__amax_commit's atomic, a warp at a time */
+        const float w = te_llama__warp_max(q_max);
+        if (out_q && lane == 0 && w > 0.0f) atomicMax((unsigned *)q_amax, __float_as_uint(w));
+    };
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
     for (int g = 0; g < G; g++) { /* before pos[]: these loads do not wait for it */
@@ -1452,14 +1474,17 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
             o += wt * sacc[w][g][d];
         }
         if (active == 1) {
-            out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
+            put((size_t)t * q_dim + (size_t)head * HD + d, o / L);
         } else {
             float *po = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2) + (size_t)split * (HD + 2);
             po[d] = o;
             if (d == 0) { po[HD] = M; po[HD + 1] = L; }
         }
     }
-    if (active == 1) return;
+    if (active == 1) {
+        commit_amax();
+        return;
+    }
     /* The last split of this (token, kv head) to finish merges them all. The barrier orders the block's partial
        stores before thread 0's count, whose acq_rel atomic publishes them at gpu scope and, in the last block,
        acquires the others' (the partials are then read through L2): one fence a block (MEMBAR.ALL.GPU) where
@@ -1494,8 +1519,9 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
             L += w * split_l[g][s];
             o += w * __ldcg(p + (size_t)s * (HD + 2));
         }
-        out[(size_t)t * q_dim + (size_t)head * HD + d] = __float2bfloat16(o / L);
+        put((size_t)t * q_dim + (size_t)head * HD + d, o / L);
     }
+    commit_amax();
 }
 
 /* Shared memory of the decode kernel for G query heads a kv head. */
@@ -1631,6 +1657,13 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
     }
 }
 
+/* Chunks a warp has in flight (a lane: 16 bytes of each of its 2 rows of each of the RT tiles a chunk): 128 bytes
+   of W a lane for one tile (256 for E4M3 was not faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4);
+   for the SwiGLU pair 128 bytes in bf16 and 256 in E4M3, where 128 left the 8B FP8 fc1 at 43 us of a decode step
+   (2.7 TB/s, 5 warps a block in two waves) and 256 (2 warps, one wave) decodes 9.6% faster (bench/NOTES.md,
+   run 10). */
+__host__ __device__ constexpr int te_llama__gemv_u(int rt, bool fp8) { return rt == 1 || fp8 ? 4 : 2; }
+
 /* One tile (RT 1): at most 64 registers a thread, so that 32 warps fit an SM in any block shape (up to 70 without
    the bound, which halved the blocks an SM of the E4M3 kernels); the SwiGLU pair keeps its 82-84. */
 template <int NT, int RT, int EPI, bool FP8>
@@ -1638,8 +1671,7 @@ __global__ void __launch_bounds__(RT == 1 ? 32 * TE_LLAMA__GEMV_MAX_KW : 16 * TE
 te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int ES = FP8 ? 1 : 2;          /* bytes an element */
     constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
-    constexpr int U = RT == 1 ? 4 : 2;       /* chunks in flight: 128 bytes of W a lane (256 for E4M3 was not
-                                                faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4) */
+    constexpr int U = te_llama__gemv_u(RT, FP8); /* chunks in flight */
     /* red (KW, RT NT 4, 32): the warps' partial sums, sized by the launch (te_llama__gemv_smem) rather than for 32
        warps. With 16 KB for 32 warps plus the folded norm's 4 KB the 8B BF16 decode fell from 206 to 200 tok/s
        (bench/NOTES.md, run 7, call 1); sized by kw it runs at 204.7 against the previous commit's 202.8 (call 4,
@@ -2408,7 +2440,7 @@ static size_t te_llama__gemv_smem(int kw, int nt, int rt) { return sizeof(float)
 template <int NT, int RT, int EPI, bool FP8>
 static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
     static_assert(TE_LLAMA__GEMV_MAX_KW < 33, "te_llama__cuda.gemv_occ");
-    constexpr int U = RT == 1 ? 4 : 2; /* chunks in flight a warp (te_llama__gemv_kernel) */
+    constexpr int U = te_llama__gemv_u(RT, FP8); /* chunks in flight a warp */
     int *occ = ctx->gemv_occ[(EPI * 2 + (FP8 ? 1 : 0)) * 2 + NT - 1];
     const int sms = ctx->n_sm > 0 ? ctx->n_sm : 132, most = RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2;
     long best_cost = -1;
@@ -2558,17 +2590,26 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
     return TE_LLAMA_OK;
 }
 
+/* The attention output quantised for proj (FP8 decode): te_llama__attention's q. */
+typedef struct te_llama__att_fp8 {
+    uint8_t *out;       /* (n, q_dim) E4M3 */
+    const float *scale; /* proj's INPUT state: scale, amax */
+    float *amax;
+    int done;           /* set when the attention wrote out (else ctx->att holds the bf16 output) */
+} te_llama__att_fp8;
+
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
-                                 int max_len, float scale_log2) {
+                                 int max_len, float scale_log2, const te_llama__att_fp8 *q) {
     const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv);
     const int kps = te_llama__dec2_kps(G, n);
 #define TE_LLAMA__DEC2(HD_, G_, KPS_)                                                                                  \
     if (hd == HD_ && G == G_ && kps == KPS_) {                                                                        \
         te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_, KPS_>, grid,                                \
                          dim3(32 * te_llama__dec2_warps(HD_, G_)), 0, ctx->qkv, pos, seq, kc, vc,                     \
-                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2);                        \
+                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2, q ? q->out : NULL,        \
+                         q ? q->scale : NULL, q ? q->amax : NULL);                                                     \
         return 1;                                                                                                     \
     }
 #define TE_LLAMA__DEC2_G(HD_)                                                                                          \
@@ -2583,9 +2624,12 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
     return 0;
 }
 
-/* Attention of layer kc/vc for the n tokens, into ctx->att. */
+/* Attention of layer kc/vc for the n tokens, into ctx->att. With q (FP8, proj's input), a decode step that takes
+   te_llama__decode_attention2_kernel writes the output quantised into q->out instead, raises *q->amax and sets
+   q->done; every other path leaves q->done 0 and the bf16 output for te_llama__cast_fp8. */
 static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ctx, const te_llama__att *a,
-                                           const te_llama__bf16 *kc, const te_llama__bf16 *vc, int max_len, int n) {
+                                           const te_llama__bf16 *kc, const te_llama__bf16 *vc, int max_len, int n,
+                                           te_llama__att_fp8 *q) {
     const te_llama_config *c = &m->config;
     const int hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads, cap = ctx->cap_tokens;
     const int32_t *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
@@ -2595,8 +2639,9 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
                                                           kc, vc, ctx->att, NULL, nh, nkv, hd, max_len, scale_log2);
         if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
-                                                                         nh, max_len, scale_log2)) {
+                                                                         nh, max_len, scale_log2, q)) {
         TE_LLAMA__LAUNCHED(decode_attention2);
+        if (q) q->done = 1;
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
         const dim3 grid((unsigned)n, (unsigned)a->splits, (unsigned)nkv);
         te_llama__decode_attention_kernel<<<grid, TE_LLAMA__DEC_THREADS, te_llama__dec_smem_bytes(nh / nkv, hd), ctx->stream>>>(
@@ -2652,13 +2697,14 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
 
 /* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
-   also raises the state's amax: the rmsnorms before QKV and fc1, a cast of the attention output before proj, and
-   SwiGLU before fc2. Up to 16 tokens (decode) every GEMM is the E4M3 GEMV, RoPE + KV store in QKV's epilogue
-   and SwiGLU + fc2's input quantisation in fc1's. More tokens (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8:
-   QKV to fp32 then the RoPE + KV kernel, proj and fc2 added into the residual stream, fc1 to bf16 then
-   te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a shape, the GEMV 16 tokens at a time instead. The
-   E4M3 inputs live in the bf16 buffers xn and act, which they half fill. The OUTPUT states' amaxes are not
-   recorded here (the CPU records them; nothing reads them in inference). */
+   also raises the state's amax: the rmsnorms before QKV and fc1, the attention before proj (a decode step's
+   attention kernel itself, else a cast of its output), and SwiGLU before fc2. Up to 16 tokens (decode) every GEMM
+   is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's. More tokens
+   (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8: QKV to fp32 then the RoPE + KV kernel, proj and fc2
+   added into the residual stream, fc1 to bf16 then te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a
+   shape, the GEMV 16 tokens at a time instead. The E4M3 inputs live in the bf16 buffers xn and act, which they
+   half fill. The OUTPUT states' amaxes are not recorded here (the CPU records them; nothing reads them in
+   inference). */
 static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int l, int n,
                                            const te_llama__att *a) {
     const te_llama_config *c = &m->config;
@@ -2672,6 +2718,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT, QKV = TE_LLAMA_FP8_QKV, PROJ = TE_LLAMA_FP8_PROJ;
     const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2, fast = te_llama__fp8_fast_accum(ctx);
     int lt = n > TE_LLAMA__GEMV_MAX_N && !ctx->fp8_gemm_unsupported;
+    te_llama__att_fp8 att_q = {NULL, NULL, NULL, 0};
     te_llama__gemv_args ga;
     te_llama_result r = TE_LLAMA_OK;
 #define TE_LLAMA__W(g) te_llama__fp8_weight(ctx, l, (g)), te_llama__fp8_scale_inv(ctx, l, (g), WT)
@@ -2712,10 +2759,9 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     } else if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_ROPE_KV>(ctx, ga, ga.m / 16, n))) {
         return r;
     }
-    if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n))) return r;
-    if ((r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, PROJ, IN),
-                                te_llama__fp8_amax(ctx, l, PROJ, IN))))
-        return r;
+    att_q.out = xq; att_q.scale = te_llama__fp8_scale(ctx, l, PROJ, IN); att_q.amax = te_llama__fp8_amax(ctx, l, PROJ, IN);
+    if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n, ctx->fp8_unfused ? NULL : &att_q))) return r;
+    if (!att_q.done && (r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, att_q.scale, att_q.amax))) return r;
     r = lt ? te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(PROJ), xq, TE_LLAMA__LTX(PROJ), ctx->x, CUDA_R_32F, h, n, q_dim, 1, fast)
            : te_llama__gemv_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1);
     if (r) return r;
@@ -2818,7 +2864,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
             te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
             TE_LLAMA__LAUNCHED(rope_kv);
         }
-        if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n))) return r;
+        if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n, NULL))) return r;
         if (calibrating && (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
                                                    te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
             return r;
@@ -4685,7 +4731,7 @@ extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *m
     memset(&a, 0, sizeof a);
     a.mode = TE_LLAMA__ATT_DECODE;
     a.splits = splits;
-    if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n))) goto done;
+    if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n, NULL))) goto done;
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
@@ -4770,7 +4816,8 @@ done:
 
    WHAT THE FORWARD CALLS, per GEMM g of layer l (delayed scaling, as te_llama__fp8_gemm on the CPU)
      The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:
-     te_llama__rmsnorm_fp8 before QKV and FC1, te_llama__cast_fp8 of the attention output before PROJ,
+     te_llama__rmsnorm_fp8 before QKV and FC1, te_llama__cast_fp8 of the attention output before PROJ (in a decode
+     step the decode attention's own output, te_llama__att_fp8),
      te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the E4M3 GEMV (te_llama__layer_fp8) with
      te_llama__fp8_weight(ctx, l, g) and the two scale_inv pointers. The OUTPUT states' amaxes are recorded only
      by te_llama_cuda_test_fp8_layer_gemm (te_llama__amax on a GEMM's own output); the forward leaves them. After each
@@ -5493,6 +5540,14 @@ te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, 
 /* te_llama__fp8_calibrating: 1 while te_llama_fp8_calibrate(m, 1) holds, 0 otherwise (and when FP8 is off). */
 int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
     return m && m->backend ? te_llama__fp8_calibrating((const te_llama__cuda *)m->backend) : 0;
+}
+
+/* on 0: an FP8 decode step quantises proj's input by te_llama__cast_fp8 instead of in the decode attention
+   (te_llama__att_fp8), so that a test can compare the two; 1 restores the fused form. */
+te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int on) {
+    if (!m || !m->backend) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_fused: not a CUDA model");
+    ((te_llama__cuda *)m->backend)->fp8_unfused = !on;
+    return TE_LLAMA_OK;
 }
 
 /* te_llama__fp8_update_kernel over metas (n_gemms, 3), in place. */

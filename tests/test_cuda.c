@@ -1376,6 +1376,7 @@ te_llama_result te_llama_cuda_test_fp8_cast(te_llama_model *m, const uint16_t *i
 te_llama_result te_llama_cuda_test_fp8_amax(te_llama_model *m, const float *in, size_t n, float *amax);
 te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_meta *metas, int n_gemms);
 int te_llama_cuda_test_fp8_calibrating(te_llama_model *m);
+te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int on);
 te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int g, const float *x, int n, float *y);
 te_llama_result te_llama_cuda_test_fp8_end_step(te_llama_model *m, const float *amax);
 te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W, float w_scale_inv, const uint8_t *X, float x_scale_inv,
@@ -1842,9 +1843,9 @@ static void test_fp8_forward(void) {
     te_llama_generate_options g;
     int32_t prompt[N + STEPS], ids_gen[16], ids_fwd[16];
     uint8_t want[N];
-    float *lc = NULL, *lg = NULL, *lb = NULL;
+    float *lc = NULL, *lg = NULL, *lb = NULL, *steps = NULL;
     double e_emu, e_q, worst = 0;
-    int i, V, n_out = 0;
+    int i, V, n_out = 0, same = 1;
     uint64_t x = 4242;
     random_config(&c, 512, 1408, 2, 4, 2, 128, 2048);
     if (!random_pair(&c, &cpu, &gpu)) goto done;
@@ -1853,6 +1854,7 @@ static void test_fp8_forward(void) {
     memset(want, 0, sizeof want);
     want[N - 1] = 1;
     lc = (float *)malloc(sizeof(float) * V); lg = (float *)malloc(sizeof(float) * V); lb = (float *)malloc(sizeof(float) * V);
+    steps = (float *)malloc(sizeof(float) * V * STEPS);
     CHECK_RESULT(te_llama_fp8_enable(cpu, NULL), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_kv_cache_create(cpu, 1, N + STEPS, &cc), TE_LLAMA_OK);
@@ -1880,9 +1882,26 @@ static void test_fp8_forward(void) {
         CHECK_RESULT(run(gpu, cg, prompt + N + i, 1, N + i, NULL, lg), TE_LLAMA_OK);
         e_emu = rel_l2(lg, lc, (size_t)V, NULL);
         if (e_emu > worst) worst = e_emu;
+        memcpy(steps + (size_t)i * V, lg, sizeof(float) * V);
     }
     printf("  fp8 forward: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", STEPS, worst);
     CHECK(worst < 0.9 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
+    /* proj's input quantised by the decode attention (above) against te_llama__cast_fp8 after it: the same
+       arithmetic, so the same logits to the bit at every step, from a fresh state calibrated alike */
+    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 0), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
+    CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lb), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
+    CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lb), TE_LLAMA_OK);
+    for (i = 0; i < STEPS; i++) {
+        CHECK_RESULT(run(gpu, cg, prompt + N + i, 1, N + i, NULL, lb), TE_LLAMA_OK);
+        if (memcmp(lb, steps + (size_t)i * V, sizeof(float) * V)) same = 0;
+    }
+    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 1), TE_LLAMA_OK);
+    printf("  fp8 forward: the same %d steps with proj's input cast by a separate kernel: logits %s\n", STEPS,
+           same ? "bit-identical" : "DIFFERENT");
+    CHECK(same, "FP8 decode: the decode attention's quantised output and te_llama__cast_fp8's give different logits");
     /* the captured FP8 decode graph against plain forwards, each from a fresh FP8 state calibrated alike */
     memset(&g, 0, sizeof g);
     g.max_new_tokens = 16;
@@ -1903,7 +1922,7 @@ static void test_fp8_forward(void) {
 done:
     te_llama_kv_cache_free(cc);
     te_llama_kv_cache_free(cg);
-    free(lc); free(lg); free(lb);
+    free(lc); free(lg); free(lb); free(steps);
     te_llama_free(cpu);
     te_llama_free(gpu);
 }
