@@ -4799,6 +4799,8 @@ typedef struct te_llama__fp8_model {
     int calibrating;
     unsigned skip;                    /* measurement only (bench/fp8_error.c), 0 = the recipe: bit 2g keeps GEMM g's
                                          input in float32, bit 2g+1 its weight */
+    unsigned skip_layers;             /* measurement only (bench/fp8_error.c), 0 = the recipe: bit l keeps every GEMM
+                                         of layer l (l < 32) in float32 */
     int input_scaling;                /* measurement only (bench/fp8_error.c), 0 = the recipe (delayed, a scale per
                                          tensor): 1 = current per tensor (TE's Float8CurrentScaling), 2 = current per
                                          row and 128 columns (Float8BlockScaling's inputs), 3 = 2 with power-of-2
@@ -4992,8 +4994,8 @@ static int te_llama__fp8_gemm(const te_llama_step *step, int layer, int gemm, fl
     int64_t r, col;
     int t, k, cols, q_in, q_w;
     if (!f || layer >= f->n_layers) return 0;
-    q_in = !f->calibrating && !(f->skip & (1u << (2 * gemm)));
-    q_w = !f->calibrating && !(f->skip & (2u << (2 * gemm)));
+    q_in = !f->calibrating && !(f->skip & (1u << (2 * gemm))) && !(layer < 32 && (f->skip_layers >> layer & 1u));
+    q_w = !f->calibrating && !(f->skip & (2u << (2 * gemm))) && !(layer < 32 && (f->skip_layers >> layer & 1u));
     g = &f->gemms[(size_t)layer * TE_LLAMA_FP8_GEMMS + gemm];
     in = &g->meta[TE_LLAMA_FP8_INPUT];
     o = &g->meta[TE_LLAMA_FP8_OUTPUT];
