@@ -1542,11 +1542,12 @@ static size_t te_llama__dec_smem_bytes(int G, int hd) {
    permutation of k that is the same for W and X, so no shuffles are needed: lane (g, t) holds elements [E t, E t + E)
    of the chunk (E = 8 bf16 or 16 e4m3), and mma i of the chunk takes elements 4i, 4i + 1 as logical k 2t, 2t + 1 and
    4i + 2, 4i + 3 as 2t + 8, 2t + 9. X's elements for token g come by the same 16-byte loads (L1/L2: X is tiny).
-   E4M3 operands (W and X both, the FP8 path) go to mma.sync m16n8k32 e4m3 (sm_89 and newer; the same k
-   permutation, two mma per 16 bytes), which Ada runs on its FP8 tensor cores and sm_90a compiles to an f16 unpack
-   plus HMMA (Hopper's FP8 tensor cores are reached only by wgmma); the compute_80 PTX build widens them to fp16
-   exactly itself (every E4M3 value is an fp16 value). The scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a
-   fixed order (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
+   E4M3 operands (W and X both, the FP8 path) are widened to fp16 exactly (every E4M3 value is an fp16 value) and
+   go to mma.sync m16n8k16 f16 (four per 16 bytes), except on Ada, which runs mma.sync m16n8k32 e4m3 on its FP8
+   tensor cores (the same k permutation, two per 16 bytes). Hopper's FP8 tensor cores are reached only by wgmma,
+   and ptxas lowers the e4m3 mma.sync for sm_90a to two HMMA from zero whose sums FADD adds into the accumulator.
+   The scales are applied to the fp32 sums. The warps' partial sums meet in shared memory in a fixed order
+   (deterministic), and warp 0 runs the epilogue. Requires k % 64 == 0 and m % 16 == 0
    (te_llama__gemv_ok). Traffic: m k (2 or 1) bytes of W, n k bytes of X per block from L2, n m outputs. */
 #define TE_LLAMA__GEMV_MAX_N 16
 #define TE_LLAMA__GEMV_MAX_KW 32 /* warps a block: 32 for one tile (RT 1), 16 for the SwiGLU pair (RT 2) */
@@ -1610,8 +1611,8 @@ __device__ __forceinline__ void te_llama__mma_f16(float c[4], const uint32_t a[4
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-/* mma.sync e4m3 (sm_89+; native on Ada, unpacked to f16 on sm_90a): A 16 x 32 E4M3 (four words: rows g, g + 8,
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && __CUDA_ARCH__ < 900
+/* mma.sync e4m3 (Ada's FP8 tensor cores): A 16 x 32 E4M3 (four words: rows g, g + 8,
    g, g + 8 at k 4t.. and 16 + 4t..), B 32 x 8 (two words: k 4t.. and 16 + 4t.. of column g), fp32 accumulation. */
 __device__ __forceinline__ void te_llama__mma_e4m3(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -1640,7 +1641,7 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
             te_llama__mma_bf16(acc, fa, b[2 * i], b[2 * i + 1]);
         }
     } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && __CUDA_ARCH__ < 900
 #pragma unroll
         for (int i = 0; i < 2; i++) { /* 16 e4m3: words 2i (k 4t..4t+3 of mma i) and 2i + 1 (k 16 + 4t..) */
             const uint32_t fa[4] = {a0[2 * i], a1[2 * i], a0[2 * i + 1], a1[2 * i + 1]};
