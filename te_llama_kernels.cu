@@ -1309,7 +1309,7 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    With out_q (an FP8 decode step: proj's E4M3 input) the output goes there instead of out, quantised as
    te_llama__cast_fp8_kernel would quantise the bf16 output: out_q = e4m3(float(bf16(o)) * *q_scale), and *q_amax
    raised to its largest |bf16(o)|. The step then has no cast launch before proj (a test build that skipped that
-   launch decoded the 8B FP8 shape 3.4% faster, bench/NOTES.md run 10).
+   launch decoded the 8B FP8 shape 3.3% faster, bench/NOTES.md run 10).
    Measured on the 8B shape at position 128 (bench/NOTES.md, run 8): 10.0 us a launch alone under ncu (13.5 for
    the previous form: 4 warps, 2 keys in flight a subgroup, a key at a time), 17 us at 16 tokens (16 before).
    In the captured step attention still costs about 14 us a layer: skipping it (a test build) decodes at 237
