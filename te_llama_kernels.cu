@@ -162,6 +162,8 @@ typedef struct te_llama__plan {
     cublasLtMatmulAlgo_t algo;
 } te_llama__plan;
 
+enum { TE_LLAMA__FP8_UNFUSED_ATTENTION = 1, TE_LLAMA__FP8_UNFUSED_NORMS = 2 }; /* te_llama_cuda_test_fp8_fused */
+
 typedef struct te_llama__cuda {
     te_llama_allocator allocator;
     int device;
@@ -207,11 +209,12 @@ typedef struct te_llama__cuda {
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
-    int fp8_unfused;         /* tests only: an FP8 decode step quantises proj's input by te_llama__cast_fp8 */
+    int fp8_unfused;         /* tests only: the FP8 decode step's fusions left out (TE_LLAMA__FP8_UNFUSED_*) */
     void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
     int pdl;                 /* sm_90 or newer: decode kernels launch with programmatic dependent launch */
     int wgmma;               /* the device runs this build's sm_90a code: prefill attention on wgmma */
-    int gemv_occ[12][33];    /* blocks an SM of each GEMV kernel by its warps a block (0: not asked yet) */
+    int gemv_occ[14][33];    /* blocks an SM of each GEMV kernel by its warps a block (0: not asked yet); rows 12, 13:
+                                the E4M3 ROPE_KV and SWIGLU kernels with a folded norm's stages */
 } te_llama__cuda;
 
 /* kernel<<<grid, block, smem, ctx->stream>>>(args), allowed to overlap the previous kernel's tail when ctx->pdl
@@ -1577,16 +1580,21 @@ typedef struct te_llama__gemv_args {
     int inter;
     const float *act_scale;
     float *act_amax;
-    /* The RMSNorm folded into the GEMVs around it (a one-token bf16 step): a STORE with norm_w also writes
-       xg (n, m) = bf16(norm_w * y) and each token's sum of y^2 over the block's 16 rows to ss_out[tok * blocks +
-       block]; a ROPE_KV or SWIGLU with ss_in reads that xg as x and scales its sums by inv = 1 / sqrt(sum of
-       ss_in[0 .. ss_parts) / k + eps) (one token). */
+    /* The RMSNorm folded into the GEMVs around it (a one-token step). A STORE with ss_out writes each token's sum
+       of y^2 over the block's 16 rows to ss_out[tok * blocks + block], and with norm_w (bf16) also xg (n, m) =
+       bf16(norm_w * y). A bf16 ROPE_KV or SWIGLU with ss_in reads that xg as x and scales its sums by inv = 1 /
+       sqrt(sum of ss_in[0 .. ss_parts) / k + eps). An E4M3 one with ss_in makes its input itself, from the
+       producer's fp32 row norm_x: x = e4m3(norm_w * (norm_x * inv) * *x_scale), raising *x_amax to max |norm_w *
+       (norm_x * inv)| (te_llama__gemv_norm_fp8); a.x is unused. */
     const te_llama__bf16 *norm_w;
     te_llama__bf16 *xg;
     float *ss_out;
     const float *ss_in;
     int ss_parts;
     float eps;
+    const float *norm_x;     /* E4M3 with ss_in: (k) the residual stream's row */
+    const float *x_scale;    /* its INPUT state's delayed scale and amax */
+    float *x_amax;
 } te_llama__gemv_args;
 
 /* Row of W that row r (0..15) of tile tt stands for. ROPE_KV: a tile holds dims [8a, 8a + 8) of a head in rows 0..7
@@ -1658,6 +1666,44 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
     }
 }
 
+/* The RMSNorm folded into a one-token E4M3 GEMV (QKV, fc1). inv = 1 / sqrt(mean(x^2) + eps) from the producer's
+   sums of squares a.ss_in, which every warp adds in the same order (one inv for the whole grid). */
+__device__ __forceinline__ float te_llama__gemv_norm_inv(const te_llama__gemv_args &a, int lane) {
+    float ss = 0.0f;
+    for (int p = 4 * lane; p < a.ss_parts; p += 128) {
+        const float4 v = *(const float4 *)(a.ss_in + p);
+        ss += (v.x + v.y) + (v.z + v.w);
+    }
+    return 1.0f / sqrtf(te_llama__warp_sum(ss) / (float)a.k + a.eps);
+}
+/* Its input for 4 chunks (256 elements from e0 = 64 c): lane L makes elements e0 + 8 L .. + 8 as
+   te_llama__norm_row does, y = w * (x * inv), e4m3(y * s) into the warp's 256-byte stage, and raises its *mx;
+   lanes past chunk c1 write zeros. Reads 8 fp32 of a.norm_x and 8 bf16 of a.norm_w a lane (L2: every block reads
+   the whole row, 6 bytes an element against the E4M3 input's 1, spread over the main loop's iterations). */
+__device__ __forceinline__ void te_llama__gemv_norm_fp8(const te_llama__gemv_args &a, int c, int c1, int lane, float inv, float s,
+                                                        uint32_t *stage, float *mx) {
+    uint32_t q0 = 0, q1 = 0;
+    if (c + (lane >> 3) < c1) {
+        const size_t e0 = (size_t)64 * c + 8 * lane;
+        const float4 x0 = ((const float4 *)a.norm_x)[e0 / 4], x1 = ((const float4 *)a.norm_x)[e0 / 4 + 1];
+        const uint2 w0 = ((const uint2 *)a.norm_w)[e0 / 4], w1 = ((const uint2 *)a.norm_w)[e0 / 4 + 1];
+        const __nv_bfloat162 wa = *(const __nv_bfloat162 *)&w0.x, wb = *(const __nv_bfloat162 *)&w0.y;
+        const __nv_bfloat162 wc = *(const __nv_bfloat162 *)&w1.x, wd = *(const __nv_bfloat162 *)&w1.y;
+        const float y[8] = {__low2float(wa) * (x0.x * inv), __high2float(wa) * (x0.y * inv), __low2float(wb) * (x0.z * inv),
+                            __high2float(wb) * (x0.w * inv), __low2float(wc) * (x1.x * inv), __high2float(wc) * (x1.y * inv),
+                            __low2float(wd) * (x1.z * inv), __high2float(wd) * (x1.w * inv)};
+#pragma unroll
+        for (int e = 0; e < 8; e++) *mx = fmaxf(*mx, fabsf(y[e]));
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            q0 |= (uint32_t)te_llama__e4m3_scaled(y[e], s) << (8 * e);
+            q1 |= (uint32_t)te_llama__e4m3_scaled(y[4 + e], s) << (8 * e);
+        }
+    }
+    stage[2 * lane] = q0;
+    stage[2 * lane + 1] = q1;
+}
+
 /* Chunks a warp has in flight (a lane: 16 bytes of each of its 2 rows of each of the RT tiles a chunk): 128 bytes
    of W a lane for one tile (256 for E4M3 was not faster: 1B FP8 decode 0.93x BF16, 0.98x before; NOTES run 4);
    for the SwiGLU pair 128 bytes in bf16 and 256 in E4M3, where 128 left the 8B FP8 fc1 at 43 us of a decode step
@@ -1666,9 +1712,14 @@ __device__ __forceinline__ void te_llama__gemv_mma(float acc[4], const uint4 &w0
 __host__ __device__ constexpr int te_llama__gemv_u(int rt, bool fp8) { return rt == 1 || fp8 ? 4 : 2; }
 
 /* One tile (RT 1): at most 64 registers a thread, so that 32 warps fit an SM in any block shape (up to 70 without
-   the bound, which halved the blocks an SM of the E4M3 kernels); the SwiGLU pair keeps its 82-84. */
-template <int NT, int RT, int EPI, bool FP8>
-__global__ void __launch_bounds__(RT == 1 ? 32 * TE_LLAMA__GEMV_MAX_KW : 16 * TE_LLAMA__GEMV_MAX_KW, RT == 1 ? 1 : 0)
+   the bound, which halved the blocks an SM of the E4M3 kernels); the SwiGLU pair keeps its 82-84. NORM: the E4M3
+   one-token form with the folded norm (te_llama__gemv_norm_fp8), a kernel of its own so that its registers do not
+   weigh on the others (as a runtime branch the 64-register QKV kernel spilled in its main loop). Its one-tile form
+   (QKV) spills at 64 registers and takes 82 unbound, which leaves 2 blocks of 8 warps an SM (the 8B QKV's 384
+   blocks in two waves): at most 8 warps a block and 3 blocks an SM bound it to 80. */
+__host__ __device__ constexpr int te_llama__gemv_max_warps(int rt, bool norm) { return rt == 1 ? (norm ? 8 : TE_LLAMA__GEMV_MAX_KW) : TE_LLAMA__GEMV_MAX_KW / 2; }
+template <int NT, int RT, int EPI, bool FP8, bool NORM = false>
+__global__ void __launch_bounds__(32 * te_llama__gemv_max_warps(RT, NORM), RT == 1 ? (NORM ? 3 : 1) : 0)
 te_llama__gemv_kernel(const te_llama__gemv_args a) {
     constexpr int ES = FP8 ? 1 : 2;          /* bytes an element */
     constexpr int CHUNK = 64 / ES;           /* elements of a row a quad covers per chunk */
@@ -1714,6 +1765,14 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                                 plain loop: the 8B BF16 B16 decode measured 2.66k tok/s with this form, 2.83k before
                                 it (run 5; other runs, not isolated) */
     te_llama__pdl_start_early();
+    /* NORM: the folded norm makes each iteration's input in the warp's stage, past red */
+    static_assert(!NORM || (FP8 && NT == 1 && EPI != TE_LLAMA__EPI_STORE && U == 4), "te_llama__gemv_norm_fp8: E4M3, one token, 4 chunks");
+    uint32_t *stage = (uint32_t *)(te_llama__gemv_red + (size_t)KW * RT * NT * 4 * 32) + 64 * warp;
+    float norm_inv = 0.0f, norm_s = 0.0f, norm_mx = 0.0f;
+    if (NORM) {
+        norm_inv = te_llama__gemv_norm_inv(a, lane);
+        norm_s = *a.x_scale;
+    }
     if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm's sums, written by the kernel before: in flight
                                                   during the main loop, waited for at its end */
         for (int i = threadIdx.x; i < a.ss_parts / 4; i += blockDim.x) te_llama__cp_async16(ssm + 4 * i, a.ss_in + 4 * i, 16);
@@ -1727,13 +1786,21 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     for (int c = c0; c < c1; c += U) {
         uint4 xv[U][NT];
         if (NT != 1 || c != c0) load_w(c);
+        if (NORM) { /* chunk c + u's 16 bytes of lane (0, t) at stage + 16 u + 4 t */
+            te_llama__gemv_norm_fp8(a, c, c1, lane, norm_inv, norm_s, stage, &norm_mx);
+            __syncwarp();
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const size_t off = (size_t)(c + u) * 64;
-            const bool in = c + u < c1;
+            for (int u = 0; u < U; u++) xv[u][0] = g == 0 ? *(const uint4 *)(stage + 16 * u + 4 * t) : make_uint4(0, 0, 0, 0);
+            __syncwarp();
+        } else {
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-                xv[u][nt] = in && xrow[nt] ? __ldg((const uint4 *)(xrow[nt] + off)) : make_uint4(0, 0, 0, 0);
+            for (int u = 0; u < U; u++) {
+                const size_t off = (size_t)(c + u) * 64;
+                const bool in = c + u < c1;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    xv[u][nt] = in && xrow[nt] ? __ldg((const uint4 *)(xrow[nt] + off)) : make_uint4(0, 0, 0, 0);
+            }
         }
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -1741,6 +1808,10 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             for (int rt = 0; rt < RT; rt++)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) te_llama__gemv_mma<FP8>(acc[rt][nt], wv[u][rt][0], wv[u][rt][1], xv[u][nt]);
+    }
+    if (NORM && blockIdx.x == 0) { /* block 0's warps cover k: the norm output's amax */
+        norm_mx = te_llama__warp_max(norm_mx);
+        if (lane == 0 && norm_mx > 0.0f) atomicMax((unsigned *)a.x_amax, __float_as_uint(norm_mx));
     }
     /* the warps' partial sums, added in warp order by warp 0 */
 #pragma unroll
@@ -1775,7 +1846,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[rt][nt][e] *= inv;
     }
-    float sq[NT][2] = {}; /* STORE with norm_w: this lane's y^2 of each of its tokens */
+    float sq[NT][2] = {}; /* STORE with ss_out: this lane's y^2 of each of its tokens */
     /* acc[rt][nt][e]: row g (e < 2) or g + 8 (e >= 2) of tile rt, token nt * 8 + 2t + (e & 1) */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -1792,10 +1863,8 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                         float *y = a.y + (size_t)tok * a.m + row;
                         const float v = a.accumulate ? *y + acc[rt][nt][2 * h + j] : acc[rt][nt][2 * h + j];
                         *y = v;
-                        if (!FP8 && a.norm_w) {
-                            a.xg[(size_t)tok * a.m + row] = __float2bfloat16(__bfloat162float(a.norm_w[row]) * v);
-                            sq[nt][j] += v * v;
-                        }
+                        if (!FP8 && a.norm_w) a.xg[(size_t)tok * a.m + row] = __float2bfloat16(__bfloat162float(a.norm_w[row]) * v);
+                        if (a.ss_out) sq[nt][j] += v * v;
                     }
             } else if (EPI == TE_LLAMA__EPI_ROPE_KV) {
                 const int per_head = a.hd / 16, head = blockIdx.x / per_head, i = 8 * (blockIdx.x - head * per_head) + g;
@@ -1836,7 +1905,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 }
             }
         }
-    if (EPI == TE_LLAMA__EPI_STORE && !FP8 && a.norm_w) /* the block's sum of y^2 a token: over g (lanes 4 g + t) */
+    if (EPI == TE_LLAMA__EPI_STORE && a.ss_out) /* the block's sum of y^2 a token: over g (lanes 4 g + t) */
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -2427,8 +2496,11 @@ static int te_llama__gemv_ok(int n, int m, int k) {
     return n >= 1 && n <= TE_LLAMA__GEMV_MAX_N && m % 16 == 0 && k % 64 == 0 && k > 0;
 }
 
-/* Dynamic shared memory of a GEMV block of kw warps: its partial sums, red (kw, RT NT 4, 32) floats. */
-static size_t te_llama__gemv_smem(int kw, int nt, int rt) { return sizeof(float) * (size_t)kw * (size_t)(rt * nt * 4 * 32); }
+/* Dynamic shared memory of a GEMV block of kw warps: its partial sums, red (kw, RT NT 4, 32) floats, then with a
+   folded norm (E4M3) each warp's 256-byte stage (te_llama__gemv_norm_fp8). */
+static size_t te_llama__gemv_smem(int kw, int nt, int rt, int fold) {
+    return sizeof(float) * (size_t)kw * (size_t)(rt * nt * 4 * 32) + (fold ? (size_t)256 * kw : 0);
+}
 
 /* The k split: kw warps a block. A decode GEMV block is bound by latency: it takes about (1 + rounds) rounds of
    loads, rounds = its warps' chunks / U (the 1: the first loads' wait, the partial-sum reduction, the epilogue),
@@ -2438,18 +2510,18 @@ static size_t te_llama__gemv_smem(int kw, int nt, int rt) { return sizeof(float)
    210.9 with 8 warps in one wave of 4 rounds. Of 10 GEMVs swept (bench/NOTES.md, run 8, call 1) its pick is the
    measured best or within 0.3% of it for 9; the 8B FP8 fc1 measured 3% faster at 2 warps than at its 5. Never
    more warps than chunks of k. */
-template <int NT, int RT, int EPI, bool FP8>
+template <int NT, int RT, int EPI, bool FP8, bool NORM>
 static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
     static_assert(TE_LLAMA__GEMV_MAX_KW < 33, "te_llama__cuda.gemv_occ");
     constexpr int U = te_llama__gemv_u(RT, FP8); /* chunks in flight a warp */
-    int *occ = ctx->gemv_occ[(EPI * 2 + (FP8 ? 1 : 0)) * 2 + NT - 1];
-    const int sms = ctx->n_sm > 0 ? ctx->n_sm : 132, most = RT == 1 ? TE_LLAMA__GEMV_MAX_KW : TE_LLAMA__GEMV_MAX_KW / 2;
+    int *occ = ctx->gemv_occ[NORM ? 11 + EPI : (EPI * 2 + (FP8 ? 1 : 0)) * 2 + NT - 1];
+    const int sms = ctx->n_sm > 0 ? ctx->n_sm : 132, most = te_llama__gemv_max_warps(RT, NORM);
     long best_cost = -1;
     int kw, best = 1;
     for (kw = 1; kw <= most && kw <= chunks; kw++) {
         long waves, rounds, cost;
-        if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8>, 32 * kw,
-                                                                       te_llama__gemv_smem(kw, NT, RT)) ||
+        if (!occ[kw] && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[kw], te_llama__gemv_kernel<NT, RT, EPI, FP8, NORM>, 32 * kw,
+                                                                       te_llama__gemv_smem(kw, NT, RT, NORM)) ||
                          occ[kw] < 1))
             occ[kw] = 1;
         waves = (blocks + (long)occ[kw] * sms - 1) / ((long)occ[kw] * sms);
@@ -2461,19 +2533,30 @@ static int te_llama__gemv_warps(te_llama__cuda *ctx, int blocks, int chunks) {
 }
 
 /* Launch the GEMV over `blocks` blocks (one per tile, or per gate/up tile pair), kw warps a block, each with its
-   partial sums in dynamic shared memory. */
+   partial sums in dynamic shared memory (and an E4M3 folded norm's stage). */
 template <int EPI, bool FP8>
 static te_llama_result te_llama__gemv(te_llama__cuda *ctx, const te_llama__gemv_args &a, int blocks) {
     constexpr int RT = EPI == TE_LLAMA__EPI_SWIGLU ? 2 : 1;
-    const int chunks = a.k / (FP8 ? 64 : 32);
+    const int chunks = a.k / (FP8 ? 64 : 32), fold = FP8 && EPI != TE_LLAMA__EPI_STORE && a.ss_in;
+    if (fold && (a.n != 1 || !a.norm_x || !a.norm_w || !a.x_scale || !a.x_amax || a.ss_parts % 4))
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "E4M3 GEMV with a folded norm: one token, its row, weight, scale, amax");
+    if constexpr (FP8 && EPI != TE_LLAMA__EPI_STORE) {
+        if (fold) {
+            const int kw = te_llama__gemv_warps<1, RT, EPI, true, true>(ctx, blocks, chunks);
+            te_llama__launch(ctx, te_llama__gemv_kernel<1, RT, EPI, true, true>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)),
+                             te_llama__gemv_smem(kw, 1, RT, 1), a);
+            TE_LLAMA__LAUNCHED(gemv);
+            return TE_LLAMA_OK;
+        }
+    }
     if (a.n <= 8) {
-        const int kw = te_llama__gemv_warps<1, RT, EPI, FP8>(ctx, blocks, chunks);
+        const int kw = te_llama__gemv_warps<1, RT, EPI, FP8, false>(ctx, blocks, chunks);
         te_llama__launch(ctx, te_llama__gemv_kernel<1, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)),
-                         te_llama__gemv_smem(kw, 1, RT), a);
+                         te_llama__gemv_smem(kw, 1, RT, 0), a);
     } else {
-        const int kw = te_llama__gemv_warps<2, RT, EPI, FP8>(ctx, blocks, chunks);
+        const int kw = te_llama__gemv_warps<2, RT, EPI, FP8, false>(ctx, blocks, chunks);
         te_llama__launch(ctx, te_llama__gemv_kernel<2, RT, EPI, FP8>, dim3((unsigned)blocks), dim3((unsigned)(32 * kw)),
-                         te_llama__gemv_smem(kw, 2, RT), a);
+                         te_llama__gemv_smem(kw, 2, RT, 0), a);
     }
     TE_LLAMA__LAUNCHED(gemv);
     return TE_LLAMA_OK;
@@ -2686,13 +2769,13 @@ static te_llama_result te_llama__gemv_fp8_chunks(te_llama__cuda *ctx, const te_l
 }
 
 /* Y (n, m) fp32 (+)= X (n, k) E4M3 @ W^T E4M3, scaled by *w_scale_inv * *x_scale_inv: te_llama__gemv_fp8_chunks
-   with the plain epilogue. */
+   with the plain epilogue; with ss_out (one token) also Y's sums of squares for a folded norm after it. */
 static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W, const float *w_scale_inv, const uint8_t *X,
-                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate) {
+                                          const float *x_scale_inv, float *Y, int m, int n, int k, int accumulate, float *ss_out) {
     te_llama__gemv_args a;
     memset(&a, 0, sizeof a);
     a.w = W; a.x = X; a.y = Y; a.m = m; a.k = k; a.accumulate = accumulate;
-    a.scale_inv = w_scale_inv; a.scale_inv_x = x_scale_inv;
+    a.scale_inv = w_scale_inv; a.scale_inv_x = x_scale_inv; a.ss_out = n == 1 ? ss_out : NULL;
     return te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_STORE>(ctx, a, m / 16, n);
 }
 
@@ -2700,7 +2783,10 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
    also raises the state's amax: the rmsnorms before QKV and fc1, the attention before proj (a decode step's
    attention kernel itself, else a cast of its output), and SwiGLU before fc2. Up to 16 tokens (decode) every GEMM
-   is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's. More tokens
+   is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's; for one
+   token the rmsnorms (but layer 0's first) fold into the GEMVs around them: proj and fc2 write the residual
+   stream's sums of squares, and QKV and fc1 make their E4M3 input from it (te_llama__gemv_norm_fp8: 8B decode
+   370.7 tok/s against 365.6 with the two norm kernels, 1B 1383 against 1288; bench/NOTES.md run 11). More tokens
    (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8: QKV to fp32 then the RoPE + KV kernel, proj and fc2
    added into the residual stream, fc1 to bf16 then te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a
    shape, the GEMV 16 tokens at a time instead. The E4M3 inputs live in the bf16 buffers xn and act, which they
@@ -2718,6 +2804,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     const float eps = (float)c->rms_norm_eps;
     const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT, QKV = TE_LLAMA_FP8_QKV, PROJ = TE_LLAMA_FP8_PROJ;
     const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2, fast = te_llama__fp8_fast_accum(ctx);
+    const int fold = n == 1 && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_NORMS);
     int lt = n > TE_LLAMA__GEMV_MAX_N && !ctx->fp8_gemm_unsupported;
     te_llama__att_fp8 att_q = {NULL, NULL, NULL, 0};
     te_llama__gemv_args ga;
@@ -2743,8 +2830,8 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         }
     }
     /* attention block */
-    if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
-                                   te_llama__fp8_scale(ctx, l, QKV, IN), te_llama__fp8_amax(ctx, l, QKV, IN))))
+    if ((!fold || l == 0) && (r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
+                                                        te_llama__fp8_scale(ctx, l, QKV, IN), te_llama__fp8_amax(ctx, l, QKV, IN))))
         return r;
     memset(&ga, 0, sizeof ga);
     ga.w = te_llama__fp8_weight(ctx, l, QKV); ga.x = xq; ga.m = q_dim + 2 * kv_dim; ga.k = h;
@@ -2752,6 +2839,10 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = ctx->ints + cap; ga.seq = ctx->ints + 2 * cap;
     ga.kc = kv->k + (size_t)l * layer_elems; ga.vc = kv->v + (size_t)l * layer_elems;
     ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
+    if (fold && l > 0) { /* from fc2's sums of squares (the layer before) */
+        ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; ga.norm_w = (const te_llama__bf16 *)P[0].data; ga.norm_x = ctx->x;
+        ga.x_scale = te_llama__fp8_scale(ctx, l, QKV, IN); ga.x_amax = te_llama__fp8_amax(ctx, l, QKV, IN);
+    }
     if (lt) {
         if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(QKV), xq, TE_LLAMA__LTX(QKV), ctx->qkv, CUDA_R_32F, ga.m, n, h, 0, fast))) return r;
         te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
@@ -2761,14 +2852,17 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         return r;
     }
     att_q.out = xq; att_q.scale = te_llama__fp8_scale(ctx, l, PROJ, IN); att_q.amax = te_llama__fp8_amax(ctx, l, PROJ, IN);
-    if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n, ctx->fp8_unfused ? NULL : &att_q))) return r;
+    if ((r = te_llama__attention(m, ctx, a, ga.kc, ga.vc, cache->max_len, n,
+                                 ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_ATTENTION ? NULL : &att_q)))
+        return r;
     if (!att_q.done && (r = te_llama__cast_fp8(ctx, ctx->att, xq, (size_t)n * q_dim, att_q.scale, att_q.amax))) return r;
     r = lt ? te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(PROJ), xq, TE_LLAMA__LTX(PROJ), ctx->x, CUDA_R_32F, h, n, q_dim, 1, fast)
-           : te_llama__gemv_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1);
+           : te_llama__gemv_fp8(ctx, TE_LLAMA__W(PROJ), xq, te_llama__fp8_scale_inv(ctx, l, PROJ, IN), ctx->x, h, n, q_dim, 1,
+                                fold ? ctx->norm_ss : NULL);
     if (r) return r;
     /* MLP block */
-    if ((r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, xq, NULL, n, h, eps,
-                                   te_llama__fp8_scale(ctx, l, FC1, IN), te_llama__fp8_amax(ctx, l, FC1, IN))))
+    if (!fold && (r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, xq, NULL, n, h, eps,
+                                            te_llama__fp8_scale(ctx, l, FC1, IN), te_llama__fp8_amax(ctx, l, FC1, IN))))
         return r;
     if (lt) {
         if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(FC1), xq, TE_LLAMA__LTX(FC1), ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0, fast)) ||
@@ -2781,8 +2875,13 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
         ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, FC1, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, FC1, IN);
         ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN); ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
+        if (fold) { /* from proj's sums of squares */
+            ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; ga.norm_w = (const te_llama__bf16 *)P[5].data; ga.norm_x = ctx->x;
+            ga.x_scale = te_llama__fp8_scale(ctx, l, FC1, IN); ga.x_amax = te_llama__fp8_amax(ctx, l, FC1, IN);
+        }
         if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_SWIGLU>(ctx, ga, I / 16, n))) return r;
-        r = te_llama__gemv_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1);
+        r = te_llama__gemv_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1,
+                               fold && l + 1 < c->num_hidden_layers ? ctx->norm_ss : NULL);
     }
 #undef TE_LLAMA__W
 #undef TE_LLAMA__LTW
@@ -4906,9 +5005,18 @@ static inline float *te_llama__fp8_lt_scale_inv(const te_llama__cuda *ctx, int l
 
 /* float -> FP8 E4M3 ("fn": no infinities, 0x7f / 0xff NaN, max 448), exactly te_llama__f32_to_fp8(f, 0): round
    to nearest even; |f| >= 448, infinities included, saturates to 448 (0x7e); NaN keeps its sign; -0, and what
-   rounds to 0, keeps its sign. On the bits with integer arithmetic only, so that the host and the device
-   compilations agree (tests/test_cuda.c compares them with the CPU's frexpf / nearbyintf version). */
+   rounds to 0, keeps its sign. Below Ada on the bits with integer arithmetic only, so that the host and the device
+   compilations agree (tests/test_cuda.c compares both with the CPU's frexpf / nearbyintf version). */
 __host__ __device__ __forceinline__ uint8_t te_llama__e4m3(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    /* Ada and Hopper convert in hardware (cvt.rn.satfinite.e4m3x2.f32: nearest even, subnormals, saturation to
+       +-448, infinities included): the bytes of the code below but for a NaN's sign, which the CPU keeps
+       (test_fp8_convert compares 2^24 floats). One instruction against about 30 with branches: the 8B FP8 decode
+       365.6 tok/s against 362.4 (means of 4, bench/NOTES.md run 11), and it keeps te_llama__gemv_norm_fp8's
+       quantisation cheap inside a GEMV's main loop. */
+    if (f != f) return (uint8_t)(((__float_as_uint(f) >> 24) & 0x80u) | 0x7fu);
+    return (uint8_t)__nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
+#else
     uint32_t u, a, sign;
 #ifdef __CUDA_ARCH__
     u = __float_as_uint(f);
@@ -4935,6 +5043,7 @@ __host__ __device__ __forceinline__ uint8_t te_llama__e4m3(float f) {
         if (rest > half || (rest == half && (q & 1u))) q++;
         return (uint8_t)(sign | q);
     }
+#endif
 }
 
 /* e4m3(v * scale) for a positive finite scale. A NaN v goes through unmultiplied: the GPU's product would be the
@@ -5543,11 +5652,13 @@ int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
     return m && m->backend ? te_llama__fp8_calibrating((const te_llama__cuda *)m->backend) : 0;
 }
 
-/* on 0: an FP8 decode step quantises proj's input by te_llama__cast_fp8 instead of in the decode attention
-   (te_llama__att_fp8), so that a test can compare the two; 1 restores the fused form. */
-te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int on) {
+/* Which fusions an FP8 decode step uses, so that a test can compare each with the separate kernel it replaces:
+   bit 0 (1) proj's input quantised by the decode attention (te_llama__att_fp8; off: te_llama__cast_fp8), bit 1 (2)
+   one token's rmsnorms folded into the GEMVs (te_llama__gemv_norm_fp8; off: te_llama__rmsnorm_fp8). 3 is the
+   default. */
+te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int fused) {
     if (!m || !m->backend) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_fused: not a CUDA model");
-    ((te_llama__cuda *)m->backend)->fp8_unfused = !on;
+    ((te_llama__cuda *)m->backend)->fp8_unfused = (fused & 1 ? 0 : TE_LLAMA__FP8_UNFUSED_ATTENTION) | (fused & 2 ? 0 : TE_LLAMA__FP8_UNFUSED_NORMS);
     return TE_LLAMA_OK;
 }
 
@@ -5593,7 +5704,7 @@ te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int 
                                     te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_INPUT));
     if (!b.r)
         b.r = te_llama__gemv_fp8(ctx, te_llama__fp8_weight(ctx, l, g), te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_WEIGHT), dq,
-                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, d->rows, n, d->cols, 0);
+                                 te_llama__fp8_scale_inv(ctx, l, g, TE_LLAMA_FP8_INPUT), dy, d->rows, n, d->cols, 0, NULL);
     if (!b.r) b.r = te_llama__amax(ctx, (const float *)dy, (size_t)n * d->rows, te_llama__fp8_amax(ctx, l, g, TE_LLAMA_FP8_OUTPUT));
     te_llama__test_get(&b, ctx, y, dy, sizeof(float) * (size_t)n * d->rows);
     return te_llama__test_end(&b, ctx);
@@ -5639,7 +5750,7 @@ te_llama_result te_llama_cuda_test_gemm_fp8(te_llama_model *m, const uint8_t *W,
     ds = (float *)te_llama__test_put(&b, s, sizeof s);
     if (!b.r && cublaslt) b.r = te_llama__gemm_fp8(ctx, dw, ds, dx, ds + 4, dy, CUDA_R_32F, mm, n, k, accumulate, fast_accum);
     if (!b.r && !cublaslt && !te_llama__gemv_ok(1, mm, k)) b.r = TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_gemm_fp8: rows % 16, k % 64");
-    if (!b.r && !cublaslt) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 4, dy, mm, n, k, accumulate);
+    if (!b.r && !cublaslt) b.r = te_llama__gemv_fp8(ctx, dw, ds, dx, ds + 4, dy, mm, n, k, accumulate, NULL);
     te_llama__test_get(&b, ctx, Y, dy, ny);
     return te_llama__test_end(&b, ctx);
 }
