@@ -2786,7 +2786,7 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
    is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's; for one
    token the rmsnorms (but layer 0's first) fold into the GEMVs around them: proj and fc2 write the residual
    stream's sums of squares, and QKV and fc1 make their E4M3 input from it (te_llama__gemv_norm_fp8: 8B decode
-   370.7 tok/s against 365.6 with the two norm kernels, 1B 1383 against 1288; bench/NOTES.md run 11). More tokens
+   370.7 tok/s against 365.6 with the two norm kernels, 1B 1384 against 1289; bench/NOTES.md run 11). More tokens
    (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8: QKV to fp32 then the RoPE + KV kernel, proj and fc2
    added into the residual stream, fc1 to bf16 then te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a
    shape, the GEMV 16 tokens at a time instead. The E4M3 inputs live in the bf16 buffers xn and act, which they
