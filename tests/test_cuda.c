@@ -1844,7 +1844,8 @@ static int fp8_decode_batches(te_llama_model *m, te_llama_kv_cache *cache, const
     int32_t tok[16], pos[16], seq[16], ppos[64], pseq[64];
     te_llama_batch b;
     float *last = (float *)malloc(sizeof(float) * (size_t)V);
-    int pass, s, i, ok = 1;
+    int pass, s, i, ok = S <= 16;
+    for (s = 0; s < S; s++) ok &= lens[s] >= 1 && lens[s] + steps <= 64; /* each sequence's span of tokens */
     ok &= te_llama_fp8_enable(m, NULL) == TE_LLAMA_OK;
     for (pass = 0; pass < 2 && ok; pass++) { /* pass 0: calibration (BF16, amaxes recorded), pass 1: FP8 */
         ok &= te_llama_fp8_calibrate(m, pass == 0) == TE_LLAMA_OK;
