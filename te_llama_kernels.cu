@@ -394,6 +394,23 @@ __device__ float te_llama__rms_inv(const float *xr, int h, float eps, float *red
     return 1.0f / sqrtf(te_llama__warp_sum(lane < groups ? red[lane] : 0.0f) / (float)h + eps);
 }
 
+/* Four elements of HF's LlamaRMSNorm, y = float(w) * (x * inv), from four fp32 and four bf16 (wv); raises *mx to
+   their largest |y|. te_llama__norm_row and the norm folded into the E4M3 GEMV (te_llama__gemv_norm_fp8) both
+   take it, so that the two make the same bytes. */
+__device__ __forceinline__ void te_llama__norm4(const float4 &v, const uint2 &wv, float inv, float y[4], float *mx) {
+    const __nv_bfloat162 w01 = *(const __nv_bfloat162 *)&wv.x, w23 = *(const __nv_bfloat162 *)&wv.y;
+    y[0] = __low2float(w01) * (v.x * inv);
+    y[1] = __high2float(w01) * (v.y * inv);
+    y[2] = __low2float(w23) * (v.z * inv);
+    y[3] = __high2float(w23) * (v.w * inv);
+    *mx = fmaxf(*mx, fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
+}
+/* e4m3(y * s) of four elements, the first in the low byte */
+__device__ __forceinline__ uint32_t te_llama__e4m3x4_scaled(const float y[4], float s) {
+    return (uint32_t)te_llama__e4m3_scaled(y[0], s) | (uint32_t)te_llama__e4m3_scaled(y[1], s) << 8 |
+           (uint32_t)te_llama__e4m3_scaled(y[2], s) << 16 | (uint32_t)te_llama__e4m3_scaled(y[3], s) << 24;
+}
+
 /* One row of HF's LlamaRMSNorm: y = float(w) * (xr * inv), inv = 1 / sqrt(mean(xr^2) + eps) (te_llama__rms_inv
    when h % 4 == 0: 16-byte loads, the second pass reading xr again from L1), stored as bf16(y) in ob and / or
    e4m3(y * s) in oq (either may be NULL); returns this thread's max |y| (an FP8 input's amax). Every thread of the
@@ -406,15 +423,11 @@ __device__ __forceinline__ float te_llama__norm_row(const float *xr, const te_ll
         const uint2 *w4 = (const uint2 *)w;
         inv = te_llama__rms_inv(xr, h, eps, red);
         for (int i = threadIdx.x; i < h / 4; i += blockDim.x) {
-            const float4 v = x4[i];
+            const float4 v = x4[i]; /* one 16-byte and one 8-byte load (through the reference they split into 6) */
             const uint2 wv = w4[i];
-            const __nv_bfloat162 w01 = *(const __nv_bfloat162 *)&wv.x, w23 = *(const __nv_bfloat162 *)&wv.y;
-            const float y[4] = {__low2float(w01) * (v.x * inv), __high2float(w01) * (v.y * inv),
-                                __low2float(w23) * (v.z * inv), __high2float(w23) * (v.w * inv)};
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
-            if (oq)
-                ((uint32_t *)oq)[i] = (uint32_t)te_llama__e4m3_scaled(y[0], s) | (uint32_t)te_llama__e4m3_scaled(y[1], s) << 8 |
-                                      (uint32_t)te_llama__e4m3_scaled(y[2], s) << 16 | (uint32_t)te_llama__e4m3_scaled(y[3], s) << 24;
+            float y[4];
+            te_llama__norm4(v, wv, inv, y, &mx);
+            if (oq) ((uint32_t *)oq)[i] = te_llama__e4m3x4_scaled(y, s);
             if (ob) {
                 uint2 r;
                 r.x = te_llama__pack_bf16(y[0], y[1]);
@@ -1677,7 +1690,7 @@ __device__ __forceinline__ float te_llama__gemv_norm_inv(const te_llama__gemv_ar
     return 1.0f / sqrtf(te_llama__warp_sum(ss) / (float)a.k + a.eps);
 }
 /* Its input for 4 chunks (256 elements from e0 = 64 c): lane L makes elements e0 + 8 L .. + 8 as
-   te_llama__norm_row does, y = w * (x * inv), e4m3(y * s) into the warp's 256-byte stage, and raises its *mx;
+   te_llama__norm_row does (te_llama__norm4), e4m3(y * s) into the warp's 256-byte stage, and raises its *mx;
    lanes past chunk c1 write zeros. Reads 8 fp32 of a.norm_x and 8 bf16 of a.norm_w a lane (L2: every block reads
    the whole row, 6 bytes an element against the E4M3 input's 1, spread over the main loop's iterations). */
 __device__ __forceinline__ void te_llama__gemv_norm_fp8(const te_llama__gemv_args &a, int c, int c1, int lane, float inv, float s,
@@ -1687,18 +1700,11 @@ __device__ __forceinline__ void te_llama__gemv_norm_fp8(const te_llama__gemv_arg
         const size_t e0 = (size_t)64 * c + 8 * lane;
         const float4 x0 = ((const float4 *)a.norm_x)[e0 / 4], x1 = ((const float4 *)a.norm_x)[e0 / 4 + 1];
         const uint2 w0 = ((const uint2 *)a.norm_w)[e0 / 4], w1 = ((const uint2 *)a.norm_w)[e0 / 4 + 1];
-        const __nv_bfloat162 wa = *(const __nv_bfloat162 *)&w0.x, wb = *(const __nv_bfloat162 *)&w0.y;
-        const __nv_bfloat162 wc = *(const __nv_bfloat162 *)&w1.x, wd = *(const __nv_bfloat162 *)&w1.y;
-        const float y[8] = {__low2float(wa) * (x0.x * inv), __high2float(wa) * (x0.y * inv), __low2float(wb) * (x0.z * inv),
-                            __high2float(wb) * (x0.w * inv), __low2float(wc) * (x1.x * inv), __high2float(wc) * (x1.y * inv),
-                            __low2float(wd) * (x1.z * inv), __high2float(wd) * (x1.w * inv)};
-#pragma unroll
-        for (int e = 0; e < 8; e++) *mx = fmaxf(*mx, fabsf(y[e]));
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            q0 |= (uint32_t)te_llama__e4m3_scaled(y[e], s) << (8 * e);
-            q1 |= (uint32_t)te_llama__e4m3_scaled(y[4 + e], s) << (8 * e);
-        }
+        float y0[4], y1[4];
+        te_llama__norm4(x0, w0, inv, y0, mx);
+        te_llama__norm4(x1, w1, inv, y1, mx);
+        q0 = te_llama__e4m3x4_scaled(y0, s);
+        q1 = te_llama__e4m3x4_scaled(y1, s);
     }
     stage[2 * lane] = q0;
     stage[2 * lane + 1] = q1;
