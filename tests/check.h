@@ -45,6 +45,24 @@ static inline char *check_read_file(const char *path, size_t *len) {
     return buf;
 }
 
+/* The Austen corpus ($TE_LLAMA_SHARED, default ../shared: data/austen/austen.txt) split as
+   tools/train_default_model.py splits it: the held-out text is its last 5% from a character boundary, *cut on;
+   FP8 calibration reads the training text just before it, from *calib_at (20000 bytes earlier) to *cut. Returns
+   the corpus for the caller to free, or NULL when it cannot be read. */
+static inline char *check_austen_split(size_t *len, size_t *cut, size_t *calib_at) {
+    const char *shared = getenv("TE_LLAMA_SHARED") ? getenv("TE_LLAMA_SHARED") : "../shared";
+    char path[2048];
+    char *text;
+    snprintf(path, sizeof path, "%s/data/austen/austen.txt", shared);
+    text = check_read_file(path, len);
+    if (!text || *len < 40000) { free(text); return NULL; }
+    *cut = (size_t)((double)*len * 0.95);
+    while (*cut < *len && ((unsigned char)text[*cut] & 0xc0) == 0x80) (*cut)++; /* a character boundary */
+    *calib_at = *cut - 20000;
+    while (((unsigned char)text[*calib_at] & 0xc0) == 0x80) (*calib_at)++;
+    return text;
+}
+
 #define CHECK_DONE(name)                                                                                      \
     (printf("%s: %d passed, %d failed\n", (name), check_passed, check_failed), check_failed ? 1 : 0)
 

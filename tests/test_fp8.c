@@ -330,12 +330,9 @@ static void test_model_api(void) {
 /* Held-out perplexity and top-1 agreement: the last 5% of the corpus, as tools/train_default_model.py holds it
    out, in chunks of 256 tokens (255 predictions each). */
 static void test_accuracy(void) {
-    const char *shared = getenv("TE_LLAMA_SHARED") ? getenv("TE_LLAMA_SHARED") : "../shared";
     const char *env_chunks = getenv("TE_LLAMA_FP8_CHUNKS");
-    char path[2048];
-    FILE *f;
-    char *text;
-    long len, cut, calib_at;
+    size_t len = 0, cut = 0, calib_at = 0;
+    char *text = check_austen_split(&len, &cut, &calib_at);
     te_llama_tokenizer *tok = NULL;
     te_llama_model *m = NULL;
     int32_t *ids = NULL, *cids = NULL;
@@ -343,20 +340,8 @@ static void test_accuracy(void) {
     int seq = 256, n_chunks = env_chunks ? atoi(env_chunks) : 12, c, t, vocab, agree = 0, total = 0;
     float *ref, *lg;
     double nll_ref = 0, nll_fp8 = 0, ppl_ref, ppl_fp8, t0;
-    snprintf(path, sizeof path, "%s/data/austen/austen.txt", shared);
-    f = fopen(path, "rb");
-    CHECK(f != NULL, "cannot read %s (set TE_LLAMA_SHARED)", path);
-    if (!f) return;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    text = (char *)malloc((size_t)len + 1);
-    if (fread(text, 1, (size_t)len, f) != (size_t)len) len = 0;
-    fclose(f);
-    cut = (long)(len * 0.95);
-    while (cut < len && ((unsigned char)text[cut] & 0xc0) == 0x80) cut++; /* a character boundary */
-    calib_at = cut - 20000; /* calibration reads training text just before the held-out part */
-    while (((unsigned char)text[calib_at] & 0xc0) == 0x80) calib_at++;
+    CHECK(text != NULL, "cannot read the Austen corpus (set TE_LLAMA_SHARED)");
+    if (!text) return;
     CHECK_RESULT(te_llama_tokenizer_load(model_dir, NULL, &tok), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_load(model_dir, NULL, &m), TE_LLAMA_OK);
     if (!tok || !m) { free(text); te_llama_tokenizer_free(tok); te_llama_free(m); return; }
