@@ -17,9 +17,11 @@ The recipe, as TE's DelayedScaling with its defaults (E4M3, history 1024, MAX, m
     amaxes only.
 
 Usage: python3 tools/fp8_peer.py [--model models/austen] [--shared ../shared] [--chunks 12] [--margin 0]
-       [--history 1024] [--calibrate 4]
+       [--history 1024] [--calibrate 4] [--dtype float32|float64] [--attn eager|sdpa] [--device cpu|cuda]
+       [--gemm emulated|scaled_mm]
 Prints the perplexities, the agreement, and how many disagreements fall where the reference's top-2 gap < 0.25.
-Runs on the CPU in under a minute.
+Runs on the CPU in under a minute. --gemm scaled_mm (CUDA, Ada or Hopper) runs the four GEMMs on the FP8 tensor
+cores through torch._scaled_mm, bf16 out, as TE's GEMMs do.
 """
 
 import argparse
@@ -63,6 +65,9 @@ class Fp8Gemm:
         w_amax = max(float(l.weight.detach().abs().max()) for l in linears)
         self.w_scale = E4M3_MAX / w_amax / 2.0 ** args.margin
         self.w_q = [e4m3(l.weight.data, self.w_scale) for l in linears]
+        self.scaled_mm = args.gemm == "scaled_mm"
+        if self.scaled_mm:  # E4M3 operands for the tensor cores: (out, in) row-major is W^T column-major
+            self.w_f8 = [w.to(torch.float8_e4m3fn) for w in self.w_q]
 
     def forward(self, i, x, mode):
         """Linear i of this GEMM on input x ([tokens, in]) in `mode`: 'hp', 'calibrate' or 'fp8'."""
@@ -74,6 +79,11 @@ class Fp8Gemm:
         if mode == "calibrate":
             return torch.nn.functional.linear(x, lin.weight)
         xq = e4m3(x, self.input.scale)
+        if self.scaled_mm:  # the FP8 tensor-core GEMM, scales applied to the fp32 accumulator, bf16 out (as TE's)
+            one = lambda v: torch.tensor(v, dtype=torch.float32, device=x.device)
+            y = torch._scaled_mm(xq.to(torch.float8_e4m3fn), self.w_f8[i].t(), scale_a=one(1.0 / self.input.scale),
+                                 scale_b=one(1.0 / self.w_scale), out_dtype=torch.bfloat16)
+            return y.to(x.dtype)
         return (xq @ self.w_q[i].t()) * ((1.0 / self.input.scale) * (1.0 / self.w_scale))
 
 
@@ -110,6 +120,9 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="the model's arithmetic (float64: how much of the figure is float32's rounding)")
     ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (float32 matmuls without TF32)")
+    ap.add_argument("--gemm", default="emulated", choices=["emulated", "scaled_mm"],
+                    help="emulated: float matmul of the E4M3 values; scaled_mm: torch._scaled_mm's FP8 GEMM (CUDA, Hopper/Ada)")
     ap.add_argument("--calibrate", type=int, default=4, help="calibration forwards (0: the first forward at scale 1)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -126,14 +139,16 @@ def main():
     ids = tok.encode(raw[cut:].decode("utf-8"), add_special_tokens=False).ids
     cids = tok.encode(raw[calib_at:cut].decode("utf-8"), add_special_tokens=False).ids
 
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     model = LlamaForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
-                                             attn_implementation=args.attn).eval()
+                                             attn_implementation=args.attn).eval().to(args.device)
     gemms, mode = install(model, args)
 
     def forward(x, m):
         mode[0] = m
         with torch.no_grad():
-            logits = model(torch.tensor([x])).logits[0].double()
+            logits = model(torch.tensor([x], device=args.device)).logits[0].double().cpu()
         if m != "hp":
             for g in gemms:
                 g.input.update()
@@ -160,7 +175,7 @@ def main():
         ties_flipped += int((near & ~same).sum())
     ppl_ref, ppl_fp8 = math.exp(nll_ref / total), math.exp(nll_fp8 / total)
     print(f"HF transformers {__import__('transformers').__version__}, torch {torch.__version__}: {total} predictions in "
-          f"{args.chunks} chunks of {seq}, {args.dtype}, {args.attn} attention, margin {args.margin}, history {args.history}, calibration {args.calibrate}")
+          f"{args.chunks} chunks of {seq}, {args.device}, {args.dtype}, {args.attn} attention, {args.gemm} GEMMs, margin {args.margin}, history {args.history}, calibration {args.calibrate}")
     print(f"perplexity {ppl_ref:.3f} (high precision) vs {ppl_fp8:.3f} (FP8 E4M3), {100 * (ppl_fp8 / ppl_ref - 1):+.3f}%")
     print(f"top-1 agreement {100 * agree / total:.2f}% ({total - agree} disagreements; {ties_flipped} of them where "
           f"the reference's top-2 gap < 0.25, which holds at {ties} positions)")
