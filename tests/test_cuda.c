@@ -2049,7 +2049,8 @@ static double nll_of(const float *row, int V, int target) {
    time (the E4M3 GEMVs with the folded norms), teacher-forced. Each forward updates its model's scales, as TE
    does after each step. Also GPU BF16 against the CPU's float32 math, the part of the figure that is BF16's own
    rounding. Bars: perplexity within 2% (the target); top-1 agreement >= 93%, the CPU test's regression bar (the
-   target is 95%; bench/NOTES_fp8.md says why the default model misses it). */
+   target is 95%; bench/NOTES_fp8.md says why the default model misses it: its near-ties), and >= 98% where BF16's
+   top two logits are 0.25 or more apart (the CPU emulation: 99.3%). */
 static void test_fp8_accuracy(void) {
     enum { SEQ = 256, CHUNKS = 12, CALIB = 4 };
     size_t len = 0, cut = 0, calib_at = 0, n_ids = 0, n_cids = 0;
@@ -2060,7 +2061,7 @@ static void test_fp8_accuracy(void) {
     int32_t *ids = NULL, *cids = NULL;
     float *dec = NULL;
     double nll[4] = {0, 0, 0, 0}; /* CPU f32, GPU bf16, FP8 prefill, FP8 decode */
-    int agree[3] = {0, 0, 0}, total = 0, c, t, V = 0;
+    int agree[3] = {0, 0, 0}, decided = 0, agree_decided[2] = {0, 0}, total = 0, c, t, V = 0;
     double t0 = now_s();
     CHECK(text != NULL, "cannot read the Austen corpus (set TE_LLAMA_SHARED)");
     if (!text) return;
@@ -2099,14 +2100,20 @@ static void test_fp8_accuracy(void) {
         if (r) { free(ref); free(lb); free(lp); goto done; }
         for (t = 0; t + 1 < SEQ; t++) {
             const size_t at = (size_t)t * V;
-            const int b = argmax(lb + at, V, NULL);
+            float gap;
+            const int b = argmax(lb + at, V, &gap), same_p = argmax(lp + at, V, NULL) == b, same_d = argmax(dec + at, V, NULL) == b;
             nll[0] += nll_of(ref + at, V, x[t + 1]);
             nll[1] += nll_of(lb + at, V, x[t + 1]);
             nll[2] += nll_of(lp + at, V, x[t + 1]);
             nll[3] += nll_of(dec + at, V, x[t + 1]);
             agree[0] += argmax(ref + at, V, NULL) == b;
-            agree[1] += argmax(lp + at, V, NULL) == b;
-            agree[2] += argmax(dec + at, V, NULL) == b;
+            agree[1] += same_p;
+            agree[2] += same_d;
+            if (gap >= 0.25f) { /* BF16 decided: its top two logits 0.25 or more apart */
+                decided++;
+                agree_decided[0] += same_p;
+                agree_decided[1] += same_d;
+            }
             total++;
         }
         free(ref); free(lb); free(lp);
@@ -2116,14 +2123,18 @@ static void test_fp8_accuracy(void) {
         printf("  fp8 accuracy (GPU): held-out Austen, %d predictions (%.1f s): perplexity CPU f32 %.3f, GPU BF16 %.3f "
                "(%+.3f%%), FP8 prefill %.3f (%+.3f%% vs BF16), FP8 decode %.3f (%+.3f%%)\n",
                total, now_s() - t0, p_ref, p_b, 100 * (p_b / p_ref - 1), p_p, 100 * (p_p / p_b - 1), p_d, 100 * (p_d / p_b - 1));
-        printf("  fp8 accuracy (GPU): top-1 agreement with GPU BF16: FP8 prefill %.2f%%, FP8 decode %.2f%%; CPU f32 %.2f%%\n",
-               100.0 * agree[1] / total, 100.0 * agree[2] / total, 100.0 * agree[0] / total);
+        printf("  fp8 accuracy (GPU): top-1 agreement with GPU BF16: FP8 prefill %.2f%%, FP8 decode %.2f%%; CPU f32 %.2f%%; "
+               "at the %d positions where BF16's top-2 gap >= 0.25: FP8 prefill %.2f%%, decode %.2f%%\n",
+               100.0 * agree[1] / total, 100.0 * agree[2] / total, 100.0 * agree[0] / total, decided,
+               100.0 * agree_decided[0] / (decided ? decided : 1), 100.0 * agree_decided[1] / (decided ? decided : 1));
         CHECK(fabs(p_p / p_b - 1) <= 0.02 && fabs(p_d / p_b - 1) <= 0.02, "FP8 perplexity %g (prefill), %g (decode) vs BF16 %g",
               p_p, p_d, p_b);
         CHECK(agree[1] >= 0.93 * total && agree[2] >= 0.93 * total, "FP8 top-1 agreement %d (prefill), %d (decode) of %d",
               agree[1], agree[2], total);
         CHECK(agree[0] >= 0.97 * total && fabs(p_b / p_ref - 1) <= 0.005, "GPU BF16 vs CPU f32: agreement %d of %d, perplexity %g vs %g",
               agree[0], total, p_b, p_ref);
+        CHECK(agree_decided[0] >= 0.98 * decided && agree_decided[1] >= 0.98 * decided && decided >= total / 2,
+              "FP8 top-1 agreement where BF16 is decided: %d (prefill), %d (decode) of %d", agree_decided[0], agree_decided[1], decided);
         CHECK(nll[2] != nll[1] && nll[3] != nll[1], "FP8 changed nothing: not quantising?");
     }
 done:

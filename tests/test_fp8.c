@@ -209,6 +209,14 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+/* the largest of x minus the second largest */
+static float top2_gap(const float *x, int n) {
+    int i, b = argmax(x, n);
+    float second = -INFINITY;
+    for (i = 0; i < n; i++) if (i != b && x[i] > second) second = x[i];
+    return x[b] - second;
+}
+
 /* Forward `n` tokens at positions 0..n-1 in a fresh cache; all logits. */
 static te_llama_result run(te_llama_model *m, const int32_t *tokens, int n, float *logits) {
     te_llama_kv_cache *cache;
@@ -337,7 +345,7 @@ static void test_accuracy(void) {
     te_llama_model *m = NULL;
     int32_t *ids = NULL, *cids = NULL;
     size_t n_ids = 0, n_cids = 0;
-    int seq = 256, n_chunks = env_chunks ? atoi(env_chunks) : 12, c, t, vocab, agree = 0, total = 0;
+    int seq = 256, n_chunks = env_chunks ? atoi(env_chunks) : 12, c, t, vocab, agree = 0, total = 0, decided = 0, agree_decided = 0;
     float *ref, *lg;
     double nll_ref = 0, nll_fp8 = 0, ppl_ref, ppl_fp8, t0;
     CHECK(text != NULL, "cannot read the Austen corpus (set TE_LLAMA_SHARED)");
@@ -390,6 +398,10 @@ static void test_accuracy(void) {
             nll_fp8 += log(sq) + mq - q[x[t + 1]];
             agree += argmax(r, vocab) == argmax(q, vocab);
             total++;
+            if (top2_gap(r, vocab) >= 0.25f) { /* the reference decided: its top two logits 0.25 or more apart */
+                decided++;
+                agree_decided += argmax(r, vocab) == argmax(q, vocab);
+            }
         }
         for (g = TE_LLAMA_FP8_QKV; g < TE_LLAMA_FP8_GEMMS; g = (te_llama_fp8_gemm)(g + 1)) {
             te_llama_fp8_meta *in = te_llama_fp8_meta_of(m, 5, g, TE_LLAMA_FP8_INPUT);
@@ -399,8 +411,9 @@ static void test_accuracy(void) {
     ppl_ref = exp(nll_ref / total);
     ppl_fp8 = exp(nll_fp8 / total);
     printf("  held-out Austen, %d tokens in %d chunks of %d (%.1f s): perplexity %.3f (bf16 weights, f32 math) vs %.3f (FP8 "
-           "E4M3 emulated), %+.3f%%; top-1 agreement %.2f%%\n",
-           total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8, 100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree / total);
+           "E4M3 emulated), %+.3f%%; top-1 agreement %.2f%%, %.2f%% at the %d positions where the reference's top-2 gap >= 0.25\n",
+           total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8, 100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree / total,
+           100.0 * agree_decided / (decided ? decided : 1), decided);
     CHECK(ppl_ref > 30 && ppl_ref < 90, "reference perplexity %g (the model card says 55.98 on the whole held-out text)", ppl_ref);
     CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
     /* The target was 95%; TE's default recipe measures 93.76% on these 3060 tokens (weights-only FP8: 96.47%,
@@ -408,6 +421,8 @@ static void test_accuracy(void) {
        where the reference's top-2 logits are within 0.25 (bench/NOTES_fp8.md, bench/fp8_error.c). The bar sits
        just under what is measured, so a regression shows; it is not the 95% asked for. */
     CHECK(agree >= 0.93 * total, "top-1 agreement %d of %d below 93%%", agree, total);
+    CHECK(agree_decided >= 0.98 * decided && decided >= total / 2, "top-1 agreement where the reference decided: %d of %d",
+          agree_decided, decided);
     CHECK(nll_fp8 != nll_ref, "FP8 changed nothing: not quantising?");
     free(ref); free(lg); free(text);
     te_llama_tokenizer_free_ids(tok, ids);
