@@ -30,6 +30,7 @@ import os
 
 import torch
 from tokenizers import Tokenizer
+import transformers
 from transformers import LlamaForCausalLM
 
 E4M3_MAX = 448.0
@@ -174,7 +175,7 @@ def main():
         ties += int(near.sum())
         ties_flipped += int((near & ~same).sum())
     ppl_ref, ppl_fp8 = math.exp(nll_ref / total), math.exp(nll_fp8 / total)
-    print(f"HF transformers {__import__('transformers').__version__}, torch {torch.__version__}: {total} predictions in "
+    print(f"HF transformers {transformers.__version__}, torch {torch.__version__}: {total} predictions in "
           f"{args.chunks} chunks of {seq}, {args.device}, {args.dtype}, {args.attn} attention, {args.gemm} GEMMs, margin {args.margin}, history {args.history}, calibration {args.calibrate}")
     print(f"perplexity {ppl_ref:.3f} (high precision) vs {ppl_fp8:.3f} (FP8 E4M3), {100 * (ppl_fp8 / ppl_ref - 1):+.3f}%")
     print(f"top-1 agreement {100 * agree / total:.2f}% ({total - agree} disagreements; {ties_flipped} of them where "
