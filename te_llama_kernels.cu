@@ -470,14 +470,18 @@ static int te_llama__norm_threads(int n, int h) {
 }
 
 /* RoPE in HF's rotate-half convention (pairs (i, i + half)) on the q and k heads of each token's fused QKV row,
-   in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. Grid (tokens, q + 2 kv
-   heads), one block of head_dim / 2 threads (rounded up to a warp) a head, one pair a thread: every block is one
-   round of loads, so a decode step's single token costs one short wave, not a loop over its heads. Reads and
-   writes n x (q_dim + kv_dim) fp32, reads n x kv_dim fp32 (v), writes 2 n x kv_dim bf16. */
+   in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. Grid (tokens, heads /
+   blockDim.y), blocks of head_dim / 2 threads (rounded up to a warp) by blockDim.y heads (te_llama__rope_kv), one
+   pair a thread: every block is one round of loads, so a decode step's tokens cost one short wave, not a loop over
+   their heads. One head a block (32 or 64 threads) took 62 us a layer of the 1B prefill at 2048 tokens, 98k
+   blocks for 46 MB (bench/NOTES.md, run 12). Reads and writes n x (q_dim + kv_dim) fp32, reads n x kv_dim fp32
+   (v), writes 2 n x kv_dim bf16. */
 __global__ void te_llama__rope_kv_kernel(float *qkv, const float *rope, const int32_t *pos, const int32_t *seq,
                                          te_llama__bf16 *kc, te_llama__bf16 *vc, int n_heads, int n_kv, int hd,
                                          int max_len) {
-    const int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd, t = blockIdx.x, head = blockIdx.y;
+    const int half = hd / 2, q_dim = n_heads * hd, kv_dim = n_kv * hd, t = blockIdx.x;
+    const int head = blockIdx.y * blockDim.y + threadIdx.y;
+    if (head >= n_heads + 2 * n_kv) return;
     float *v = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)head * hd; /* q heads, then k heads, then v heads */
     const float *cs = rope + (size_t)t * hd, *sn = cs + half;
     const size_t at = ((size_t)seq[t] * (size_t)max_len + (size_t)pos[t]) * (size_t)kv_dim;
@@ -498,6 +502,14 @@ __global__ void te_llama__rope_kv_kernel(float *qkv, const float *rope, const in
             d[i + half] = __float2bfloat16(rb);
         }
     }
+}
+
+/* te_llama__rope_kv_kernel over n tokens: 256 threads a block where head_dim / 2 allows */
+static void te_llama__rope_kv(cudaStream_t stream, float *qkv, const float *rope, const int32_t *pos, const int32_t *seq,
+                              te_llama__bf16 *kc, te_llama__bf16 *vc, int n, int n_heads, int n_kv, int hd, int max_len) {
+    const int lanes = (hd / 2 + 31) / 32 * 32, per_block = lanes >= 256 ? 1 : 256 / lanes, heads = n_heads + 2 * n_kv;
+    te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)((heads + per_block - 1) / per_block)), dim3((unsigned)lanes, (unsigned)per_block),
+                               0, stream>>>(qkv, rope, pos, seq, kc, vc, n_heads, n_kv, hd, max_len);
 }
 
 #define TE_LLAMA__ATT_THREADS 128
@@ -1927,18 +1939,25 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     }
 }
 
-/* SwiGLU: act[t, i] = bf16(silu(gate) * up), gate = mlp[t, i], up = mlp[t, I + i] (bf16, as fc1's GEMM writes them:
-   TE and HF round there too; an fp32 fc1 output cost 8% of an 8B prefill in traffic). Grid-stride: reads n x 2I bf16,
-   writes n x I bf16. */
-__global__ void te_llama__swiglu_kernel(const te_llama__bf16 *mlp, te_llama__bf16 *act, int n, int I) {
-    te_llama__pdl_start();
-    size_t total = (size_t)n * I;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-        size_t t = idx / I, i = idx - t * I;
-        float g = __bfloat162float(mlp[t * 2 * I + i]), u = __bfloat162float(mlp[t * 2 * I + I + i]);
-        act[idx] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
-    }
+/* silu(g) * u, the expression of every SwiGLU kernel here */
+__device__ __forceinline__ float te_llama__silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+/* The SwiGLU kernels' grid: blockIdx.x and the threads stride over a row's 16-byte chunks (or elements, when I is
+   not a multiple of 8), blockIdx.y over the rows, 256 threads a block and at most 1024 blocks: no division in the
+   loop. The first form (one element a thread, grid-stride with a 64-bit division for the row) took 57 us a layer of
+   the 1B prefill for 100 MB, 2.4x its bytes (bench/NOTES.md, run 12). */
+#define TE_LLAMA__SWIGLU_THREADS 256
+static dim3 te_llama__swiglu_grid(int n, int I) {
+    const int per_row = I % 8 == 0 ? I / 8 : I;
+    int x = (per_row + TE_LLAMA__SWIGLU_THREADS - 1) / TE_LLAMA__SWIGLU_THREADS, y;
+    x = x < 1 ? 1 : x > 64 ? 64 : x;
+    y = n < 1024 / x ? n : 1024 / x;
+    return dim3((unsigned)x, (unsigned)(y < 1 ? 1 : y));
 }
+/* defined with the FP8 kernels, whose helpers it shares */
+template <typename T>
+__global__ void __launch_bounds__(TE_LLAMA__SWIGLU_THREADS)
+te_llama__swiglu_kernel(const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n, int I, const float *scale, float *amax);
 
 #define TE_LLAMA__SAMPLE_THREADS 1024
 
@@ -2851,8 +2870,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     }
     if (lt) {
         if ((r = te_llama__gemm_fp8(ctx, TE_LLAMA__LTW(QKV), xq, TE_LLAMA__LTX(QKV), ctx->qkv, CUDA_R_32F, ga.m, n, h, 0, fast))) return r;
-        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
-            ctx->qkv, ctx->rope, ga.pos, ga.seq, ga.kc, ga.vc, nh, nkv, hd, cache->max_len);
+        te_llama__rope_kv(ctx->stream, ctx->qkv, ctx->rope, ga.pos, ga.seq, ga.kc, ga.vc, n, nh, nkv, hd, cache->max_len);
         TE_LLAMA__LAUNCHED(rope_kv);
     } else if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_ROPE_KV>(ctx, ga, ga.m / 16, n))) {
         return r;
@@ -2908,7 +2926,6 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     const int32_t *tokens = ctx->ints, *pos = ctx->ints + cap, *seq = ctx->ints + 2 * cap;
     const size_t layer_elems = (size_t)cache->n_seq * (size_t)cache->max_len * (size_t)kv_dim;
     const float eps = (float)c->rms_norm_eps;
-    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     const int norm_threads = te_llama__norm_threads(n, h);
     const int fp8 = ctx->fp8 != NULL, calibrating = te_llama__fp8_calibrating(ctx), IN = TE_LLAMA_FP8_INPUT;
     /* up to 8 tokens (decode): QKV and proj through the GEMV, RoPE and the KV store in the QKV's epilogue; for one
@@ -2967,7 +2984,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
             if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, false>(ctx, ga, ga.m / 16))) return r;
         } else {
             if ((r = te_llama__gemm(ctx, P[1].data, ctx->xn, ctx->qkv, CUDA_R_32F, q_dim + 2 * kv_dim, n, h, 0))) return r;
-            te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(ctx->qkv, ctx->rope, pos, seq, kc, vc, nh, nkv, hd, cache->max_len);
+            te_llama__rope_kv(ctx->stream, ctx->qkv, ctx->rope, pos, seq, kc, vc, n, nh, nkv, hd, cache->max_len);
             TE_LLAMA__LAUNCHED(rope_kv);
         }
         if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n, NULL))) return r;
@@ -3003,7 +3020,8 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
                                                           te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN))))
                 return r;
         } else {
-            te_llama__launch(ctx, te_llama__swiglu_kernel, dim3((unsigned)swiglu_blocks), dim3(256), 0, ctx->mlp, ctx->act, n, I);
+            te_llama__launch(ctx, te_llama__swiglu_kernel<te_llama__bf16>, te_llama__swiglu_grid(n, I), dim3(TE_LLAMA__SWIGLU_THREADS), 0,
+                             (const te_llama__bf16 *)ctx->mlp, (uint8_t *)NULL, ctx->act, n, I, (const float *)NULL, (float *)NULL);
             TE_LLAMA__LAUNCHED(swiglu);
         }
         if ((r = te_llama__gemm(ctx, P[7].data, ctx->act, ctx->x, CUDA_R_32F, h, n, I, 1))) return r;
@@ -4306,7 +4324,6 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
     const int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, cap = a->cap;
     const int32_t *pos = a->ints + 2 * cap, *seq = a->ints + 3 * cap;
     const float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
-    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     te_llama_result r;
     int l;
     te_llama__embed_kernel<<<n, 256, 0, ctx->stream>>>((const te_llama__bf16 *)m->embed_tokens.data, a->ints, a->x, h);
@@ -4322,8 +4339,7 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
         te_llama__t_rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(x, (const te_llama__bf16 *)P[0].data, xn1, a->inv + (size_t)(2 * l) * cap, h, eps);
         TE_LLAMA__LAUNCHED(t_rmsnorm);
         if ((r = te_llama__gemm(ctx, P[1].data, xn1, qkv, CUDA_R_32F, ld, n, h, 0))) return r;
-        te_llama__rope_kv_kernel<<<dim3((unsigned)n, (unsigned)(nh + 2 * nkv)), (hd / 2 + 31) / 32 * 32, 0, ctx->stream>>>(
-            qkv, a->rope, pos, seq, kc, vc, nh, nkv, hd, T);
+        te_llama__rope_kv(ctx->stream, qkv, a->rope, pos, seq, kc, vc, n, nh, nkv, hd, T);
         TE_LLAMA__LAUNCHED(rope_kv);
         if (hd == 64 || hd == 128) {
             if ((r = te_llama__flash_prefill(ctx, 1, qkv, (const int4 *)(a->ints + 4 * cap), n_tiles, kc, vc, att, lse, nh, nkv, hd, T,
@@ -4341,7 +4357,8 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
         te_llama__t_rmsnorm_kernel<<<n, 256, 0, ctx->stream>>>(xmid, (const te_llama__bf16 *)P[5].data, xn2, a->inv + (size_t)(2 * l + 1) * cap, h, eps);
         TE_LLAMA__LAUNCHED(t_rmsnorm);
         if ((r = te_llama__gemm(ctx, P[6].data, xn2, fc1, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
-        te_llama__swiglu_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(fc1, act, n, I);
+        te_llama__swiglu_kernel<te_llama__bf16><<<te_llama__swiglu_grid(n, I), TE_LLAMA__SWIGLU_THREADS, 0, ctx->stream>>>(
+            fc1, (uint8_t *)NULL, act, n, I, (const float *)NULL, (float *)NULL);
         TE_LLAMA__LAUNCHED(swiglu);
         if ((r = te_llama__gemm_op(ctx, 1, 0, P[7].data, act, xmid, x + (size_t)cap * h, CUDA_R_32F, h, n, I, 1))) return r;
     }
@@ -5060,6 +5077,12 @@ __device__ __forceinline__ uint8_t te_llama__e4m3_scaled(float v, float scale) {
 
 __device__ __forceinline__ float te_llama__to_f32(float v) { return v; }
 __device__ __forceinline__ float te_llama__to_f32(te_llama__bf16 v) { return __bfloat162float(v); }
+/* 8 consecutive elements (16-byte aligned) as floats: one 16-byte load of bf16, two of fp32 */
+__device__ __forceinline__ void te_llama__load8(const te_llama__bf16 *p, float f[8]) { te_llama__bf16x8_to_f32(*(const uint4 *)p, f); }
+__device__ __forceinline__ void te_llama__load8(const float *p, float f[8]) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
 
 /* Raise *amax to the block's largest |x|. mx: this thread's running maximum, kept as `if (|x| > mx) mx = |x|`
    from 0, so NaN never enters it (the CPU's rule) and it is >= 0. Every thread of the block calls it (a block
@@ -5109,28 +5132,51 @@ te_llama__rmsnorm_fp8_kernel(const float *x, const int32_t *rows, const te_llama
     te_llama__amax_commit(mx, red, amax);
 }
 
-/* SwiGLU quantised for FC2: y = g / (1 + exp(-g)) * u in fp32 (te_llama__swiglu_kernel's expression), g =
-   mlp[t, i], u = mlp[t, I + i] (the fc1 output (n, 2 I): gate then up, fp32 or bf16); out[t, i] = e4m3(y *
-   *scale) when out is given, out_bf16[t, i] = bf16(y) when that is, *amax raised to max |y|. Grid-stride: reads
-   n x 2I elements, writes n x I bytes (and / or 2 bytes each). */
+/* SwiGLU: y = silu(g) * u in fp32 (te_llama__silu_mul), g = mlp[t, i], u = mlp[t, I + i] (the fc1 output (n, 2 I):
+   gate then up, fp32 or bf16; bf16 as fc1's GEMM writes it: TE and HF round there too, and an fp32 fc1 output cost
+   8% of an 8B prefill in traffic). out_bf16[t, i] = bf16(y) when out_bf16 is given (the BF16 step, FP8
+   calibration); out[t, i] = e4m3(y * *scale) when out is (FC2's FP8 input); *amax raised to max |y| when amax is.
+   Grid te_llama__swiglu_grid, 256 threads; a thread takes 8 elements (16 bytes of bf16, two loads of fp32) when I
+   is a multiple of 8, one otherwise. Reads n x 2I elements, writes n x I bytes and / or bf16. */
 template <typename T>
-__global__ void __launch_bounds__(TE_LLAMA__FP8_THREADS)
-te_llama__swiglu_fp8_kernel(const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n, int I, const float *scale,
-                            float *amax) {
+__global__ void __launch_bounds__(TE_LLAMA__SWIGLU_THREADS)
+te_llama__swiglu_kernel(const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, int n, int I, const float *scale, float *amax) {
     te_llama__pdl_start();
     __shared__ float red[32];
-    const size_t total = (size_t)n * I;
-    const float s = *scale;
+    const int vec = I % 8 == 0, per_row = vec ? I / 8 : I;
+    const float s = out ? *scale : 1.0f;
     float mx = 0.0f;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t t = idx / I, i = idx - t * I;
-        const float g = te_llama__to_f32(mlp[t * 2 * I + i]), u = te_llama__to_f32(mlp[t * 2 * I + I + i]);
-        const float y = g / (1.0f + expf(-g)) * u, a = fabsf(y);
-        if (a > mx) mx = a;
-        if (out) out[idx] = te_llama__e4m3_scaled(y, s);
-        if (out_bf16) out_bf16[idx] = __float2bfloat16(y);
+    for (int t = blockIdx.y; t < n; t += gridDim.y) {
+        const T *g = mlp + (size_t)t * 2 * I, *u = g + I;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < per_row; c += gridDim.x * blockDim.x) {
+            const size_t i = (size_t)t * I + (vec ? 8 * (size_t)c : (size_t)c);
+            if (!vec) {
+                const float y = te_llama__silu_mul(te_llama__to_f32(g[c]), te_llama__to_f32(u[c]));
+                if (fabsf(y) > mx) mx = fabsf(y);
+                if (out) out[i] = te_llama__e4m3_scaled(y, s);
+                if (out_bf16) out_bf16[i] = __float2bfloat16(y);
+                continue;
+            }
+            float gf[8], uf[8];
+            te_llama__load8(g + 8 * (size_t)c, gf);
+            te_llama__load8(u + 8 * (size_t)c, uf);
+            uint2 q;
+            uint4 b;
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                const float y0 = te_llama__silu_mul(gf[e], uf[e]), y1 = te_llama__silu_mul(gf[e + 1], uf[e + 1]);
+                if (fabsf(y0) > mx) mx = fabsf(y0);
+                if (fabsf(y1) > mx) mx = fabsf(y1);
+                const unsigned pair = (unsigned)te_llama__e4m3_scaled(y0, s) | (unsigned)te_llama__e4m3_scaled(y1, s) << 8;
+                if (e < 4) q.x = e == 0 ? pair : q.x | pair << 16;
+                else q.y = e == 4 ? pair : q.y | pair << 16;
+                (&b.x)[e / 2] = te_llama__pack_bf16(y0, y1);
+            }
+            if (out) *(uint2 *)(out + i) = q;
+            if (out_bf16) *(uint4 *)(out_bf16 + i) = b;
+        }
     }
-    te_llama__amax_commit(mx, red, amax);
+    if (amax) te_llama__amax_commit(mx, red, amax);
 }
 
 /* The attention output (bf16) quantised for PROJ: out[i] = e4m3(float(in[i]) * *scale) when out is given (NULL:
@@ -5245,7 +5291,7 @@ static te_llama_result te_llama__swiglu_fp8(te_llama__cuda *ctx, const T *mlp, u
                                             int I, const float *scale, float *amax) {
     const size_t total = (size_t)n * (size_t)I;
     if (!total) return TE_LLAMA_OK;
-    te_llama__launch(ctx, te_llama__swiglu_fp8_kernel<T>, dim3(te_llama__fp8_blocks(total)), dim3(TE_LLAMA__FP8_THREADS), 0, mlp, out,
+    te_llama__launch(ctx, te_llama__swiglu_kernel<T>, te_llama__swiglu_grid(n, I), dim3(TE_LLAMA__SWIGLU_THREADS), 0, mlp, out,
                      out_bf16, n, I, scale, amax);
     TE_LLAMA__LAUNCHED(swiglu_fp8);
     return TE_LLAMA_OK;

@@ -1459,49 +1459,55 @@ static void test_fp8_kernels(te_llama_model *gpu) {
     amax = ref_amax * 0.5f;
     CHECK_RESULT(te_llama_cuda_test_fp8_rmsnorm(gpu, x, XR, rows, w, N, H, eps, scale, q_dev, NULL, &amax), TE_LLAMA_OK);
     CHECK(amax == ref_amax, "rmsnorm_fp8: amax %.9g, host %.9g", amax, ref_amax);
-    /* swiglu, fp32 and bf16 input; the extremes of the gate: exp(100) overflows to infinity, exp(-100) underflows */
+    /* swiglu, fp32 and bf16 input, I = 300 (a value a thread) and 296 (8 a thread); the extremes of the gate:
+       exp(100) overflows to infinity, exp(-100) underflows */
     for (i = 0; i < SN * 2 * SI; i++) mlp[i] = fp8_uniform(-6.0f, 6.0f);
     mlp[0] = -100.0f;
     mlp[1] = 100.0f;
     for (i = 0; i < SN * 2 * SI; i++) mlp16[i] = te_llama__f32_to_bf16(mlp[i]);
-    for (kind = 0; kind < 2; kind++) {
+    for (kind = 0; kind < 4; kind++) {
+        const int in_bf16 = kind & 1, si = kind & 2 ? SI - 4 : SI;
         int near = 0;
         ref_amax = 0.0f;
         for (t = 0; t < SN; t++)
-            for (i = 0; i < SI; i++) {
-                const size_t at = (size_t)t * 2 * SI + i;
-                float g = kind ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = kind ? te_llama__bf16_to_f32(mlp16[at + SI]) : mlp[at + SI];
+            for (i = 0; i < si; i++) {
+                const size_t at = (size_t)t * 2 * si + i;
+                float g = in_bf16 ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = in_bf16 ? te_llama__bf16_to_f32(mlp16[at + si]) : mlp[at + si];
                 float y = g / (1.0f + expf(-g)) * u;
-                sq[t * SI + i] = te_llama__f32_to_fp8(y * scale, 0);
+                sq[t * si + i] = te_llama__f32_to_fp8(y * scale, 0);
                 if (fabsf(y) > ref_amax) ref_amax = fabsf(y);
             }
         amax = 0.0f;
-        CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, kind ? (const void *)mlp16 : (const void *)mlp, kind, SN, SI, scale, sq_dev, NULL, &amax),
+        CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, in_bf16 ? (const void *)mlp16 : (const void *)mlp, in_bf16, SN, si, scale, sq_dev,
+                                                   NULL, &amax),
                      TE_LLAMA_OK);
         for (t = 0, bad = 0; t < SN; t++)
-            for (i = 0; i < SI; i++) {
-                const size_t at = (size_t)t * 2 * SI + i;
-                float g = kind ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = kind ? te_llama__bf16_to_f32(mlp16[at + SI]) : mlp[at + SI];
+            for (i = 0; i < si; i++) {
+                const size_t at = (size_t)t * 2 * si + i;
+                float g = in_bf16 ? te_llama__bf16_to_f32(mlp16[at]) : mlp[at], u = in_bf16 ? te_llama__bf16_to_f32(mlp16[at + si]) : mlp[at + si];
                 float ysc = g / (1.0f + expf(-g)) * u * scale;
-                uint8_t d = sq_dev[t * SI + i];
-                if (d == sq[t * SI + i]) continue;
+                uint8_t d = sq_dev[t * si + i];
+                if (d == sq[t * si + i]) continue;
                 if (d == te_llama__f32_to_fp8(ysc * (1.0f - 2e-6f), 0) || d == te_llama__f32_to_fp8(ysc * (1.0f + 2e-6f), 0)) near++;
                 else bad++;
             }
         printf("  fp8: swiglu_fp8 (%s input) %d x %d: %d bytes off by an expf rounding, %d wrong; amax %.9g (host %.9g)\n",
-               kind ? "bf16" : "fp32", SN, SI, near, bad, amax, ref_amax);
-        CHECK(bad == 0 && fabsf(amax - ref_amax) <= 2e-6f * ref_amax, "swiglu_fp8 (%s): %d wrong bytes, amax %.9g vs %.9g",
-              kind ? "bf16" : "fp32", bad, amax, ref_amax);
+               in_bf16 ? "bf16" : "fp32", SN, si, near, bad, amax, ref_amax);
+        CHECK(bad == 0 && fabsf(amax - ref_amax) <= 2e-6f * ref_amax, "swiglu_fp8 (%s, I %d): %d wrong bytes, amax %.9g vs %.9g",
+              in_bf16 ? "bf16" : "fp32", si, bad, amax, ref_amax);
     }
-    /* swiglu's bf16 output (calibration) with no E4M3 output */
-    amax = 0.0f;
-    CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, mlp, 0, 1, SI, scale, NULL, bf_dev, &amax), TE_LLAMA_OK);
-    for (i = 0, bad = 0; i < SI; i++) {
-        float y = mlp[i] / (1.0f + expf(-mlp[i])) * mlp[SI + i];
-        uint16_t b = bf_dev[i];
-        bad += b != te_llama__f32_to_bf16(y) && b != te_llama__f32_to_bf16(y * (1.0f - 2e-6f)) && b != te_llama__f32_to_bf16(y * (1.0f + 2e-6f));
+    /* swiglu's bf16 output (calibration) with no E4M3 output, both widths */
+    for (kind = 0; kind < 2; kind++) {
+        const int si = kind ? SI - 4 : SI;
+        amax = 0.0f;
+        CHECK_RESULT(te_llama_cuda_test_fp8_swiglu(gpu, mlp, 0, 1, si, scale, NULL, bf_dev, &amax), TE_LLAMA_OK);
+        for (i = 0, bad = 0; i < si; i++) {
+            float y = mlp[i] / (1.0f + expf(-mlp[i])) * mlp[si + i];
+            uint16_t b = bf_dev[i];
+            bad += b != te_llama__f32_to_bf16(y) && b != te_llama__f32_to_bf16(y * (1.0f - 2e-6f)) && b != te_llama__f32_to_bf16(y * (1.0f + 2e-6f));
+        }
+        CHECK(bad == 0 && amax > 0.0f, "swiglu_fp8 bf16 output, I %d: %d wrong", si, bad);
     }
-    CHECK(bad == 0 && amax > 0.0f, "swiglu_fp8 bf16 output: %d wrong", bad);
     /* cast of the attention output: NaN of both signs keep their sign and stay out of the amax, -0, saturation */
     for (i = 0; i < CN; i++) cin[i] = te_llama__f32_to_bf16(fp8_uniform(-12.0f, 12.0f));
     cin[3] = 0x7fc0;
