@@ -209,9 +209,9 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
-/* the largest of x minus the second largest */
-static float top2_gap(const float *x, int n) {
-    int i, b = argmax(x, n);
+/* x[b] (its largest) minus the second largest */
+static float top2_gap(const float *x, int n, int b) {
+    int i;
     float second = -INFINITY;
     for (i = 0; i < n; i++) if (i != b && x[i] > second) second = x[i];
     return x[b] - second;
@@ -391,16 +391,17 @@ static void test_accuracy(void) {
         CHECK_RESULT(run(m, x, seq, lg), TE_LLAMA_OK);
         for (t = 0; t + 1 < seq; t++) {
             const float *r = ref + (size_t)t * vocab, *q = lg + (size_t)t * vocab;
-            double mr = r[argmax(r, vocab)], mq = q[argmax(q, vocab)], sr = 0, sq = 0;
+            const int ar = argmax(r, vocab), aq = argmax(q, vocab);
+            double mr = r[ar], mq = q[aq], sr = 0, sq = 0;
             int k;
             for (k = 0; k < vocab; k++) { sr += exp(r[k] - mr); sq += exp(q[k] - mq); }
             nll_ref += log(sr) + mr - r[x[t + 1]];
             nll_fp8 += log(sq) + mq - q[x[t + 1]];
-            agree += argmax(r, vocab) == argmax(q, vocab);
+            agree += ar == aq;
             total++;
-            if (top2_gap(r, vocab) >= 0.25f) { /* the reference decided: its top two logits 0.25 or more apart */
+            if (top2_gap(r, vocab, ar) >= 0.25f) { /* the reference decided: its top two logits 0.25 or more apart */
                 decided++;
-                agree_decided += argmax(r, vocab) == argmax(q, vocab);
+                agree_decided += ar == aq;
             }
         }
         for (g = TE_LLAMA_FP8_QKV; g < TE_LLAMA_FP8_GEMMS; g = (te_llama_fp8_gemm)(g + 1)) {

@@ -37,7 +37,7 @@ E4M3_MAX = 448.0
 
 
 def e4m3(x, scale):
-    """Quantise-dequantise is split: this returns the E4M3 values (as float32) of x * scale, saturated."""
+    """The E4M3 values of x * scale, saturated at +-448, in x's dtype (dequantising is the caller's 1 / scale)."""
     return torch.clamp(x * scale, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(x.dtype)
 
 
