@@ -209,7 +209,7 @@ typedef struct te_llama__cuda {
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
     int fp8_gemm_unsupported; /* cuBLASLt had no FP8 algorithm: longer inputs take the E4M3 GEMV too */
-    int fp8_unfused;         /* tests only: the FP8 decode step's fusions left out (TE_LLAMA__FP8_UNFUSED_*) */
+    int fp8_unfused;         /* tests only: the FP8 forward's fusions left out (TE_LLAMA__FP8_UNFUSED_*) */
     void *train;             /* te_llama__tact (training section): activations of training forwards, else NULL */
     int pdl;                 /* sm_90 or newer: decode kernels launch with programmatic dependent launch */
     int wgmma;               /* the device runs this build's sm_90a code: prefill attention on wgmma */
@@ -651,6 +651,26 @@ __device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Two adjacent outputs of a prefill attention row at element at, from fp32 lo, hi: bf16 into out and / or, quantised
+   as te_llama__cast_fp8_kernel quantises that bf16, e4m3(float(bf16) * s) into out_q (FP8: proj's input). Returns
+   their largest |bf16| (for proj's input amax), 0 for NaN as the cast kernel keeps NaN out. */
+__device__ __forceinline__ float te_llama__att_out2(te_llama__bf16 *out, uint8_t *out_q, size_t at, float lo, float hi, float s) {
+    const __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+    const float f0 = __low2float(b), f1 = __high2float(b);
+    float mx = 0.0f;
+    if (out) *(__nv_bfloat162 *)(out + at) = b;
+    if (out_q) *(uint16_t *)(out_q + at) = (uint16_t)(te_llama__e4m3_scaled(f0, s) | te_llama__e4m3_scaled(f1, s) << 8);
+    if (fabsf(f0) > mx) mx = fabsf(f0);
+    if (fabsf(f1) > mx) mx = fabsf(f1);
+    return mx;
+}
+/* *amax raised to the warp's largest mx (every lane calls it; mx >= 0 and never NaN): one atomic a warp, as
+   te_llama__amax_commit's on the float's bits. */
+__device__ __forceinline__ void te_llama__warp_amax(float mx, float *amax) {
+    mx = te_llama__warp_max(mx);
+    if ((threadIdx.x & 31) == 0 && mx > 0.0f) atomicMax((unsigned int *)amax, __float_as_uint(mx));
+}
+
 /* Causal GQA attention for runs of consecutive tokens (same sequence, positions +1 each), FlashAttention-2 style on
    the tensor cores. A block is one tile of up to 64 query rows of one run and one query head (grid: heads x tiles;
    tiles[] = {first token, rows, sequence, position of the first row}, heaviest first). Its 4 warps own 16 rows
@@ -662,11 +682,15 @@ __device__ __forceinline__ void te_llama__mma_bf16(float c[4], const uint32_t a[
    before the product, unscaled; the probabilities P are rounded to bf16 for the P V product, while the row sums
    use the fp32 P. lse (training, else NULL): each row's log-sum-exp of the scaled scores (natural log) at
    (sequence, head, position) of a (n_seq, heads, max_len) array. Traffic per block: (last position + 1) x HD x 2 x 2 bytes of K and V (the other heads of the
-   group and the run's other tiles re-read them, mostly from L2), 64 x HD fp32 of q, 64 x HD bf16 written. */
+   group and the run's other tiles re-read them, mostly from L2), 64 x HD fp32 of q, 64 x HD bf16 written.
+   FP8 (te_llama__att_fp8): with q_amax, proj's input amax is raised to the largest |bf16 output| (one atomic a
+   warp); with out_q too, the output is written there as E4M3 (te_llama__att_out2) and out is NULL. The 1B FP8
+   prefill's separate cast took 10.7 us a layer for 13 MB (bench/NOTES.md run 12). */
 template <int HD>
 __global__ void __launch_bounds__(TE_LLAMA__FA_THREADS, 3)
 te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
-                               te_llama__bf16 *out, float *lse, int n_heads, int n_kv, int max_len, float scale_log2) {
+                               te_llama__bf16 *out, float *lse, uint8_t *out_q, const float *q_scale, float *q_amax,
+                               int n_heads, int n_kv, int max_len, float scale_log2) {
     constexpr int BN = TE_LLAMA__FA_BN, LD = HD + 8, KCH = HD / 16, NT = HD / 8, CPR = HD / 8 /* 16-byte chunks a row */;
     extern __shared__ __align__(16) unsigned char te_llama__fa_smem[];
     te_llama__bf16 *sk = (te_llama__bf16 *)te_llama__fa_smem; /* [2][BN][LD] */
@@ -802,13 +826,15 @@ te_llama__flash_prefill_kernel(const float *qkv, const int4 *tiles, const te_lla
         if (w0 < tile.y) at[w0] = (m0 + log2f(l0)) * 0.69314718055994531f;
         if (w1 < tile.y) at[w1] = (m1 + log2f(l1)) * 0.69314718055994531f;
     }
-    te_llama__bf16 *o0 = out + (size_t)(tile.x + w0) * q_dim + (size_t)head * HD + 2 * c;
-    te_llama__bf16 *o1 = out + (size_t)(tile.x + w1) * q_dim + (size_t)head * HD + 2 * c;
+    const size_t at0 = (size_t)(tile.x + w0) * q_dim + (size_t)head * HD + 2 * c, at1 = at0 + (size_t)8 * q_dim;
+    const float qs = out_q ? *q_scale : 0.0f;
+    float q_max = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
-        if (w0 < tile.y) *(__nv_bfloat162 *)(o0 + nt * 8) = __floats2bfloat162_rn(o[nt][0] * inv0, o[nt][1] * inv0);
-        if (w1 < tile.y) *(__nv_bfloat162 *)(o1 + nt * 8) = __floats2bfloat162_rn(o[nt][2] * inv1, o[nt][3] * inv1);
+        if (w0 < tile.y) q_max = fmaxf(q_max, te_llama__att_out2(out, out_q, at0 + nt * 8, o[nt][0] * inv0, o[nt][1] * inv0, qs));
+        if (w1 < tile.y) q_max = fmaxf(q_max, te_llama__att_out2(out, out_q, at1 + nt * 8, o[nt][2] * inv1, o[nt][3] * inv1, qs));
     }
+    if (q_amax) te_llama__warp_amax(q_max, q_amax);
 }
 
 /* Shared memory of the prefill kernel: K and V, two stages, padded rows. */
@@ -930,7 +956,8 @@ __device__ __forceinline__ void te_llama__wgmma_n128_rs(float *d, const uint32_t
 template <int HD, int NH, int BN>
 __global__ void __launch_bounds__(128 * NH, 1)
 te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama__bf16 *kc, const te_llama__bf16 *vc,
-                             te_llama__bf16 *out, float *lse, int n_heads, int n_kv, int max_len, float scale_log2) {
+                             te_llama__bf16 *out, float *lse, uint8_t *out_q, const float *q_scale, float *q_amax,
+                             int n_heads, int n_kv, int max_len, float scale_log2) {
 #if TE_LLAMA__WGMMA
     constexpr int CPR = HD / 8 /* 16-byte chunks a row */, QT = 64 * HD * 2, KT = BN * HD * 2 /* bytes of a q, K, V tile */;
     constexpr int ST = TE_LLAMA__WG_STAGES, AHEAD = ST - 2; /* stages loading beyond the one in use */
@@ -1117,13 +1144,15 @@ te_llama__flash_wgmma_kernel(const float *qkv, const int4 *tiles, const te_llama
         if (r0 < tile.y) at[r0] = (m0 * scale_log2 + log2f(l0)) * 0.69314718055994531f;
         if (r1 < tile.y) at[r1] = (m1 * scale_log2 + log2f(l1)) * 0.69314718055994531f;
     }
-    te_llama__bf16 *o0 = out + (size_t)(tile.x + r0) * q_dim + (size_t)head * HD + 2 * c;
-    te_llama__bf16 *o1 = out + (size_t)(tile.x + r1) * q_dim + (size_t)head * HD + 2 * c;
+    const size_t at0 = (size_t)(tile.x + r0) * q_dim + (size_t)head * HD + 2 * c, at1 = at0 + (size_t)8 * q_dim;
+    const float qs = out_q ? *q_scale : 0.0f;
+    float q_max = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < HD / 8; nt++) {
-        if (r0 < tile.y) *(__nv_bfloat162 *)(o0 + nt * 8) = __floats2bfloat162_rn(o[4 * nt] * inv0, o[4 * nt + 1] * inv0);
-        if (r1 < tile.y) *(__nv_bfloat162 *)(o1 + nt * 8) = __floats2bfloat162_rn(o[4 * nt + 2] * inv1, o[4 * nt + 3] * inv1);
+        if (r0 < tile.y) q_max = fmaxf(q_max, te_llama__att_out2(out, out_q, at0 + nt * 8, o[4 * nt] * inv0, o[4 * nt + 1] * inv0, qs));
+        if (r1 < tile.y) q_max = fmaxf(q_max, te_llama__att_out2(out, out_q, at1 + nt * 8, o[4 * nt + 2] * inv1, o[4 * nt + 3] * inv1, qs));
     }
+    if (q_amax) te_llama__warp_amax(q_max, q_amax);
 #endif
 }
 
@@ -1394,9 +1423,8 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
             out_q[at] = te_llama__e4m3_scaled(f, *q_scale);
         }
     };
-    const auto commit_amax = [&]() { /* te_llama__amax_commit's atomic, a warp at a time */
-        const float w = te_llama__warp_max(q_max);
-        if (out_q && lane == 0 && w > 0.0f) atomicMax((unsigned *)q_amax, __float_as_uint(w));
+    const auto commit_amax = [&]() {
+        if (out_q) te_llama__warp_amax(q_max, q_amax);
     };
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
@@ -2637,18 +2665,35 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
     return a;
 }
 
-/* The tensor-core prefill attention over n_tiles tiles (head_dim 64 or 128) into out (and lse when training):
-   te_llama__flash_wgmma_kernel where the device runs the sm_90a code (two heads a block when the group size is
-   even), else te_llama__flash_prefill_kernel; allow_wgmma 0 asks for the latter whatever the device (tests). */
+/* The attention output as proj's FP8 input: te_llama__attention's q. With out, the output is quantised there
+   (e4m3(float(bf16(o)) * *scale), what te_llama__cast_fp8 makes of the bf16 output) instead of written in bf16; with
+   out NULL (calibration) it is written in bf16 as usual. Either way *amax is raised to the largest |bf16(o)|. */
+typedef struct te_llama__att_fp8 {
+    uint8_t *out;       /* (n, q_dim) E4M3, or NULL: the amax only */
+    const float *scale; /* proj's INPUT state: scale, amax */
+    float *amax;
+    int done;           /* set when the attention kernel did the above (else te_llama__cast_fp8 has to) */
+} te_llama__att_fp8;
+
+/* The tensor-core prefill attention over n_tiles tiles (head_dim 64 or 128) into out (and lse when training; q
+   for FP8, else NULL): te_llama__flash_wgmma_kernel where the device runs the sm_90a code (two heads a block when
+   the group size is even), else te_llama__flash_prefill_kernel; allow_wgmma 0 asks for the latter whatever the
+   device (tests). */
 static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int allow_wgmma, const float *qkv, const int4 *tiles, int n_tiles,
                                                const te_llama__bf16 *kc, const te_llama__bf16 *vc, te_llama__bf16 *out,
-                                               float *lse, int nh, int nkv, int hd, int max_len, float scale_log2) {
+                                               float *lse, te_llama__att_fp8 *q, int nh, int nkv, int hd, int max_len,
+                                               float scale_log2) {
+    uint8_t *out_q = q ? q->out : NULL;
+    const float *q_scale = q ? q->scale : NULL;
+    float *q_amax = q ? q->amax : NULL;
+    if (out_q) out = NULL; /* E4M3 instead of bf16 */
+    if (q) q->done = 1;
     if (allow_wgmma && ctx->wgmma) {
         const int pair = (nh / nkv) % 2 == 0;
         const dim3 grid((unsigned)(pair ? nh / 2 : nh), (unsigned)n_tiles);
 #define TE_LLAMA__FA3(HD_, NH_, BN_)                                                                                   \
     te_llama__flash_wgmma_kernel<HD_, NH_, BN_><<<grid, 128 * NH_, te_llama__fa3_smem_bytes(HD_, NH_, BN_), ctx->stream>>>( \
-        qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2)
+        qkv, tiles, kc, vc, out, lse, out_q, q_scale, q_amax, nh, nkv, max_len, scale_log2)
         if (hd == 128 && pair) TE_LLAMA__FA3(128, 2, 128);
         else if (hd == 128) TE_LLAMA__FA3(128, 1, 64);
         else if (pair) TE_LLAMA__FA3(64, 2, 64);
@@ -2661,10 +2706,10 @@ static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int allow_wg
         const dim3 grid((unsigned)nh, (unsigned)n_tiles);
         if (hd == 128)
             te_llama__flash_prefill_kernel<128><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(128), ctx->stream>>>(
-                qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2);
+                qkv, tiles, kc, vc, out, lse, out_q, q_scale, q_amax, nh, nkv, max_len, scale_log2);
         else
             te_llama__flash_prefill_kernel<64><<<grid, TE_LLAMA__FA_THREADS, te_llama__fa_smem_bytes(64), ctx->stream>>>(
-                qkv, tiles, kc, vc, out, lse, nh, nkv, max_len, scale_log2);
+                qkv, tiles, kc, vc, out, lse, out_q, q_scale, q_amax, nh, nkv, max_len, scale_log2);
         TE_LLAMA__LAUNCHED(flash_prefill);
     }
     return TE_LLAMA_OK;
@@ -2699,14 +2744,6 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
     return TE_LLAMA_OK;
 }
 
-/* The attention output quantised for proj (FP8 decode): te_llama__attention's q. */
-typedef struct te_llama__att_fp8 {
-    uint8_t *out;       /* (n, q_dim) E4M3 */
-    const float *scale; /* proj's INPUT state: scale, amax */
-    float *amax;
-    int done;           /* set when the attention wrote out (else ctx->att holds the bf16 output) */
-} te_llama__att_fp8;
-
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
@@ -2733,8 +2770,8 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
     return 0;
 }
 
-/* Attention of layer kc/vc for the n tokens, into ctx->att. With q (FP8, proj's input), a decode step that takes
-   te_llama__decode_attention2_kernel writes the output quantised into q->out instead, raises *q->amax and sets
+/* Attention of layer kc/vc for the n tokens, into ctx->att. With q (FP8, proj's input: te_llama__att_fp8), the
+   prefill kernels (tiled) and, when q->out is given, te_llama__decode_attention2_kernel do what q asks and set
    q->done; every other path leaves q->done 0 and the bf16 output for te_llama__cast_fp8. */
 static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ctx, const te_llama__att *a,
                                            const te_llama__bf16 *kc, const te_llama__bf16 *vc, int max_len, int n,
@@ -2745,12 +2782,12 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
     const float scale = 1.0f / sqrtf((float)hd), scale_log2 = scale * 1.4426950408889634f;
     if (a->mode == TE_LLAMA__ATT_TILED) {
         const te_llama_result r = te_llama__flash_prefill(ctx, 1, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), a->n_tiles,
-                                                          kc, vc, ctx->att, NULL, nh, nkv, hd, max_len, scale_log2);
+                                                          kc, vc, ctx->att, NULL, q, nh, nkv, hd, max_len, scale_log2);
         if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
-                                                                         nh, max_len, scale_log2, q)) {
+                                                                         nh, max_len, scale_log2, q && q->out ? q : NULL)) {
         TE_LLAMA__LAUNCHED(decode_attention2);
-        if (q) q->done = 1;
+        if (q && q->out) q->done = 1;
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
         const dim3 grid((unsigned)n, (unsigned)a->splits, (unsigned)nkv);
         te_llama__decode_attention_kernel<<<grid, TE_LLAMA__DEC_THREADS, te_llama__dec_smem_bytes(nh / nkv, hd), ctx->stream>>>(
@@ -2806,8 +2843,8 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
 
 /* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
-   also raises the state's amax: the rmsnorms before QKV and fc1, the attention before proj (a decode step's
-   attention kernel itself, else a cast of its output), and SwiGLU before fc2. Up to 16 tokens (decode) every GEMM
+   also raises the state's amax: the rmsnorms before QKV and fc1, the attention before proj (the prefill's
+   tensor-core kernels and a decode step's kernel themselves, else a cast of its output), and SwiGLU before fc2. Up to 16 tokens (decode) every GEMM
    is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's; for one
    token the rmsnorms (but layer 0's first) fold into the GEMVs around them: proj and fc2 write the residual
    stream's sums of squares, and QKV and fc1 make their E4M3 input from it (te_llama__gemv_norm_fp8: 8B decode
@@ -2987,10 +3024,19 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
             te_llama__rope_kv(ctx->stream, ctx->qkv, ctx->rope, pos, seq, kc, vc, n, nh, nkv, hd, cache->max_len);
             TE_LLAMA__LAUNCHED(rope_kv);
         }
-        if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n, NULL))) return r;
-        if (calibrating && (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN),
-                                                   te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN))))
-            return r;
+        {   /* calibrating: proj's input amax, by the prefill attention itself where it can (te_llama__att_fp8) */
+            te_llama__att_fp8 att_amax = {NULL, NULL, NULL, 0};
+            if (calibrating) {
+                att_amax.scale = te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN);
+                att_amax.amax = te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN);
+            }
+            if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n,
+                                         calibrating && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_ATTENTION) ? &att_amax : NULL)))
+                return r;
+            if (calibrating && !att_amax.done &&
+                (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, att_amax.scale, att_amax.amax)))
+                return r;
+        }
         if (small) r = te_llama__gemv_store(ctx, P[4].data, ctx->att, ctx->x, h, n, q_dim, 1, fold_norm ? (const te_llama__bf16 *)P[5].data : NULL);
         else r = te_llama__gemm(ctx, P[4].data, ctx->att, ctx->x, CUDA_R_32F, h, n, q_dim, 1);
         if (r) return r;
@@ -4342,7 +4388,7 @@ static te_llama_result te_llama__t_forward(te_llama_model *m, te_llama__cuda *ct
         te_llama__rope_kv(ctx->stream, qkv, a->rope, pos, seq, kc, vc, n, nh, nkv, hd, T);
         TE_LLAMA__LAUNCHED(rope_kv);
         if (hd == 64 || hd == 128) {
-            if ((r = te_llama__flash_prefill(ctx, 1, qkv, (const int4 *)(a->ints + 4 * cap), n_tiles, kc, vc, att, lse, nh, nkv, hd, T,
+            if ((r = te_llama__flash_prefill(ctx, 1, qkv, (const int4 *)(a->ints + 4 * cap), n_tiles, kc, vc, att, lse, NULL, nh, nkv, hd, T,
                                              scale * 1.4426950408889634f)))
                 return r;
         } else {
@@ -4868,15 +4914,20 @@ done:
    a prefill has them) over host K/V caches (n_seq, max_len, kv_dim) bf16 bits, with the model's head shape
    (head_dim 64 or 128); kernel 0: te_llama__flash_prefill_kernel (mma.sync), 1: te_llama__flash_wgmma_kernel
    (TE_LLAMA_ERR_UNSUPPORTED where the device does not run it). q in QKV rows (n, q_dim + 2 kv_dim) fp32; out (n,
-   q_dim) bf16 bits; lse (n_seq, heads, max_len) the rows' log-sum-exp as training keeps it, or NULL. */
+   q_dim) bf16 bits; lse (n_seq, heads, max_len) the rows' log-sum-exp as training keeps it, or NULL. With q_amax
+   (FP8, proj's input: te_llama__att_fp8), *q_amax is raised to the output's largest |bf16| and, with out_q, the
+   output comes quantised there, (n, q_dim) e4m3(float(bf16(o)) * q_scale), and out is left alone. */
 extern "C" te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *model, int kernel, int n, int max_len, int n_seq,
                                                                const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                               const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse) {
+                                                               const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse,
+                                                               float q_scale, uint8_t *out_q, float *q_amax) {
     te_llama__cuda *ctx = NULL;
     te_llama_result r;
     te_llama_batch b;
+    te_llama__att_fp8 att_q = {NULL, NULL, NULL, 0};
     te_llama__bf16 *d_kc = NULL, *d_vc = NULL;
-    float *d_lse = NULL;
+    float *d_lse = NULL, *d_q_state = NULL; /* scale, amax */
+    uint8_t *d_q = NULL;
     int32_t *tokens = NULL;
     int i, hd, nh, nkv, cap, n_rows = 0, n_tiles = 0;
     size_t cache_elems, lse_elems;
@@ -4909,16 +4960,30 @@ extern "C" te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *
                                       ctx->stream), done);
     if (lse) TE_LLAMA__CU_GOTO(cudaMemsetAsync(d_lse, 0, sizeof(float) * lse_elems, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaMemsetAsync(ctx->att, 0xff, sizeof(te_llama__bf16) * (size_t)n * nh * hd, ctx->stream), done); /* NaN */
+    if (q_amax) {
+        const float state[2] = {q_scale, *q_amax};
+        TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_q_state, sizeof state), done);
+        TE_LLAMA__CU_GOTO(cudaMemcpyAsync(d_q_state, state, sizeof state, cudaMemcpyHostToDevice, ctx->stream), done);
+        if (out_q) {
+            TE_LLAMA__CU_GOTO(cudaMalloc((void **)&d_q, (size_t)n * nh * hd), done);
+            TE_LLAMA__CU_GOTO(cudaMemsetAsync(d_q, 0x7f, (size_t)n * nh * hd, ctx->stream), done); /* NaN */
+        }
+        att_q.out = d_q; att_q.scale = d_q_state; att_q.amax = d_q_state + 1;
+    }
     if ((r = te_llama__flash_prefill(ctx, kernel, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), n_tiles, d_kc, d_vc, ctx->att,
-                                     d_lse, nh, nkv, hd, max_len, 1.0f / sqrtf((float)hd) * 1.4426950408889634f)))
+                                     d_lse, q_amax ? &att_q : NULL, nh, nkv, hd, max_len, 1.0f / sqrtf((float)hd) * 1.4426950408889634f)))
         goto done;
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
     if (lse) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(lse, d_lse, sizeof(float) * lse_elems, cudaMemcpyDeviceToHost, ctx->stream), done);
+    if (q_amax) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(q_amax, d_q_state + 1, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream), done);
+    if (out_q) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out_q, d_q, (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
 done:
     cudaFree(d_kc);
     cudaFree(d_vc);
     cudaFree(d_lse);
+    cudaFree(d_q_state);
+    cudaFree(d_q);
     free(tokens);
     return r;
 }
@@ -4939,9 +5004,9 @@ done:
 
    WHAT THE FORWARD CALLS, per GEMM g of layer l (delayed scaling, as te_llama__fp8_gemm on the CPU)
      The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:
-     te_llama__rmsnorm_fp8 before QKV and FC1, te_llama__cast_fp8 of the attention output before PROJ (in a decode
-     step the decode attention's own output, te_llama__att_fp8),
-     te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the E4M3 GEMV (te_llama__layer_fp8) with
+     te_llama__rmsnorm_fp8 before QKV and FC1, the attention kernel itself before PROJ (the prefill's tensor-core
+     kernels and te_llama__decode_attention2_kernel, te_llama__att_fp8; the other attention kernels' bf16 output
+     goes through te_llama__cast_fp8), te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the E4M3 GEMV (te_llama__layer_fp8) with
      te_llama__fp8_weight(ctx, l, g) and the two scale_inv pointers. The OUTPUT states' amaxes are recorded only
      by te_llama_cuda_test_fp8_layer_gemm (te_llama__amax on a GEMM's own output); the forward leaves them. After each
      forward or decode step, captured graphs included, te_llama__fp8_end_step_dev updates every input and
@@ -5704,10 +5769,10 @@ int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
     return m && m->backend ? te_llama__fp8_calibrating((const te_llama__cuda *)m->backend) : 0;
 }
 
-/* Which fusions an FP8 decode step uses, so that a test can compare each with the separate kernel it replaces:
-   bit 0 (1) proj's input quantised by the decode attention (te_llama__att_fp8; off: te_llama__cast_fp8), bit 1 (2)
-   one token's rmsnorms folded into the GEMVs (te_llama__gemv_norm_fp8; off: te_llama__rmsnorm_fp8). 3 is the
-   default. */
+/* Which fusions an FP8 forward uses, so that a test can compare each with the separate kernel it replaces: bit 0
+   (1) proj's input quantised (and, calibrating, its amax taken) by the attention kernels (te_llama__att_fp8; off:
+   te_llama__cast_fp8), bit 1 (2) one token's rmsnorms folded into the GEMVs (te_llama__gemv_norm_fp8; off:
+   te_llama__rmsnorm_fp8). 3 is the default. */
 te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int fused) {
     if (!m || !m->backend) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_fused: not a CUDA model");
     ((te_llama__cuda *)m->backend)->fp8_unfused = (fused & 1 ? 0 : TE_LLAMA__FP8_UNFUSED_ATTENTION) | (fused & 2 ? 0 : TE_LLAMA__FP8_UNFUSED_NORMS);

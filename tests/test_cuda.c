@@ -1252,7 +1252,42 @@ static void test_decode_attention(void) {
 
 te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *model, int kernel, int n, int max_len, int n_seq,
                                                      const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                     const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse);
+                                                     const uint16_t *kc, const uint16_t *vc, uint16_t *out, float *lse,
+                                                     float q_scale, uint8_t *out_q, float *q_amax);
+
+/* The prefill attention's FP8 output (te_llama__att_fp8) against its own bf16 output got (n x qd) of the same
+   kernel: calibrating, the bf16 output unchanged and the amax its largest |value|; as proj's E4M3 input, the bytes
+   te_llama__f32_to_fp8(float(bf16) * scale) (the cast kernel's) at a scale that saturates the largest values, and
+   the same amax. Both amaxes start from 0.25, which an atomic max has to keep or pass. Returns the differences. */
+static int check_prefill_attention_fp8(te_llama_model *gpu, int kernel, int n, int max_len, int n_seq, const int32_t *pos,
+                                       const int32_t *seq, const float *q, const uint16_t *kc, const uint16_t *vc,
+                                       const uint16_t *got, int qd) {
+    const size_t count = (size_t)n * qd;
+    uint16_t *again = (uint16_t *)malloc(sizeof(uint16_t) * count);
+    uint8_t *bytes = (uint8_t *)malloc(count);
+    float ref_amax = 0.25f, amax_cal = 0.25f, amax_q = 0.25f, scale;
+    size_t i;
+    int bad = 0;
+    if (!again || !bytes) { free(again); free(bytes); return 1; }
+    for (i = 0; i < count; i++) {
+        const float v = fabsf(te_llama__bf16_to_f32(got[i]));
+        if (v > ref_amax) ref_amax = v;
+    }
+    scale = 2.0f * 448.0f / ref_amax; /* the upper half of the range saturates */
+    CHECK_RESULT(te_llama_cuda_test_prefill_attention(gpu, kernel, n, max_len, n_seq, pos, seq, q, kc, vc, again, NULL, scale, NULL,
+                                                      &amax_cal), TE_LLAMA_OK);
+    bad += memcmp(again, got, sizeof(uint16_t) * count) != 0;
+    bad += amax_cal != ref_amax;
+    CHECK_RESULT(te_llama_cuda_test_prefill_attention(gpu, kernel, n, max_len, n_seq, pos, seq, q, kc, vc, again, NULL, scale, bytes,
+                                                      &amax_q), TE_LLAMA_OK);
+    for (i = 0; i < count; i++) bad += bytes[i] != te_llama__f32_to_fp8(te_llama__bf16_to_f32(got[i]) * scale, 0);
+    bad += amax_q != ref_amax;
+    CHECK(bad == 0, "prefill attention (%s) FP8 output: %d differences from its bf16 output cast (amax calibrating %.9g, "
+          "quantising %.9g, host %.9g)", kernel ? "wgmma" : "mma.sync", bad, amax_cal, amax_q, ref_amax);
+    free(again);
+    free(bytes);
+    return bad;
+}
 
 /* The two tensor-core prefill attention kernels (mma.sync, and wgmma where the device runs sm_90a code) against
    attention in double precision over the same bf16 K/V and bf16-rounded q, as both kernels round q: head_dim 64
@@ -1262,7 +1297,8 @@ te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *model, int 
    are rounded to bf16 for P V (2^-9 relative each, so up to 2^-9 of sum p|v| / sum p; twice that allowed) plus
    the output's own bf16 rounding; the log-sum-exp (training's) within 1e-5 of the reference's. The kernels
    against each other: within the same bound (each rounds its own P: the wgmma kernel forms the exponent with an
-   fma, the mma.sync one with a multiply then a subtraction, so a probability may round to the other bf16). */
+   fma, the mma.sync one with a multiply then a subtraction, so a probability may round to the other bf16). Each
+   kernel's FP8 output (proj's E4M3 input and amax) against its bf16 output: check_prefill_attention_fp8. */
 static void test_prefill_attention(void) {
     static const int shapes[][2] = {{64, 1}, {64, 2}, {64, 4}, {128, 1}, {128, 2}, {128, 4}};
     enum { MAX_LEN = 320, N_SEQ = 3, NKV = 2, N = 300 + 200 + 77 };
@@ -1279,7 +1315,7 @@ static void test_prefill_attention(void) {
         float *q = (float *)malloc(sizeof(float) * (size_t)N * row), *lse = (float *)malloc(sizeof(float) * lse_n * 2);
         double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst[2] = {0.0, 0.0}, worst_lse[2] = {0.0, 0.0}, worst_pair = 0.0;
         int32_t pos[N], seq[N];
-        int bad[2] = {0, 0}, bad_pair = 0, kernels = 1, k, t, h, d, j;
+        int bad[2] = {0, 0}, fp8_bad[2] = {0, 0}, bad_pair = 0, kernels = 1, k, t, h, d, j;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
         gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !lse || !p) goto next;
@@ -1288,10 +1324,11 @@ static void test_prefill_attention(void) {
             pos[t] = t < 300 ? t : t < 500 ? 100 + t - 300 : t - 500;
             seq[t] = t < 300 ? 1 : t < 500 ? 0 : 2;
         }
-        CHECK_RESULT(te_llama_cuda_test_prefill_attention(gpu, 0, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, got, lse), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_cuda_test_prefill_attention(gpu, 0, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, got, lse, 0.0f, NULL, NULL),
+                     TE_LLAMA_OK);
         {
             const te_llama_result r = te_llama_cuda_test_prefill_attention(gpu, 1, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc,
-                                                                           got + (size_t)N * qd, lse + lse_n);
+                                                                           got + (size_t)N * qd, lse + lse_n, 0.0f, NULL, NULL);
             if (r == TE_LLAMA_OK) kernels = 2, wgmma_ran++;
             else if (r == TE_LLAMA_ERR_UNSUPPORTED) wgmma_missing++;
             else CHECK(0, "wgmma prefill attention: %s", te_llama_last_error());
@@ -1339,11 +1376,13 @@ static void test_prefill_attention(void) {
                     }
                 }
             }
+        for (k = 0; k < kernels; k++)
+            fp8_bad[k] = check_prefill_attention_fp8(gpu, k, N, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, got + (size_t)k * N * qd, qd);
         printf("  prefill attention, head_dim %d, %d query heads a kv head, %d tokens: mma.sync %d off (worst %.2f of the "
-               "bound, lse %.2f)", hd, G, N, bad[0], worst[0], worst_lse[0]);
+               "bound, lse %.2f; FP8 output %d off its cast)", hd, G, N, bad[0], worst[0], worst_lse[0], fp8_bad[0]);
         if (kernels == 2)
-            printf("; wgmma %d off (worst %.2f, lse %.2f); the two apart: %d off (worst %.2f)\n", bad[1], worst[1], worst_lse[1],
-                   bad_pair, worst_pair);
+            printf("; wgmma %d off (worst %.2f, lse %.2f; FP8 output %d off); the two apart: %d off (worst %.2f)\n", bad[1], worst[1],
+                   worst_lse[1], fp8_bad[1], bad_pair, worst_pair);
         else
             printf("; wgmma not run on this device\n");
         CHECK(bad[0] == 0, "prefill attention (mma.sync) hd %d G %d: %d elements beyond the bound (worst %.2f x)", hd, G, bad[0], worst[0]);
@@ -1863,8 +1902,9 @@ static int fp8_decode_batches(te_llama_model *m, te_llama_kv_cache *cache, const
 }
 
 /* FP8 decode of S sequences batched (2-16 tokens a step) and of a short one (its attention a single split, no
-   merge): the GPU against the CPU emulation of the same forwards, and proj's input quantised by the decode
-   attention against te_llama__cast_fp8 (the same arithmetic: bit-identical logits). e_q: FP8 vs BF16 on the CPU. */
+   merge): the GPU against the CPU emulation of the same forwards, and proj's input quantised by the attention
+   kernels (the decode steps', and the prompts' where they take the tensor-core prefill kernels, calibrating too)
+   against te_llama__cast_fp8 (the same arithmetic: bit-identical logits). e_q: FP8 vs BF16 on the CPU. */
 static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_llama_model *gpu, const int32_t *tokens,
                                    const int *lens, int S, double e_q) {
     enum { STEPS = 6 };
@@ -1890,7 +1930,7 @@ static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_lla
     CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 2), TE_LLAMA_OK);
     ok = fp8_decode_batches(gpu, cg, tokens, lens, S, STEPS, lu) && memcmp(lu, lg, sizeof(float) * count) == 0;
     CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
-    CHECK(ok, "%s: FP8 decode: the decode attention's quantised output and te_llama__cast_fp8's give different logits", name);
+    CHECK(ok, "%s: FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits", name);
     printf("  fp8 forward: %s: %d FP8 decode steps of %d token%s: worst GPU vs CPU emulation rel L2 %.2e; with proj's "
            "input cast by a separate kernel: logits %s\n", name, STEPS, S, S > 1 ? "s" : "", worst,
            ok ? "bit-identical" : "DIFFERENT");
@@ -1964,8 +2004,9 @@ static void test_fp8_forward(void) {
     printf("  fp8 forward: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", STEPS, worst);
     CHECK(worst < 0.9 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
     /* Each fusion of the FP8 decode step against the separate kernel it replaces, from fresh states calibrated
-       alike. proj's input quantised by the decode attention against te_llama__cast_fp8 after it: the same
-       arithmetic, so the same logits to the bit at every step. The rmsnorms folded into QKV and fc1 against
+       alike. proj's input quantised by the attention kernels (the prompt's tensor-core prefill, calibrating and
+       in FP8, and every decode step's) against te_llama__cast_fp8 after them: the same arithmetic, so the same
+       logits to the bit at every step. The rmsnorms folded into QKV and fc1 against
        te_llama__rmsnorm_fp8: the same arithmetic but for inv, whose sum of squares is added in another order, so
        an e4m3 rounding may flip where y s lies within an ulp of a boundary: close logits, and the inputs' amaxes
        (their states' histories) equal to float rounding. */
@@ -1983,7 +2024,7 @@ static void test_fp8_forward(void) {
         same = fp8_decode_batches(gpu, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
         printf("  fp8 forward: the same %d steps with proj's input cast by a separate kernel: logits %s\n", STEPS,
                same ? "bit-identical" : "DIFFERENT");
-        CHECK(same, "FP8 decode: the decode attention's quantised output and te_llama__cast_fp8's give different logits");
+        CHECK(same, "FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits");
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 1), TE_LLAMA_OK);
         CHECK(fp8_decode_batches(gpu, cg, prompt, &len, 1, STEPS, lb), "FP8 decode: %s", te_llama_last_error());
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
