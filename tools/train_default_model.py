@@ -71,6 +71,11 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--hidden", type=int, default=256, help="the model's shape (defaults: the shipped model's)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=704)
     ap.add_argument("--references-only", action="store_true", help="only rewrite the golden references of --out")
     args = ap.parse_args()
     if args.references_only:
@@ -92,8 +97,9 @@ def main():
     held_ids = torch.tensor(tok.encode(held_text, add_special_tokens=False).ids, dtype=torch.long)
     print(f"tokenizer: {tok.get_vocab_size()} tokens; train {len(train_ids)} tokens, held out {len(held_ids)}", flush=True)
 
-    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=704, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                         max_position_embeddings=1024,
                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          bos_token_id=tok.token_to_id(BOS), eos_token_id=tok.token_to_id(EOS))
     model = LlamaForCausalLM(config).to(dev)
@@ -161,7 +167,7 @@ A small Llama trained by `tools/train_default_model.py` so that te_llama works o
 | --- | --- |
 | data | Jane Austen's six novels (`../shared/data/austen/austen.txt`, public domain); the last 5% held out |
 | tokenizer | byte-level BPE, Llama 3 pre-tokenizer regex, {tok.get_vocab_size()} tokens, trained by HF `tokenizers` |
-| model | LlamaForCausalLM, {n_params / 1e6:.2f} M parameters: 6 layers, hidden 256, 8 heads / 4 KV heads, intermediate 704, rope_theta 500000, tied embeddings |
+| model | LlamaForCausalLM, {n_params / 1e6:.2f} M parameters: {args.layers} layers, hidden {args.hidden}, {args.heads} heads / {args.kv_heads} KV heads, intermediate {args.intermediate}, rope_theta 500000, tied embeddings |
 | weights | bfloat16, {len(shards)} shards, {size / 1e6:.1f} MB in this directory |
 | training | {args.steps} steps of {args.batch} x {args.seq} tokens, AdamW lr {args.lr} cosine, bf16 autocast, {train_seconds:.0f} s on {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'} |
 | held-out perplexity | {ppl:.2f} (per token, bf16 weights, HF transformers) |
