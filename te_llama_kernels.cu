@@ -1393,6 +1393,12 @@ __device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[
         f[2 * e + 1] = v.y;
     }
 }
+/* 8 consecutive bf16 or fp32 (16-byte aligned) as floats */
+__device__ __forceinline__ void te_llama__load8(const te_llama__bf16 *p, float f[8]) { te_llama__bf16x8_to_f32(*(const uint4 *)p, f); }
+__device__ __forceinline__ void te_llama__load8(const float *p, float f[8]) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
 
 template <int HD, int G, int KPS>
 __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
@@ -3792,16 +3798,47 @@ __global__ void te_llama__t_rope_back_kernel(const float *dqkv, const float *rop
     }
 }
 
-/* SwiGLU backward: act = silu(g) u with g, u the bf16 fc1 outputs; dfc1 = (d act u silu'(g), d act silu(g)) in bf16,
-   silu'(g) = s (1 + g (1 - s)), s = sigmoid(g). Grid-stride: reads n 2I bf16 + n I fp32, writes n 2I bf16. */
-__global__ void te_llama__t_swiglu_back_kernel(const te_llama__bf16 *fc1, const float *dact, te_llama__bf16 *dfc1, int n, int I) {
-    const size_t total = (size_t)n * I;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-        const size_t t = idx / I, i = idx - t * I, gi = t * 2 * I + i;
-        const float g = __bfloat162float(fc1[gi]), u = __bfloat162float(fc1[gi + I]), da = dact[idx];
-        const float s = 1.0f / (1.0f + expf(-g));
-        dfc1[gi] = __float2bfloat16(da * u * s * (1.0f + g * (1.0f - s)));
-        dfc1[gi + I] = __float2bfloat16(da * g * s);
+/* SwiGLU backward of one element: act = silu(g) u; *dg = d act u silu'(g), *du = d act silu(g), silu'(g) = s (1 + g
+   (1 - s)), s = sigmoid(g), in fp32. */
+__device__ __forceinline__ void te_llama__t_swiglu_back1(float g, float u, float da, float *dg, float *du) {
+    const float s = 1.0f / (1.0f + expf(-g));
+    *dg = da * u * s * (1.0f + g * (1.0f - s));
+    *du = da * g * s;
+}
+/* SwiGLU backward over n tokens: g, u the bf16 fc1 outputs (n, 2 I), d act (n, I) fp32; dfc1 (n, 2 I) =
+   (dg, du) in bf16 (te_llama__t_swiglu_back1). Grid te_llama__swiglu_grid, as the forward's kernel: no division,
+   8 elements a thread (16-byte loads and stores) when I is a multiple of 8, one otherwise. The first form, one
+   element a thread with a 64-bit division each, is what made the forward's kernel 57 us a layer of the 1B prefill
+   against 33 (bench/NOTES.md run 12). Reads n 2I bf16 + n I fp32, writes n 2I bf16. */
+__global__ void __launch_bounds__(TE_LLAMA__SWIGLU_THREADS)
+te_llama__t_swiglu_back_kernel(const te_llama__bf16 *fc1, const float *dact, te_llama__bf16 *dfc1, int n, int I) {
+    const int vec = I % 8 == 0, per_row = vec ? I / 8 : I;
+    for (int t = blockIdx.y; t < n; t += gridDim.y) {
+        const te_llama__bf16 *g = fc1 + (size_t)t * 2 * I, *u = g + I;
+        const float *da = dact + (size_t)t * I;
+        te_llama__bf16 *dg = dfc1 + (size_t)t * 2 * I, *du = dg + I;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < per_row; c += gridDim.x * blockDim.x) {
+            if (!vec) {
+                float a, b;
+                te_llama__t_swiglu_back1(__bfloat162float(g[c]), __bfloat162float(u[c]), da[c], &a, &b);
+                dg[c] = __float2bfloat16(a);
+                du[c] = __float2bfloat16(b);
+                continue;
+            }
+            float gf[8], uf[8], df[8], a[8], b[8];
+            te_llama__load8(g + 8 * (size_t)c, gf);
+            te_llama__load8(u + 8 * (size_t)c, uf);
+            te_llama__load8(da + 8 * (size_t)c, df);
+#pragma unroll
+            for (int e = 0; e < 8; e++) te_llama__t_swiglu_back1(gf[e], uf[e], df[e], &a[e], &b[e]);
+            uint4 pa, pb;
+            pa.x = te_llama__pack_bf16(a[0], a[1]); pa.y = te_llama__pack_bf16(a[2], a[3]);
+            pa.z = te_llama__pack_bf16(a[4], a[5]); pa.w = te_llama__pack_bf16(a[6], a[7]);
+            pb.x = te_llama__pack_bf16(b[0], b[1]); pb.y = te_llama__pack_bf16(b[2], b[3]);
+            pb.z = te_llama__pack_bf16(b[4], b[5]); pb.w = te_llama__pack_bf16(b[6], b[7]);
+            *(uint4 *)(dg + 8 * (size_t)c) = pa;
+            *(uint4 *)(du + 8 * (size_t)c) = pb;
+        }
     }
 }
 
@@ -4459,7 +4496,6 @@ static te_llama_result te_llama__t_backward(te_llama_model *m, te_llama__cuda *c
     const int q_dim = nh * hd, kv_dim = nkv * hd, ld = q_dim + 2 * kv_dim, I = c->intermediate_size, cap = a->cap;
     const int np = te_llama_num_parameters(m), norm_idx = c->tie_word_embeddings ? np - 1 : np - 2;
     const float scale = 1.0f / sqrtf((float)hd);
-    const int swiglu_blocks = (int)(((size_t)n * I + 255) / 256 < 4096 ? ((size_t)n * I + 255) / 256 : 4096);
     te_llama_result r;
     int l, pidx = 1 + 8 * L;
 #define TE_LLAMA__G(i) (st->grad + st->off[(i)])
@@ -4478,7 +4514,7 @@ static te_llama_result te_llama__t_backward(te_llama_model *m, te_llama__cuda *c
         if ((r = te_llama__t_to_bf16(ctx, a->dx, a->dxb, (size_t)n * h))) return r;
         if ((r = te_llama__gemm_op(ctx, 0, 0, P[7].data, a->dxb, NULL, a->dact, CUDA_R_32F, I, n, h, 0))) return r;
         if ((r = te_llama__gemm_op(ctx, 0, 1, act, a->dxb, TE_LLAMA__G(pidx + 7), TE_LLAMA__G(pidx + 7), CUDA_R_32F, I, h, n, 1))) return r;
-        te_llama__t_swiglu_back_kernel<<<swiglu_blocks, 256, 0, ctx->stream>>>(fc1, a->dact, a->dfc1, n, I);
+        te_llama__t_swiglu_back_kernel<<<te_llama__swiglu_grid(n, I), TE_LLAMA__SWIGLU_THREADS, 0, ctx->stream>>>(fc1, a->dact, a->dfc1, n, I);
         TE_LLAMA__LAUNCHED(t_swiglu_back);
         if ((r = te_llama__gemm_op(ctx, 0, 0, P[6].data, a->dfc1, NULL, a->dxn, CUDA_R_32F, h, n, 2 * I, 0))) return r;
         if ((r = te_llama__gemm_op(ctx, 0, 1, xn2, a->dfc1, TE_LLAMA__G(pidx + 6), TE_LLAMA__G(pidx + 6), CUDA_R_32F, h, 2 * I, n, 1))) return r;
@@ -5143,11 +5179,6 @@ __device__ __forceinline__ uint8_t te_llama__e4m3_scaled(float v, float scale) {
 __device__ __forceinline__ float te_llama__to_f32(float v) { return v; }
 __device__ __forceinline__ float te_llama__to_f32(te_llama__bf16 v) { return __bfloat162float(v); }
 /* 8 consecutive elements (16-byte aligned) as floats: one 16-byte load of bf16, two of fp32 */
-__device__ __forceinline__ void te_llama__load8(const te_llama__bf16 *p, float f[8]) { te_llama__bf16x8_to_f32(*(const uint4 *)p, f); }
-__device__ __forceinline__ void te_llama__load8(const float *p, float f[8]) {
-    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
-}
 
 /* Raise *amax to the block's largest |x|. mx: this thread's running maximum, kept as `if (|x| > mx) mx = |x|`
    from 0, so NaN never enters it (the CPU's rule) and it is >= 0. Every thread of the block calls it (a block
