@@ -2850,11 +2850,12 @@ static te_llama_result te_llama__gemv_fp8(te_llama__cuda *ctx, const uint8_t *W,
 /* One decoder layer in FP8 (TE's fp8_autocast with the model's recipe, as the CPU's te_llama__fp8_gemm emulates
    it): each GEMM input is quantised by the kernel that produces it, with its INPUT state's delayed scale, which
    also raises the state's amax: the rmsnorms before QKV and fc1, the attention before proj (the prefill's
-   tensor-core kernels and a decode step's kernel themselves, else a cast of its output), and SwiGLU before fc2. Up to 16 tokens (decode) every GEMM
-   is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's input quantisation in fc1's; for one
-   token the rmsnorms (but layer 0's first) fold into the GEMVs around them: proj and fc2 write the residual
-   stream's sums of squares, and QKV and fc1 make their E4M3 input from it (te_llama__gemv_norm_fp8: 8B decode
-   370.7 tok/s against 365.6 with the two norm kernels, 1B 1384 against 1289; bench/NOTES.md run 11). More tokens
+   tensor-core kernels and a decode step's kernel themselves, else a cast of its output), and SwiGLU before fc2.
+   Up to 16 tokens (decode) every GEMM is the E4M3 GEMV, RoPE + KV store in QKV's epilogue and SwiGLU + fc2's
+   input quantisation in fc1's; for one token the rmsnorms (but layer 0's first) fold into the GEMVs around them:
+   proj and fc2 write the residual stream's sums of squares, and QKV and fc1 make their E4M3 input from it
+   (te_llama__gemv_norm_fp8: 8B decode 370.7 tok/s against 365.6 with the two norm kernels, 1B 1384 against 1289;
+   bench/NOTES.md run 11). More tokens
    (prefill) take cuBLASLt's FP8 GEMM (te_llama__gemm_fp8: QKV to fp32 then the RoPE + KV kernel, proj and fc2
    added into the residual stream, fc1 to bf16 then te_llama__swiglu_fp8); if cuBLASLt has no FP8 algorithm for a
    shape, the GEMV 16 tokens at a time instead. The E4M3 inputs live in the bf16 buffers xn and act, which they
@@ -5042,8 +5043,8 @@ done:
      The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:
      te_llama__rmsnorm_fp8 before QKV and FC1, the attention kernel itself before PROJ (the prefill's tensor-core
      kernels and te_llama__decode_attention2_kernel, te_llama__att_fp8; the other attention kernels' bf16 output
-     goes through te_llama__cast_fp8), te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the E4M3 GEMV (te_llama__layer_fp8) with
-     te_llama__fp8_weight(ctx, l, g) and the two scale_inv pointers. The OUTPUT states' amaxes are recorded only
+     goes through te_llama__cast_fp8), te_llama__swiglu_fp8 (or the fc1 GEMV's epilogue) before FC2. Then the
+     E4M3 GEMV (te_llama__layer_fp8) with te_llama__fp8_weight(ctx, l, g) and the two scale_inv pointers. The OUTPUT states' amaxes are recorded only
      by te_llama_cuda_test_fp8_layer_gemm (te_llama__amax on a GEMM's own output); the forward leaves them. After each
      forward or decode step, captured graphs included, te_llama__fp8_end_step_dev updates every input and
      output state. While calibrating (te_llama__fp8_dev.calibrating) the CPU runs its GEMMs in high precision
