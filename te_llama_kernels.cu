@@ -5010,10 +5010,10 @@ extern "C" te_llama_result te_llama_cuda_test_prefill_attention(te_llama_model *
     if ((r = te_llama__flash_prefill(ctx, kernel, ctx->qkv, (const int4 *)(ctx->ints + 4 * cap), n_tiles, d_kc, d_vc, ctx->att,
                                      d_lse, q_amax ? &att_q : NULL, nh, nkv, hd, max_len, 1.0f / sqrtf((float)hd) * 1.4426950408889634f)))
         goto done;
-    TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
+    if (!d_q) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
     if (lse) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(lse, d_lse, sizeof(float) * lse_elems, cudaMemcpyDeviceToHost, ctx->stream), done);
     if (q_amax) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(q_amax, d_q_state + 1, sizeof(float), cudaMemcpyDeviceToHost, ctx->stream), done);
-    if (out_q) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out_q, d_q, (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
+    if (d_q) TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out_q, d_q, (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
 done:
     cudaFree(d_kc);
@@ -5257,17 +5257,15 @@ te_llama__swiglu_kernel(const T *mlp, uint8_t *out, te_llama__bf16 *out_bf16, in
             float gf[8], uf[8];
             te_llama__load8(g + 8 * (size_t)c, gf);
             te_llama__load8(u + 8 * (size_t)c, uf);
-            uint2 q;
-            uint4 b;
+            uint2 q = make_uint2(0u, 0u);
+            uint4 b = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-            for (int e = 0; e < 8; e += 2) {
+            for (int e = 0; e < 8; e += 2) { /* only the outputs asked for: the BF16 step wants no E4M3, FP8 no bf16 */
                 const float y0 = te_llama__silu_mul(gf[e], uf[e]), y1 = te_llama__silu_mul(gf[e + 1], uf[e + 1]);
                 if (fabsf(y0) > mx) mx = fabsf(y0);
                 if (fabsf(y1) > mx) mx = fabsf(y1);
-                const unsigned pair = (unsigned)te_llama__e4m3_scaled(y0, s) | (unsigned)te_llama__e4m3_scaled(y1, s) << 8;
-                if (e < 4) q.x = e == 0 ? pair : q.x | pair << 16;
-                else q.y = e == 4 ? pair : q.y | pair << 16;
-                (&b.x)[e / 2] = te_llama__pack_bf16(y0, y1);
+                if (out) (&q.x)[e / 4] |= ((unsigned)te_llama__e4m3_scaled(y0, s) | (unsigned)te_llama__e4m3_scaled(y1, s) << 8) << (e % 4 * 8);
+                if (out_bf16) (&b.x)[e / 2] = te_llama__pack_bf16(y0, y1);
             }
             if (out) *(uint2 *)(out + i) = q;
             if (out_bf16) *(uint4 *)(out_bf16 + i) = b;
