@@ -240,6 +240,7 @@ static void te_llama__fp8_release(te_llama_model *m, te_llama__cuda *ctx);
 static void te_llama__tact_free(te_llama__cuda *ctx); /* the training section's activations */
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx);
 static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx);
+static inline int te_llama__fp8_layer(const te_llama__cuda *ctx, int l);
 static inline uint8_t *te_llama__fp8_weight(const te_llama__cuda *ctx, int l, int g);
 static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
@@ -2873,7 +2874,9 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     const float eps = (float)c->rms_norm_eps;
     const int IN = TE_LLAMA_FP8_INPUT, WT = TE_LLAMA_FP8_WEIGHT, QKV = TE_LLAMA_FP8_QKV, PROJ = TE_LLAMA_FP8_PROJ;
     const int FC1 = TE_LLAMA_FP8_FC1, FC2 = TE_LLAMA_FP8_FC2, fast = te_llama__fp8_fast_accum(ctx);
+    /* one token: the norms fold into the GEMVs, across layers only between FP8 layers (te_llama__layers) */
     const int fold = n == 1 && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_NORMS);
+    const int fold_in = fold && te_llama__fp8_layer(ctx, l - 1), fold_out = fold && te_llama__fp8_layer(ctx, l + 1);
     int lt = n > TE_LLAMA__GEMV_MAX_N && !ctx->fp8_gemm_unsupported;
     te_llama__att_fp8 att_q = {NULL, NULL, NULL, 0};
     te_llama__gemv_args ga;
@@ -2899,7 +2902,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         }
     }
     /* attention block */
-    if ((!fold || l == 0) && (r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
+    if (!fold_in && (r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, xq, NULL, n, h, eps,
                                                         te_llama__fp8_scale(ctx, l, QKV, IN), te_llama__fp8_amax(ctx, l, QKV, IN))))
         return r;
     memset(&ga, 0, sizeof ga);
@@ -2908,7 +2911,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
     ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = ctx->ints + cap; ga.seq = ctx->ints + 2 * cap;
     ga.kc = kv->k + (size_t)l * layer_elems; ga.vc = kv->v + (size_t)l * layer_elems;
     ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
-    if (fold && l > 0) { /* from fc2's sums of squares (the layer before) */
+    if (fold_in) { /* from fc2's sums of squares (the layer before) */
         ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; ga.norm_w = (const te_llama__bf16 *)P[0].data; ga.norm_x = ctx->x;
         ga.x_scale = te_llama__fp8_scale(ctx, l, QKV, IN); ga.x_amax = te_llama__fp8_amax(ctx, l, QKV, IN);
     }
@@ -2949,7 +2952,7 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         }
         if ((r = te_llama__gemv_fp8_chunks<TE_LLAMA__EPI_SWIGLU>(ctx, ga, I / 16, n))) return r;
         r = te_llama__gemv_fp8(ctx, TE_LLAMA__W(FC2), actq, te_llama__fp8_scale_inv(ctx, l, FC2, IN), ctx->x, h, n, I, 1,
-                               fold && l + 1 < c->num_hidden_layers ? ctx->norm_ss : NULL);
+                               fold_out ? ctx->norm_ss : NULL);
     }
 #undef TE_LLAMA__W
 #undef TE_LLAMA__LTW
@@ -3006,23 +3009,28 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
     for (l = 0; l < c->num_hidden_layers; l++) {
         const te_llama_param *P = m->layers[l]->params;
         te_llama__bf16 *kc = kv->k + (size_t)l * layer_elems, *vc = kv->v + (size_t)l * layer_elems;
-        if (fp8 && !calibrating) {
+        /* a layer the recipe keeps out of FP8 runs here as with FP8 off, and the norms fold across a layer boundary
+           only where both layers run here (te_llama__layer_fp8 folds between FP8 layers alike) */
+        const int layer_fp8 = te_llama__fp8_layer(ctx, l), cal = calibrating && layer_fp8;
+        const int fold_in = fold_norm && l > 0 && !te_llama__fp8_layer(ctx, l - 1);
+        const int fold_out = fold_norm && l + 1 < c->num_hidden_layers && !te_llama__fp8_layer(ctx, l + 1);
+        if (layer_fp8 && !calibrating) {
             if ((r = te_llama__layer_fp8(m, ctx, cache, l, n, a))) return r;
             continue;
         }
         /* attention block: x += proj(attention(rope(qkv(rmsnorm(x))))) */
         r = TE_LLAMA_OK;
-        if (calibrating)
+        if (cal)
             r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[0].data, NULL, ctx->xn, n, h, eps,
                                       te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_QKV, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_QKV, IN));
-        else if (!fold_norm || l == 0)
+        else if (!fold_in)
             te_llama__launch(ctx, te_llama__rmsnorm_kernel, dim3((unsigned)n), dim3((unsigned)norm_threads), 0, ctx->x, (const int32_t *)NULL,
                              (const te_llama__bf16 *)P[0].data, ctx->xn, h, eps);
         if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if (small) {
             ga.w = P[1].data; ga.x = ctx->xn; ga.m = q_dim + 2 * kv_dim; ga.k = h;
-            ga.ss_in = fold_norm && l > 0 ? ctx->norm_ss : NULL; ga.ss_parts = h / 16; ga.eps = eps; /* fc2's blocks */
+            ga.ss_in = fold_in ? ctx->norm_ss : NULL; ga.ss_parts = h / 16; ga.eps = eps; /* fc2's blocks */
             ga.qkv = ctx->qkv; ga.rope = ctx->rope; ga.pos = pos; ga.seq = seq; ga.kc = kc; ga.vc = vc;
             ga.n_heads = nh; ga.n_kv = nkv; ga.hd = hd; ga.max_len = cache->max_len;
             if ((r = te_llama__gemv<TE_LLAMA__EPI_ROPE_KV, false>(ctx, ga, ga.m / 16))) return r;
@@ -3033,14 +3041,14 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         }
         {   /* calibrating: proj's input amax, by the prefill attention itself where it can (te_llama__att_fp8) */
             te_llama__att_fp8 att_amax = {NULL, NULL, NULL, 0};
-            if (calibrating) {
+            if (cal) {
                 att_amax.scale = te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_PROJ, IN);
                 att_amax.amax = te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_PROJ, IN);
             }
             if ((r = te_llama__attention(m, ctx, a, kc, vc, cache->max_len, n,
-                                         calibrating && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_ATTENTION) ? &att_amax : NULL)))
+                                         cal && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_ATTENTION) ? &att_amax : NULL)))
                 return r;
-            if (calibrating && !att_amax.done &&
+            if (cal && !att_amax.done &&
                 (r = te_llama__cast_fp8(ctx, ctx->att, NULL, (size_t)n * q_dim, att_amax.scale, att_amax.amax)))
                 return r;
         }
@@ -3049,7 +3057,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if (r) return r;
         /* MLP block: x += fc2(silu(gate) * up), gate and up from fc1(rmsnorm(x)) */
         r = TE_LLAMA_OK;
-        if (calibrating)
+        if (cal)
             r = te_llama__rmsnorm_fp8(ctx, ctx->x, NULL, (const te_llama__bf16 *)P[5].data, NULL, ctx->xn, n, h, eps,
                                       te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC1, IN), te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC1, IN));
         else if (!fold_norm)
@@ -3058,7 +3066,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         if (r) return r;
         TE_LLAMA__LAUNCHED(rmsnorm);
         if (small_mlp) { /* fc1 with SwiGLU in its epilogue (gate and up rounded to bf16 first, as cuBLASLt's are), fc2 */
-            const te_llama__bf16 *next = fold_norm && l + 1 < c->num_hidden_layers ? (const te_llama__bf16 *)m->layers[l + 1]->params[0].data : NULL;
+            const te_llama__bf16 *next = fold_out ? (const te_llama__bf16 *)m->layers[l + 1]->params[0].data : NULL;
             memset(&ga, 0, sizeof ga);
             ga.n = n; ga.w = P[6].data; ga.x = ctx->xn; ga.m = 2 * I; ga.k = h; ga.act = ctx->act; ga.inter = I;
             if (fold_norm) { ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; } /* proj's blocks */
@@ -3068,7 +3076,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
             continue;
         }
         if ((r = te_llama__gemm(ctx, P[6].data, ctx->xn, ctx->mlp, CUDA_R_16BF, 2 * I, n, h, 0))) return r;
-        if (calibrating) {
+        if (cal) {
             if ((r = te_llama__swiglu_fp8<te_llama__bf16>(ctx, ctx->mlp, NULL, ctx->act, n, I, te_llama__fp8_scale(ctx, l, TE_LLAMA_FP8_FC2, IN),
                                                           te_llama__fp8_amax(ctx, l, TE_LLAMA_FP8_FC2, IN))))
                 return r;
@@ -5068,7 +5076,8 @@ done:
 typedef struct te_llama__fp8_gemm_dev {
     size_t offset;              /* of its bytes in te_llama__fp8_dev.weights (256-byte aligned) */
     int rows, cols;             /* the bf16 parameter's shape */
-    const te_llama__bf16 *src;  /* the bf16 parameter (QKV: the fused buffer, which starts at query_weight) */
+    const te_llama__bf16 *src;  /* the bf16 parameter (QKV: the fused buffer, which starts at query_weight); NULL in a
+                                   layer the recipe keeps in BF16, which has no E4M3 bytes */
 } te_llama__fp8_gemm_dev;
 
 typedef struct te_llama__fp8_dev {
@@ -5095,6 +5104,12 @@ typedef struct te_llama__fp8_dev {
 /* FP8 on and calibrating (te_llama_fp8_calibrate): the GEMMs run in bf16, the producers still record amaxes. */
 static inline int te_llama__fp8_calibrating(const te_llama__cuda *ctx) {
     return ctx->fp8 && ((const te_llama__fp8_dev *)ctx->fp8)->calibrating;
+}
+/* Whether FP8 is on and layer l (0 .. n_layers - 1, else 0) runs in FP8: the recipe's bf16_layers_start and _end
+   keep layers out, whose GEMMs then run as with FP8 off. */
+static inline int te_llama__fp8_layer(const te_llama__cuda *ctx, int l) {
+    const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
+    return f && l >= 0 && l < f->n_layers && f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS].src != NULL;
 }
 /* Whether cuBLASLt's FP8 GEMMs accumulate fast (te_llama_fp8_recipe.fast_accum). */
 static inline int te_llama__fp8_fast_accum(const te_llama__cuda *ctx) {
@@ -5464,7 +5479,7 @@ static te_llama_result te_llama__fp8_quantize_weights(te_llama__cuda *ctx, te_ll
     TE_LLAMA__CU_GOTO(cudaMemsetAsync(amax_d, 0, sizeof(float) * (size_t)count, ctx->stream), done);
     for (i = 0; i < count; i++) {
         const te_llama__fp8_gemm_dev *g = &f->gemm[i];
-        if ((r = te_llama__amax(ctx, g->src, (size_t)g->rows * (size_t)g->cols, amax_d + i))) goto done;
+        if (g->src && (r = te_llama__amax(ctx, g->src, (size_t)g->rows * (size_t)g->cols, amax_d + i))) goto done;
     }
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(amax, amax_d, sizeof(float) * (size_t)count, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
@@ -5472,6 +5487,7 @@ static te_llama_result te_llama__fp8_quantize_weights(te_llama__cuda *ctx, te_ll
         const te_llama__fp8_gemm_dev *g = &f->gemm[i];
         te_llama_fp8_meta *w = &f->host_meta[(size_t)i * 3 + TE_LLAMA_FP8_WEIGHT];
         if ((r = te_llama_fp8_meta_init(w, &f->recipe, TE_LLAMA_F8_E4M3))) goto done;
+        if (!g->src) continue; /* a layer kept in BF16: its weight state stays fresh, as the CPU's */
         te_llama_fp8_meta_update(w, amax[i]);
         if ((r = te_llama__quantize(ctx, g->src, f->weights + g->offset, (size_t)g->rows * (size_t)g->cols, w->scale))) goto done;
     }
@@ -5537,9 +5553,11 @@ TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *m, const t
             static const int param_of[TE_LLAMA_FP8_GEMMS] = {1, 4, 6, 7}; /* query_weight (the fused QKV), proj, fc1, fc2 */
             d->rows = shape[g][0];
             d->cols = shape[g][1];
-            d->src = (const te_llama__bf16 *)P[param_of[g]].data;
             d->offset = off;
-            off = te_llama__round_up(off + (size_t)d->rows * (size_t)d->cols, TE_LLAMA__ALIGN);
+            if (!te_llama_fp8_layer_in_bf16(recipe, l, f->n_layers)) {
+                d->src = (const te_llama__bf16 *)P[param_of[g]].data;
+                off = te_llama__round_up(off + (size_t)d->rows * (size_t)d->cols, TE_LLAMA__ALIGN);
+            }
             if ((r = te_llama_fp8_meta_init(&f->host_meta[TE_LLAMA__FP8_META_INDEX(l, g, TE_LLAMA_FP8_INPUT)], recipe, TE_LLAMA_F8_E4M3)) ||
                 (r = te_llama_fp8_meta_init(&f->host_meta[TE_LLAMA__FP8_META_INDEX(l, g, TE_LLAMA_FP8_OUTPUT)], recipe, TE_LLAMA_F8_E4M3)))
                 goto fail;
@@ -5621,6 +5639,7 @@ TE_LLAMA_API const uint8_t *te_llama_cuda_fp8_saved(te_llama_model *m, const te_
     for (i = 0; i < f->n_layers * TE_LLAMA_FP8_GEMMS; i++) {
         const te_llama__fp8_gemm_dev *g = &f->gemm[i];
         const uintptr_t at = (uintptr_t)p->data, lo = (uintptr_t)g->src;
+        if (!g->src) continue; /* a layer kept in BF16: saved from its bf16 weights */
         const uintptr_t hi = lo + (uintptr_t)g->rows * (uintptr_t)g->cols * sizeof(te_llama__bf16);
         if (at >= lo && at < hi) { /* the parameter, or a q/k/v view's rows of the fused buffer */
             *scale_inv = f->host_meta[(size_t)i * 3 + TE_LLAMA_FP8_WEIGHT].scale_inv;
@@ -5703,8 +5722,9 @@ te_llama_result te_llama_cuda_test_fp8_weight(te_llama_model *m, int l, int g, u
     const te_llama__fp8_dev *f;
     const te_llama__fp8_gemm_dev *d;
     if (b.r) return b.r;
-    if (!(f = (const te_llama__fp8_dev *)ctx->fp8) || l < 0 || l >= f->n_layers || g < 0 || g >= TE_LLAMA_FP8_GEMMS)
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_weight: FP8 off or no such GEMM");
+    if (!(f = (const te_llama__fp8_dev *)ctx->fp8) || l < 0 || l >= f->n_layers || g < 0 || g >= TE_LLAMA_FP8_GEMMS ||
+        !f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g].src)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_weight: FP8 off or no such E4M3 weight");
     d = &f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g];
     *rows = d->rows;
     *cols = d->cols;
@@ -5839,8 +5859,8 @@ te_llama_result te_llama_cuda_test_fp8_layer_gemm(te_llama_model *m, int l, int 
     uint8_t *dq;
     if (b.r) return b.r;
     f = (const te_llama__fp8_dev *)ctx->fp8;
-    if (!f || l < 0 || l >= f->n_layers || (g != TE_LLAMA_FP8_QKV && g != TE_LLAMA_FP8_FC1))
-        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_layer_gemm: FP8 off, or not a QKV or FC1 GEMM");
+    if (!f || l < 0 || l >= f->n_layers || (g != TE_LLAMA_FP8_QKV && g != TE_LLAMA_FP8_FC1) || !f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g].src)
+        return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_layer_gemm: FP8 off, not a QKV or FC1 GEMM, or a layer kept in BF16");
     d = &f->gemm[(size_t)l * TE_LLAMA_FP8_GEMMS + g];
     dx = (float *)te_llama__test_put(&b, x, sizeof(float) * (size_t)n * d->cols);
     dq = (uint8_t *)te_llama__test_put(&b, NULL, (size_t)n * d->cols);

@@ -5,8 +5,8 @@
    agreement with the same model in float32 and the perplexity ratio, over chunks of 256 tokens. Each row is one
    configuration: the recipe (history, algo, margin), how many chunks of training text calibrate it, which
    tensors are quantised (the private skip mask), the scaling granularity of TE's other recipes (the private
-   input_scaling and block_weights below; group b), whole layers kept in float32 (the private skip_layers; group
-   l), and "sink": a NON-TE diagnostic that keeps the first token of every chunk (calibration and held-out) out of
+   input_scaling and block_weights below; group b), whole layers kept in float32 (the recipe's bf16_layers_start
+   and _end; group l), and "sink": a NON-TE diagnostic that keeps the first token of every chunk (calibration and held-out) out of
    FP8 and out of the amaxes. Groups: ./build/fp8_error 12 d|g|r|b|l|s runs one. */
 #define TE_LLAMA_IMPLEMENTATION
 #include "te_llama.h"
@@ -105,7 +105,7 @@ static void block_weights(te_llama_model *m, int restore) {
 
 /* One configuration. input_scaling: te_llama__fp8_model.input_scaling (0: the recipe's delayed scales);
    wblocks: the weights as Float8BlockScaling's (block_weights) instead of a scale per tensor. */
-static unsigned skip_layers; /* te_llama__fp8_model.skip_layers of the next rows (group l) */
+static int bf16_start, bf16_end; /* the recipe's bf16_layers_start and _end for the next rows (group l) */
 static void row(te_llama_model *m, const char *name, int hist, te_llama_fp8_amax_algo algo, int margin, int calib,
                 unsigned skip, int sink, int input_scaling, int wblocks) {
     te_llama_fp8_recipe rc;
@@ -115,10 +115,11 @@ static void row(te_llama_model *m, const char *name, int hist, te_llama_fp8_amax
     rc.amax_history_len = hist;
     rc.amax_compute_algo = algo;
     rc.margin = margin;
+    rc.bf16_layers_start = bf16_start;
+    rc.bf16_layers_end = bf16_end;
     te_llama_fp8_enable(m, &rc);
     ((te_llama__fp8_model *)m->fp8)->skip = skip | (wblocks ? 0xaau : 0u);
     ((te_llama__fp8_model *)m->fp8)->input_scaling = input_scaling;
-    ((te_llama__fp8_model *)m->fp8)->skip_layers = skip_layers;
     if (wblocks) block_weights(m, 0);
     te_llama_fp8_calibrate(m, 1);
     for (c = 0; c < calib && (size_t)(c + 1) * SEQ <= n_cids; c++) chunk(m, cids + (size_t)c * SEQ, sink, lg);
@@ -240,14 +241,14 @@ int main(int argc, char **argv) {
     if (!*only || strchr(only, 'l')) { /* whole layers kept out of FP8 (Megatron-Core's first_last_layers_bf16) */
         const int last = m->config.num_hidden_layers - 1;
         char name[64];
-        skip_layers = 1u;
+        bf16_start = 1;
         row(m, "layer 0 in float32", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 0, 0);
-        skip_layers = 1u << last;
+        bf16_start = 0, bf16_end = 1;
         snprintf(name, sizeof name, "layer %d (the last) in float32", last);
         row(m, name, 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 0, 0);
-        skip_layers = 1u | 1u << last;
+        bf16_start = 1;
         row(m, "first and last layers in float32", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 0, 0, 0);
-        skip_layers = 0;
+        bf16_start = bf16_end = 0;
     }
     if (!*only || strchr(only, 's')) {
         row(m, "sink: first token kept out (non-TE)", 0, TE_LLAMA_FP8_AMAX_MAX, 0, 4, 0, 1, 0, 0);

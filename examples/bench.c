@@ -1,6 +1,6 @@
 /* bench: the project's side of bench/bench.py. Loads a checkpoint, then times prefill and greedy decode.
-   build/bench -m MODEL_DIR [--backend cpu|cuda] [--dtype bf16|fp8] [--prefill-batch B] [--prefill-len T]
-               [--decode-batch B] [--prompt N] [--new N] [--repeat R]
+   build/bench -m MODEL_DIR [--backend cpu|cuda] [--dtype bf16|fp8] [--fp8-bf16-layers START,END]
+               [--prefill-batch B] [--prefill-len T] [--decode-batch B] [--prompt N] [--new N] [--repeat R]
    Prints one JSON object on stdout: load_s, peak_rss_mib (after loading), prefill_ms, prefill_tok_s,
    decode_tok_s (new tokens per second summed over the batch); with --dtype fp8 also fp8_logits_rel_l2, the
    relative L2 distance of the FP8 prefill's last-token logits from the same model's BF16 ones. */
@@ -29,12 +29,13 @@ static double peak_rss_mib(void) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: bench -m MODEL_DIR [--backend cpu|cuda] [--dtype bf16|fp8] [--prefill-batch B] [--prefill-len T]\n"
-               "             [--decode-batch B] [--prompt N] [--new N] [--repeat R]\n"
+    fprintf(f, "usage: bench -m MODEL_DIR [--backend cpu|cuda] [--dtype bf16|fp8] [--fp8-bf16-layers START,END]\n"
+               "             [--prefill-batch B] [--prefill-len T] [--decode-batch B] [--prompt N] [--new N] [--repeat R]\n"
                "Loads MODEL_DIR, times a prefill of B sequences of T tokens (best of R) and a greedy decode of N new\n"
                "tokens after an N-token prompt for a batch of sequences; prints JSON on stdout.\n"
                "fp8: FP8 GEMMs (TE DelayedScaling, E4M3), scales calibrated by one BF16 pass over the prefill batch,\n"
-               "whose logits are the reference for fp8_logits_rel_l2.\n"
+               "whose logits are the reference for fp8_logits_rel_l2. --fp8-bf16-layers keeps the first START and\n"
+               "the last END decoder layers out of FP8 (default 0,0).\n"
                "Defaults: cpu, bf16 (the checkpoint's dtype), prefill 1 x 128, decode batch 1, prompt 128, new 128,\n"
                "repeat 3. 0 skips a part.\n");
 }
@@ -72,7 +73,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) prompt = atoi(v);
         else if (!strcmp(a, "--new")) n_new = atoi(v);
         else if (!strcmp(a, "--repeat")) repeat = atoi(v);
-        else { usage(stderr); return 2; }
+        else if (!strcmp(a, "--fp8-bf16-layers")) {
+            if (sscanf(v, "%d,%d", &recipe.bf16_layers_start, &recipe.bf16_layers_end) != 2) { usage(stderr); return 2; }
+        } else { usage(stderr); return 2; }
         i++;
     }
     if (!dir || repeat < 1) { usage(stderr); return 2; }
@@ -174,6 +177,7 @@ int main(int argc, char **argv) {
            load_s, rss_after_load, m->fp8 ? "fp8" : "bf16", pb, pt, prefill_best * 1e3,
            prefill_best > 0 ? pb * pt / prefill_best : 0.0, db, n_new, decode_s > 0 ? (double)db * n_new / decode_s : 0.0);
     if (fp8_rel_l2 >= 0) printf(", \"fp8_logits_rel_l2\": %.6g", fp8_rel_l2);
+    if (m->fp8) printf(", \"fp8_bf16_layers\": [%d, %d]", recipe.bf16_layers_start, recipe.bf16_layers_end);
     printf("}\n");
     te_llama_free(m);
     return 0;

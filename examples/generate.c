@@ -1,7 +1,7 @@
 /* generate: text (or token ids) in, a continuation out, from an HF Llama checkpoint.
    build/generate [-m MODEL_DIR] [-p TEXT | --prompt-ids "1 2 3"] [-n N] [--temp T] [--top-k K] [--top-p P]
                   [--seed S] [--backend cpu|cuda] [--decoder te|vanilla] [--dtype f32|bf16|f16|fp8]
-                  [--num-layers N] [--print-ids]
+                  [--fp8-bf16-layers START,END] [--num-layers N] [--print-ids]
                   [--logits-out FILE] [--chat] [--quiet] */
 #define TE_LLAMA_IMPLEMENTATION
 #include "../te_llama.h"
@@ -28,6 +28,8 @@ static void usage(FILE *f) {
             "                      TransformerEngine's DelayedScaling (E4M3 weights and GEMM inputs), on the GPU with\n"
             "                      cuBLASLt and the decode GEMV, emulated on the CPU backend; activation scales\n"
             "                      calibrated on the prompt\n"
+            "  --fp8-bf16-layers START,END  with --dtype fp8: keep the first START and the last END decoder layers\n"
+            "                      out of FP8 (default 0,0; 1,1 is Megatron-Core's first_last_layers_bf16)\n"
             "  --num-layers N      load only the first N decoder layers\n"
             "  --ignore-eos        do not stop at the model's end-of-sequence ids\n"
             "  --print-ids         print the generated token ids on stdout, space separated, instead of text\n"
@@ -134,6 +136,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) { g.sampler.seed = strtoull(v, NULL, 10); seed_given = 1; i++; }
         else if (!strcmp(a, "--num-layers")) { opt.num_layers = atoi(v); i++; }
         else if (!strcmp(a, "--logits-out")) { logits_out = v; i++; }
+        else if (!strcmp(a, "--fp8-bf16-layers")) {
+            char end = 0;
+            if (sscanf(v, "%d,%d%c", &fp8.bf16_layers_start, &fp8.bf16_layers_end, &end) != 2 || fp8.bf16_layers_start < 0 ||
+                fp8.bf16_layers_end < 0) {
+                fprintf(stderr, "generate: --fp8-bf16-layers is START,END (two counts >= 0, e.g. 1,1)\n");
+                return 2;
+            }
+            i++;
+        }
         else if (!strcmp(a, "--backend")) {
             backend_chosen = 1;
             if (!strcmp(v, "cuda")) opt.backend = TE_LLAMA_BACKEND_CUDA;
@@ -154,6 +165,10 @@ int main(int argc, char **argv) {
         } else { fprintf(stderr, "generate: unknown option %s (try --help)\n", a); return 2; }
     }
     if (n_new < 0 || (text && ids_text)) { usage(stderr); return 2; }
+    if ((fp8.bf16_layers_start || fp8.bf16_layers_end) && !opt.fp8) {
+        fprintf(stderr, "generate: --fp8-bf16-layers needs --dtype fp8\n");
+        return 2;
+    }
     if (!dir) dir = default_model(argv[0]);
     if (!seed_given) g.sampler.seed = (uint64_t)time(NULL);
     if (!quiet && isatty(2)) opt.progress = progress;

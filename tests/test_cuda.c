@@ -1868,18 +1868,18 @@ done:
 }
 
 /* All of the FP8 section. */
-/* The same forwards on a fresh FP8 state, calibrated by one BF16 prefill of each sequence: FP8 prefills of the
-   S prompts (lens[s] tokens of tokens + 64 s, cache slot s), then `steps` decode steps, each one batch of S tokens
+/* The same forwards on a fresh FP8 state under recipe rc, calibrated by one BF16 prefill of each sequence: FP8
+   prefills of the S prompts (lens[s] tokens of tokens + 64 s, cache slot s), then `steps` decode steps, each one batch of S tokens
    (sequence s at position lens[s] + i). logits gets the steps' (steps, S, V) logits. */
-static int fp8_decode_batches(te_llama_model *m, te_llama_kv_cache *cache, const int32_t *tokens, const int *lens, int S,
-                              int steps, float *logits) {
+static int fp8_decode_batches(te_llama_model *m, const te_llama_fp8_recipe *rc, te_llama_kv_cache *cache, const int32_t *tokens,
+                              const int *lens, int S, int steps, float *logits) {
     const int V = m->config.vocab_size;
     int32_t tok[16], pos[16], seq[16], ppos[64], pseq[64];
     te_llama_batch b;
     float *last = (float *)malloc(sizeof(float) * (size_t)V);
     int pass, s, i, ok = S <= 16;
     for (s = 0; s < S; s++) ok &= lens[s] >= 1 && lens[s] + steps <= 64; /* each sequence's span of tokens */
-    ok &= te_llama_fp8_enable(m, NULL) == TE_LLAMA_OK;
+    ok &= te_llama_fp8_enable(m, rc) == TE_LLAMA_OK;
     for (pass = 0; pass < 2 && ok; pass++) { /* pass 0: calibration (BF16, amaxes recorded), pass 1: FP8 */
         ok &= te_llama_fp8_calibrate(m, pass == 0) == TE_LLAMA_OK;
         for (s = 0; s < S && ok; s++) {
@@ -1905,8 +1905,8 @@ static int fp8_decode_batches(te_llama_model *m, te_llama_kv_cache *cache, const
    merge): the GPU against the CPU emulation of the same forwards, and proj's input quantised by the attention
    kernels (the decode steps', and the prompts' where they take the tensor-core prefill kernels, calibrating too)
    against te_llama__cast_fp8 (the same arithmetic: bit-identical logits). e_q: FP8 vs BF16 on the CPU. */
-static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_llama_model *gpu, const int32_t *tokens,
-                                   const int *lens, int S, double e_q) {
+static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_llama_model *gpu, const te_llama_fp8_recipe *rc,
+                                   const int32_t *tokens, const int *lens, int S, double e_q) {
     enum { STEPS = 6 };
     const int V = cpu->config.vocab_size;
     te_llama_kv_cache *cc = NULL, *cg = NULL;
@@ -1919,7 +1919,7 @@ static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_lla
     CHECK_RESULT(te_llama_kv_cache_create(cpu, S, max_len, &cc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_kv_cache_create(gpu, S, max_len, &cg), TE_LLAMA_OK);
     if (!cc || !cg) goto done;
-    ok = fp8_decode_batches(cpu, cc, tokens, lens, S, STEPS, lc) && fp8_decode_batches(gpu, cg, tokens, lens, S, STEPS, lg);
+    ok = fp8_decode_batches(cpu, rc, cc, tokens, lens, S, STEPS, lc) && fp8_decode_batches(gpu, rc, cg, tokens, lens, S, STEPS, lg);
     CHECK(ok, "%s: FP8 forwards failed: %s", name, te_llama_last_error());
     if (!ok) goto done;
     for (i = 0; i < STEPS; i++) {
@@ -1928,7 +1928,7 @@ static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_lla
     }
     CHECK(worst < 0.9 * e_q, "%s: FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", name, worst, e_q);
     CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 2), TE_LLAMA_OK);
-    ok = fp8_decode_batches(gpu, cg, tokens, lens, S, STEPS, lu) && memcmp(lu, lg, sizeof(float) * count) == 0;
+    ok = fp8_decode_batches(gpu, rc, cg, tokens, lens, S, STEPS, lu) && memcmp(lu, lg, sizeof(float) * count) == 0;
     CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
     CHECK(ok, "%s: FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits", name);
     printf("  fp8 forward: %s: %d FP8 decode steps of %d token%s: worst GPU vs CPU emulation rel L2 %.2e; with proj's "
@@ -1953,7 +1953,7 @@ done:
    te_llama_generate (graph-captured FP8 decode) against the same greedy steps by plain forward calls, from the same
    FP8 state: identical ids. Each fusion of the decode step against the kernel it replaces, and batched and
    single-split decode (check_fp8_decode_batch). */
-static void test_fp8_forward(void) {
+static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const char *tag) {
     enum { N = 40, STEPS = 8 };
     te_llama_config c;
     te_llama_model *cpu = NULL, *gpu = NULL;
@@ -1965,7 +1965,7 @@ static void test_fp8_forward(void) {
     double e_emu, e_q, worst = 0;
     int i, V, n_out = 0, same = 1;
     uint64_t x = 4242;
-    random_config(&c, 512, 1408, 2, 4, 2, 128, 2048);
+    random_config(&c, 512, 1408, layers, 4, 2, 128, 2048);
     if (!random_pair(&c, &cpu, &gpu)) goto done;
     V = c.vocab_size;
     for (i = 0; i < N + STEPS; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % (uint64_t)V); }
@@ -1973,8 +1973,8 @@ static void test_fp8_forward(void) {
     want[N - 1] = 1;
     lc = (float *)malloc(sizeof(float) * V); lg = (float *)malloc(sizeof(float) * V); lb = (float *)malloc(sizeof(float) * V * STEPS);
     steps = (float *)malloc(sizeof(float) * V * STEPS);
-    CHECK_RESULT(te_llama_fp8_enable(cpu, NULL), TE_LLAMA_OK);
-    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(cpu, rc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_kv_cache_create(cpu, 1, N + STEPS, &cc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, N + STEPS, &cg), TE_LLAMA_OK);
     if (!cpu->fp8 || !gpu->fp8 || !cc || !cg) goto done;
@@ -1984,7 +1984,7 @@ static void test_fp8_forward(void) {
     CHECK_RESULT(run(cpu, cc, prompt, N, 0, want, lb), TE_LLAMA_OK);
     CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lg), TE_LLAMA_OK);
     e_emu = rel_l2(lg, lb, (size_t)V, NULL);
-    printf("  fp8 forward: calibration pass (bf16) GPU vs CPU rel L2 %.2e\n", e_emu);
+    printf("  fp8 forward%s: calibration pass (bf16) GPU vs CPU rel L2 %.2e\n", tag, e_emu);
     CHECK(e_emu < 1e-2, "FP8 calibration pass (bf16): GPU vs CPU rel L2 %g", e_emu);
     CHECK_RESULT(te_llama_fp8_calibrate(cpu, 0), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
@@ -1993,7 +1993,7 @@ static void test_fp8_forward(void) {
     CHECK_RESULT(run(gpu, cg, prompt, N, 0, want, lg), TE_LLAMA_OK);
     e_emu = rel_l2(lg, lc, (size_t)V, NULL);
     e_q = rel_l2(lc, lb, (size_t)V, NULL);
-    printf("  fp8 forward: %d-token FP8 prefill: GPU vs CPU emulation rel L2 %.2e; FP8 vs BF16 on the CPU %.2e\n", N, e_emu, e_q);
+    printf("  fp8 forward%s: %d-token FP8 prefill: GPU vs CPU emulation rel L2 %.2e; FP8 vs BF16 on the CPU %.2e\n", tag, N, e_emu, e_q);
     CHECK(e_emu < 0.9 * e_q, "FP8 prefill: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", e_emu, e_q);
     for (i = 0; i < STEPS; i++) {
         CHECK_RESULT(run(cpu, cc, prompt + N + i, 1, N + i, NULL, lc), TE_LLAMA_OK);
@@ -2001,7 +2001,7 @@ static void test_fp8_forward(void) {
         e_emu = rel_l2(lg, lc, (size_t)V, NULL);
         if (e_emu > worst) worst = e_emu;
     }
-    printf("  fp8 forward: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", STEPS, worst);
+    printf("  fp8 forward%s: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", tag, STEPS, worst);
     CHECK(worst < 0.9 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
     /* Each fusion of the FP8 decode step against the separate kernel it replaces, from fresh states calibrated
        alike. proj's input quantised by the attention kernels (the prompt's tensor-core prefill, calibrating and
@@ -2016,17 +2016,17 @@ static void test_fp8_forward(void) {
         double e_fold = 0, e_amax = 0;
         int l, t, k;
         CHECK(c.num_hidden_layers <= 8, "test_fp8_forward: at most 8 layers");
-        CHECK(fp8_decode_batches(gpu, cg, prompt, &len, 1, STEPS, steps), "FP8 decode: %s", te_llama_last_error());
+        CHECK(fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, steps), "FP8 decode: %s", te_llama_last_error());
         for (l = 0; l < c.num_hidden_layers && l < 8; l++)
             for (t = 0; t < 2; t++)
                 if ((mt = te_llama_fp8_meta_of(gpu, l, t ? TE_LLAMA_FP8_FC1 : TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT))) ref[t][l] = *mt;
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 2), TE_LLAMA_OK);
-        same = fp8_decode_batches(gpu, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
-        printf("  fp8 forward: the same %d steps with proj's input cast by a separate kernel: logits %s\n", STEPS,
+        same = fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
+        printf("  fp8 forward%s: the same %d steps with proj's input cast by a separate kernel: logits %s\n", tag, STEPS,
                same ? "bit-identical" : "DIFFERENT");
         CHECK(same, "FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits");
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 1), TE_LLAMA_OK);
-        CHECK(fp8_decode_batches(gpu, cg, prompt, &len, 1, STEPS, lb), "FP8 decode: %s", te_llama_last_error());
+        CHECK(fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb), "FP8 decode: %s", te_llama_last_error());
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
         for (i = 0; i < STEPS; i++) {
             const double e = rel_l2(lb + (size_t)i * V, steps + (size_t)i * V, (size_t)V, NULL);
@@ -2043,8 +2043,8 @@ static void test_fp8_forward(void) {
                     if (!(d <= e_amax)) e_amax = d;
                 }
             }
-        printf("  fp8 forward: the same %d steps with te_llama__rmsnorm_fp8 instead of the folded norms: logits rel L2 %.2e, "
-               "QKV and fc1 input amaxes relative difference %.2e\n", STEPS, e_fold, e_amax);
+        printf("  fp8 forward%s: the same %d steps with te_llama__rmsnorm_fp8 instead of the folded norms: logits rel L2 %.2e, "
+               "QKV and fc1 input amaxes relative difference %.2e\n", tag, STEPS, e_fold, e_amax);
         CHECK(e_fold < 1e-2, "FP8 decode: folded norms vs te_llama__rmsnorm_fp8: logits rel L2 %g", e_fold);
         CHECK(e_amax < 1e-5, "FP8 decode: folded norms vs te_llama__rmsnorm_fp8: amaxes differ by %g", e_amax);
     }
@@ -2052,31 +2052,89 @@ static void test_fp8_forward(void) {
     memset(&g, 0, sizeof g);
     g.max_new_tokens = 16;
     g.ignore_eos = 1;
-    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
     last_logits(gpu, prompt, N, lg);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, N, ids_gen, 16, &n_out), TE_LLAMA_OK);
-    CHECK_RESULT(te_llama_fp8_enable(gpu, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(gpu, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
     last_logits(gpu, prompt, N, lg);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
     gpu_forward_greedy(gpu, prompt, N, 16, N + 16, ids_fwd);
     CHECK(n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0, "FP8: te_llama_generate (graph) and plain forwards differ");
-    printf("  fp8 forward: te_llama_generate (captured FP8 decode) vs plain forwards: %s\n",
+    printf("  fp8 forward%s: te_llama_generate (captured FP8 decode) vs plain forwards: %s\n", tag,
            n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0 ? "16 of 16 ids identical" : "DIFFERENT");
     { /* sequence s reads tokens[64 s ..]: the prompt's ids, one sequence's span after another */
         static const int one[1] = {3}, four[4] = {2, 40, 13, 27};
         int32_t tokens[64 * 4];
         for (i = 0; i < 64 * 4; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; tokens[i] = (int32_t)((x >> 33) % (uint64_t)V); }
-        check_fp8_decode_batch("a 3-token prompt", cpu, gpu, tokens, one, 1, e_q);
-        check_fp8_decode_batch("4 sequences of 2, 40, 13, 27 tokens", cpu, gpu, tokens, four, 4, e_q);
+        check_fp8_decode_batch("a 3-token prompt", cpu, gpu, rc, tokens, one, 1, e_q);
+        check_fp8_decode_batch("4 sequences of 2, 40, 13, 27 tokens", cpu, gpu, rc, tokens, four, 4, e_q);
+    }
+    if (rc && (rc->bf16_layers_start || rc->bf16_layers_end)) { /* the kept layers' states unused; saved as the CPU saves */
+        int l, unused = 1;
+        for (l = 0; l < layers; l++) {
+            te_llama_fp8_meta *in = te_llama_fp8_meta_of(gpu, l, TE_LLAMA_FP8_FC2, TE_LLAMA_FP8_INPUT);
+            const int kept = te_llama_fp8_layer_in_bf16(rc, l, layers);
+            const int ok = in && (kept ? in->n_updates == 0 && in->scale == 1.0f : in->n_updates > 0);
+            CHECK(ok, "%s: layer %d (%s) fc2 input state: %lld updates, scale %g", tag, l, kept ? "BF16" : "FP8",
+                  in ? (long long)in->n_updates : -1LL, in ? in->scale : 0);
+            unused &= ok;
+        }
+        printf("  fp8 forward%s: the kept layers' scaling states %s\n", tag, unused ? "never updated, the others updated" : "WRONG");
+        check_save("fp8_kept", gpu, cpu);
     }
 done:
     te_llama_kv_cache_free(cc);
     te_llama_kv_cache_free(cg);
     free(lc); free(lg); free(lb); free(steps);
     te_llama_free(cpu);
+    te_llama_free(gpu);
+}
+
+/* Every layer kept out of FP8 (bf16_layers_start = all): the FP8 model computes what the BF16 model computes, bit
+   for bit, in a prefill, in single-token decode steps (the norms folded across layers) and in te_llama_generate's
+   captured decode. */
+static void test_fp8_all_layers_kept(void) {
+    enum { N = 40, STEPS = 6, L = 3 };
+    te_llama_config c;
+    te_llama_model *gpu;
+    te_llama_fp8_recipe rc;
+    te_llama_generate_options g;
+    int32_t prompt[N + STEPS], ids[2][16];
+    float *out[2];
+    int V, i, pass, n_out[2] = {0, 0}, same;
+    uint64_t x = 777;
+    random_config(&c, 512, 1408, L, 4, 2, 128, 2048);
+    gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
+    if (!gpu) return;
+    V = c.vocab_size;
+    for (i = 0; i < N + STEPS; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; prompt[i] = (int32_t)((x >> 33) % (uint64_t)V); }
+    memset(&rc, 0, sizeof rc);
+    rc.bf16_layers_start = L;
+    memset(&g, 0, sizeof g);
+    g.max_new_tokens = 16;
+    g.ignore_eos = 1;
+    for (pass = 0; pass < 2; pass++) { /* pass 0: FP8 off; pass 1: FP8 on, every layer kept */
+        te_llama_kv_cache *cache = NULL;
+        out[pass] = (float *)malloc(sizeof(float) * (size_t)(N + STEPS) * V);
+        if (pass) CHECK_RESULT(te_llama_fp8_enable(gpu, &rc), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_kv_cache_create(gpu, 1, N + STEPS, &cache), TE_LLAMA_OK);
+        if (cache) CHECK_RESULT(run(gpu, cache, prompt, N, 0, NULL, out[pass]), TE_LLAMA_OK);
+        for (i = 0; cache && i < STEPS; i++)
+            CHECK_RESULT(run(gpu, cache, prompt + N + i, 1, N + i, NULL, out[pass] + (size_t)(N + i) * V), TE_LLAMA_OK);
+        te_llama_kv_cache_free(cache);
+        CHECK_RESULT(te_llama_generate(gpu, &g, prompt, N, ids[pass], 16, &n_out[pass]), TE_LLAMA_OK);
+    }
+    same = memcmp(out[0], out[1], sizeof(float) * (size_t)(N + STEPS) * V) == 0;
+    CHECK(same, "FP8 with every layer kept in BF16: logits differ from FP8 off");
+    CHECK(n_out[0] == 16 && n_out[1] == 16 && memcmp(ids[0], ids[1], sizeof ids[0]) == 0, "FP8 with every layer kept: generate differs");
+    printf("  fp8 forward (every layer kept in BF16): a %d-token prefill and %d decode steps against FP8 off: logits %s; "
+           "te_llama_generate: %s\n", N, STEPS, same ? "bit-identical" : "DIFFERENT",
+           memcmp(ids[0], ids[1], sizeof ids[0]) == 0 ? "16 of 16 ids identical" : "DIFFERENT");
+    free(out[0]);
+    free(out[1]);
     te_llama_free(gpu);
 }
 
@@ -2095,10 +2153,11 @@ static double nll_of(const float *row, int V, int target) {
    forward (cuBLASLt's FP8 GEMMs); FP8 decode: a second FP8 model, calibrated alike, reads each chunk a token at a
    time (the E4M3 GEMVs with the folded norms), teacher-forced. Each forward updates its model's scales, as TE
    does after each step. Also GPU BF16 against the CPU's float32 math, the part of the figure that is BF16's own
-   rounding. Bars: perplexity within 2% (the target); top-1 agreement >= 93%, the CPU test's regression bar (the
-   target is 95%; bench/NOTES_fp8.md says why the default model misses it: its near-ties), and >= 98% where BF16's
+   rounding. rc: the recipe (NULL: TE's defaults). Bars: perplexity within 2% (the target); top-1 agreement >= bar
+   (test_fp8.c's bars: 93% for TE's recipe, whose misses of the target's 95% bench/NOTES_fp8.md explains by the
+   model's near-ties, and the target itself with the first and last layers kept in BF16), and >= 98% where BF16's
    top two logits are 0.25 or more apart (the CPU emulation: 99.3%). */
-static void test_fp8_accuracy(void) {
+static void test_fp8_accuracy(const te_llama_fp8_recipe *rc, double bar) {
     enum { SEQ = 256, CHUNKS = 12, CALIB = 4 };
     size_t len = 0, cut = 0, calib_at = 0, n_ids = 0, n_cids = 0;
     char *text = check_austen_split(&len, &cut, &calib_at);
@@ -2124,8 +2183,8 @@ static void test_fp8_accuracy(void) {
     CHECK(n_ids >= (size_t)CHUNKS * SEQ && n_cids >= (size_t)CALIB * SEQ, "held-out %zu tokens, calibration %zu", n_ids, n_cids);
     if (!cpu || !bf16 || !fp8p || !fp8d || n_ids < (size_t)CHUNKS * SEQ || n_cids < (size_t)CALIB * SEQ) goto done;
     V = cpu->config.vocab_size;
-    CHECK_RESULT(te_llama_fp8_enable(fp8p, NULL), TE_LLAMA_OK);
-    CHECK_RESULT(te_llama_fp8_enable(fp8d, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(fp8p, rc), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(fp8d, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(fp8p, 1), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(fp8d, 1), TE_LLAMA_OK);
     for (c = 0; c < CALIB; c++) {
@@ -2170,14 +2229,15 @@ static void test_fp8_accuracy(void) {
         printf("  fp8 accuracy (GPU): held-out Austen, %d predictions (%.1f s): perplexity CPU f32 %.3f, GPU BF16 %.3f "
                "(%+.3f%%), FP8 prefill %.3f (%+.3f%% vs BF16), FP8 decode %.3f (%+.3f%%)\n",
                total, now_s() - t0, p_ref, p_b, 100 * (p_b / p_ref - 1), p_p, 100 * (p_p / p_b - 1), p_d, 100 * (p_d / p_b - 1));
-        printf("  fp8 accuracy (GPU): top-1 agreement with GPU BF16: FP8 prefill %.2f%%, FP8 decode %.2f%%; CPU f32 %.2f%%; "
-               "at the %d positions where BF16's top-2 gap >= 0.25: FP8 prefill %.2f%%, decode %.2f%%\n",
+        printf("  fp8 accuracy (GPU): layers kept in BF16: %d first, %d last: top-1 agreement with GPU BF16: FP8 prefill %.2f%%, "
+               "FP8 decode %.2f%%; CPU f32 %.2f%%; at the %d positions where BF16's top-2 gap >= 0.25: FP8 prefill %.2f%%, "
+               "decode %.2f%%\n", rc ? rc->bf16_layers_start : 0, rc ? rc->bf16_layers_end : 0,
                100.0 * agree[1] / total, 100.0 * agree[2] / total, 100.0 * agree[0] / total, decided,
                100.0 * agree_decided[0] / (decided ? decided : 1), 100.0 * agree_decided[1] / (decided ? decided : 1));
         CHECK(fabs(p_p / p_b - 1) <= 0.02 && fabs(p_d / p_b - 1) <= 0.02, "FP8 perplexity %g (prefill), %g (decode) vs BF16 %g",
               p_p, p_d, p_b);
-        CHECK(agree[1] >= 0.93 * total && agree[2] >= 0.93 * total, "FP8 top-1 agreement %d (prefill), %d (decode) of %d",
-              agree[1], agree[2], total);
+        CHECK(agree[1] >= bar * total && agree[2] >= bar * total, "FP8 top-1 agreement %d (prefill), %d (decode) of %d, bar %g",
+              agree[1], agree[2], total, bar);
         CHECK(agree[0] >= 0.97 * total && fabs(p_b / p_ref - 1) <= 0.005, "GPU BF16 vs CPU f32: agreement %d of %d, perplexity %g vs %g",
               agree[0], total, p_b, p_ref);
         CHECK(agree_decided[0] >= 0.98 * decided && agree_decided[1] >= 0.98 * decided && decided >= total / 2,
@@ -2209,8 +2269,16 @@ static void test_fp8(void) {
     te_llama_free(cpu);
     te_llama_free(gpu);
     test_fp8_model();
-    test_fp8_forward();
-    test_fp8_accuracy();
+    {
+        te_llama_fp8_recipe first_last;
+        memset(&first_last, 0, sizeof first_last);
+        first_last.bf16_layers_start = first_last.bf16_layers_end = 1;
+        test_fp8_forward(NULL, 2, "");
+        test_fp8_forward(&first_last, 4, " (layers 0 and 3 of 4 kept in BF16)");
+        test_fp8_all_layers_kept();
+        test_fp8_accuracy(NULL, 0.93);
+        test_fp8_accuracy(&first_last, 0.95);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ training */

@@ -326,6 +326,49 @@ static void test_model_api(void) {
             te_llama_free(back);
         }
     }
+    {   /* layers kept out of FP8 (bf16_layers_start / _end): checked, computed as with FP8 off, saved as they were */
+        te_llama_fp8_recipe kept;
+        char dir[2048];
+        float *plain = (float *)malloc(sizeof(float) * 12 * (size_t)vocab);
+        int L = m->config.num_hidden_layers;
+        memset(&kept, 0, sizeof kept);
+        kept.bf16_layers_start = -1;
+        CHECK_RESULT(te_llama_fp8_enable(m, &kept), TE_LLAMA_ERR_OUT_OF_RANGE);
+        kept.bf16_layers_start = 4;
+        kept.bf16_layers_end = L - 3;
+        CHECK_RESULT(te_llama_fp8_enable(m, &kept), TE_LLAMA_ERR_OUT_OF_RANGE);
+        CHECK(strstr(te_llama_last_error(), "bf16_layers_start 4") != NULL, "message: %s", te_llama_last_error());
+        te_llama_fp8_disable(m);
+        CHECK_RESULT(run(m, prompt, 12, plain), TE_LLAMA_OK);
+        kept.bf16_layers_end = L - 4; /* every layer */
+        CHECK_RESULT(te_llama_fp8_enable(m, &kept), TE_LLAMA_OK);
+        CHECK_RESULT(run(m, prompt, 12, lt), TE_LLAMA_OK);
+        CHECK(memcmp(plain, lt, sizeof(float) * 12 * (size_t)vocab) == 0, "every layer kept in BF16: logits differ from FP8 off");
+        kept.bf16_layers_start = kept.bf16_layers_end = 1;
+        CHECK_RESULT(te_llama_fp8_enable(m, &kept), TE_LLAMA_OK);
+        CHECK(!te_llama_fp8_layer_in_bf16(&kept, 1, L) && te_llama_fp8_layer_in_bf16(&kept, 0, L) &&
+              te_llama_fp8_layer_in_bf16(&kept, L - 1, L) && !te_llama_fp8_layer_in_bf16(NULL, 0, L), "te_llama_fp8_layer_in_bf16");
+        CHECK_RESULT(run(m, prompt, 12, lt), TE_LLAMA_OK);
+        CHECK(memcmp(plain, lt, sizeof(float) * 12 * (size_t)vocab) != 0, "layers 1 .. %d in FP8 changed nothing", L - 2);
+        for (i = 0; i < L; i++) {
+            te_llama_fp8_meta *in = te_llama_fp8_meta_of(m, i, TE_LLAMA_FP8_FC1, TE_LLAMA_FP8_INPUT);
+            const int fp8 = i > 0 && i < L - 1;
+            CHECK(in && in->n_updates == fp8 && (fp8 ? in->scale != 1.0f : in->scale == 1.0f), "layer %d fc1 input: %lld updates, scale %g",
+                  i, in ? (long long)in->n_updates : -1LL, in ? in->scale : 0);
+        }
+        snprintf(dir, sizeof dir, "%s/fp8_saved_kept", tmp_root);
+        CHECK_RESULT(te_llama_save(m, dir, NULL), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_load(dir, NULL, &back), TE_LLAMA_OK);
+        for (i = 0; back && i < L; i++) {
+            const te_llama_param *a = &back->layers[i]->params[6], *b = &m->layers[i]->params[6];
+            const te_llama_param *ka = &back->layers[i]->params[2], *kb = &m->layers[i]->params[2];
+            const int same = memcmp(a->data, b->data, te_llama_param_bytes(b)) == 0 && memcmp(ka->data, kb->data, te_llama_param_bytes(kb)) == 0;
+            CHECK(same == (i == 0 || i == L - 1), "layer %d: fc1 and key weights saved %s", i, same ? "as they were" : "dequantised");
+        }
+        te_llama_free(back);
+        back = NULL;
+        free(plain);
+    }
     /* off again: the high-precision path, the state gone */
     te_llama_fp8_disable(m);
     CHECK(m->fp8 == NULL && te_llama_fp8_meta_of(m, 0, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT) == NULL, "disabled");
@@ -335,9 +378,10 @@ static void test_model_api(void) {
     te_llama_free(m);
 }
 
-/* Held-out perplexity and top-1 agreement: the last 5% of the corpus, as tools/train_default_model.py holds it
-   out, in chunks of 256 tokens (255 predictions each). */
-static void test_accuracy(void) {
+/* Held-out perplexity and top-1 agreement under recipe rc (NULL: TE's defaults): the last 5% of the corpus, as
+   tools/train_default_model.py holds it out, in chunks of 256 tokens (255 predictions each). The agreement must
+   reach `bar`. */
+static void test_accuracy(const te_llama_fp8_recipe *rc, double bar) {
     const char *env_chunks = getenv("TE_LLAMA_FP8_CHUNKS");
     size_t len = 0, cut = 0, calib_at = 0;
     char *text = check_austen_split(&len, &cut, &calib_at);
@@ -362,7 +406,7 @@ static void test_accuracy(void) {
     CHECK(n_chunks >= 4 && n_cids >= (size_t)4 * seq, "held-out %zu tokens, calibration %zu", n_ids, n_cids);
     t0 = now_s();
     /* FP8 on, calibrated on 4 chunks of training text (high precision, amaxes recorded) */
-    CHECK_RESULT(te_llama_fp8_enable(m, NULL), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_fp8_enable(m, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(m, 1), TE_LLAMA_OK);
     for (c = 0; c < 4 && (size_t)(c + 1) * seq <= n_cids; c++) CHECK_RESULT(run(m, cids + (size_t)c * seq, seq, lg), TE_LLAMA_OK);
     {   /* calibration forwards compute exactly the high-precision result */
@@ -379,7 +423,7 @@ static void test_accuracy(void) {
         te_llama_free(plain);
         free(a); free(b);
     }
-    CHECK(te_llama_fp8_meta_of(m, 0, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT)->scale != 1.0f, "calibration set the input scales");
+    CHECK(te_llama_fp8_meta_of(m, 2, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT)->scale != 1.0f, "calibration set the input scales");
     CHECK_RESULT(te_llama_fp8_calibrate(m, 0), TE_LLAMA_OK);
     for (c = 0; c < n_chunks; c++) {
         const int32_t *x = ids + (size_t)c * seq;
@@ -405,23 +449,22 @@ static void test_accuracy(void) {
             }
         }
         for (g = TE_LLAMA_FP8_QKV; g < TE_LLAMA_FP8_GEMMS; g = (te_llama_fp8_gemm)(g + 1)) {
-            te_llama_fp8_meta *in = te_llama_fp8_meta_of(m, 5, g, TE_LLAMA_FP8_INPUT);
-            CHECK(in->scale > 1.0f && isfinite(in->scale), "layer 5 gemm %d input scale %g", (int)g, in->scale);
+            const int l = m->config.num_hidden_layers - 1;
+            te_llama_fp8_meta *in = te_llama_fp8_meta_of(m, l, g, TE_LLAMA_FP8_INPUT);
+            if (te_llama_fp8_layer_in_bf16(rc, l, l + 1)) CHECK(in->scale == 1.0f && in->n_updates == 0, "layer %d (BF16) gemm %d input state used", l, (int)g);
+            else CHECK(in->scale > 1.0f && isfinite(in->scale), "layer %d gemm %d input scale %g", l, (int)g, in->scale);
         }
     }
     ppl_ref = exp(nll_ref / total);
     ppl_fp8 = exp(nll_fp8 / total);
     printf("  held-out Austen, %d tokens in %d chunks of %d (%.1f s): perplexity %.3f (bf16 weights, f32 math) vs %.3f (FP8 "
-           "E4M3 emulated), %+.3f%%; top-1 agreement %.2f%%, %.2f%% at the %d positions where the reference's top-2 gap >= 0.25\n",
-           total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8, 100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree / total,
-           100.0 * agree_decided / (decided ? decided : 1), decided);
+           "E4M3 emulated, layers kept in BF16: %d first, %d last), %+.3f%%; top-1 agreement %.2f%%, %.2f%% at the %d "
+           "positions where the reference's top-2 gap >= 0.25\n", total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8,
+           rc ? rc->bf16_layers_start : 0, rc ? rc->bf16_layers_end : 0, 100.0 * (ppl_fp8 / ppl_ref - 1.0),
+           100.0 * agree / total, 100.0 * agree_decided / (decided ? decided : 1), decided);
     CHECK(ppl_ref > 30 && ppl_ref < 90, "reference perplexity %g (the model card says 55.98 on the whole held-out text)", ppl_ref);
     CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
-    /* The target was 95%; TE's default recipe measures 93.76% on these 3060 tokens (weights-only FP8: 96.47%,
-       activations-only: 95.03%), and no TE setting reaches 95% (margin 2: 94.51%): 91% of the disagreements are
-       where the reference's top-2 logits are within 0.25 (bench/NOTES_fp8.md, bench/fp8_error.c). The bar sits
-       just under what is measured, so a regression shows; it is not the 95% asked for. */
-    CHECK(agree >= 0.93 * total, "top-1 agreement %d of %d below 93%%", agree, total);
+    CHECK(agree >= bar * total, "top-1 agreement %d of %d below %.0f%%", agree, total, 100 * bar);
     CHECK(agree_decided >= 0.98 * decided && decided >= total / 2, "top-1 agreement where the reference decided: %d of %d",
           agree_decided, decided);
     CHECK(nll_fp8 != nll_ref, "FP8 changed nothing: not quantising?");
@@ -441,6 +484,16 @@ int main(void) {
     test_scaling();
     test_quantize();
     test_model_api();
-    test_accuracy();
+    {   /* The target is 95%. TE's default recipe measures 93.76% on these 3060 tokens (weights-only FP8: 96.47%,
+           activations-only: 95.03%), and no TE setting reaches 95% (margin 2: 94.51%): 91% of the disagreements are
+           where the reference's top-2 logits are within 0.25 (bench/NOTES_fp8.md, bench/fp8_error.c). Its bar sits
+           just under what is measured, so a regression shows. With the first and the last layer kept in BF16
+           (Megatron-Core's first_last_layers_bf16) the emulation measures 95.75%, and the bar is the target. */
+        te_llama_fp8_recipe first_last;
+        memset(&first_last, 0, sizeof first_last);
+        first_last.bf16_layers_start = first_last.bf16_layers_end = 1;
+        test_accuracy(NULL, 0.93);
+        test_accuracy(&first_last, 0.95);
+    }
     return CHECK_DONE("fp8");
 }

@@ -18,10 +18,11 @@ The recipe, as TE's DelayedScaling with its defaults (E4M3, history 1024, MAX, m
 
 Usage: python3 tools/fp8_peer.py [--model models/austen] [--shared ../shared] [--chunks 12] [--margin 0]
        [--history 1024] [--calibrate 4] [--dtype float32|float64] [--attn eager|sdpa] [--device cpu|cuda]
-       [--gemm emulated|scaled_mm]
+       [--gemm emulated|scaled_mm] [--bf16-layers START,END]
 Prints the perplexities, the agreement, and how many disagreements fall where the reference's top-2 gap < 0.25.
 Runs on the CPU in under a minute. --gemm scaled_mm (CUDA, Ada or Hopper) runs the four GEMMs on the FP8 tensor
-cores through torch._scaled_mm, bf16 out, as TE's GEMMs do.
+cores through torch._scaled_mm, bf16 out, as TE's GEMMs do. --bf16-layers 1,1 keeps the first and the last decoder
+layers out of FP8 (te_llama_fp8_recipe.bf16_layers_start / _end, Megatron-Core's first_last_layers_bf16).
 """
 
 import argparse
@@ -100,7 +101,11 @@ def install(model, args):
             return y.reshape(*shape[:-1], y.shape[-1])
         gemm.linears[i].forward = fwd
 
-    for layer in model.model.layers:
+    first, last = args.bf16_layers
+    n = len(model.model.layers)
+    for li, layer in enumerate(model.model.layers):
+        if li < first or li >= n - last:  # kept out of FP8: its linears stay as they are
+            continue
         a, m = layer.self_attn, layer.mlp
         for linears in ([a.q_proj, a.k_proj, a.v_proj], [a.o_proj], [m.gate_proj, m.up_proj], [m.down_proj]):
             g = Fp8Gemm(linears, args)
@@ -125,6 +130,8 @@ def main():
     ap.add_argument("--gemm", default="emulated", choices=["emulated", "scaled_mm"],
                     help="emulated: float matmul of the E4M3 values; scaled_mm: torch._scaled_mm's FP8 GEMM (CUDA, Hopper/Ada)")
     ap.add_argument("--calibrate", type=int, default=4, help="calibration forwards (0: the first forward at scale 1)")
+    ap.add_argument("--bf16-layers", default="0,0", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    help="START,END: the first START and the last END decoder layers kept out of FP8")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -176,7 +183,8 @@ def main():
         ties_flipped += int((near & ~same).sum())
     ppl_ref, ppl_fp8 = math.exp(nll_ref / total), math.exp(nll_fp8 / total)
     print(f"HF transformers {transformers.__version__}, torch {torch.__version__}: {total} predictions in "
-          f"{args.chunks} chunks of {seq}, {args.device}, {args.dtype}, {args.attn} attention, {args.gemm} GEMMs, margin {args.margin}, history {args.history}, calibration {args.calibrate}")
+          f"{args.chunks} chunks of {seq}, {args.device}, {args.dtype}, {args.attn} attention, {args.gemm} GEMMs, margin {args.margin}, history {args.history}, calibration {args.calibrate}, "
+          f"layers kept out of FP8: {args.bf16_layers[0]} first, {args.bf16_layers[1]} last")
     print(f"perplexity {ppl_ref:.3f} (high precision) vs {ppl_fp8:.3f} (FP8 E4M3), {100 * (ppl_fp8 / ppl_ref - 1):+.3f}%")
     print(f"top-1 agreement {100 * agree / total:.2f}% ({total - agree} disagreements; {ties_flipped} of them where "
           f"the reference's top-2 gap < 0.25, which holds at {ties} positions)")
