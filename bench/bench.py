@@ -8,7 +8,8 @@ each in its own child process so that peak host RSS is that side's alone:
   load time (warm page cache) and peak host RSS; prefill tokens/s at batch 1 and 8 of 2048 tokens; greedy decode
   tokens/s at batch 1 and 16 after a 128-token prompt (128 new tokens; the prompt's time is subtracted).
   te_llama also runs in FP8 (E4M3 weights and GEMM inputs, delayed scaling calibrated by one BF16 pass): prefill
-  B1 and decode B1, and the relative L2 distance of its last-token logits from BF16.
+  B1 and decode B1, and the relative L2 distance of its last-token logits from BF16; then the same two with the
+  first and last decoder layers kept in BF16 (--fp8-bf16-layers 1,1).
 Peers: HF transformers (bf16, sdpa, generate) and a minimal PyTorch Llama with fused weights, a static KV cache
 and the decode step captured in one CUDA graph (the gpt-fast recipe). Ceilings: a device-to-device copy and a
 bf16 GEMM, measured here. Prints a table with ratios, writes OUT_DIR/bench.json and OUT_DIR/bench.png.
@@ -214,6 +215,13 @@ def run_project(bench_bin, path):
         return out
     out.update(prefill_b1_fp8_tok_s=f["prefill_tok_s"], decode_b1_fp8_tok_s=f["decode_tok_s"],
                fp8_logits_rel_l2=f.get("fp8_logits_rel_l2"))
+    # the recipe with the first and last layers kept in BF16 (te_llama_fp8_recipe.bf16_layers_start / _end)
+    k = one("--dtype", "fp8", "--fp8-bf16-layers", "1,1", "--prefill-batch", "1", "--prefill-len", str(PREFILL_T),
+            "--decode-batch", "1", "--prompt", str(PROMPT), "--new", str(NEW))
+    if "error" in k:
+        out["fp8_error"] = k["error"]
+        return out
+    out.update(prefill_b1_fp8_kept_tok_s=k["prefill_tok_s"], decode_b1_fp8_kept_tok_s=k["decode_tok_s"])
     return out
 
 
@@ -303,6 +311,12 @@ def print_table(result):
                   f"{fmt(p['prefill_b1_fp8_tok_s'], p.get('prefill_b1_tok_s'))} te_llama BF16; decode B1 "
                   f"{p['decode_b1_fp8_tok_s']:.4g} tok/s = {fmt(p['decode_b1_fp8_tok_s'], p.get('decode_b1_tok_s'))} te_llama BF16; "
                   f"last-token logits rel L2 vs BF16 {p.get('fp8_logits_rel_l2')}")
+        if p.get("prefill_b1_fp8_kept_tok_s"):
+            print(f"FP8 with the first and last layers in BF16 (--fp8-bf16-layers 1,1): prefill B1 T2048 "
+                  f"{p['prefill_b1_fp8_kept_tok_s']:.4g} tok/s = {fmt(p['prefill_b1_fp8_kept_tok_s'], h.get('prefill_b1_tok_s'))} "
+                  f"HF bf16, {fmt(p['prefill_b1_fp8_kept_tok_s'], p.get('prefill_b1_tok_s'))} te_llama BF16; decode B1 "
+                  f"{p['decode_b1_fp8_kept_tok_s']:.4g} tok/s = {fmt(p['decode_b1_fp8_kept_tok_s'], p.get('decode_b1_tok_s'))} "
+                  f"te_llama BF16")
         if "fp8_error" in p:
             print(f"project FP8 error: {p['fp8_error']}")
         for k in ("project", "hf", "graph"):
