@@ -768,7 +768,7 @@ typedef struct te_llama_fp8_recipe {
                                          as with FP8 off: its GEMMs in high precision (BF16 on CUDA, float32 on the
                                          CPU), no E4M3 weight copy, its scaling states never updated. On the default
                                          model 1 and 1 lift top-1 agreement with BF16 from 93.8% to 95.1-95.2% (GPU,
-                                         bench/NOTES_fp8.md); they make the 8B FP8 decode 4.7% slower. */
+                                         bench/NOTES_fp8.md); they make the 8B FP8 decode 4-5% slower. */
 } te_llama_fp8_recipe;
 
 /* One tensor's scaling state. */
