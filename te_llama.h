@@ -732,12 +732,12 @@ TE_LLAMA_API te_llama_result te_llama_cuda_train_copy(te_llama_trainer *trainer,
    8.9 or newer: else TE_LLAMA_ERR_UNSUPPORTED saying which) te_llama_fp8_enable quantises the weights on the
    device to the same bytes and scales as the CPU and keeps the scaling states in device memory, where the
    forward's kernels raise the amaxes and update the scales (te_llama_kernels.cu, FP8 section); the bf16 weights
-   stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward runs every decoder
-   GEMM on E4M3 weights and E4M3 inputs (quantised by the kernels that produce them): up to 16 tokens (decode)
-   through a GEMV on the tensor cores, which halves the weight bytes a decode step reads; more tokens through
-   cuBLASLt's FP8 GEMM (fp32 accumulation, promoted periodically unless recipe.fast_accum). It needs hidden, q_dim
-   and intermediate multiples of 64 and head_dim a multiple of 16. The output states' amaxes are recorded on the
-   CPU only. */
+   stay. te_llama_fp8_meta_of then returns a snapshot downloaded at the call. The CUDA forward runs every decoder GEMM
+   (but those of layers the recipe keeps in BF16) on E4M3 weights and E4M3 inputs (quantised by the kernels that
+   produce them): up to 16 tokens (decode) through a GEMV on the tensor cores, which halves the weight bytes a decode
+   step reads; more tokens through cuBLASLt's FP8 GEMM (fp32 accumulation, promoted periodically unless
+   recipe.fast_accum). It needs hidden, q_dim and intermediate multiples of 64 and head_dim a multiple of 16. The
+   output states' amaxes are recorded on the CPU only. */
 
 #define TE_LLAMA_FP8_E4M3_MAX 448.0f
 #define TE_LLAMA_FP8_E5M2_MAX 57344.0f
@@ -4733,8 +4733,8 @@ static te_llama_result te_llama__fp8_check_recipe(const te_llama_fp8_recipe *r) 
         return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: amax_history_len %d (0..%d) or margin %d (0..64)",
                               r->amax_history_len, TE_LLAMA_FP8_MAX_HISTORY, r->margin);
     if (r->bf16_layers_start < 0 || r->bf16_layers_end < 0)
-        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: bf16_layers_start %d and bf16_layers_end %d must be >= 0",
-                              r->bf16_layers_start, r->bf16_layers_end);
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: bf16_layers_start %d and bf16_layers_end %d must be "
+                              ">= 0", r->bf16_layers_start, r->bf16_layers_end);
     return TE_LLAMA_OK;
 }
 
@@ -4914,8 +4914,9 @@ TE_LLAMA_API te_llama_result te_llama_fp8_enable(te_llama_model *m, const te_lla
     if (!m) return te_llama__fail(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_fp8_enable: NULL model");
     if ((r = te_llama__fp8_check_recipe(recipe))) return r;
     if (recipe && recipe->bf16_layers_start + (int64_t)recipe->bf16_layers_end > m->config.num_hidden_layers)
-        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: bf16_layers_start %d + bf16_layers_end %d > the model's %d layers",
-                              recipe->bf16_layers_start, recipe->bf16_layers_end, m->config.num_hidden_layers);
+        return te_llama__fail(TE_LLAMA_ERR_OUT_OF_RANGE, "FP8 recipe: bf16_layers_start %d + bf16_layers_end %d > the "
+                              "model's %d layers", recipe->bf16_layers_start, recipe->bf16_layers_end,
+                              m->config.num_hidden_layers);
     te_llama_fp8_disable(m);
 #ifdef TE_LLAMA_CUDA
     if (te_llama__fp8_on_device(m)) return te_llama_cuda_fp8_enable(m, recipe);

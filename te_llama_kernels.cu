@@ -5058,14 +5058,15 @@ done:
    te_llama__fp8_gemm) is the specification; everything here computes what it computes.
 
    STATE (te_llama__fp8_dev in ctx->fp8; model->fp8 points to the same struct on a CUDA model)
-     Every decoder GEMM (per layer QKV, PROJ, FC1, FC2: g = TE_LLAMA_FP8_QKV ..) has an E4M3 copy of its bf16
-     weight in the parameter's row order (QKV: the fused buffer, q then k then v rows; FC1: gate rows then up
-     rows), quantised as the CPU does: scale = 448 / amax / 2^margin from the weight's own amax (found on the
-     device; the scale is made on the host by te_llama_fp8_meta_init + te_llama_fp8_meta_update, so it is the
-     CPU's to the bit), bytes = e4m3(float(w) * scale). The bf16 weights stay (prefill, calibration). The
-     scaling states are the header's own te_llama_fp8_meta structs in device memory, (n_layers, 4 GEMMs, 3
-     tensors: input, weight, output): kernels and cuBLASLt read scale and scale_inv and raise amax through fixed
-     pointers, so a captured graph stays valid, and te_llama_fp8_meta_of downloads one as it is.
+     Every decoder GEMM (per layer QKV, PROJ, FC1, FC2: g = TE_LLAMA_FP8_QKV ..) but those of the layers the recipe
+     keeps in BF16 (bf16_layers_start / _end: te_llama__fp8_layer is 0, and te_llama__layers runs them as with FP8
+     off) has an E4M3 copy of its bf16 weight in the parameter's row order (QKV: the fused buffer, q then k then v
+     rows; FC1: gate rows then up rows), quantised as the CPU does: scale = 448 / amax / 2^margin from the weight's
+     own amax (found on the device; the scale is made on the host by te_llama_fp8_meta_init +
+     te_llama_fp8_meta_update, so it is the CPU's to the bit), bytes = e4m3(float(w) * scale). The bf16 weights stay
+     (prefill, calibration). The scaling states are the header's own te_llama_fp8_meta structs in device memory,
+     (n_layers, 4 GEMMs, 3 tensors: input, weight, output): kernels and cuBLASLt read scale and scale_inv and raise
+     amax through fixed pointers, so a captured graph stays valid, and te_llama_fp8_meta_of downloads one as it is.
 
    WHAT THE FORWARD CALLS, per GEMM g of layer l (delayed scaling, as te_llama__fp8_gemm on the CPU)
      The producer of the GEMM's input quantises it with the INPUT state's scale and raises its amax:

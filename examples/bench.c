@@ -30,7 +30,8 @@ static double peak_rss_mib(void) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: bench -m MODEL_DIR [--backend cpu|cuda] [--dtype bf16|fp8] [--fp8-bf16-layers START,END]\n"
-               "             [--prefill-batch B] [--prefill-len T] [--decode-batch B] [--prompt N] [--new N] [--repeat R]\n"
+               "             [--prefill-batch B] [--prefill-len T] [--decode-batch B] [--prompt N] [--new N]\n"
+               "             [--repeat R]\n"
                "Loads MODEL_DIR, times a prefill of B sequences of T tokens (best of R) and a greedy decode of N new\n"
                "tokens after an N-token prompt for a batch of sequences; prints JSON on stdout.\n"
                "fp8: FP8 GEMMs (TE DelayedScaling, E4M3), scales calibrated by one BF16 pass over the prefill batch,\n"
@@ -74,7 +75,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--new")) n_new = atoi(v);
         else if (!strcmp(a, "--repeat")) repeat = atoi(v);
         else if (!strcmp(a, "--fp8-bf16-layers")) {
-            if (sscanf(v, "%d,%d", &recipe.bf16_layers_start, &recipe.bf16_layers_end) != 2) { usage(stderr); return 2; }
+            if (sscanf(v, "%d,%d", &recipe.bf16_layers_start, &recipe.bf16_layers_end) != 2) {
+                usage(stderr);
+                return 2;
+            }
         } else { usage(stderr); return 2; }
         i++;
     }

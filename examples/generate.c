@@ -138,8 +138,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--logits-out")) { logits_out = v; i++; }
         else if (!strcmp(a, "--fp8-bf16-layers")) {
             char end = 0;
-            if (sscanf(v, "%d,%d%c", &fp8.bf16_layers_start, &fp8.bf16_layers_end, &end) != 2 || fp8.bf16_layers_start < 0 ||
-                fp8.bf16_layers_end < 0) {
+            if (sscanf(v, "%d,%d%c", &fp8.bf16_layers_start, &fp8.bf16_layers_end, &end) != 2 ||
+                fp8.bf16_layers_start < 0 || fp8.bf16_layers_end < 0) {
                 fprintf(stderr, "generate: --fp8-bf16-layers is START,END (two counts >= 0, e.g. 1,1)\n");
                 return 2;
             }

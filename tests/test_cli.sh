@@ -46,6 +46,12 @@ b=$(build/generate -m $dir --prompt-ids "1 5 9" -n 16 --seed 7 --print-ids --qui
 # errors are messages, not crashes
 build/generate -m $tmp/none --prompt-ids "1" 2>$tmp/err >/dev/null; [ $? -eq 1 ] && grep -q "config.json" $tmp/err && ok || bad "missing model: $(cat $tmp/err)"
 build/generate -m $dir --prompt-ids "1 999999" -n 1 2>$tmp/err >/dev/null; [ $? -eq 1 ] && grep -q "outside the vocabulary" $tmp/err && ok || bad "bad id: $(cat $tmp/err)"
+# FP8 with layers kept in BF16: the CPU emulation runs; bad counts are refused with the reason
+build/generate -m $dir --prompt-ids "1 5 9" -n 4 --temp 0 --dtype fp8 --fp8-bf16-layers 1,1 --backend cpu --quiet \
+    >/dev/null 2>$tmp/err && ok || bad "--fp8-bf16-layers 1,1: $(cat $tmp/err)"
+build/generate -m $dir --prompt-ids "1" --fp8-bf16-layers 1,1 2>$tmp/err >/dev/null; [ $? -eq 2 ] && grep -q "needs --dtype fp8" $tmp/err && ok || bad "--fp8-bf16-layers without fp8: $(cat $tmp/err)"
+build/generate -m $dir --prompt-ids "1" --dtype fp8 --fp8-bf16-layers 2,2 --backend cpu 2>$tmp/err >/dev/null; [ $? -eq 1 ] && grep -q "bf16_layers_start 2 + bf16_layers_end 2" $tmp/err && ok || bad "--fp8-bf16-layers 2,2 on 3 layers: $(cat $tmp/err)"
+build/generate -m $dir --prompt-ids "1" --dtype fp8 --fp8-bf16-layers 1 2>$tmp/err >/dev/null; [ $? -eq 2 ] && ok || bad "--fp8-bf16-layers 1: $(cat $tmp/err)"
 # convert: change dtype and sharding, then read back by the official safetensors package
 check "convert to f32 in shards" build/convert tests/fixtures/headdim_f16 $tmp/conv --dtype f32 --max-shard-size 50KB --quiet
 [ -f $tmp/conv/model.safetensors.index.json ] && ok || bad "convert wrote shards"
