@@ -6,8 +6,8 @@
    configuration: the recipe (history, algo, margin), how many chunks of training text calibrate it, which
    tensors are quantised (the private skip mask), the scaling granularity of TE's other recipes (the private
    input_scaling and block_weights below; group b), whole layers kept in float32 (the recipe's bf16_layers_start
-   and _end; group l), and "sink": a NON-TE diagnostic that keeps the first token of every chunk (calibration and held-out) out of
-   FP8 and out of the amaxes. Groups: ./build/fp8_error 12 d|g|r|b|l|s runs one. */
+   and _end; group l), and "sink": a NON-TE diagnostic that keeps the first token of every chunk (calibration and
+   held-out) out of FP8 and out of the amaxes. Groups: ./build/fp8_error 12 d|g|r|b|l|s runs one. */
 #define TE_LLAMA_IMPLEMENTATION
 #include "te_llama.h"
 

@@ -378,101 +378,113 @@ static void test_model_api(void) {
     te_llama_free(m);
 }
 
-/* Held-out perplexity and top-1 agreement under recipe rc (NULL: TE's defaults): the last 5% of the corpus, as
-   tools/train_default_model.py holds it out, in chunks of 256 tokens (255 predictions each). The agreement must
-   reach `bar`. */
-static void test_accuracy(const te_llama_fp8_recipe *rc, double bar) {
+/* Held-out perplexity and top-1 agreement: the last 5% of the corpus, as tools/train_default_model.py holds it
+   out, in chunks of 256 tokens (255 predictions each), under each recipe of rc (NULL: TE's defaults), each model
+   calibrated on 4 chunks of the training text before it. The reference (the same model in high precision) is
+   computed once a chunk for all of them. Recipe r's agreement must reach bar[r]. */
+enum { ACC_RECIPES = 2 };
+static void test_accuracy(const te_llama_fp8_recipe *const rc[ACC_RECIPES], const double bar[ACC_RECIPES]) {
     const char *env_chunks = getenv("TE_LLAMA_FP8_CHUNKS");
     size_t len = 0, cut = 0, calib_at = 0;
     char *text = check_austen_split(&len, &cut, &calib_at);
     te_llama_tokenizer *tok = NULL;
-    te_llama_model *m = NULL;
+    te_llama_model *plain = NULL, *m[ACC_RECIPES] = {NULL, NULL};
     int32_t *ids = NULL, *cids = NULL;
     size_t n_ids = 0, n_cids = 0;
-    int seq = 256, n_chunks = env_chunks ? atoi(env_chunks) : 12, c, t, vocab, agree = 0, total = 0, decided = 0, agree_decided = 0;
+    int seq = 256, n_chunks = env_chunks ? atoi(env_chunks) : 12, c, t, i, vocab, total = 0, decided = 0;
+    int agree[ACC_RECIPES] = {0, 0}, agree_decided[ACC_RECIPES] = {0, 0};
     float *ref, *lg;
-    double nll_ref = 0, nll_fp8 = 0, ppl_ref, ppl_fp8, t0;
+    double nll_ref = 0, nll_fp8[ACC_RECIPES] = {0, 0}, ppl_ref, t0;
     CHECK(text != NULL, "cannot read the Austen corpus (set TE_LLAMA_SHARED)");
     if (!text) return;
     CHECK_RESULT(te_llama_tokenizer_load(model_dir, NULL, &tok), TE_LLAMA_OK);
-    CHECK_RESULT(te_llama_load(model_dir, NULL, &m), TE_LLAMA_OK);
-    if (!tok || !m) { free(text); te_llama_tokenizer_free(tok); te_llama_free(m); return; }
+    CHECK_RESULT(te_llama_load(model_dir, NULL, &plain), TE_LLAMA_OK);
+    for (i = 0; i < ACC_RECIPES; i++) CHECK_RESULT(te_llama_load(model_dir, NULL, &m[i]), TE_LLAMA_OK);
+    if (!tok || !plain || !m[0] || !m[1]) goto done;
     CHECK_RESULT(te_llama_tokenizer_encode(tok, text + cut, (size_t)(len - cut), 0, &ids, &n_ids), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_tokenizer_encode(tok, text + calib_at, (size_t)(cut - calib_at), 0, &cids, &n_cids), TE_LLAMA_OK);
     if ((size_t)n_chunks * seq > n_ids) n_chunks = (int)(n_ids / seq);
-    vocab = m->config.vocab_size;
+    vocab = plain->config.vocab_size;
     ref = (float *)malloc(sizeof(float) * (size_t)seq * vocab);
     lg = (float *)malloc(sizeof(float) * (size_t)seq * vocab);
     CHECK(n_chunks >= 4 && n_cids >= (size_t)4 * seq, "held-out %zu tokens, calibration %zu", n_ids, n_cids);
     t0 = now_s();
-    /* FP8 on, calibrated on 4 chunks of training text (high precision, amaxes recorded) */
-    CHECK_RESULT(te_llama_fp8_enable(m, rc), TE_LLAMA_OK);
-    CHECK_RESULT(te_llama_fp8_calibrate(m, 1), TE_LLAMA_OK);
-    for (c = 0; c < 4 && (size_t)(c + 1) * seq <= n_cids; c++) CHECK_RESULT(run(m, cids + (size_t)c * seq, seq, lg), TE_LLAMA_OK);
-    {   /* calibration forwards compute exactly the high-precision result */
-        te_llama_model *plain = NULL;
-        float *a = (float *)malloc(sizeof(float) * 8 * (size_t)vocab), *b = (float *)malloc(sizeof(float) * 8 * (size_t)vocab);
-        int same = 1;
-        CHECK_RESULT(te_llama_load(model_dir, NULL, &plain), TE_LLAMA_OK);
-        if (plain) {
+    for (i = 0; i < ACC_RECIPES; i++) { /* FP8 on, calibrated (high precision, amaxes recorded) */
+        CHECK_RESULT(te_llama_fp8_enable(m[i], rc[i]), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_fp8_calibrate(m[i], 1), TE_LLAMA_OK);
+        for (c = 0; c < 4 && (size_t)(c + 1) * seq <= n_cids; c++)
+            CHECK_RESULT(run(m[i], cids + (size_t)c * seq, seq, lg), TE_LLAMA_OK);
+        {   /* calibration forwards compute exactly the high-precision result */
+            const size_t bytes = sizeof(float) * 8 * (size_t)vocab;
+            float *a = (float *)malloc(bytes), *b = (float *)malloc(bytes);
             CHECK_RESULT(run(plain, ids, 8, a), TE_LLAMA_OK);
-            CHECK_RESULT(run(m, ids, 8, b), TE_LLAMA_OK);
-            same = memcmp(a, b, sizeof(float) * 8 * (size_t)vocab) == 0;
-            CHECK(same, "a calibrating forward differs from the high-precision one");
+            CHECK_RESULT(run(m[i], ids, 8, b), TE_LLAMA_OK);
+            CHECK(memcmp(a, b, bytes) == 0, "recipe %d: a calibrating forward differs from the high-precision one", i);
+            free(a); free(b);
         }
-        te_llama_free(plain);
-        free(a); free(b);
+        CHECK(te_llama_fp8_meta_of(m[i], 2, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT)->scale != 1.0f,
+              "calibration set the input scales");
+        CHECK_RESULT(te_llama_fp8_calibrate(m[i], 0), TE_LLAMA_OK);
     }
-    CHECK(te_llama_fp8_meta_of(m, 2, TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT)->scale != 1.0f, "calibration set the input scales");
-    CHECK_RESULT(te_llama_fp8_calibrate(m, 0), TE_LLAMA_OK);
     for (c = 0; c < n_chunks; c++) {
         const int32_t *x = ids + (size_t)c * seq;
         te_llama_fp8_gemm g;
-        void *saved = m->fp8;
-        m->fp8 = NULL; /* the reference: the same model in high precision */
-        CHECK_RESULT(run(m, x, seq, ref), TE_LLAMA_OK);
-        m->fp8 = saved;
-        CHECK_RESULT(run(m, x, seq, lg), TE_LLAMA_OK);
+        CHECK_RESULT(run(plain, x, seq, ref), TE_LLAMA_OK); /* the reference: the same model in high precision */
         for (t = 0; t + 1 < seq; t++) {
-            const float *r = ref + (size_t)t * vocab, *q = lg + (size_t)t * vocab;
-            const int ar = argmax(r, vocab), aq = argmax(q, vocab);
-            double mr = r[ar], mq = q[aq], sr = 0, sq = 0;
+            const float *r = ref + (size_t)t * vocab;
+            const int ar = argmax(r, vocab);
+            double mr = r[ar], sr = 0;
             int k;
-            for (k = 0; k < vocab; k++) { sr += exp(r[k] - mr); sq += exp(q[k] - mq); }
+            for (k = 0; k < vocab; k++) sr += exp(r[k] - mr);
             nll_ref += log(sr) + mr - r[x[t + 1]];
-            nll_fp8 += log(sq) + mq - q[x[t + 1]];
-            agree += ar == aq;
             total++;
-            if (top2_gap(r, vocab, ar) >= 0.25f) { /* the reference decided: its top two logits 0.25 or more apart */
-                decided++;
-                agree_decided += ar == aq;
-            }
+            decided += top2_gap(r, vocab, ar) >= 0.25f; /* the reference decided: its top two logits 0.25 or more apart */
         }
-        for (g = TE_LLAMA_FP8_QKV; g < TE_LLAMA_FP8_GEMMS; g = (te_llama_fp8_gemm)(g + 1)) {
-            const int l = m->config.num_hidden_layers - 1;
-            te_llama_fp8_meta *in = te_llama_fp8_meta_of(m, l, g, TE_LLAMA_FP8_INPUT);
-            if (te_llama_fp8_layer_in_bf16(rc, l, l + 1)) CHECK(in->scale == 1.0f && in->n_updates == 0, "layer %d (BF16) gemm %d input state used", l, (int)g);
-            else CHECK(in->scale > 1.0f && isfinite(in->scale), "layer %d gemm %d input scale %g", l, (int)g, in->scale);
+        for (i = 0; i < ACC_RECIPES; i++) {
+            const int l = m[i]->config.num_hidden_layers - 1;
+            CHECK_RESULT(run(m[i], x, seq, lg), TE_LLAMA_OK);
+            for (t = 0; t + 1 < seq; t++) {
+                const float *r = ref + (size_t)t * vocab, *q = lg + (size_t)t * vocab;
+                const int ar = argmax(r, vocab), aq = argmax(q, vocab);
+                double mq = q[aq], sq = 0;
+                int k;
+                for (k = 0; k < vocab; k++) sq += exp(q[k] - mq);
+                nll_fp8[i] += log(sq) + mq - q[x[t + 1]];
+                agree[i] += ar == aq;
+                if (top2_gap(r, vocab, ar) >= 0.25f) agree_decided[i] += ar == aq;
+            }
+            for (g = TE_LLAMA_FP8_QKV; g < TE_LLAMA_FP8_GEMMS; g = (te_llama_fp8_gemm)(g + 1)) {
+                te_llama_fp8_meta *in = te_llama_fp8_meta_of(m[i], l, g, TE_LLAMA_FP8_INPUT);
+                if (te_llama_fp8_layer_in_bf16(rc[i], l, l + 1))
+                    CHECK(in->scale == 1.0f && in->n_updates == 0, "layer %d (BF16) gemm %d input state used", l, (int)g);
+                else CHECK(in->scale > 1.0f && isfinite(in->scale), "layer %d gemm %d input scale %g", l, (int)g, in->scale);
+            }
         }
     }
     ppl_ref = exp(nll_ref / total);
-    ppl_fp8 = exp(nll_fp8 / total);
-    printf("  held-out Austen, %d tokens in %d chunks of %d (%.1f s): perplexity %.3f (bf16 weights, f32 math) vs %.3f (FP8 "
-           "E4M3 emulated, layers kept in BF16: %d first, %d last), %+.3f%%; top-1 agreement %.2f%%, %.2f%% at the %d "
-           "positions where the reference's top-2 gap >= 0.25\n", total, n_chunks, seq, now_s() - t0, ppl_ref, ppl_fp8,
-           rc ? rc->bf16_layers_start : 0, rc ? rc->bf16_layers_end : 0, 100.0 * (ppl_fp8 / ppl_ref - 1.0),
-           100.0 * agree / total, 100.0 * agree_decided / (decided ? decided : 1), decided);
     CHECK(ppl_ref > 30 && ppl_ref < 90, "reference perplexity %g (the model card says 55.98 on the whole held-out text)", ppl_ref);
-    CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
-    CHECK(agree >= bar * total, "top-1 agreement %d of %d below %.0f%%", agree, total, 100 * bar);
-    CHECK(agree_decided >= 0.98 * decided && decided >= total / 2, "top-1 agreement where the reference decided: %d of %d",
-          agree_decided, decided);
-    CHECK(nll_fp8 != nll_ref, "FP8 changed nothing: not quantising?");
-    free(ref); free(lg); free(text);
+    for (i = 0; i < ACC_RECIPES; i++) {
+        const double ppl_fp8 = exp(nll_fp8[i] / total);
+        printf("  held-out Austen, %d tokens in %d chunks of %d (%.1f s for all recipes): perplexity %.3f (bf16 weights, f32 "
+               "math) vs %.3f (FP8 E4M3 emulated, layers kept in BF16: %d first, %d last), %+.3f%%; top-1 agreement %.2f%%, "
+               "%.2f%% at the %d positions where the reference's top-2 gap >= 0.25\n", total, n_chunks, seq, now_s() - t0,
+               ppl_ref, ppl_fp8, rc[i] ? rc[i]->bf16_layers_start : 0, rc[i] ? rc[i]->bf16_layers_end : 0,
+               100.0 * (ppl_fp8 / ppl_ref - 1.0), 100.0 * agree[i] / total,
+               100.0 * agree_decided[i] / (decided ? decided : 1), decided);
+        CHECK(fabs(ppl_fp8 / ppl_ref - 1.0) <= 0.02, "FP8 perplexity %g vs %g: more than 2%% apart", ppl_fp8, ppl_ref);
+        CHECK(agree[i] >= bar[i] * total, "top-1 agreement %d of %d below %.0f%%", agree[i], total, 100 * bar[i]);
+        CHECK(agree_decided[i] >= 0.98 * decided && decided >= total / 2, "top-1 agreement where the reference decided: %d of %d",
+              agree_decided[i], decided);
+        CHECK(nll_fp8[i] != nll_ref, "FP8 changed nothing: not quantising?");
+    }
+    free(ref); free(lg);
+done:
+    free(text);
     te_llama_tokenizer_free_ids(tok, ids);
     te_llama_tokenizer_free_ids(tok, cids);
     te_llama_tokenizer_free(tok);
-    te_llama_free(m);
+    te_llama_free(plain);
+    for (i = 0; i < ACC_RECIPES; i++) te_llama_free(m[i]);
 }
 
 int main(void) {
@@ -492,8 +504,11 @@ int main(void) {
         te_llama_fp8_recipe first_last;
         memset(&first_last, 0, sizeof first_last);
         first_last.bf16_layers_start = first_last.bf16_layers_end = 1;
-        test_accuracy(NULL, 0.93);
-        test_accuracy(&first_last, 0.95);
+        {
+            const te_llama_fp8_recipe *const recipes[ACC_RECIPES] = {NULL, &first_last};
+            const double bars[ACC_RECIPES] = {0.93, 0.95};
+            test_accuracy(recipes, bars);
+        }
     }
     return CHECK_DONE("fp8");
 }
