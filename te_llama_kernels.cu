@@ -1372,7 +1372,14 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    the previous form: 4 warps, 2 keys in flight a subgroup, a key at a time), 17 us at 16 tokens (16 before).
    In the captured step attention still costs about 14 us a layer: skipping it (a test build) decodes at 237
    tok/s against 214; an empty kernel in its place costs 1.5 us. With 8 keys a subgroup the launch took 13 us
-   alone and 23 at 16 tokens (177 registers, one block an SM). */
+   alone and 23 at 16 tokens (177 registers, one block an SM).
+   keys_early (a decode step: one token a sequence): every key before a token's position, and the position itself,
+   was written by an earlier forward or step, finished before this kernel starts: under programmatic launch only
+   the kernel before this one (QKV) may still run, since the previous layer's attention let its successors launch
+   only once the previous QKV had finished (a step's first kernels wait for the kernel before them). So the block
+   reads its range and the first round of those keys before griddepcontrol.wait, while QKV runs; the token's own
+   key, which QKV writes, comes after the wait. The same keys in the same order: the output is bit-identical. Measured (bench/NOTES.md, run 15): 8B FP8 decode 383.8 against 382.3 tok/s for the
+   same kernel loading after the wait and 373.6 for the previous kernel; BF16 218.3 / 217.7 / 215.6. */
 __host__ __device__ constexpr int te_llama__dec2_warps(int hd, int G) { return hd * G > 1024 ? 4 : 8; } /* sacc <= 32 KB */
 /* Keys a subgroup has in flight: 2 for one token (half the round, twice the splits: more blocks share the one
    token's keys, each with a shorter chain; run 9 measured the 8B B1 step 1.0% faster, the 1B 2.6%), 4 for a batch
@@ -1406,8 +1413,7 @@ __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
                                    const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
                                    int n_heads, int n_kv, int max_len, float scale_log2, uint8_t *out_q,
-                                   const float *q_scale, float *q_amax) {
-    te_llama__pdl_start();
+                                   const float *q_scale, float *q_amax, int keys_early) {
     constexpr int LPK = HD / 8, SUBS = 32 / LPK, WARPS = te_llama__dec2_warps(HD, G), STREAMS = WARPS * SUBS;
     constexpr int ROUND = te_llama__dec2_round(HD, G, KPS);
     __shared__ float sm[WARPS][G], sl[WARPS][G];
@@ -1433,6 +1439,34 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     const auto commit_amax = [&]() {
         if (out_q) te_llama__warp_amax(q_max, q_amax);
     };
+    int n_keys = 0, k0 = 0, k1 = 0, active = 0;
+    size_t base = 0;
+    const auto range = [&]() { /* this block's keys [k0, k1) of the token's n_keys; active: the splits with keys */
+        n_keys = pos[t] + 1;
+        int chunk = (n_keys + S - 1) / S;
+        chunk = chunk <= ROUND ? ROUND : (chunk + 15) / 16 * 16;
+        k0 = split * chunk;
+        k1 = min(n_keys, k0 + chunk);
+        active = (n_keys + chunk - 1) / chunk;
+        base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * HD + 8 * li;
+    };
+    uint4 kr[KPS], vr[KPS];
+    const auto load_keys = [&](int r0, int lim) { /* the lane's rows of the round from r0, keys below lim */
+#pragma unroll
+        for (int i = 0; i < KPS; i++) {
+            const int j = r0 + i * STREAMS + stream;
+            kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+            if (j < lim) {
+                kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
+                vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
+            }
+        }
+    };
+    if (keys_early) { /* see above: the first round's keys but the token's own, before the wait */
+        range();
+        if (k0 < n_keys) load_keys(k0, min(k1, n_keys - 1));
+    }
+    te_llama__pdl_start();
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
     for (int g = 0; g < G; g++) { /* before pos[]: these loads do not wait for it */
@@ -1444,21 +1478,19 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
-    const int n_keys = pos[t] + 1;
-    int chunk = (n_keys + S - 1) / S;
-    chunk = chunk <= ROUND ? ROUND : (chunk + 15) / 16 * 16;
-    const int k0 = split * chunk, k1 = min(n_keys, k0 + chunk), active = (n_keys + chunk - 1) / chunk;
+    if (!keys_early) range();
     if (k0 >= n_keys) return;
-    const size_t base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * HD + 8 * li;
     for (int r0 = k0; r0 < k1; r0 += ROUND) {
-        uint4 kr[KPS], vr[KPS];
+        if (!keys_early || r0 != k0) {
+            load_keys(r0, k1);
+        } else { /* the token's own key, written by QKV */
 #pragma unroll
-        for (int i = 0; i < KPS; i++) {
-            const int j = r0 + i * STREAMS + stream;
-            kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
-            if (j < k1) {
-                kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
-                vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
+            for (int i = 0; i < KPS; i++) {
+                const int j = r0 + i * STREAMS + stream;
+                if (j == n_keys - 1 && j < k1) {
+                    kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
+                    vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
+                }
             }
         }
         float s[KPS][G]; /* the trip counts are the warp's (shuffles need all 32 lanes); keys past k1 score 0 */
@@ -2661,6 +2693,8 @@ typedef struct te_llama__att {
     int mode;
     int n_tiles; /* TILED: entries of the tile table (ctx->ints + 4 cap) */
     int splits;  /* DECODE: blocks per (token, kv head) */
+    int keys_ready; /* DECODE: one token a sequence (a decode step), so every key before a token's position is
+                       from an earlier forward */
 } te_llama__att;
 
 /* The kernel for n tokens; n_tiles: the tiles te_llama__upload_batch found (0 for a decode step, whose positions
@@ -2774,7 +2808,7 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
-                                 int max_len, float scale_log2, const te_llama__att_fp8 *q) {
+                                 int max_len, float scale_log2, const te_llama__att_fp8 *q, int keys_early) {
     const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv);
     const int kps = te_llama__dec2_kps(G, n);
 #define TE_LLAMA__DEC2(HD_, G_, KPS_)                                                                                  \
@@ -2782,7 +2816,7 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
         te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_, KPS_>, grid,                                \
                          dim3(32 * te_llama__dec2_warps(HD_, G_)), 0, ctx->qkv, pos, seq, kc, vc,                     \
                          ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2, q ? q->out : NULL,        \
-                         q ? q->scale : NULL, q ? q->amax : NULL);                                                     \
+                         q ? q->scale : NULL, q ? q->amax : NULL, keys_early);                                         \
         return 1;                                                                                                     \
     }
 #define TE_LLAMA__DEC2_G(HD_)                                                                                          \
@@ -2812,7 +2846,7 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
                                                           kc, vc, ctx->att, NULL, q, nh, nkv, hd, max_len, scale_log2);
         if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
-                                                                         nh, max_len, scale_log2, q && q->out ? q : NULL)) {
+                                                                         nh, max_len, scale_log2, q && q->out ? q : NULL, a->keys_ready)) {
         TE_LLAMA__LAUNCHED(decode_attention2);
         if (q && q->out) q->done = 1;
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
@@ -3444,10 +3478,11 @@ static te_llama_result te_llama__ensure_seqs(te_llama__cuda *ctx, int n) {
    which must hold s there. Stream work only: captured once, then replayed. */
 static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
                                              const te_llama_sampler_options *s) {
-    const te_llama__att att = te_llama__att_choose(m, ctx, cache, n, 0);
+    te_llama__att att = te_llama__att_choose(m, ctx, cache, n, 0);
     const int cap = ctx->cap_tokens;
     te_llama_result r;
     int r0;
+    att.keys_ready = 1;
     if ((r = te_llama__layers(m, ctx, cache, n, &att))) return r;
     for (r0 = 0; r0 < n; r0 += TE_LLAMA__LOGIT_ROWS) {
         const int rows = n - r0 < TE_LLAMA__LOGIT_ROWS ? n - r0 : TE_LLAMA__LOGIT_ROWS;
@@ -4932,10 +4967,11 @@ done:
 
 /* Test entry (tests/test_cuda.c): the decode attention of n tokens over host K/V caches (n_seq, max_len, kv_dim) bf16
    bits, with the model's head shape and the given split count, as a decode step launches it; q comes in QKV rows
-   (n, q_dim + 2 kv_dim) fp32 (only the q part is read); out (n, q_dim) bf16 bits. */
+   (n, q_dim + 2 kv_dim) fp32 (only the q part is read); out (n, q_dim) bf16 bits. keys_ready: as a decode step of
+   one token a sequence launches it (te_llama__att.keys_ready), which the caller's tokens must be. */
 extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
                                                               const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                              const uint16_t *kc, const uint16_t *vc, uint16_t *out) {
+                                                              const uint16_t *kc, const uint16_t *vc, int keys_ready, uint16_t *out) {
     te_llama__cuda *ctx = NULL;
     te_llama_result r;
     te_llama__att a;
@@ -4965,6 +5001,7 @@ extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *m
     memset(&a, 0, sizeof a);
     a.mode = TE_LLAMA__ATT_DECODE;
     a.splits = splits;
+    a.keys_ready = keys_ready;
     if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n, NULL))) goto done;
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);

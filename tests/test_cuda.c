@@ -1164,14 +1164,16 @@ static void random_attention_inputs(uint64_t *x, uint16_t *kc, uint16_t *vc, siz
 
 te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
                                                     const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                    const uint16_t *kc, const uint16_t *vc, uint16_t *out);
+                                                    const uint16_t *kc, const uint16_t *vc, int keys_ready, uint16_t *out);
 
 /* The decode attention kernels against attention in double precision over the same bf16 K/V and fp32 q, for every
    head dim and group size of te_llama__decode_attention2_kernel (and head_dim 48, the split-KV fallback): one
    token at positions around the kernel's round sizes and the cache's end, with 1 split (several rounds in one
-   block), 2, 5 and 64 (the last block merges); then 16 tokens of 3 sequences at random positions. Each launch runs
-   twice (the split counters must be back at 0). Every output element must lie within one bf16 rounding of the
-   exact value: 2^-8 relative, plus 1e-6 for fp32 sums. */
+   block), 2, 5 and 64 (the last block merges); then 16 tokens of 3 sequences at random positions, and 3 tokens of
+   one sequence each. Each launch runs twice (the split counters must be back at 0); where the tokens are one a
+   sequence, the second launch is a decode step's (keys_ready: the first round of keys loaded before the kernel's
+   wait), which must give the same bits. Every output element must lie within one bf16 rounding of the exact value:
+   2^-8 relative, plus 1e-6 for fp32 sums. */
 static void test_decode_attention(void) {
     static const int shapes[][2] = {{32, 1}, {32, 8}, {64, 1}, {64, 2}, {64, 4}, {64, 8}, {128, 1}, {128, 2},
                                     {128, 4}, {128, 8}, {256, 1}, {256, 2}, {256, 4}, {256, 8}, {48, 2}};
@@ -1190,25 +1192,27 @@ static void test_decode_attention(void) {
         float *q = (float *)malloc(sizeof(float) * (size_t)BATCH * row);
         double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst = 0.0;
         int32_t pos[BATCH], seq[BATCH];
-        int launches = 0, bad = 0, pi, si, t, rep;
+        int launches = 0, bad = 0, early_differ = 0, pi, si, t, rep;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
         gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !p) goto next;
         random_attention_inputs(&x, kc, vc, cache, q, (size_t)BATCH * row);
-        for (pi = -1; pi < (int)(sizeof positions / sizeof positions[0]); pi++) {
-            /* pi = -1: a batch of 16 tokens at random positions of 3 sequences, 3 splits; else one token */
-            const int n = pi < 0 ? BATCH : 1;
+        for (pi = -2; pi < (int)(sizeof positions / sizeof positions[0]); pi++) {
+            /* pi = -1: a batch of 16 tokens at random positions of 3 sequences, -2: one token of each sequence, 3
+               splits; else one token */
+            const int n = pi == -1 ? BATCH : pi == -2 ? N_SEQ : 1;
             for (si = 0; si < (pi < 0 ? 1 : (int)(sizeof split_counts / sizeof split_counts[0])); si++) {
                 const int S = pi < 0 ? 3 : split_counts[si];
                 for (t = 0; t < n; t++) {
                     x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
                     pos[t] = pi < 0 ? (int)((x >> 20) % MAX_LEN) : positions[pi];
-                    seq[t] = pi < 0 ? (int)((x >> 50) % N_SEQ) : 1;
+                    seq[t] = pi == -1 ? (int)((x >> 50) % N_SEQ) : pi == -2 ? t : 1;
                 }
                 for (rep = 0; rep < 2; rep++)
-                    CHECK_RESULT(te_llama_cuda_test_decode_attention(gpu, n, S, MAX_LEN, N_SEQ, pos, seq, q, kc, vc,
+                    CHECK_RESULT(te_llama_cuda_test_decode_attention(gpu, n, S, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, rep && pi != -1,
                                                                      got + (size_t)rep * BATCH * qd), TE_LLAMA_OK);
                 launches += 2;
+                if (pi != -1 && memcmp(got, got + (size_t)BATCH * qd, sizeof(uint16_t) * (size_t)n * qd)) early_differ++;
                 for (t = 0; t < n; t++) {
                     int h, d, j;
                     for (h = 0; h < nh; h++) {
@@ -1238,8 +1242,9 @@ static void test_decode_attention(void) {
             }
         }
         printf("  decode attention, head_dim %d, %d query heads a kv head: %d launches, %d elements off, worst error %.2f "
-               "of the bound\n", hd, G, launches, bad, worst);
+               "of the bound; keys loaded early: %s\n", hd, G, launches, bad, worst, early_differ ? "DIFFERENT" : "bit-identical");
         CHECK(bad == 0, "decode attention hd %d G %d: %d elements beyond one bf16 rounding (worst %.2f x)", hd, G, bad, worst);
+        CHECK(early_differ == 0, "decode attention hd %d G %d: %d launches with the keys loaded early differ", hd, G, early_differ);
     next:
         te_llama_free(gpu);
         free(kc);
