@@ -1261,6 +1261,7 @@ te_llama__decode_attention_kernel(const float *qkv, const int32_t *pos, const in
             row[lane] = p0;
             row[lane + 32] = p1;
             const float sum = te_llama__warp_sum(p0 + p1);
+            __syncwarp(); /* every lane has read s_m[g] before lane 0 writes it (racecheck flagged the pair) */
             if (lane == 0) {
                 const float corr = exp2f(m_old - m_new);
                 s_c[g] = corr;
