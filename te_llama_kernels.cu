@@ -1379,8 +1379,9 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    the kernel before this one (QKV) may still run, since the previous layer's attention let its successors launch
    only once the previous QKV had finished (a step's first kernels wait for the kernel before them). So the block
    reads its range and the first round of those keys before griddepcontrol.wait, while QKV runs; the token's own
-   key, which QKV writes, comes after the wait. The same keys in the same order: the output is bit-identical. Measured (bench/NOTES.md, run 15): 8B FP8 decode 383.8 against 382.3 tok/s for the
-   same kernel loading after the wait and 373.6 for the previous kernel; BF16 218.3 / 217.7 / 215.6. */
+   key, which QKV writes, comes after the wait. The same keys in the same order: the output is bit-identical.
+   Measured (bench/NOTES.md, run 15): 8B FP8 decode 383.8 tok/s, against 382.3 for the same kernel loading after
+   the wait and 373.6 for the previous kernel; BF16 218.3 / 217.7 / 215.6. */
 __host__ __device__ constexpr int te_llama__dec2_warps(int hd, int G) { return hd * G > 1024 ? 4 : 8; } /* sacc <= 32 KB */
 /* Keys a subgroup has in flight: 2 for one token (half the round, twice the splits: more blocks share the one
    token's keys, each with a shorter chain; run 9 measured the 8B B1 step 1.0% faster, the 1B 2.6%), 4 for a batch
@@ -1470,7 +1471,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     te_llama__pdl_start();
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
-    for (int g = 0; g < G; g++) { /* before pos[]: these loads do not wait for it */
+    for (int g = 0; g < G; g++) { /* (without keys_early) before pos[]: these loads do not wait for it */
         const float4 a = *(const float4 *)(qrow + g * HD), b = *(const float4 *)(qrow + g * HD + 4);
         q[g][0] = a.x * scale_log2; q[g][1] = a.y * scale_log2; q[g][2] = a.z * scale_log2; q[g][3] = a.w * scale_log2;
         q[g][4] = b.x * scale_log2; q[g][5] = b.y * scale_log2; q[g][6] = b.z * scale_log2; q[g][7] = b.w * scale_log2;
