@@ -1480,7 +1480,9 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
-    if (!keys_early) range();
+    if (!keys_early) range(); /* q, pos and seq in one round trip, then the keys (the previous form loaded pos,
+                                 returned on it, then loaded seq: a third round trip before the keys; sm_90a SASS,
+                                 8B FP8 decode +2.3%, bench/NOTES.md run 15) */
     if (k0 >= n_keys) return;
     for (int r0 = k0; r0 < k1; r0 += ROUND) {
         if (!keys_early || r0 != k0) {
