@@ -1453,15 +1453,16 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         base = (size_t)seq[t] * (size_t)max_len * (size_t)kv_dim + (size_t)kvh * HD + 8 * li;
     };
     uint4 kr[KPS], vr[KPS];
+    const auto load_key = [&](int i, int j) { /* key j's K and V row slices as the lane's i-th of the round */
+        kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
+        vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
+    };
     const auto load_keys = [&](int r0, int lim) { /* the lane's rows of the round from r0, keys below lim */
 #pragma unroll
         for (int i = 0; i < KPS; i++) {
             const int j = r0 + i * STREAMS + stream;
             kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
-            if (j < lim) {
-                kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
-                vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
-            }
+            if (j < lim) load_key(i, j);
         }
     };
     if (keys_early) { /* see above: the first round's keys but the token's own, before the wait */
@@ -1491,10 +1492,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
 #pragma unroll
             for (int i = 0; i < KPS; i++) {
                 const int j = r0 + i * STREAMS + stream;
-                if (j == n_keys - 1 && j < k1) {
-                    kr[i] = *(const uint4 *)(kc + base + (size_t)j * kv_dim);
-                    vr[i] = *(const uint4 *)(vc + base + (size_t)j * kv_dim);
-                }
+                if (j == n_keys - 1 && j < k1) load_key(i, j);
             }
         }
         float s[KPS][G]; /* the trip counts are the warp's (shuffles need all 32 lanes); keys past k1 score 0 */
