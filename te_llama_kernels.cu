@@ -218,21 +218,37 @@ typedef struct te_llama__cuda {
 } te_llama__cuda;
 
 /* kernel<<<grid, block, smem, ctx->stream>>>(args), allowed to overlap the previous kernel's tail when ctx->pdl
-   (te_llama__pdl_start says what the kernel must do for that). Check with TE_LLAMA__LAUNCHED. */
+   (te_llama__pdl_start says what the kernel must do for that); with cluster_y > 1 (sm_90 code only) the blocks
+   form thread-block clusters of 1 x cluster_y x 1, which must divide the grid. Check with TE_LLAMA__LAUNCHED. */
 template <typename... P, typename... A>
-static void te_llama__launch(te_llama__cuda *ctx, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args) {
+static void te_llama__launch_cluster(te_llama__cuda *ctx, unsigned cluster_y, void (*kernel)(P...), dim3 grid, dim3 block,
+                                     size_t smem, A &&...args) {
     cudaLaunchConfig_t cfg;
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
     memset(&cfg, 0, sizeof cfg);
+    memset(attr, 0, sizeof attr);
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = ctx->stream;
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    if (ctx->pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster_y > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = 1;
+        attr[n].val.clusterDim.y = cluster_y;
+        attr[n++].val.clusterDim.z = 1;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = ctx->pdl ? 1 : 0;
+    cfg.numAttrs = n;
     (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+template <typename... P, typename... A>
+static void te_llama__launch(te_llama__cuda *ctx, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args) {
+    te_llama__launch_cluster(ctx, 1, kernel, grid, block, smem, std::forward<A>(args)...);
 }
 
 /* The FP8 section's pieces (defined and documented at the end of this file), declared here for the forward. */
@@ -1171,6 +1187,7 @@ static size_t te_llama__fa3_smem_bytes(int hd, int nh, int bn) {
 #define TE_LLAMA__DEC_TILE 64
 #define TE_LLAMA__DEC_MAX_SPLITS 64
 #define TE_LLAMA__DEC_MIN_CHUNK 16
+#define TE_LLAMA__DEC_MAX_CLUSTER 16 /* splits merged in a thread-block cluster (sm_90: 8 portable, 16 allowed) */
 
 /* Keys a split covers, from the device-side key count: the splits of a token share its keys evenly, in multiples
    of 16; the ones past the last key have nothing to do. Both kernels below compute it the same way. */
@@ -1360,11 +1377,16 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    rows; a split covers at least one round). Scores: the lane's 8 dims of q (fp32, scaled by 1/sqrt(hd) log2 e)
    against its 8 dims of each K row, a shuffle reduction over the subgroup; then one online-softmax update per
    round and head (the round's maximum), and P V on the lane's 8 dims. The subgroups of a warp merge by shuffles,
-   the warps in shared memory. With one split active the block writes the bf16 output. Else it writes (sums, max,
-   sum) to part like te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter
-   per (token, kv head), reset by that block, so a captured graph replays) merges them: one launch, no combine
-   kernel. Rounding as the split-KV kernel: q and the probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per
-   (token, kv head), G HD fp32 of q.
+   the warps in shared memory. With one split active the block writes the bf16 output. Else, where the splits form
+   a thread-block cluster (cluster: te_llama__dec2_cluster, 2 to 16 splits on sm_90a), each block leaves its
+   (sums, max, sum) in its shared memory and, after the cluster's barrier, merges a 1 / S share of the outputs
+   from every split's, read through distributed shared memory. Otherwise it writes them to part like
+   te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter per (token, kv
+   head), reset by that block, so a captured graph replays) merges them. Both merges add the splits in the same
+   order: the same bits (test_decode_attention). The cluster merge spares the global round trips (the partial
+   stores, the acq_rel atomic, two rounds of L2 loads): decode 8B FP8 400.6 against 383.8 tok/s, 8B BF16 225.3
+   against 221.6, 1B FP8 1487 against 1456 (bench/NOTES.md, run 16). Rounding as the split-KV kernel: q and the
+   probabilities in fp32. Traffic: (pos + 1) HD 2 2 bytes per (token, kv head), G HD fp32 of q.
    With out_q (an FP8 decode step: proj's E4M3 input) the output goes there instead of out, quantised as
    te_llama__cast_fp8_kernel would quantise the bf16 output: out_q = e4m3(float(bf16(o)) * *q_scale), and *q_amax
    raised to its largest |bf16(o)|. The step then has no cast launch before proj (a test build that skipped that
@@ -1393,6 +1415,23 @@ static int te_llama__dec2_takes(int hd, int G) {
     return (hd == 32 || hd == 64 || hd == 128 || hd == 256) && (G == 1 || G == 2 || G == 4 || G == 8);
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/* Thread-block clusters (sm_90): every thread of the cluster's blocks arrives and waits; what a block wrote to its
+   shared memory before the barrier, the others read after it. */
+__device__ __forceinline__ void te_llama__cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+/* The float at p (an address in this block's shared memory) in the cluster's block of rank `rank`. Volatile, so
+   that it stays after the barrier; loads of several ranks still go out together. */
+__device__ __forceinline__ float te_llama__cluster_ld(const float *p, unsigned rank) {
+    uint32_t at;
+    float v;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(at) : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(at));
+    return v;
+}
+#endif
+
 /* 8 bf16 (one 16-byte load) as floats */
 __device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[8]) {
     const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
@@ -1415,12 +1454,13 @@ __global__ void __launch_bounds__(32 * te_llama__dec2_warps(HD, G))
 te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const int32_t *seq, const te_llama__bf16 *kc,
                                    const te_llama__bf16 *vc, te_llama__bf16 *out, float *part, unsigned *counts,
                                    int n_heads, int n_kv, int max_len, float scale_log2, uint8_t *out_q,
-                                   const float *q_scale, float *q_amax, int keys_early) {
+                                   const float *q_scale, float *q_amax, int keys_early, int cluster) {
     constexpr int LPK = HD / 8, SUBS = 32 / LPK, WARPS = te_llama__dec2_warps(HD, G), STREAMS = WARPS * SUBS;
     constexpr int ROUND = te_llama__dec2_round(HD, G, KPS);
     __shared__ float sm[WARPS][G], sl[WARPS][G];
     __shared__ float sacc[WARPS][G][HD];
     __shared__ float split_m[G][TE_LLAMA__DEC_MAX_SPLITS], split_l[G][TE_LLAMA__DEC_MAX_SPLITS]; /* the merge's */
+    __shared__ float block_m[G], block_l[G]; /* cluster: the block's (max, sum), its sums in sacc[0] */
     __shared__ int last;
     const int t = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z, S = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
@@ -1484,7 +1524,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     if (!keys_early) range(); /* q, pos and seq in one round trip, then the keys (the previous form loaded pos,
                                  returned on it, then loaded seq: a third round trip before the keys; sm_90a SASS,
                                  8B FP8 decode +2.3%, bench/NOTES.md run 15) */
-    if (k0 >= n_keys) return;
+    if (k0 >= n_keys && (!cluster || active == 1)) return; /* a cluster's blocks all meet at its barriers */
     for (int r0 = k0; r0 < k1; r0 += ROUND) {
         if (!keys_early || r0 != k0) {
             load_keys(r0, k1);
@@ -1572,6 +1612,9 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         }
         if (active == 1) {
             put((size_t)t * q_dim + (size_t)head * HD + d, o / L);
+        } else if (cluster) { /* sacc[0][g][d] was read above by this thread alone */
+            sacc[0][g][d] = o;
+            if (d == 0) { block_m[g] = M; block_l[g] = L; }
         } else {
             float *po = part + ((size_t)t * n_heads + head) * (size_t)S * (HD + 2) + (size_t)split * (HD + 2);
             po[d] = o;
@@ -1582,6 +1625,40 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         commit_amax();
         return;
     }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (cluster) { /* the splits are one cluster (at most TE_LLAMA__DEC_MAX_CLUSTER blocks): each block merges a share
+                      of the outputs, reading every split's sums from its shared memory, in the order of the merge
+                      below (the same bits) */
+        te_llama__cluster_sync();
+        const int per = (G * HD + S - 1) / S, i1 = min(G * HD, (split + 1) * per);
+        for (int i = split * per + threadIdx.x; i < i1; i += blockDim.x) {
+            const int g = i / HD, d = i - g * HD;
+            float ms[TE_LLAMA__DEC_MAX_CLUSTER], ls[TE_LLAMA__DEC_MAX_CLUSTER], os[TE_LLAMA__DEC_MAX_CLUSTER];
+            float M = -INFINITY, L = 0.0f, o = 0.0f;
+#pragma unroll
+            for (int s = 0; s < TE_LLAMA__DEC_MAX_CLUSTER; s++)
+                if (s < active) {
+                    ms[s] = te_llama__cluster_ld(&block_m[g], s);
+                    ls[s] = te_llama__cluster_ld(&block_l[g], s);
+                    os[s] = te_llama__cluster_ld(&sacc[0][g][d], s);
+                }
+#pragma unroll
+            for (int s = 0; s < TE_LLAMA__DEC_MAX_CLUSTER; s++)
+                if (s < active) M = fmaxf(M, ms[s]);
+#pragma unroll
+            for (int s = 0; s < TE_LLAMA__DEC_MAX_CLUSTER; s++)
+                if (s < active) {
+                    const float w = te_llama__exp2_ftz(ms[s] - M);
+                    L += w * ls[s];
+                    o += w * os[s];
+                }
+            put((size_t)t * q_dim + (size_t)(kvh * G + g) * HD + d, o / L);
+        }
+        commit_amax();
+        te_llama__cluster_sync(); /* no block leaves while the others may still read its shared memory */
+        return;
+    }
+#endif
     /* The last split of this (token, kv head) to finish merges them all. The barrier orders the block's partial
        stores before thread 0's count, whose acq_rel atomic publishes them at gpu scope and, in the last block,
        acquires the others' (the partials are then read through L2): one fence a block (MEMBAR.ALL.GPU) where
@@ -2697,6 +2774,7 @@ typedef struct te_llama__att {
     int splits;  /* DECODE: blocks per (token, kv head) */
     int keys_ready; /* DECODE: one token a sequence (a decode step), so every key before a token's position is
                        from an earlier forward */
+    int global_merge; /* DECODE, tests only: merge the splits through global memory even where a cluster could */
 } te_llama__att;
 
 /* The kernel for n tokens; n_tiles: the tiles te_llama__upload_batch found (0 for a decode step, whose positions
@@ -2803,22 +2881,42 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
         TE_LLAMA__FA3_SMEM(64, 2, 64);
         TE_LLAMA__FA3_SMEM(64, 1, 64);
 #undef TE_LLAMA__FA3_SMEM
+#define TE_LLAMA__DEC2_CLUSTER(HD_, G_, KPS_)                                                                          \
+    TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__decode_attention2_kernel<HD_, G_, KPS_>,                              \
+                                      cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+#define TE_LLAMA__DEC2_CLUSTER_G(HD_)                                                                                  \
+    TE_LLAMA__DEC2_CLUSTER(HD_, 1, 2) TE_LLAMA__DEC2_CLUSTER(HD_, 1, 4) TE_LLAMA__DEC2_CLUSTER(HD_, 2, 2)              \
+    TE_LLAMA__DEC2_CLUSTER(HD_, 2, 4) TE_LLAMA__DEC2_CLUSTER(HD_, 4, 2) TE_LLAMA__DEC2_CLUSTER(HD_, 4, 4)              \
+    TE_LLAMA__DEC2_CLUSTER(HD_, 8, 2)
+        TE_LLAMA__DEC2_CLUSTER_G(32)
+        TE_LLAMA__DEC2_CLUSTER_G(64)
+        TE_LLAMA__DEC2_CLUSTER_G(128)
+        TE_LLAMA__DEC2_CLUSTER_G(256)
+#undef TE_LLAMA__DEC2_CLUSTER_G
+#undef TE_LLAMA__DEC2_CLUSTER
     }
     return TE_LLAMA_OK;
+}
+
+/* Whether te_llama__decode_attention2_kernel's splits form one thread-block cluster and merge through distributed
+   shared memory: where the device runs the sm_90a code, for 2 to 16 splits (Hopper's largest cluster, which
+   te_llama__attention_init allows). */
+static int te_llama__dec2_cluster(const te_llama__cuda *ctx, const te_llama__att *a) {
+    return ctx->wgmma && !a->global_merge && a->splits >= 2 && a->splits <= TE_LLAMA__DEC_MAX_CLUSTER;
 }
 
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
 static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int S, int nkv, const int32_t *pos,
                                  const int32_t *seq, const te_llama__bf16 *kc, const te_llama__bf16 *vc, int nh,
-                                 int max_len, float scale_log2, const te_llama__att_fp8 *q, int keys_early) {
+                                 int max_len, float scale_log2, const te_llama__att_fp8 *q, int keys_early, int cluster) {
     const dim3 grid((unsigned)n, (unsigned)S, (unsigned)nkv);
     const int kps = te_llama__dec2_kps(G, n);
 #define TE_LLAMA__DEC2(HD_, G_, KPS_)                                                                                  \
     if (hd == HD_ && G == G_ && kps == KPS_) {                                                                        \
-        te_llama__launch(ctx, te_llama__decode_attention2_kernel<HD_, G_, KPS_>, grid,                                \
-                         dim3(32 * te_llama__dec2_warps(HD_, G_)), 0, ctx->qkv, pos, seq, kc, vc,                     \
-                         ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2, q ? q->out : NULL,        \
-                         q ? q->scale : NULL, q ? q->amax : NULL, keys_early);                                         \
+        te_llama__launch_cluster(ctx, cluster ? (unsigned)S : 1u, te_llama__decode_attention2_kernel<HD_, G_, KPS_>,   \
+                                 grid, dim3(32 * te_llama__dec2_warps(HD_, G_)), 0, ctx->qkv, pos, seq, kc, vc,       \
+                                 ctx->att, ctx->part, ctx->part_count, nh, nkv, max_len, scale_log2,                  \
+                                 q ? q->out : NULL, q ? q->scale : NULL, q ? q->amax : NULL, keys_early, cluster);    \
         return 1;                                                                                                     \
     }
 #define TE_LLAMA__DEC2_G(HD_)                                                                                          \
@@ -2848,7 +2946,8 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
                                                           kc, vc, ctx->att, NULL, q, nh, nkv, hd, max_len, scale_log2);
         if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
-                                                                         nh, max_len, scale_log2, q && q->out ? q : NULL, a->keys_ready)) {
+                                                                         nh, max_len, scale_log2, q && q->out ? q : NULL, a->keys_ready,
+                                                                         te_llama__dec2_cluster(ctx, a))) {
         TE_LLAMA__LAUNCHED(decode_attention2);
         if (q && q->out) q->done = 1;
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
@@ -4970,10 +5069,13 @@ done:
 /* Test entry (tests/test_cuda.c): the decode attention of n tokens over host K/V caches (n_seq, max_len, kv_dim) bf16
    bits, with the model's head shape and the given split count, as a decode step launches it; q comes in QKV rows
    (n, q_dim + 2 kv_dim) fp32 (only the q part is read); out (n, q_dim) bf16 bits. keys_ready: as a decode step of
-   one token a sequence launches it (te_llama__att.keys_ready), which the caller's tokens must be. */
+   one token a sequence launches it (te_llama__att.keys_ready), which the caller's tokens must be. global_merge: the
+   splits merge through global memory even where they could form a cluster; *clustered (may be NULL): whether they
+   formed one. */
 extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
                                                               const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                              const uint16_t *kc, const uint16_t *vc, int keys_ready, uint16_t *out) {
+                                                              const uint16_t *kc, const uint16_t *vc, int keys_ready,
+                                                              int global_merge, int *clustered, uint16_t *out) {
     te_llama__cuda *ctx = NULL;
     te_llama_result r;
     te_llama__att a;
@@ -5004,6 +5106,8 @@ extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *m
     a.mode = TE_LLAMA__ATT_DECODE;
     a.splits = splits;
     a.keys_ready = keys_ready;
+    a.global_merge = global_merge;
+    if (clustered) *clustered = te_llama__dec2_takes(hd, nh / nkv) && te_llama__dec2_cluster(ctx, &a);
     if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n, NULL))) goto done;
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);

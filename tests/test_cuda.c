@@ -1164,21 +1164,24 @@ static void random_attention_inputs(uint64_t *x, uint16_t *kc, uint16_t *vc, siz
 
 te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n, int splits, int max_len, int n_seq,
                                                     const int32_t *pos, const int32_t *seq, const float *qkv,
-                                                    const uint16_t *kc, const uint16_t *vc, int keys_ready, uint16_t *out);
+                                                    const uint16_t *kc, const uint16_t *vc, int keys_ready,
+                                                    int global_merge, int *clustered, uint16_t *out);
 
 /* The decode attention kernels against attention in double precision over the same bf16 K/V and fp32 q, for every
    head dim and group size of te_llama__decode_attention2_kernel (and head_dim 48, the split-KV fallback): one
    token at positions around the kernel's round sizes and the cache's end, with 1 split (several rounds in one
-   block), 2, 5 and 64 (the last block merges); then 16 tokens of 3 sequences at random positions, and 3 tokens of
-   one sequence each. Each launch runs twice (the split counters must be back at 0); where the tokens are one a
-   sequence, the second launch is a decode step's (keys_ready: the first round of keys loaded before the kernel's
-   wait), which must give the same bits. Every output element must lie within one bf16 rounding of the exact value:
-   2^-8 relative, plus 1e-6 for fp32 sums. */
+   block), 2, 5, 16 (Hopper's largest cluster) and 64 (the last block merges); then 16 tokens of 3 sequences at random positions, and 3 tokens of
+   one sequence each. Each launch runs three times (the split counters must be back at 0): with the splits merged
+   through global memory; as a decode step merges them (in a thread-block cluster where the device runs sm_90a code
+   and there are 2 to 8 splits), which must give the same bits; and where the tokens are one a sequence, as a
+   decode step launches it (keys_ready: the first round of keys loaded before the kernel's wait), again the same
+   bits. Every output element must lie within one bf16 rounding of the exact value: 2^-8 relative, plus 1e-6 for
+   fp32 sums. */
 static void test_decode_attention(void) {
     static const int shapes[][2] = {{32, 1}, {32, 8}, {64, 1}, {64, 2}, {64, 4}, {64, 8}, {128, 1}, {128, 2},
                                     {128, 4}, {128, 8}, {256, 1}, {256, 2}, {256, 4}, {256, 8}, {48, 2}};
     static const int positions[] = {0, 1, 63, 64, 65, 127, 128, 129, 255, 256, 500, 699};
-    static const int split_counts[] = {1, 2, 5, 64};
+    static const int split_counts[] = {1, 2, 5, 16, 64};
     enum { MAX_LEN = 700, N_SEQ = 3, NKV = 2, BATCH = 16 };
     size_t sh;
     uint64_t x = 0x9e3779b97f4a7c15ull;
@@ -1188,11 +1191,11 @@ static void test_decode_attention(void) {
         te_llama_config c;
         te_llama_model *gpu;
         uint16_t *kc = (uint16_t *)malloc(sizeof(uint16_t) * cache), *vc = (uint16_t *)malloc(sizeof(uint16_t) * cache);
-        uint16_t *got = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)BATCH * qd * 2);
+        uint16_t *got = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)BATCH * qd * 3);
         float *q = (float *)malloc(sizeof(float) * (size_t)BATCH * row);
         double *p = (double *)malloc(sizeof(double) * MAX_LEN), worst = 0.0;
         int32_t pos[BATCH], seq[BATCH];
-        int launches = 0, bad = 0, early_differ = 0, pi, si, t, rep;
+        int launches = 0, clustered_launches = 0, bad = 0, early_differ = 0, cluster_differ = 0, pi, si, t, rep;
         random_config(&c, 64, 128, 1, nh, NKV, hd, 256);
         gpu = create_bf16(&c, TE_LLAMA_BACKEND_CUDA);
         if (!gpu || !kc || !vc || !got || !q || !p) goto next;
@@ -1208,11 +1211,15 @@ static void test_decode_attention(void) {
                     pos[t] = pi < 0 ? (int)((x >> 20) % MAX_LEN) : positions[pi];
                     seq[t] = pi == -1 ? (int)((x >> 50) % N_SEQ) : pi == -2 ? t : 1;
                 }
-                for (rep = 0; rep < 2; rep++)
-                    CHECK_RESULT(te_llama_cuda_test_decode_attention(gpu, n, S, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, rep && pi != -1,
-                                                                     got + (size_t)rep * BATCH * qd), TE_LLAMA_OK);
-                launches += 2;
-                if (pi != -1 && memcmp(got, got + (size_t)BATCH * qd, sizeof(uint16_t) * (size_t)n * qd)) early_differ++;
+                for (rep = 0; rep < 3; rep++) {
+                    int clustered = 0;
+                    CHECK_RESULT(te_llama_cuda_test_decode_attention(gpu, n, S, MAX_LEN, N_SEQ, pos, seq, q, kc, vc, rep == 2 && pi != -1,
+                                                                     rep == 0, &clustered, got + (size_t)rep * BATCH * qd), TE_LLAMA_OK);
+                    clustered_launches += clustered;
+                }
+                launches += 3;
+                if (memcmp(got, got + (size_t)BATCH * qd, sizeof(uint16_t) * (size_t)n * qd)) cluster_differ++;
+                if (memcmp(got + (size_t)BATCH * qd, got + (size_t)2 * BATCH * qd, sizeof(uint16_t) * (size_t)n * qd)) early_differ++;
                 for (t = 0; t < n; t++) {
                     int h, d, j;
                     for (h = 0; h < nh; h++) {
@@ -1230,7 +1237,7 @@ static void test_decode_attention(void) {
                             double ref = 0.0;
                             for (j = 0; j <= pos[t]; j++) ref += p[j] * te_llama__bf16_to_f32(vc[kv0 + (size_t)j * kvd + d]);
                             ref /= sum;
-                            for (rep = 0; rep < 2; rep++) {
+                            for (rep = 0; rep < 3; rep++) {
                                 const double g = te_llama__bf16_to_f32(got[(size_t)rep * BATCH * qd + (size_t)t * qd + (size_t)h * hd + d]);
                                 const double err = fabs(g - ref), tol = fabs(ref) / 256.0 + 1e-6;
                                 if (!(err <= tol)) bad++;
@@ -1242,8 +1249,10 @@ static void test_decode_attention(void) {
             }
         }
         printf("  decode attention, head_dim %d, %d query heads a kv head: %d launches, %d elements off, worst error %.2f "
-               "of the bound; keys loaded early: %s\n", hd, G, launches, bad, worst, early_differ ? "DIFFERENT" : "bit-identical");
+               "of the bound; keys loaded early: %s; %d launches merged in a cluster: %s\n", hd, G, launches, bad, worst,
+               early_differ ? "DIFFERENT" : "bit-identical", clustered_launches, cluster_differ ? "DIFFERENT" : "bit-identical");
         CHECK(bad == 0, "decode attention hd %d G %d: %d elements beyond one bf16 rounding (worst %.2f x)", hd, G, bad, worst);
+        CHECK(cluster_differ == 0, "decode attention hd %d G %d: %d launches merged in a cluster differ", hd, G, cluster_differ);
         CHECK(early_differ == 0, "decode attention hd %d G %d: %d launches with the keys loaded early differ", hd, G, early_differ);
     next:
         te_llama_free(gpu);
