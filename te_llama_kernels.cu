@@ -486,6 +486,16 @@ static int te_llama__norm_threads(int n, int h) {
     return t < 32 ? 32 : t > 1024 ? 1024 : t;
 }
 
+/* RoPE on one pair (a, b) = (x[i], x[i + hd / 2]) at angle (cos c, sin s): (a c - b s, b c + a s), each product
+   rounded before the sum, as the CPU reference computes it. Written out because the compiler fuses a product into
+   the sum where it likes, and which one it picked changed with the code around it (an FP8 decode step's logits
+   moved with an unrelated change to the GEMV's epilogue, bench/NOTES.md run 16); the prefill's kernel and the
+   decode GEMV's epilogue share it. */
+__device__ __forceinline__ void te_llama__rope_pair(float a, float b, float c, float s, float *ra, float *rb) {
+    *ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    *rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
 /* RoPE in HF's rotate-half convention (pairs (i, i + half)) on the q and k heads of each token's fused QKV row,
    in place, then k and v stored in bf16 at the token's cache row [seq][pos] of this layer. Grid (tokens, heads /
    blockDim.y), blocks of head_dim / 2 threads (rounded up to a warp) by blockDim.y heads (te_llama__rope_kv), one
@@ -510,7 +520,8 @@ __global__ void te_llama__rope_kv_kernel(float *qkv, const float *rope, const in
             d[i + half] = __float2bfloat16(b);
             continue;
         }
-        const float ra = a * cs[i] - b * sn[i], rb = b * cs[i] + a * sn[i];
+        float ra, rb;
+        te_llama__rope_pair(a, b, cs[i], sn[i], &ra, &rb);
         v[i] = ra;
         v[i + half] = rb;
         if (head >= n_heads) {
@@ -1953,9 +1964,10 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     static_assert(!NORM || (FP8 && NT == 1 && EPI != TE_LLAMA__EPI_STORE && U == 4), "te_llama__gemv_norm_fp8: E4M3, one token, 4 chunks");
     uint32_t *stage = (uint32_t *)(te_llama__gemv_red + (size_t)KW * RT * NT * 4 * 32) + 64 * warp;
     float norm_inv = 0.0f, norm_s = 0.0f, norm_mx = 0.0f;
-    if (NORM) {
-        norm_inv = te_llama__gemv_norm_inv(a, lane);
+    if (NORM) { /* the scale's load first: it then shares the sums' round trip (after them, ptxas issued it only
+                   once their reduction was done) */
         norm_s = *a.x_scale;
+        norm_inv = te_llama__gemv_norm_inv(a, lane);
     }
     if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm's sums, written by the kernel before: in flight
                                                   during the main loop, waited for at its end */
@@ -2004,11 +2016,51 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) red[warp][(rt * NT + nt) * 4 + e][lane] = acc[rt][nt][e];
+    /* Warp 0's other inputs of the epilogue go out before the barrier, so that their L2 round trip overlaps the wait
+       for the block's other warps instead of following it: the dequantisation factors, SwiGLU's output scale, the
+       rows a STORE adds to and its norm weights, a ROPE_KV's cos / sin and cache rows. The main loop's registers
+       are free by then. */
+    float si_w = 1.0f, si_x = 1.0f, act_scale = 1.0f, y_in[NT][2][RT][2] = {}, norm_wr[RT][2] = {};
+    float rope_c[NT][2] = {}, rope_s[NT][2] = {};
+    size_t kv_row[NT][2] = {};
+    if (warp == 0) {
+        if (FP8) {
+            si_w = *a.scale_inv;
+            si_x = *a.scale_inv_x;
+        }
+        if (EPI == TE_LLAMA__EPI_SWIGLU && FP8) act_scale = *a.act_scale;
+        if (EPI == TE_LLAMA__EPI_STORE && !FP8 && a.norm_w)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) norm_wr[rt][h] = __bfloat162float(a.norm_w[te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a)]);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int tok = nt * 8 + 2 * t + j;
+                if (tok >= a.n) continue;
+                if (EPI == TE_LLAMA__EPI_STORE && a.accumulate) {
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++)
+                            y_in[nt][j][rt][h] = a.y[(size_t)tok * a.m + te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a)];
+                } else if (EPI == TE_LLAMA__EPI_ROPE_KV) {
+                    const int per_head = a.hd / 16, head = blockIdx.x / per_head, i = 8 * (blockIdx.x - head * per_head) + g;
+                    if (head < a.n_heads + a.n_kv) {
+                        rope_c[nt][j] = a.rope[(size_t)tok * a.hd + i];
+                        rope_s[nt][j] = a.rope[(size_t)tok * a.hd + a.hd / 2 + i];
+                    }
+                    if (head >= a.n_heads) kv_row[nt][j] = (size_t)a.seq[tok] * a.max_len + a.pos[tok];
+                }
+            }
+    }
     if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) te_llama__cp_async_wait<0>();
     __syncthreads();
     if (warp) return;
-    float scale = 1.0f, amax = 0.0f;
-    if (FP8) scale = *a.scale_inv * *a.scale_inv_x;
+    float amax = 0.0f;
+    const float scale = si_w * si_x;
 #pragma unroll
     for (int rt = 0; rt < RT; rt++)
 #pragma unroll
@@ -2044,10 +2096,9 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
                         const int row = te_llama__gemv_row<EPI>(blockIdx.x * RT + rt, g + 8 * h, a);
-                        float *y = a.y + (size_t)tok * a.m + row;
-                        const float v = a.accumulate ? *y + acc[rt][nt][2 * h + j] : acc[rt][nt][2 * h + j];
-                        *y = v;
-                        if (!FP8 && a.norm_w) a.xg[(size_t)tok * a.m + row] = __float2bfloat16(__bfloat162float(a.norm_w[row]) * v);
+                        const float v = a.accumulate ? y_in[nt][j][rt][h] + acc[rt][nt][2 * h + j] : acc[rt][nt][2 * h + j];
+                        a.y[(size_t)tok * a.m + row] = v;
+                        if (!FP8 && a.norm_w) a.xg[(size_t)tok * a.m + row] = __float2bfloat16(norm_wr[rt][h] * v);
                         if (a.ss_out) sq[nt][j] += v * v;
                     }
             } else if (EPI == TE_LLAMA__EPI_ROPE_KV) {
@@ -2055,20 +2106,19 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 const int half = a.hd / 2, q_dim = a.n_heads * a.hd, kv_dim = a.n_kv * a.hd;
                 const float lo = acc[0][nt][j], hi = acc[0][nt][2 + j];
                 if (head < a.n_heads + a.n_kv) { /* q or k: rotate the pair (i, i + half) */
-                    const float *cs = a.rope + (size_t)tok * a.hd;
-                    const float ra = lo * cs[i] - hi * cs[half + i], rb = hi * cs[i] + lo * cs[half + i];
+                    float ra, rb;
+                    te_llama__rope_pair(lo, hi, rope_c[nt][j], rope_s[nt][j], &ra, &rb);
                     if (head < a.n_heads) {
                         float *q = a.qkv + (size_t)tok * (q_dim + 2 * kv_dim) + (size_t)head * a.hd;
                         q[i] = ra;
                         q[i + half] = rb;
                     } else {
-                        te_llama__bf16 *k = a.kc + ((size_t)a.seq[tok] * a.max_len + a.pos[tok]) * kv_dim + (size_t)(head - a.n_heads) * a.hd;
+                        te_llama__bf16 *k = a.kc + kv_row[nt][j] * kv_dim + (size_t)(head - a.n_heads) * a.hd;
                         k[i] = __float2bfloat16(ra);
                         k[i + half] = __float2bfloat16(rb);
                     }
                 } else {
-                    te_llama__bf16 *v = a.vc + ((size_t)a.seq[tok] * a.max_len + a.pos[tok]) * kv_dim +
-                                        (size_t)(head - a.n_heads - a.n_kv) * a.hd;
+                    te_llama__bf16 *v = a.vc + kv_row[nt][j] * kv_dim + (size_t)(head - a.n_heads - a.n_kv) * a.hd;
                     v[i] = __float2bfloat16(lo);
                     v[i + half] = __float2bfloat16(hi);
                 }
@@ -2079,7 +2129,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                     if (FP8) {
                         const float gt = acc[0][nt][2 * h + j], up = acc[RT - 1][nt][2 * h + j];
                         const float v = gt / (1.0f + expf(-gt)) * up;
-                        ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, *a.act_scale);
+                        ((uint8_t *)a.act)[at] = te_llama__e4m3_scaled(v, act_scale);
                         amax = fmaxf(amax, fabsf(v));
                     } else { /* gate and up rounded to bf16 first, as cuBLASLt's fc1 writes them for te_llama__swiglu_kernel */
                         const float gt = __bfloat162float(__float2bfloat16(acc[0][nt][2 * h + j]));
