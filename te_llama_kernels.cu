@@ -1964,10 +1964,9 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     static_assert(!NORM || (FP8 && NT == 1 && EPI != TE_LLAMA__EPI_STORE && U == 4), "te_llama__gemv_norm_fp8: E4M3, one token, 4 chunks");
     uint32_t *stage = (uint32_t *)(te_llama__gemv_red + (size_t)KW * RT * NT * 4 * 32) + 64 * warp;
     float norm_inv = 0.0f, norm_s = 0.0f, norm_mx = 0.0f;
-    if (NORM) { /* the scale's load first: it then shares the sums' round trip (after them, ptxas issued it only
-                   once their reduction was done) */
-        norm_s = *a.x_scale;
+    if (NORM) {
         norm_inv = te_llama__gemv_norm_inv(a, lane);
+        norm_s = *a.x_scale;
     }
     if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm's sums, written by the kernel before: in flight
                                                   during the main loop, waited for at its end */
