@@ -767,8 +767,8 @@ typedef struct te_llama_fp8_recipe {
                                          _at_end_in_bf16; 0 and 0: every layer in FP8, TE's way). Such a layer runs
                                          as with FP8 off: its GEMMs in high precision (BF16 on CUDA, float32 on the
                                          CPU), no E4M3 weight copy, its scaling states never updated. On the default
-                                         model 1 and 1 lift top-1 agreement with BF16 from 93.8% to 95.1-95.2% (GPU,
-                                         bench/NOTES_fp8.md); they make the 8B FP8 decode 4-5% slower. */
+                                         model 1 and 1 lift top-1 agreement with BF16 from 93.8-94.4% to 95.1-95.5%
+                                         (GPU, bench/NOTES_fp8.md); they make the 8B FP8 decode 4-6% slower. */
 } te_llama_fp8_recipe;
 
 /* One tensor's scaling state. */
