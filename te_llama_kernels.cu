@@ -1389,9 +1389,9 @@ te_llama__decode_combine_kernel(const float *part, const int32_t *pos, te_llama_
    against its 8 dims of each K row, a shuffle reduction over the subgroup; then one online-softmax update per
    round and head (the round's maximum), and P V on the lane's 8 dims. The subgroups of a warp merge by shuffles,
    the warps in shared memory. With one split active the block writes the bf16 output. Else, where the splits form
-   a thread-block cluster (cluster: te_llama__dec2_cluster, 2 to 16 splits on sm_90a), each block leaves its
-   (sums, max, sum) in its shared memory and, after the cluster's barrier, merges a 1 / S share of the outputs
-   from every split's, read through distributed shared memory. Otherwise it writes them to part like
+   a thread-block cluster (cluster: te_llama__dec2_cluster, one token, 2 to 16 splits on sm_90a), each block
+   leaves its (sums, max, sum) in its shared memory and, after the cluster's barrier, merges a 1 / S share of the
+   outputs from every split's, read through distributed shared memory. Otherwise it writes them to part like
    te_llama__decode_attention_kernel, and the last of the token's splits to finish (a counter per (token, kv
    head), reset by that block, so a captured graph replays) merges them. Both merges add the splits in the same
    order: the same bits (test_decode_attention). The cluster merge spares the global round trips (the partial
@@ -2947,11 +2947,13 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
     return TE_LLAMA_OK;
 }
 
-/* Whether te_llama__decode_attention2_kernel's splits form one thread-block cluster and merge through distributed
-   shared memory: where the device runs the sm_90a code, for 2 to 16 splits (Hopper's largest cluster, which
-   te_llama__attention_init allows). */
-static int te_llama__dec2_cluster(const te_llama__cuda *ctx, const te_llama__att *a) {
-    return ctx->wgmma && !a->global_merge && a->splits >= 2 && a->splits <= TE_LLAMA__DEC_MAX_CLUSTER;
+/* Whether te_llama__decode_attention2_kernel's splits for n tokens form one thread-block cluster and merge through
+   distributed shared memory: where the device runs the sm_90a code, for 2 to 16 splits (Hopper's largest cluster,
+   which te_llama__attention_init allows), and for one token, where the merge is the step's critical path (8B
+   decode B1 +4.4% FP8, +1.7% BF16). At 16 tokens (384 blocks, 3 splits) the clusters read 2945 against 3001 tok/s
+   (8B BF16 decode B16, bench/NOTES.md run 16): there the global merge stays. */
+static int te_llama__dec2_cluster(const te_llama__cuda *ctx, const te_llama__att *a, int n) {
+    return ctx->wgmma && !a->global_merge && n == 1 && a->splits >= 2 && a->splits <= TE_LLAMA__DEC_MAX_CLUSTER;
 }
 
 /* Launch te_llama__decode_attention2_kernel when it has the head dim and group size; 0 when it does not. */
@@ -2996,7 +2998,7 @@ static te_llama_result te_llama__attention(te_llama_model *m, te_llama__cuda *ct
         if (r) return r;
     } else if (a->mode == TE_LLAMA__ATT_DECODE && te_llama__dec2_launch(ctx, hd, nh / nkv, n, a->splits, nkv, pos, seq, kc, vc,
                                                                          nh, max_len, scale_log2, q && q->out ? q : NULL, a->keys_ready,
-                                                                         te_llama__dec2_cluster(ctx, a))) {
+                                                                         te_llama__dec2_cluster(ctx, a, n))) {
         TE_LLAMA__LAUNCHED(decode_attention2);
         if (q && q->out) q->done = 1;
     } else if (a->mode == TE_LLAMA__ATT_DECODE) {
@@ -5156,7 +5158,7 @@ extern "C" te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *m
     a.splits = splits;
     a.keys_ready = keys_ready;
     a.global_merge = global_merge;
-    if (clustered) *clustered = te_llama__dec2_takes(hd, nh / nkv) && te_llama__dec2_cluster(ctx, &a);
+    if (clustered) *clustered = te_llama__dec2_takes(hd, nh / nkv) && te_llama__dec2_cluster(ctx, &a, n);
     if ((r = te_llama__attention(model, ctx, &a, d_kc, d_vc, max_len, n, NULL))) goto done;
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(out, ctx->att, sizeof(te_llama__bf16) * (size_t)n * nh * hd, cudaMemcpyDeviceToHost, ctx->stream), done);

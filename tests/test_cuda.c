@@ -1167,16 +1167,15 @@ te_llama_result te_llama_cuda_test_decode_attention(te_llama_model *model, int n
                                                     const uint16_t *kc, const uint16_t *vc, int keys_ready,
                                                     int global_merge, int *clustered, uint16_t *out);
 
-/* The decode attention kernels against attention in double precision over the same bf16 K/V and fp32 q, for every
-   head dim and group size of te_llama__decode_attention2_kernel (and head_dim 48, the split-KV fallback): one
-   token at positions around the kernel's round sizes and the cache's end, with 1 split (several rounds in one
-   block), 2, 5, 16 (Hopper's largest cluster) and 64 (the last block merges); then 16 tokens of 3 sequences at random positions, and 3 tokens of
-   one sequence each. Each launch runs three times (the split counters must be back at 0): with the splits merged
-   through global memory; as a decode step merges them (in a thread-block cluster where the device runs sm_90a code
-   and there are 2 to 8 splits), which must give the same bits; and where the tokens are one a sequence, as a
-   decode step launches it (keys_ready: the first round of keys loaded before the kernel's wait), again the same
-   bits. Every output element must lie within one bf16 rounding of the exact value: 2^-8 relative, plus 1e-6 for
-   fp32 sums. */
+/* The decode attention kernels against attention in double precision over the same bf16 K/V and fp32 q, for every head
+   dim and group size of te_llama__decode_attention2_kernel (and head_dim 48, the split-KV fallback): one token at
+   positions around the kernel's round sizes and the cache's end, with 1 split (several rounds in one block), 2, 5, 16
+   (Hopper's largest cluster) and 64 (the last block merges); then 16 tokens of 3 sequences at random positions, and 3
+   tokens of one sequence each. Each launch runs three times (the split counters must be back at 0): with the splits
+   merged through global memory; as a decode step merges them (in a thread-block cluster where the device runs sm_90a
+   code, for one token and 2 to 16 splits), which must give the same bits; and where the tokens are one a sequence, as a
+   decode step launches it (keys_ready: the first round of keys loaded before the kernel's wait), again the same bits.
+   Every output element must lie within one bf16 rounding of the exact value: 2^-8 relative, plus 1e-6 for fp32 sums. */
 static void test_decode_attention(void) {
     static const int shapes[][2] = {{32, 1}, {32, 8}, {64, 1}, {64, 2}, {64, 4}, {64, 8}, {128, 1}, {128, 2},
                                     {128, 4}, {128, 8}, {256, 1}, {256, 2}, {256, 4}, {256, 8}, {48, 2}};
