@@ -2905,6 +2905,14 @@ static te_llama_result te_llama__flash_prefill(te_llama__cuda *ctx, int allow_wg
     return TE_LLAMA_OK;
 }
 
+/* Every instance of te_llama__decode_attention2_kernel (head dim, group size, keys a subgroup) as X(HD, G, KPS):
+   te_llama__dec2_takes' head dims and group sizes by te_llama__dec2_kps' values. */
+#define TE_LLAMA__DEC2_EACH_HD(X, HD_)                                                                                 \
+    X(HD_, 1, 2) X(HD_, 1, 4) X(HD_, 2, 2) X(HD_, 2, 4) X(HD_, 4, 2) X(HD_, 4, 4) X(HD_, 8, 2)
+#define TE_LLAMA__DEC2_EACH(X)                                                                                         \
+    TE_LLAMA__DEC2_EACH_HD(X, 32) TE_LLAMA__DEC2_EACH_HD(X, 64) TE_LLAMA__DEC2_EACH_HD(X, 128)                         \
+    TE_LLAMA__DEC2_EACH_HD(X, 256)
+
 /* Once per device context (ctx->stream and ctx->pdl set): whether the device runs this build's sm_90a code
    (ctx->wgmma), and the shared memory the prefill attention kernels need beyond the default 48 KiB. */
 static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
@@ -2933,15 +2941,7 @@ static te_llama_result te_llama__attention_init(te_llama__cuda *ctx) {
 #define TE_LLAMA__DEC2_CLUSTER(HD_, G_, KPS_)                                                                          \
     TE_LLAMA__CU(cudaFuncSetAttribute(te_llama__decode_attention2_kernel<HD_, G_, KPS_>,                              \
                                       cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-#define TE_LLAMA__DEC2_CLUSTER_G(HD_)                                                                                  \
-    TE_LLAMA__DEC2_CLUSTER(HD_, 1, 2) TE_LLAMA__DEC2_CLUSTER(HD_, 1, 4) TE_LLAMA__DEC2_CLUSTER(HD_, 2, 2)              \
-    TE_LLAMA__DEC2_CLUSTER(HD_, 2, 4) TE_LLAMA__DEC2_CLUSTER(HD_, 4, 2) TE_LLAMA__DEC2_CLUSTER(HD_, 4, 4)              \
-    TE_LLAMA__DEC2_CLUSTER(HD_, 8, 2)
-        TE_LLAMA__DEC2_CLUSTER_G(32)
-        TE_LLAMA__DEC2_CLUSTER_G(64)
-        TE_LLAMA__DEC2_CLUSTER_G(128)
-        TE_LLAMA__DEC2_CLUSTER_G(256)
-#undef TE_LLAMA__DEC2_CLUSTER_G
+        TE_LLAMA__DEC2_EACH(TE_LLAMA__DEC2_CLUSTER)
 #undef TE_LLAMA__DEC2_CLUSTER
     }
     return TE_LLAMA_OK;
@@ -2970,14 +2970,7 @@ static int te_llama__dec2_launch(te_llama__cuda *ctx, int hd, int G, int n, int 
                                  q ? q->out : NULL, q ? q->scale : NULL, q ? q->amax : NULL, keys_early, cluster);    \
         return 1;                                                                                                     \
     }
-#define TE_LLAMA__DEC2_G(HD_)                                                                                          \
-    TE_LLAMA__DEC2(HD_, 1, 2) TE_LLAMA__DEC2(HD_, 1, 4) TE_LLAMA__DEC2(HD_, 2, 2) TE_LLAMA__DEC2(HD_, 2, 4)            \
-    TE_LLAMA__DEC2(HD_, 4, 2) TE_LLAMA__DEC2(HD_, 4, 4) TE_LLAMA__DEC2(HD_, 8, 2)
-    TE_LLAMA__DEC2_G(32)
-    TE_LLAMA__DEC2_G(64)
-    TE_LLAMA__DEC2_G(128)
-    TE_LLAMA__DEC2_G(256)
-#undef TE_LLAMA__DEC2_G
+    TE_LLAMA__DEC2_EACH(TE_LLAMA__DEC2)
 #undef TE_LLAMA__DEC2
     return 0;
 }
