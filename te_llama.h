@@ -546,7 +546,10 @@ typedef struct te_llama_generate_options {
 } te_llama_generate_options;
 
 /* Prefill the prompt, then decode until an eos id, max_new_tokens or the callback says stop. out receives the
-   new tokens (capacity cap); *n_out how many. */
+   new tokens (capacity cap); *n_out how many. On CUDA sampling is on the device and the decode steps run ahead of
+   the host: while on_token sees token i, the steps making tokens i + 1 and i + 2 are already queued, so a stop
+   (eos or on_token) leaves up to two steps computed and dropped; under FP8 their amaxes still enter the scaling
+   states, as one or two more requested tokens would have. */
 TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *model, const te_llama_generate_options *options,
                                                const int32_t *prompt, int n_prompt, int32_t *out, int cap,
                                                int *n_out);
@@ -558,8 +561,9 @@ TE_LLAMA_API te_llama_result te_llama_generate(te_llama_model *model, const te_l
    On the CPU every sequence computes exactly as it would alone (greedy sequence s == te_llama_generate of prompt
    s), except under FP8 emulation, whose activation scales follow what each forward saw. On CUDA the decode step
    of the whole batch is one captured graph; finished sequences keep being computed, their tokens dropped, until
-   the last one is done; and the GEMMs' summation order depends on the batch size, so a sequence may part from
-   its single-sequence run where its two best logits are within rounding of each other. */
+   the last one is done (and, as in te_llama_generate, up to two steps past it); and the GEMMs' summation order
+   depends on the batch size, so a sequence may part from its single-sequence run where its two best logits are
+   within rounding of each other. */
 TE_LLAMA_API te_llama_result te_llama_generate_batch(te_llama_model *model, const te_llama_generate_options *options,
                                                      const int32_t *const *prompts, const int *n_prompt, int n_seq,
                                                      int32_t *out, int cap, int *n_out);

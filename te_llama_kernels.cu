@@ -204,7 +204,8 @@ typedef struct te_llama__cuda {
     /* generation */
     int cap_seqs;            /* sequences rng and pinned_token hold; grown by te_llama__ensure_seqs */
     unsigned long long *rng; /* (cap_seqs) device: each sequence's sampler state */
-    int32_t *pinned_token;   /* (cap_seqs) pinned host: the ids sampled last */
+    int32_t *pinned_token;   /* (3, cap_seqs) pinned host: the ids a prefill sampled, then a decode step's in row
+                                1 + (step & 1) (two steps may be in flight: te_llama__decoder) */
     te_llama__plan plans[TE_LLAMA__MAX_PLANS];
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
@@ -3393,7 +3394,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
     if ((r = te_llama__attention_init(ctx))) goto fail;
     TE_LLAMA__CU_GOTO(cudaMalloc(&ctx->workspace, TE_LLAMA__WORKSPACE_BYTES), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&ctx->rng, sizeof(unsigned long long)), fail);
-    TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, sizeof(int32_t), cudaHostAllocDefault), fail);
+    TE_LLAMA__CU_GOTO(cudaHostAlloc((void **)&ctx->pinned_token, 3 * sizeof(int32_t), cudaHostAllocDefault), fail);
     ctx->cap_seqs = 1;
     return TE_LLAMA_OK;
 fail:
@@ -3606,7 +3607,7 @@ static te_llama_result te_llama__ensure_seqs(te_llama__cuda *ctx, int n) {
     ctx->cap_seqs = 0;
     if ((e = cudaMalloc((void **)&rng, sizeof(unsigned long long) * (size_t)n)) != cudaSuccess)
         return te_llama__cuda_error(e, "cudaMalloc(samplers' states)", __FILE__, __LINE__);
-    if ((e = cudaHostAlloc((void **)&pinned, sizeof(int32_t) * (size_t)n, cudaHostAllocDefault)) != cudaSuccess) {
+    if ((e = cudaHostAlloc((void **)&pinned, 3 * sizeof(int32_t) * (size_t)n, cudaHostAllocDefault)) != cudaSuccess) {
         cudaFree(rng);
         return te_llama__cuda_error(e, "cudaHostAlloc(sampled ids)", __FILE__, __LINE__);
     }
@@ -3618,11 +3619,11 @@ static te_llama_result te_llama__ensure_seqs(te_llama__cuda *ctx, int n) {
 
 /* One decode step from device state for n sequences: forward of token ints[s] at position ints[cap + s] of
    sequence ints[2 cap + s] (s < n), lm_head, sampling with rng[s] (which writes the next token to ints[s] and
-   advances ints[cap + s]), and the copy of the n ids to pinned memory. lm_head and sampling go by chunks of
+   advances ints[cap + s]), and the copy of the n ids to ids (pinned host). lm_head and sampling go by chunks of
    TE_LLAMA__LOGIT_ROWS rows (the logits buffer); rows past the first chunk take their indices from ints[3 cap + s],
    which must hold s there. Stream work only: captured once, then replayed. */
 static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
-                                             const te_llama_sampler_options *s) {
+                                             const te_llama_sampler_options *s, int32_t *ids) {
     te_llama__att att = te_llama__att_choose(m, ctx, cache, n, 0);
     const int cap = ctx->cap_tokens;
     te_llama_result r;
@@ -3636,7 +3637,7 @@ static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *
                          ctx->ints + cap + r0);
         TE_LLAMA__LAUNCHED(sample);
     }
-    TE_LLAMA__CU(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
+    TE_LLAMA__CU(cudaMemcpyAsync(ids, ctx->ints, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
     return TE_LLAMA_OK;
 }
 
@@ -3644,33 +3645,60 @@ static void te_llama__info(te_llama_model *m, const char *msg) {
     if (m->options.log) m->options.log(m->options.user, TE_LLAMA_LOG_INFO, msg);
 }
 
-/* The decode loop of a generation: the first step runs plainly (it makes the GEMM plans and grows the buffers),
-   the second is captured in a graph, the rest replay it; if the capture fails, the steps stay plain launches. */
+/* The decode loop of a generation. The first step runs plainly (it makes the GEMM plans and grows the buffers),
+   the second is captured in a graph, the rest replay it; if the capture fails, the steps stay plain launches.
+   Sampling is on the device, so a step needs nothing from the host: the loops keep the next step queued while
+   the host reads a step's ids (te_llama__decode_launch, te_llama__decode_wait), and the GPU never waits for
+   the host between steps. Step j copies its ids to row 1 + (j & 1) of ctx->pinned_token, and the graph's copy
+   is pointed at that row before each replay. A queued step the host then finds unneeded (an end of sequence,
+   on_token's stop) computes one more position inside the cache and its ids are dropped. */
 typedef struct te_llama__decoder {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
-    int steps, graph_failed;
+    cudaGraphNode_t copy;    /* the graph's copy of the ids to pinned memory */
+    int32_t *copy_ids;       /* where the instantiated graph's copy writes now */
+    cudaEvent_t done[2];     /* recorded after step j in done[j & 1] */
+    int launched, waited, graph_failed;
 } te_llama__decoder;
 
-/* One decode step of n sequences (te_llama__decode_step), then a wait: the new ids are in ctx->pinned_token. */
-static te_llama_result te_llama__decode_next(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
-                                             const te_llama_sampler_options *s, te_llama__decoder *d, const char *who) {
+/* The capture of one step (d->exec on success); the graph's copy node is found by its destination. */
+static void te_llama__decode_capture(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                     const te_llama_sampler_options *s, te_llama__decoder *d, int32_t *ids) {
+    cudaGraphNode_t *nodes = NULL;
+    size_t n_nodes = 0, i;
+    te_llama_result rc;
+    if (cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return;
+    rc = te_llama__decode_step(m, ctx, cache, n, s, ids);
+    if (cudaStreamEndCapture(ctx->stream, &d->graph) != cudaSuccess || rc || !d->graph) return;
+    if (cudaGraphGetNodes(d->graph, NULL, &n_nodes) != cudaSuccess || !n_nodes ||
+        !(nodes = (cudaGraphNode_t *)te_llama__host_alloc(&m->allocator, sizeof(cudaGraphNode_t) * n_nodes)))
+        return;
+    if (cudaGraphGetNodes(d->graph, nodes, &n_nodes) != cudaSuccess) n_nodes = 0;
+    for (i = n_nodes; i-- > 0 && !d->copy;) {
+        cudaGraphNodeType type;
+        cudaMemcpy3DParms p;
+        if (cudaGraphNodeGetType(nodes[i], &type) == cudaSuccess && type == cudaGraphNodeTypeMemcpy &&
+            cudaGraphMemcpyNodeGetParams(nodes[i], &p) == cudaSuccess && p.dstPtr.ptr == (void *)ids)
+            d->copy = nodes[i];
+    }
+    te_llama__host_free(&m->allocator, nodes);
+    if (d->copy && cudaGraphInstantiate(&d->exec, d->graph, 0) == cudaSuccess) d->copy_ids = ids;
+    else d->exec = NULL;
+}
+
+/* Queue decode step d->launched of n sequences (te_llama__decode_step); its ids land in pinned row
+   1 + (step & 1), which te_llama__decode_wait hands out. */
+static te_llama_result te_llama__decode_launch(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                               const te_llama_sampler_options *s, te_llama__decoder *d, const char *who) {
+    const int slot = d->launched & 1;
+    int32_t *ids = ctx->pinned_token + (size_t)(1 + slot) * (size_t)ctx->cap_seqs;
     te_llama_result r;
     char msg[160];
-    if (!d->exec && d->steps >= 1 && !d->graph_failed) {
-        te_llama_result rc;
-        cudaError_t ec;
-        if ((ec = cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal)) != cudaSuccess) {
+    if (!d->done[slot]) TE_LLAMA__CU(cudaEventCreateWithFlags(&d->done[slot], cudaEventDisableTiming));
+    if (!d->exec && d->launched >= 1 && !d->graph_failed) {
+        te_llama__decode_capture(m, ctx, cache, n, s, d, ids);
+        if (!d->exec) {
             d->graph_failed = 1;
-        } else {
-            rc = te_llama__decode_step(m, ctx, cache, n, s);
-            ec = cudaStreamEndCapture(ctx->stream, &d->graph);
-            if (rc || ec != cudaSuccess || !d->graph || cudaGraphInstantiate(&d->exec, d->graph, 0) != cudaSuccess) {
-                d->graph_failed = 1;
-                d->exec = NULL;
-            }
-        }
-        if (d->graph_failed) {
             (void)cudaGetLastError();
             if (d->graph) { cudaGraphDestroy(d->graph); d->graph = NULL; }
             snprintf(msg, sizeof msg, "%s: decode graph capture failed (%.80s); plain launches", who, te_llama_last_error());
@@ -3680,18 +3708,45 @@ static te_llama_result te_llama__decode_next(te_llama_model *m, te_llama__cuda *
             te_llama__info(m, msg);
         }
     }
-    if (d->exec) TE_LLAMA__CU(cudaGraphLaunch(d->exec, ctx->stream));
-    else if ((r = te_llama__decode_step(m, ctx, cache, n, s))) return r;
-    TE_LLAMA__CU(cudaStreamSynchronize(ctx->stream));
-    d->steps++;
+    if (d->exec) {
+        if (d->copy_ids != ids) { /* launches already queued keep the destination they had */
+            TE_LLAMA__CU(cudaGraphExecMemcpyNodeSetParams1D(d->exec, d->copy, ids, ctx->ints, sizeof(int32_t) * (size_t)n,
+                                                            cudaMemcpyDeviceToHost));
+            d->copy_ids = ids;
+        }
+        TE_LLAMA__CU(cudaGraphLaunch(d->exec, ctx->stream));
+    } else if ((r = te_llama__decode_step(m, ctx, cache, n, s, ids))) {
+        return r;
+    }
+    TE_LLAMA__CU(cudaEventRecord(d->done[slot], ctx->stream));
+    d->launched++;
+    return TE_LLAMA_OK;
+}
+
+/* Wait for the oldest queued step; *ids: its n ids, valid until the step two after it is queued. */
+static te_llama_result te_llama__decode_wait(te_llama__cuda *ctx, te_llama__decoder *d, const int32_t **ids) {
+    const int slot = d->waited & 1;
+    TE_LLAMA__CU(cudaEventSynchronize(d->done[slot]));
+    *ids = ctx->pinned_token + (size_t)(1 + slot) * (size_t)ctx->cap_seqs;
+    d->waited++;
+    return TE_LLAMA_OK;
+}
+
+/* Queue steps until two are ahead of the host, at most `steps` in all. */
+static te_llama_result te_llama__decode_fill(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                             const te_llama_sampler_options *s, te_llama__decoder *d, int steps, const char *who) {
+    te_llama_result r;
+    while (d->launched < d->waited + 2 && d->launched < steps)
+        if ((r = te_llama__decode_launch(m, ctx, cache, n, s, d, who))) return r;
     return TE_LLAMA_OK;
 }
 
 static void te_llama__decoder_free(te_llama__decoder *d) {
     if (d->exec) cudaGraphExecDestroy(d->exec);
     if (d->graph) cudaGraphDestroy(d->graph);
-    d->exec = NULL;
-    d->graph = NULL;
+    if (d->done[0]) cudaEventDestroy(d->done[0]);
+    if (d->done[1]) cudaEventDestroy(d->done[1]);
+    memset(d, 0, sizeof *d);
 }
 
 extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m, const te_llama_generate_options *options,
@@ -3702,7 +3757,7 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     te_llama_kv_cache *cache = NULL;
     te_llama_batch batch;
     te_llama__decoder dec;
-    int32_t *pos = NULL, next_pos;
+    int32_t *pos = NULL, next_pos, token;
     unsigned long long rng;
     te_llama__att att;
     int i, k, produced = 0, limit, n_rows, n_tiles;
@@ -3756,27 +3811,30 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + ctx->cap_tokens, &next_pos, sizeof next_pos, cudaMemcpyHostToDevice, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t), cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
-    while (produced < limit) {
-        int32_t token = *ctx->pinned_token;
+    token = *ctx->pinned_token;
+    while (produced < limit) { /* token: the next new one; decode step j makes new token j + 1 */
+        const int32_t *ids;
         int stop = 0;
+        if ((r = te_llama__decode_fill(m, ctx, cache, 1, &g.sampler, &dec, limit - 1, "te_llama_cuda_generate"))) goto done;
         out[produced++] = token;
         if (g.on_token && g.on_token(g.user, token)) break;
         if (!g.ignore_eos)
             for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
         if (stop || produced == limit) break;
-        if ((r = te_llama__decode_next(m, ctx, cache, 1, &g.sampler, &dec, "te_llama_cuda_generate"))) goto done;
+        if ((r = te_llama__decode_wait(ctx, &dec, &ids))) goto done;
+        token = ids[0];
     }
     *n_out = produced;
 done:
+    if (ctx && (r || dec.launched > dec.waited)) cudaStreamSynchronize(ctx->stream); /* steps still queued */
     te_llama__decoder_free(&dec);
-    if (r) cudaStreamSynchronize(ctx->stream);
     te_llama__host_free(&m->allocator, pos);
     te_llama_kv_cache_free(cache);
     return r;
 }
 
 /* n_seq sequences: one prefill forward of every prompt (rows wanting logits: each prompt's last token), lm_head and
-   sampling by chunks of those rows, then decode steps of all n_seq sequences through te_llama__decode_next.
+   sampling by chunks of those rows, then decode steps of all n_seq sequences (te_llama__decode_fill).
    Device state of a decode step, as te_llama__decode_step reads it: ints[s] the token of sequence s, ints[cap + s]
    its position, ints[2 cap + s] = s its cache slot, ints[3 cap + s] = s its logits row, rng[s] its sampler. A
    finished sequence stays in the batch (its ids are dropped): the graph keeps one shape and its positions keep
@@ -3790,6 +3848,7 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_mo
     te_llama_batch batch;
     te_llama__decoder dec;
     int32_t *tokens = NULL, *pos, *seq;
+    const int32_t *ids;
     unsigned long long *rng;
     uint8_t *want, *done_seq;
     void *host = NULL;
@@ -3881,23 +3940,27 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_mo
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + 3 * tcap, tokens, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->pinned_token, ctx->ints, sizeof(int32_t) * (size_t)n_seq, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
+    ids = ctx->pinned_token; /* the prefill's row; decode step j makes every sequence's new token j + 1 */
     for (running = n_seq;;) {
         for (s = 0; s < n_seq; s++) {
             int32_t token;
             int stop = 0;
             if (done_seq[s]) continue;
-            token = ctx->pinned_token[s];
+            token = ids[s];
             out[(size_t)s * (size_t)cap + (size_t)n_out[s]++] = token;
             if (!g.ignore_eos)
                 for (k = 0; k < m->n_eos_token_ids; k++) stop |= token == m->eos_token_ids[k];
             if (stop || n_out[s] == limit) { done_seq[s] = 1; running--; }
         }
         if (!running) break;
-        if ((r = te_llama__decode_next(m, ctx, cache, n_seq, &g.sampler, &dec, "te_llama_cuda_generate_batch"))) goto done;
+        /* after the reads above: the step queued next may be the one that writes their row */
+        if ((r = te_llama__decode_fill(m, ctx, cache, n_seq, &g.sampler, &dec, limit - 1, "te_llama_cuda_generate_batch")) ||
+            (r = te_llama__decode_wait(ctx, &dec, &ids)))
+            goto done;
     }
 done:
+    if (ctx && (r || dec.launched > dec.waited)) cudaStreamSynchronize(ctx->stream); /* steps still queued */
     te_llama__decoder_free(&dec);
-    if (r && ctx) cudaStreamSynchronize(ctx->stream);
     te_llama__host_free(&m->allocator, host);
     te_llama_kv_cache_free(cache);
     return r;

@@ -319,6 +319,17 @@ static int stop_at_three(void *user, int32_t token) {
     return ++*(int *)user == 3;
 }
 
+/* A slow host: each token is recorded after 2 ms, while the decode steps queued behind it run and land their ids. */
+typedef struct slow_host { int32_t ids[64]; int n; } slow_host;
+static int record_slowly(void *user, int32_t token) {
+    slow_host *h = (slow_host *)user;
+    const double until = now_s() + 2e-3;
+    while (now_s() < until) {}
+    if (h->n < 64) h->ids[h->n] = token;
+    h->n++;
+    return 0;
+}
+
 /* The GPU against the CPU emulation of its rounding. On the small fixtures what is left is summation order, far
    below the bf16 error itself (measured 1e-6 and under), so tol = 1e-4 catches what the 1e-2 tolerance would let
    through. On larger inputs the bf16 roundings cascade: one rounding that a last-bit difference flips perturbs the
@@ -473,6 +484,15 @@ static void check_generate(const char *name, te_llama_model *gpu, te_llama_model
     g.user = &calls;
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
     CHECK(n2 == 3 && memcmp(out2, out, 3 * sizeof(int32_t)) == 0, "%s: on_token stop gave %d tokens", name, n2);
+    {   /* two steps stay queued ahead of the host (te_llama__decode_fill); a slow host reads each in time */
+        slow_host h;
+        h.n = 0;
+        g.on_token = record_slowly;
+        g.user = &h;
+        CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, STEPS, &n2), TE_LLAMA_OK);
+        CHECK(n2 == STEPS && h.n == STEPS && memcmp(out2, out, sizeof out) == 0 && memcmp(h.ids, out, sizeof out) == 0,
+              "%s: with a slow on_token the greedy ids differ (%d tokens, %d seen)", name, n2, h.n);
+    }
     g.on_token = NULL;
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, n, out2, 5, &n2), TE_LLAMA_OK);
     CHECK(n2 == 5 && memcmp(out2, out, 5 * sizeof(int32_t)) == 0, "%s: cap 5 gave %d tokens", name, n2);
