@@ -2850,6 +2850,10 @@ static te_llama__att te_llama__att_choose(const te_llama_model *m, const te_llam
         long s = (target + blocks - 1) / blocks, most = (cache->max_len + least - 1) / least;
         if (s > most) s = most;
         if (s > TE_LLAMA__DEC_MAX_SPLITS) s = TE_LLAMA__DEC_MAX_SPLITS;
+        /* one token where the splits can merge in a cluster (te_llama__dec2_cluster): at most 16, each covering
+           more of a long cache; at 2048 positions (33 splits before, merged through global memory) the 8B BF16
+           decode ran 1.0% faster and the 1B's 2.8% (bench/NOTES.md, run 17) */
+        if (n == 1 && ctx->wgmma && te_llama__dec2_takes(hd, G) && s > TE_LLAMA__DEC_MAX_CLUSTER) s = TE_LLAMA__DEC_MAX_CLUSTER;
         a.mode = TE_LLAMA__ATT_DECODE;
         a.splits = s < 1 ? 1 : (int)s;
     }
