@@ -1871,18 +1871,27 @@ __device__ __forceinline__ float te_llama__gemv_norm_inv(const te_llama__gemv_ar
 }
 /* Its input for 4 chunks (256 elements from e0 = 64 c): lane L makes elements e0 + 8 L .. + 8 as
    te_llama__norm_row does (te_llama__norm4), e4m3(y * s) into the warp's 256-byte stage, and raises its *mx;
-   lanes past chunk c1 write zeros. Reads 8 fp32 of a.norm_x and 8 bf16 of a.norm_w a lane (L2: every block reads
-   the whole row, 6 bytes an element against the E4M3 input's 1, spread over the main loop's iterations). */
-__device__ __forceinline__ void te_llama__gemv_norm_fp8(const te_llama__gemv_args &a, int c, int c1, int lane, float inv, float s,
+   lanes past chunk c1 write zeros. The loads (te_llama__gemv_norm_load: 8 fp32 of a.norm_x and 8 bf16 of a.norm_w a
+   lane; L2: every block reads the whole row, 6 bytes an element against the E4M3 input's 1, spread over the main
+   loop's iterations) are apart from the arithmetic (te_llama__gemv_norm_fp8) because they do not need inv: the
+   first iteration's go out with the sums of squares. */
+typedef struct te_llama__norm_in { float4 x0, x1; uint2 w0, w1; } te_llama__norm_in;
+__device__ __forceinline__ void te_llama__gemv_norm_load(const te_llama__gemv_args &a, int c, int c1, int lane, te_llama__norm_in *in) {
+    if (c + (lane >> 3) < c1) {
+        const size_t e0 = (size_t)64 * c + 8 * lane;
+        in->x0 = ((const float4 *)a.norm_x)[e0 / 4];
+        in->x1 = ((const float4 *)a.norm_x)[e0 / 4 + 1];
+        in->w0 = ((const uint2 *)a.norm_w)[e0 / 4];
+        in->w1 = ((const uint2 *)a.norm_w)[e0 / 4 + 1];
+    }
+}
+__device__ __forceinline__ void te_llama__gemv_norm_fp8(const te_llama__norm_in &in, int c, int c1, int lane, float inv, float s,
                                                         uint32_t *stage, float *mx) {
     uint32_t q0 = 0, q1 = 0;
     if (c + (lane >> 3) < c1) {
-        const size_t e0 = (size_t)64 * c + 8 * lane;
-        const float4 x0 = ((const float4 *)a.norm_x)[e0 / 4], x1 = ((const float4 *)a.norm_x)[e0 / 4 + 1];
-        const uint2 w0 = ((const uint2 *)a.norm_w)[e0 / 4], w1 = ((const uint2 *)a.norm_w)[e0 / 4 + 1];
         float y0[4], y1[4];
-        te_llama__norm4(x0, w0, inv, y0, mx);
-        te_llama__norm4(x1, w1, inv, y1, mx);
+        te_llama__norm4(in.x0, in.w0, inv, y0, mx);
+        te_llama__norm4(in.x1, in.w1, inv, y1, mx);
         q0 = te_llama__e4m3x4_scaled(y0, s);
         q1 = te_llama__e4m3x4_scaled(y1, s);
     }
@@ -1965,9 +1974,12 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     static_assert(!NORM || (FP8 && NT == 1 && EPI != TE_LLAMA__EPI_STORE && U == 4), "te_llama__gemv_norm_fp8: E4M3, one token, 4 chunks");
     uint32_t *stage = (uint32_t *)(te_llama__gemv_red + (size_t)KW * RT * NT * 4 * 32) + 64 * warp;
     float norm_inv = 0.0f, norm_s = 0.0f, norm_mx = 0.0f;
-    if (NORM) {
-        norm_inv = te_llama__gemv_norm_inv(a, lane);
+    te_llama__norm_in nin = {};
+    if (NORM) { /* the first iteration's norm inputs go out with the sums: one L2 round trip before it, not two (8B
+                   FP8 decode +0.9%, the 1,1 recipe's +0.7%; bench/NOTES.md, run 17) */
         norm_s = *a.x_scale;
+        te_llama__gemv_norm_load(a, c0, c1, lane, &nin);
+        norm_inv = te_llama__gemv_norm_inv(a, lane);
     }
     if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) { /* the folded norm's sums, written by the kernel before: in flight
                                                   during the main loop, waited for at its end */
@@ -1979,16 +1991,30 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
         const int tok = nt * 8 + g;
         xrow[nt] = tok < a.n ? (const char *)a.x + ((size_t)tok * a.k + (size_t)t * (16 / ES)) * ES : NULL;
     }
-    for (int c = c0; c < c1; c += U) {
-        uint4 xv[U][NT];
-        if (NT != 1 || c != c0) load_w(c);
-        if (NORM) { /* chunk c + u's 16 bytes of lane (0, t) at stage + 16 u + 4 t */
-            te_llama__gemv_norm_fp8(a, c, c1, lane, norm_inv, norm_s, stage, &norm_mx);
-            __syncwarp();
+    if (NORM) { /* one token, one tile: the first iteration peeled, so that its inputs, loaded already, are not
+                   carried around the loop (that spilled 16-32 bytes) */
+        const auto step = [&](int c, bool first) {
+            uint4 xv[U][1];
+            if (!first) {
+                load_w(c);
+                te_llama__gemv_norm_load(a, c, c1, lane, &nin);
+            }
+            te_llama__gemv_norm_fp8(nin, c, c1, lane, norm_inv, norm_s, stage, &norm_mx);
+            __syncwarp(); /* chunk c + u's 16 bytes of lane (0, t) at stage + 16 u + 4 t */
 #pragma unroll
             for (int u = 0; u < U; u++) xv[u][0] = g == 0 ? *(const uint4 *)(stage + 16 * u + 4 * t) : make_uint4(0, 0, 0, 0);
             __syncwarp();
-        } else {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) te_llama__gemv_mma<FP8>(acc[rt][0], wv[u][rt][0], wv[u][rt][1], xv[u][0]);
+        };
+        if (c0 < c1) step(c0, true);
+        for (int c = c0 + U; c < c1; c += U) step(c, false);
+    } else {
+        for (int c = c0; c < c1; c += U) {
+            uint4 xv[U][NT];
+            if (NT != 1 || c != c0) load_w(c);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const size_t off = (size_t)(c + u) * 64;
@@ -1997,13 +2023,13 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 for (int nt = 0; nt < NT; nt++)
                     xv[u][nt] = in && xrow[nt] ? __ldg((const uint4 *)(xrow[nt] + off)) : make_uint4(0, 0, 0, 0);
             }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) te_llama__gemv_mma<FP8>(acc[rt][nt], wv[u][rt][0], wv[u][rt][1], xv[u][nt]);
         }
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) te_llama__gemv_mma<FP8>(acc[rt][nt], wv[u][rt][0], wv[u][rt][1], xv[u][nt]);
     }
     if (NORM && blockIdx.x == 0) { /* block 0's warps cover k: the norm output's amax */
         norm_mx = te_llama__warp_max(norm_mx);
