@@ -658,6 +658,10 @@ __device__ __forceinline__ void te_llama__cp_async16(void *smem, const void *gme
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
 }
+__device__ __forceinline__ void te_llama__cp_async4(void *smem, const void *gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+}
 __device__ __forceinline__ void te_llama__cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void te_llama__cp_async_wait(void) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -1478,7 +1482,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
     const int stream = warp * SUBS + sub, q_dim = n_heads * HD, kv_dim = n_kv * HD;
     float q[G][8], acc[G][8], m[G], l[G];
-    float q_max = 0.0f; /* out_q: this thread's largest |output| */
+    float q_max = 0.0f, q_s = 1.0f; /* out_q: this thread's largest |output|, and the scale (loaded with q) */
     /* output element `at` (bf16 or quantised) */
     const auto put = [&](size_t at, float v) {
         const te_llama__bf16 b = __float2bfloat16(v);
@@ -1487,7 +1491,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         } else {
             const float f = __bfloat162float(b);
             if (fabsf(f) > q_max) q_max = fabsf(f);
-            out_q[at] = te_llama__e4m3_scaled(f, *q_scale);
+            out_q[at] = te_llama__e4m3_scaled(f, q_s);
         }
     };
     const auto commit_amax = [&]() {
@@ -1522,6 +1526,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         if (k0 < n_keys) load_keys(k0, min(k1, n_keys - 1));
     }
     te_llama__pdl_start();
+    if (out_q) q_s = *q_scale; /* with q, not at the first output after the merge, where its L2 round trip ended the chain */
     const float *qrow = qkv + (size_t)t * (q_dim + 2 * kv_dim) + (size_t)kvh * G * HD + 8 * li;
 #pragma unroll
     for (int g = 0; g < G; g++) { /* (without keys_early) before pos[]: these loads do not wait for it */
@@ -1926,6 +1931,7 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     extern __shared__ float te_llama__gemv_red[];
     float(*red)[RT * NT * 4][32] = (float(*)[RT * NT * 4][32])te_llama__gemv_red;
     __shared__ __align__(16) float ssm[EPI == TE_LLAMA__EPI_STORE ? 4 : TE_LLAMA__GEMV_MAX_SS]; /* a.ss_in */
+    __shared__ float epi_scale[3]; /* E4M3 SwiGLU: *scale_inv, *scale_inv_x, *act_scale */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KW = blockDim.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = a.k / CHUNK, c0 = (int)((long)chunks * warp / KW), c1 = (int)((long)chunks * (warp + 1) / KW);
     const char *wrow[RT][2];
@@ -1970,6 +1976,14 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                                 plain loop: the 8B BF16 B16 decode measured 2.66k tok/s with this form, 2.83k before
                                 it (run 5; other runs, not isolated) */
     te_llama__pdl_start_early();
+    /* E4M3 SwiGLU: its epilogue's three scales by cp.async here, rather than by warp 0 before the block's barrier,
+       where their L2 round trip followed the main loop whenever warp 0 finished last (1 warp in 2). With the
+       attention's scale loaded with q: 8B FP8 decode +0.1-0.25% (bench/NOTES.md, run 18) */
+    constexpr bool EARLY_SCALES = EPI == TE_LLAMA__EPI_SWIGLU && FP8;
+    if (EARLY_SCALES && threadIdx.x < 3) {
+        te_llama__cp_async4(epi_scale + threadIdx.x, threadIdx.x == 0 ? a.scale_inv : threadIdx.x == 1 ? a.scale_inv_x : a.act_scale);
+        te_llama__cp_async_commit();
+    }
     /* NORM: the folded norm makes each iteration's input in the warp's stage, past red */
     static_assert(!NORM || (FP8 && NT == 1 && EPI != TE_LLAMA__EPI_STORE && U == 4), "te_llama__gemv_norm_fp8: E4M3, one token, 4 chunks");
     uint32_t *stage = (uint32_t *)(te_llama__gemv_red + (size_t)KW * RT * NT * 4 * 32) + 64 * warp;
@@ -2050,11 +2064,10 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
     float rope_c[NT][2] = {}, rope_s[NT][2] = {};
     size_t kv_row[NT][2] = {};
     if (warp == 0) {
-        if (FP8) {
+        if (FP8 && !EARLY_SCALES) {
             si_w = *a.scale_inv;
             si_x = *a.scale_inv_x;
         }
-        if (EPI == TE_LLAMA__EPI_SWIGLU && FP8) act_scale = *a.act_scale;
         if (EPI == TE_LLAMA__EPI_STORE && !FP8 && a.norm_w)
 #pragma unroll
             for (int rt = 0; rt < RT; rt++)
@@ -2082,9 +2095,14 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
                 }
             }
     }
-    if (EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) te_llama__cp_async_wait<0>();
+    if ((EPI != TE_LLAMA__EPI_STORE && !FP8 && a.ss_in) || (EARLY_SCALES && threadIdx.x < 3)) te_llama__cp_async_wait<0>();
     __syncthreads();
     if (warp) return;
+    if (EARLY_SCALES) {
+        si_w = epi_scale[0];
+        si_x = epi_scale[1];
+        act_scale = epi_scale[2];
+    }
     float amax = 0.0f;
     const float scale = si_w * si_x;
 #pragma unroll
