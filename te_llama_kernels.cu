@@ -363,12 +363,34 @@ __device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {
 }
 
 /* x[t, :] = float(embed[tokens[t], :]). One block per token: reads n x hidden bf16 (scattered rows), writes
-   n x hidden fp32. */
-__global__ void te_llama__embed_kernel(const te_llama__bf16 *embed, const int32_t *tokens, float *x, int h) {
+   n x hidden fp32. With h % 8 == 0, 16-byte loads, four a thread issued before any store: one DRAM round trip for
+   a row of up to 8192 (256 threads), where the scalar loop took 6.6 us of each 8B decode step (bench/NOTES.md,
+   run 18). */
+__global__ void te_llama__embed_kernel(const te_llama__bf16 *__restrict__ embed, const int32_t *tokens, float *__restrict__ x, int h) {
     te_llama__pdl_start();
     const te_llama__bf16 *row = embed + (size_t)tokens[blockIdx.x] * h;
     float *out = x + (size_t)blockIdx.x * h;
-    for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+    if (h % 8) {
+        for (int i = threadIdx.x; i < h; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+        return;
+    }
+    const int n8 = h / 8;
+    for (int i0 = threadIdx.x; i0 < n8; i0 += 4 * blockDim.x) {
+        uint4 v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (i0 + j * (int)blockDim.x < n8) v[j] = ((const uint4 *)row)[i0 + j * blockDim.x];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = i0 + j * blockDim.x;
+            if (i >= n8) break;
+            const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&v[j];
+            const float2 f0 = __bfloat1622float2(b2[0]), f1 = __bfloat1622float2(b2[1]), f2 = __bfloat1622float2(b2[2]),
+                         f3 = __bfloat1622float2(b2[3]);
+            ((float4 *)out)[2 * i] = make_float4(f0.x, f0.y, f1.x, f1.y);
+            ((float4 *)out)[2 * i + 1] = make_float4(f2.x, f2.y, f3.x, f3.y);
+        }
+    }
 }
 
 /* The rotation of each token's position, as the CPU makes it: angle = float(pos) * inv_freq[i] in float32,
@@ -1477,6 +1499,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     __shared__ float sacc[WARPS][G][HD];
     __shared__ float split_m[G][TE_LLAMA__DEC_MAX_SPLITS], split_l[G][TE_LLAMA__DEC_MAX_SPLITS]; /* the merge's */
     __shared__ float block_m[G], block_l[G]; /* cluster: the block's (max, sum), its sums in sacc[0] */
+    __shared__ float q_mx[WARPS]; /* out_q: each warp's largest |output| */
     __shared__ int last;
     const int t = blockIdx.x, split = blockIdx.y, kvh = blockIdx.z, S = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPK, li = lane % LPK;
@@ -1494,8 +1517,19 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
             out_q[at] = te_llama__e4m3_scaled(f, q_s);
         }
     };
+    /* out_q's amax: one atomic a block, by thread 0 after a barrier (stage_amax before it), where one a warp made 576
+       on one address for an 8B layer's 72 blocks, which the grid's end waited for (with the embedding's wide loads:
+       8B FP8 decode +0.3%, the 1,1 recipe's +0.35%; bench/NOTES.md, run 18) */
+    const auto stage_amax = [&]() {
+        const float mx = te_llama__warp_max(q_max);
+        if (lane == 0) q_mx[warp] = mx;
+    };
     const auto commit_amax = [&]() {
-        if (out_q) te_llama__warp_amax(q_max, q_amax);
+        if (threadIdx.x) return;
+        float mx = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) mx = fmaxf(mx, q_mx[w]);
+        if (mx > 0.0f) atomicMax((unsigned int *)q_amax, __float_as_uint(mx));
     };
     int n_keys = 0, k0 = 0, k1 = 0, active = 0;
     size_t base = 0;
@@ -1639,7 +1673,11 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         }
     }
     if (active == 1) {
-        commit_amax();
+        if (out_q) {
+            stage_amax();
+            __syncthreads();
+            commit_amax();
+        }
         return;
     }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1671,8 +1709,9 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
                 }
             put((size_t)t * q_dim + (size_t)(kvh * G + g) * HD + d, o / L);
         }
-        commit_amax();
+        if (out_q) stage_amax();
         te_llama__cluster_sync(); /* no block leaves while the others may still read its shared memory */
+        if (out_q) commit_amax();
         return;
     }
 #endif
@@ -1712,7 +1751,11 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
         }
         put((size_t)t * q_dim + (size_t)head * HD + d, o / L);
     }
-    commit_amax();
+    if (out_q) {
+        stage_amax();
+        __syncthreads();
+        commit_amax();
+    }
 }
 
 /* Shared memory of the decode kernel for G query heads a kv head. */
