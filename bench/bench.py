@@ -305,7 +305,9 @@ def print_table(result):
             print(f"| {name} | {fmt(p)} | {fmt(h)} | {fmt(g)} | {ratio(p, h)} | {ratio(p, g)} | {fmt(roof) if roof != '' else '-'} |")
         p, h = r.get("project", {}), r.get("hf", {})
         if p.get("prefill_b1_fp8_tok_s"):
-            fmt = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+            # three decimals: issue #9's targets (1.5x, 1.35x, 1.7x) are met or missed in the third (run 18 read
+            # 383.45 / 225.99 = 1.6968, which two decimals printed as 1.70x)
+            fmt = lambda a, b: f"{a / b:.3f}x" if a and b else "-"
             print(f"FP8 (E4M3 weights and GEMM inputs): prefill B1 T2048 {p['prefill_b1_fp8_tok_s']:.4g} tok/s = "
                   f"{fmt(p['prefill_b1_fp8_tok_s'], h.get('prefill_b1_tok_s'))} HF bf16, "
                   f"{fmt(p['prefill_b1_fp8_tok_s'], p.get('prefill_b1_tok_s'))} te_llama BF16; decode B1 "
