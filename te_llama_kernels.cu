@@ -333,8 +333,9 @@ __device__ int te_llama__block_isum(int v, int *red) {
 
 /* Programmatic dependent launch (Hopper): a kernel launched by te_llama__launch may start while the kernel
    before it in the stream is still running. It calls te_llama__pdl_start (the GEMV: te_llama__pdl_start_early) in
-   every block before reading anything earlier kernels write or writing anything they read (only the GEMV does
-   work before it: loading weights, which no forward writes). The wait returns once the previous kernel has
+   every block before reading anything earlier kernels write or writing anything they read (work before it: the
+   GEMV loads weights, which no forward writes; a decode step's attention its earlier keys, and the FP8 scale update
+   its history, which only earlier forwards wrote). The wait returns once the previous kernel has
    finished and its writes are visible, which chains the guarantee through the stream; the trigger that follows
    lets the next kernel start launching, so two grids share the SMs (three around a GEMV). Both instructions are
    no-ops for a normal launch and before sm_90. */
@@ -5671,9 +5672,19 @@ te_llama__cast_fp8_kernel(const te_llama__bf16 *in, uint8_t *out, size_t n, cons
    GEMMs laid out as (n_gemms, 3: input, weight, output); weight states are left alone, as the CPU's
    te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records a nonzero amax
    in the ring (a zero one is not recorded), the block takes the history's fmaxf maximum (NaN passed over), and
-   thread 0 computes the scale with the host's float operations (the same bits; FLT_MAX when it overflows). */
+   thread 0 computes the scale with the host's float operations (the same bits; FLT_MAX when it overflows).
+   The history but its slot `next` (which the new amax replaces) is read before griddepcontrol.wait, into each
+   thread's hist_mx: only this kernel writes it (its launch after the previous forward, finished by then, since a
+   forward's first kernel waits for the one before it) and host uploads, copies ordered on the stream before any
+   kernel of the forward. After the wait only amax is read: one L2 round trip on the step's chain, not two. */
 __device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
-    const int len = m->history_len;
+    const int len = m->history_len, next = m->next;
+    const bool use_history = m->algo == TE_LLAMA_FP8_AMAX_MAX && len >= 1 && len <= TE_LLAMA_FP8_MAX_HISTORY;
+    float hist_mx = 0.0f;
+    if (use_history)
+        for (int i = threadIdx.x; i < len; i += blockDim.x)
+            if (i != next) hist_mx = fmaxf(hist_mx, m->history[i]);
+    te_llama__pdl_start();
     const float amax = m->amax;
     float used = amax;
     if (len < 1 || len > TE_LLAMA_FP8_MAX_HISTORY) return; /* not initialised: as the host, nothing changes */
@@ -5681,16 +5692,11 @@ __device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
     if (threadIdx.x == 0) m->amax = 0.0f;
     if (amax == 0.0f) return; /* the whole block sees the same amax: nothing recorded, the scale stays */
     if (threadIdx.x == 0) {
-        m->history[m->next] = amax;
-        m->next = (m->next + 1) % len;
+        m->history[next] = amax;
+        m->next = (next + 1) % len;
         m->n_updates++;
     }
-    __syncthreads(); /* the new entry is in the history the block reads next */
-    if (m->algo == TE_LLAMA_FP8_AMAX_MAX) {
-        float mx = 0.0f;
-        for (int i = threadIdx.x; i < len; i += blockDim.x) mx = fmaxf(mx, m->history[i]);
-        used = te_llama__block_max(mx, red);
-    }
+    if (use_history) used = te_llama__block_max(fmaxf(hist_mx, amax), red); /* the history with amax at next */
     if (threadIdx.x == 0) {
         const float fp8_max = m->dtype == TE_LLAMA_F8_E4M3 ? TE_LLAMA_FP8_E4M3_MAX
                               : m->dtype == TE_LLAMA_F8_E5M2 ? TE_LLAMA_FP8_E5M2_MAX : 0.0f; /* te_llama_fp8_max */
@@ -5706,9 +5712,11 @@ __device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
    scale_inv. */
 __global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
 te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms, float *lt_scale_inv) {
-    te_llama__pdl_start();
     __shared__ float red[32];
-    if ((int)blockIdx.x >= n_gemms) return;
+    if ((int)blockIdx.x >= n_gemms) {
+        te_llama__pdl_start();
+        return;
+    }
     te_llama_fp8_meta *m = metas + (size_t)blockIdx.x * 3 + (blockIdx.y ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
     te_llama__fp8_update_state(m, red);
     if (lt_scale_inv && blockIdx.y == 0 && threadIdx.x == 0) lt_scale_inv[TE_LLAMA__FP8_LT_SLOT(blockIdx.x, 1)] = m->scale_inv;
