@@ -1520,7 +1520,7 @@ te_llama__decode_attention2_kernel(const float *qkv, const int32_t *pos, const i
     };
     /* out_q's amax: one atomic a block, by thread 0 after a barrier (stage_amax before it), where one a warp made 576
        on one address for an 8B layer's 72 blocks, which the grid's end waited for (with the embedding's wide loads:
-       8B FP8 decode +0.3%, the 1,1 recipe's +0.35%; bench/NOTES.md, run 18) */
+       8B FP8 decode +0.3%, TE's recipe and the 1,1 one alike; bench/NOTES.md, run 18) */
     const auto stage_amax = [&]() {
         const float mx = te_llama__warp_max(q_max);
         if (lane == 0) q_mx[warp] = mx;
