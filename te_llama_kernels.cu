@@ -363,6 +363,17 @@ __device__ __forceinline__ uint32_t te_llama__pack_bf16(float lo, float hi) {
     return *(uint32_t *)&v;
 }
 
+/* 8 bf16 (one 16-byte load) as floats */
+__device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[8]) {
+    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 v = __bfloat1622float2(b2[e]);
+        f[2 * e] = v.x;
+        f[2 * e + 1] = v.y;
+    }
+}
+
 /* x[t, :] = float(embed[tokens[t], :]). One block per token: reads n x hidden bf16 (scattered rows), writes
    n x hidden fp32. With h % 8 == 0, 16-byte loads, four a thread issued before any store: one DRAM round trip for
    a row of up to 8192 (256 threads), where the scalar loop took 6.6 us of each 8B decode step (bench/NOTES.md,
@@ -385,11 +396,10 @@ __global__ void te_llama__embed_kernel(const te_llama__bf16 *__restrict__ embed,
         for (int j = 0; j < 4; j++) {
             const int i = i0 + j * blockDim.x;
             if (i >= n8) break;
-            const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&v[j];
-            const float2 f0 = __bfloat1622float2(b2[0]), f1 = __bfloat1622float2(b2[1]), f2 = __bfloat1622float2(b2[2]),
-                         f3 = __bfloat1622float2(b2[3]);
-            ((float4 *)out)[2 * i] = make_float4(f0.x, f0.y, f1.x, f1.y);
-            ((float4 *)out)[2 * i + 1] = make_float4(f2.x, f2.y, f3.x, f3.y);
+            float f[8];
+            te_llama__bf16x8_to_f32(v[j], f);
+            ((float4 *)out)[2 * i] = make_float4(f[0], f[1], f[2], f[3]);
+            ((float4 *)out)[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
         }
     }
 }
@@ -1471,16 +1481,6 @@ __device__ __forceinline__ float te_llama__cluster_ld(const float *p, unsigned r
 }
 #endif
 
-/* 8 bf16 (one 16-byte load) as floats */
-__device__ __forceinline__ void te_llama__bf16x8_to_f32(const uint4 &u, float f[8]) {
-    const __nv_bfloat162 *b2 = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const float2 v = __bfloat1622float2(b2[e]);
-        f[2 * e] = v.x;
-        f[2 * e + 1] = v.y;
-    }
-}
 /* 8 consecutive bf16 or fp32 (16-byte aligned) as floats */
 __device__ __forceinline__ void te_llama__load8(const te_llama__bf16 *p, float f[8]) { te_llama__bf16x8_to_f32(*(const uint4 *)p, f); }
 __device__ __forceinline__ void te_llama__load8(const float *p, float f[8]) {
