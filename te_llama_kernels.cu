@@ -162,12 +162,15 @@ typedef struct te_llama__plan {
     cublasLtMatmulAlgo_t algo;
 } te_llama__plan;
 
-enum { TE_LLAMA__FP8_UNFUSED_ATTENTION = 1, TE_LLAMA__FP8_UNFUSED_NORMS = 2 }; /* te_llama_cuda_test_fp8_fused */
+/* te_llama_cuda_test_fp8_fused */
+enum { TE_LLAMA__FP8_UNFUSED_ATTENTION = 1, TE_LLAMA__FP8_UNFUSED_NORMS = 2, TE_LLAMA__FP8_UNFUSED_AMAX_PARTS = 4 };
 
 typedef struct te_llama__cuda {
     te_llama_allocator allocator;
     int device;
     cudaStream_t stream; /* a blocking stream: ordered after the legacy-stream memsets and copies of the loader */
+    cudaStream_t side;   /* a decode step's FP8 scale update, beside its lm_head (te_llama__fp8_end_step_beside) */
+    cudaEvent_t fp8_fork, fp8_updated;
     cublasLtHandle_t lt;
     void *workspace;     /* (TE_LLAMA__WORKSPACE_BYTES) cuBLASLt */
     /* the loader's pinned staging buffers, one event each marking the end of the last copy out of it */
@@ -263,6 +266,7 @@ static inline float *te_llama__fp8_scale(const te_llama__cuda *ctx, int l, int g
 static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_lt_scale_inv(const te_llama__cuda *ctx, int l, int g, int t);
 static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t);
+static inline float *te_llama__fp8_act_amax_part(const te_llama__cuda *ctx, int l);
 static te_llama_result te_llama__rmsnorm_fp8(te_llama__cuda *ctx, const float *x, const int32_t *rows, const te_llama__bf16 *w,
                                              uint8_t *out, te_llama__bf16 *out_bf16, int n, int h, float eps,
                                              const float *scale, float *amax);
@@ -1807,11 +1811,14 @@ typedef struct te_llama__gemv_args {
     const int32_t *pos, *seq;
     te_llama__bf16 *kc, *vc; /* this layer's cache, (n_seq, max_len, kv_dim) */
     int n_heads, n_kv, hd, max_len;
-    /* SWIGLU (the FP8 forward's fc1): act (n, I) e4m3, quantised with *act_scale, its amax raised in *act_amax */
+    /* SWIGLU (the FP8 forward's fc1): act (n, I) e4m3, quantised with *act_scale, its amax raised in *act_amax, or
+       with act_amax_part (one launch: n <= 16) each block's amax stored at act_amax_part[blockIdx.x] for the scale
+       update to fold. All I / 16 blocks end together (every one resident), and their 896 atomics on one address (8B)
+       then queue at the end of the kernel; plain stores do not (8B FP8 decode +0.2%, bench/NOTES.md run 19). */
     void *act;
     int inter;
     const float *act_scale;
-    float *act_amax;
+    float *act_amax, *act_amax_part;
     /* The RMSNorm folded into the GEMVs around it (a one-token step). A STORE with ss_out writes each token's sum
        of y^2 over the block's 16 rows to ss_out[tok * blocks + block], and with norm_w (bf16) also xg (n, m) =
        bf16(norm_w * y). A bf16 ROPE_KV or SWIGLU with ss_in reads that xg as x and scales its sums by inv = 1 /
@@ -2239,7 +2246,8 @@ te_llama__gemv_kernel(const te_llama__gemv_args a) {
             }
     if (EPI == TE_LLAMA__EPI_SWIGLU && FP8) {
         amax = te_llama__warp_max(amax);
-        if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
+        if (lane == 0 && a.act_amax_part) a.act_amax_part[blockIdx.x] = amax;
+        else if (lane == 0) atomicMax((unsigned *)a.act_amax, __float_as_uint(amax));
     }
 }
 
@@ -2275,8 +2283,9 @@ __device__ __forceinline__ unsigned te_llama__order_key(float f) {
    gives id 0). Block (s, r) scans slice s of row r (ids [s span, (s + 1) span), span a multiple of 4: 16-byte
    loads strided over the threads when the row allows), writes its (max, id) to part, and the last of the row's
    blocks to finish (a counter per row, reset by that block, so a captured graph replays) merges the slices and
-   writes token[r], advancing pos[r] when pos is given. A single block a row read the 128k logits of a Llama 3
-   shape in 20.6 us (bench/NOTES.md, run 6): one SM's share of L2. Traffic: vocab fp32 a row, 8 bytes a block. */
+   writes token[r] (and host_token[r] when given: pinned host memory), advancing pos[r] when pos is given. A
+   single block a row read the 128k logits of a Llama 3 shape in 20.6 us (bench/NOTES.md, run 6): one SM's share
+   of L2. Traffic: vocab fp32 a row, 8 bytes a block. */
 #define TE_LLAMA__ARGMAX_THREADS 256
 #define TE_LLAMA__ARGMAX_SLICES 64 /* most blocks a row */
 #define TE_LLAMA__ARGMAX_SPAN 2048 /* fewest ids a block */
@@ -2291,7 +2300,7 @@ __device__ __forceinline__ void te_llama__argmax_warp(float &best, int &bi) {
 
 __global__ void __launch_bounds__(TE_LLAMA__ARGMAX_THREADS)
 te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v, int *part_i, unsigned *counts,
-                        int32_t *token, int32_t *pos) {
+                        int32_t *token, int32_t *pos, int32_t *host_token) {
     te_llama__pdl_start();
     __shared__ float wb[TE_LLAMA__ARGMAX_THREADS / 32];
     __shared__ int wi[TE_LLAMA__ARGMAX_THREADS / 32];
@@ -2327,6 +2336,7 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
         if (lane == 0) {
             token[row] = bi < 0 ? 0 : bi;
             if (pos) pos[row] += 1;
+            if (host_token) host_token[row] = bi < 0 ? 0 : bi;
         }
         return;
     }
@@ -2349,6 +2359,7 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
     if (lane == 0) {
         token[row] = bi < 0 ? 0 : bi;
         if (pos) pos[row] += 1;
+        if (host_token) host_token[row] = bi < 0 ? 0 : bi;
     }
 }
 
@@ -2358,11 +2369,11 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
    whose logit key is >= the largest key that still leaves k ids (32 counting passes over the vocabulary); top_p
    then keeps those >= the largest key whose kept mass reaches top_p of the top_k mass (32 summing passes); the
    draw u * mass (xorshift64* state in rng[b], as te_llama_sample's) picks the id whose interval in id order holds
-   it. Writes token[b], and advances pos[b] when pos is given (the next decode step's position). Traffic per row:
-   vocab fp32 reads per pass (3 to 67), mostly from L2. */
+   it. Writes token[b] (and host_token[b] when given), and advances pos[b] when pos is given (the next decode
+   step's position). Traffic per row: vocab fp32 reads per pass (3 to 67), mostly from L2. */
 __global__ void __launch_bounds__(TE_LLAMA__SAMPLE_THREADS)
 te_llama__sample_kernel(const float *logits, int vocab, float temperature, int top_k, float top_p,
-                        unsigned long long *rng, int32_t *token, int32_t *pos) {
+                        unsigned long long *rng, int32_t *token, int32_t *pos, int32_t *host_token) {
     te_llama__pdl_start();
     __shared__ float red[32];
     __shared__ int ired[32];
@@ -2441,6 +2452,7 @@ te_llama__sample_kernel(const float *logits, int vocab, float temperature, int t
     if (tid == 0) {
         *token = result;
         if (pos) *pos += 1;
+        if (host_token) host_token[blockIdx.x] = result;
     }
 }
 
@@ -2580,20 +2592,21 @@ static te_llama_result te_llama__ensure_rows(te_llama_model *m, te_llama__cuda *
     return TE_LLAMA_OK;
 }
 
-/* One token from each of rows rows of ctx->logits into token[] (advancing pos[] when given): the greedy argmax
-   when temperature <= 0, else the sampler with rng[]. Stream work (capturable). */
+/* One token from each of rows rows of ctx->logits into token[] (advancing pos[] when given, and into host_token[]
+   when given: pinned host memory, which the kernel writes itself): the greedy argmax when temperature <= 0, else
+   the sampler with rng[]. Stream work (capturable). */
 static void te_llama__sample(te_llama__cuda *ctx, int rows, int vocab, float temperature, int top_k, float top_p,
-                             unsigned long long *rng, int32_t *token, int32_t *pos) {
+                             unsigned long long *rng, int32_t *token, int32_t *pos, int32_t *host_token) {
     if (temperature > 0.0f) {
         te_llama__launch(ctx, te_llama__sample_kernel, dim3((unsigned)rows), dim3(TE_LLAMA__SAMPLE_THREADS), 0, ctx->logits, vocab,
-                         temperature, top_k, top_p, rng, token, pos);
+                         temperature, top_k, top_p, rng, token, pos, host_token);
         return;
     }
     int slices = (vocab + TE_LLAMA__ARGMAX_SPAN - 1) / TE_LLAMA__ARGMAX_SPAN;
     slices = slices > TE_LLAMA__ARGMAX_SLICES ? TE_LLAMA__ARGMAX_SLICES : slices;
     const int span = (int)te_llama__round_up((size_t)((vocab + slices - 1) / slices), 4);
     te_llama__launch(ctx, te_llama__argmax_kernel, dim3((unsigned)slices, (unsigned)rows), dim3(TE_LLAMA__ARGMAX_THREADS), 0,
-                     (const float *)ctx->logits, vocab, span, ctx->argmax_v, ctx->argmax_i, ctx->argmax_count, token, pos);
+                     (const float *)ctx->logits, vocab, span, ctx->argmax_v, ctx->argmax_i, ctx->argmax_count, token, pos, host_token);
 }
 
 /* Grow a device buffer of *have elements of elem bytes to n (zeroed when zero), freeing the old one after the
@@ -3237,7 +3250,10 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
         memset(&ga, 0, sizeof ga);
         ga.w = te_llama__fp8_weight(ctx, l, FC1); ga.x = xq; ga.m = 2 * I; ga.k = h;
         ga.scale_inv = te_llama__fp8_scale_inv(ctx, l, FC1, WT); ga.scale_inv_x = te_llama__fp8_scale_inv(ctx, l, FC1, IN);
-        ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN); ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
+        ga.act = actq; ga.inter = I; ga.act_scale = te_llama__fp8_scale(ctx, l, FC2, IN);
+        if (n <= TE_LLAMA__GEMV_MAX_N && !(ctx->fp8_unfused & TE_LLAMA__FP8_UNFUSED_AMAX_PARTS)) /* one launch */
+            ga.act_amax_part = te_llama__fp8_act_amax_part(ctx, l);
+        else ga.act_amax = te_llama__fp8_amax(ctx, l, FC2, IN);
         if (fold) { /* from proj's sums of squares */
             ga.ss_in = ctx->norm_ss; ga.ss_parts = h / 16; ga.eps = eps; ga.norm_w = (const te_llama__bf16 *)P[5].data; ga.norm_x = ctx->x;
             ga.x_scale = te_llama__fp8_scale(ctx, l, FC1, IN); ga.x_amax = te_llama__fp8_amax(ctx, l, FC1, IN);
@@ -3254,8 +3270,8 @@ static te_llama_result te_llama__layer_fp8(te_llama_model *m, te_llama__cuda *ct
 
 /* Embeddings and every layer for the n tokens whose ids, positions and sequences are in ctx->ints (device), the
    attention by plan a: stream work only, so that a decode step can be captured in a graph. With FP8 on, the layers
-   run te_llama__layer_fp8, or in bf16 while recording the GEMM inputs' amaxes when calibrating; either way the FP8
-   states are updated at the end, as the CPU does after each forward. */
+   run te_llama__layer_fp8, or in bf16 while recording the GEMM inputs' amaxes when calibrating; either way the
+   caller then updates the FP8 states (te_llama__fp8_end_step_dev), as the CPU does after each forward. */
 static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
                                         const te_llama__att *a) {
     const te_llama_config *c = &m->config;
@@ -3379,7 +3395,7 @@ static te_llama_result te_llama__layers(te_llama_model *m, te_llama__cuda *ctx, 
         }
         if ((r = te_llama__gemm(ctx, P[7].data, ctx->act, ctx->x, CUDA_R_32F, h, n, I, 1))) return r;
     }
-    return fp8 ? te_llama__fp8_end_step_dev(ctx) : TE_LLAMA_OK;
+    return TE_LLAMA_OK;
 }
 
 /* Final norm and lm_head for n_rows rows of x (rows: device indices, NULL for rows 0..n_rows-1) into ctx->logits. */
@@ -3476,6 +3492,9 @@ TE_LLAMA_API te_llama_result te_llama_cuda_init(te_llama_model *m) {
     m->backend = ctx;
     TE_LLAMA__CU_GOTO(cudaSetDevice(dev), fail);
     TE_LLAMA__CU_GOTO(cudaStreamCreate(&ctx->stream), fail);
+    TE_LLAMA__CU_GOTO(cudaStreamCreateWithFlags(&ctx->side, cudaStreamNonBlocking), fail);
+    TE_LLAMA__CU_GOTO(cudaEventCreateWithFlags(&ctx->fp8_fork, cudaEventDisableTiming), fail);
+    TE_LLAMA__CU_GOTO(cudaEventCreateWithFlags(&ctx->fp8_updated, cudaEventDisableTiming), fail);
     {
         cublasStatus_t s = cublasLtCreate(&ctx->lt);
         if (s != CUBLAS_STATUS_SUCCESS) { r = te_llama__cublas_error(s, "cublasLtCreate", __FILE__, __LINE__); goto fail; }
@@ -3517,6 +3536,9 @@ TE_LLAMA_API void te_llama_cuda_release(te_llama_model *m) {
     cudaFree(ctx->rng);
     if (ctx->pinned_token) cudaFreeHost(ctx->pinned_token);
     if (ctx->lt) cublasLtDestroy(ctx->lt);
+    if (ctx->fp8_fork) cudaEventDestroy(ctx->fp8_fork);
+    if (ctx->fp8_updated) cudaEventDestroy(ctx->fp8_updated);
+    if (ctx->side) cudaStreamDestroy(ctx->side);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     (void)cudaGetLastError();
     te_llama__host_free(&ctx->allocator, ctx->host_ints);
@@ -3664,7 +3686,7 @@ TE_LLAMA_API te_llama_result te_llama_cuda_forward(te_llama_model *m, te_llama_k
     if ((r = te_llama__ensure_tokens(m, ctx, b->n_tokens))) return r;
     if ((r = te_llama__upload_batch(ctx, b, &n_rows, &n_tiles))) return r;
     att = te_llama__att_choose(m, ctx, cache, b->n_tokens, n_tiles);
-    if ((r = te_llama__layers(m, ctx, cache, b->n_tokens, &att))) return r;
+    if ((r = te_llama__layers(m, ctx, cache, b->n_tokens, &att)) || (r = te_llama__fp8_end_step_dev(ctx))) return r;
     if (logits && n_rows > 0) {
         int r0;
         if ((r = te_llama__ensure_rows(m, ctx, n_rows))) return r;
@@ -3709,11 +3731,30 @@ static te_llama_result te_llama__ensure_seqs(te_llama__cuda *ctx, int n) {
     return TE_LLAMA_OK;
 }
 
+/* te_llama__fp8_end_step_dev on ctx->side, forked here from ctx->stream, which te_llama__decode_step joins at its
+   end (ctx->fp8_updated): a decode step's scale update runs beside the final norm, lm_head and sampling, none of
+   which reads the FP8 states, instead of between the last layer and them (8B FP8 decode with the first and last
+   layers in BF16: 385.1 against 384.6 tok/s, bench/NOTES.md run 19). The next step's kernels follow the join.
+   Nothing when FP8 is off. */
+static te_llama_result te_llama__fp8_end_step_beside(te_llama__cuda *ctx) {
+    cudaStream_t stream = ctx->stream;
+    te_llama_result r;
+    if (!ctx->fp8) return TE_LLAMA_OK;
+    TE_LLAMA__CU(cudaEventRecord(ctx->fp8_fork, stream));
+    TE_LLAMA__CU(cudaStreamWaitEvent(ctx->side, ctx->fp8_fork, 0));
+    ctx->stream = ctx->side; /* where te_llama__launch launches */
+    r = te_llama__fp8_end_step_dev(ctx);
+    ctx->stream = stream;
+    if (r) return r;
+    TE_LLAMA__CU(cudaEventRecord(ctx->fp8_updated, ctx->side));
+    return TE_LLAMA_OK;
+}
+
 /* One decode step from device state for n sequences: forward of token ints[s] at position ints[cap + s] of
-   sequence ints[2 cap + s] (s < n), lm_head, sampling with rng[s] (which writes the next token to ints[s] and
-   advances ints[cap + s]), and the copy of the n ids to ids (pinned host). lm_head and sampling go by chunks of
-   TE_LLAMA__LOGIT_ROWS rows (the logits buffer); rows past the first chunk take their indices from ints[3 cap + s],
-   which must hold s there. Stream work only: captured once, then replayed. */
+   sequence ints[2 cap + s] (s < n), lm_head, sampling with rng[s], which writes the next token to ints[s] and to
+   ids[s] (pinned host) and advances ints[cap + s]. lm_head and sampling go by chunks of TE_LLAMA__LOGIT_ROWS rows
+   (the logits buffer); rows past the first chunk take their indices from ints[3 cap + s], which must hold s there.
+   Stream work only: captured, then replayed. */
 static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
                                              const te_llama_sampler_options *s, int32_t *ids) {
     te_llama__att att = te_llama__att_choose(m, ctx, cache, n, 0);
@@ -3721,15 +3762,15 @@ static te_llama_result te_llama__decode_step(te_llama_model *m, te_llama__cuda *
     te_llama_result r;
     int r0;
     att.keys_ready = 1;
-    if ((r = te_llama__layers(m, ctx, cache, n, &att))) return r;
+    if ((r = te_llama__layers(m, ctx, cache, n, &att)) || (r = te_llama__fp8_end_step_beside(ctx))) return r;
     for (r0 = 0; r0 < n; r0 += TE_LLAMA__LOGIT_ROWS) {
         const int rows = n - r0 < TE_LLAMA__LOGIT_ROWS ? n - r0 : TE_LLAMA__LOGIT_ROWS;
         if ((r = te_llama__head(m, ctx, r0 ? ctx->ints + 3 * cap + r0 : NULL, rows))) return r;
         te_llama__sample(ctx, rows, m->config.vocab_size, s->temperature, s->top_k, s->top_p, ctx->rng + r0, ctx->ints + r0,
-                         ctx->ints + cap + r0);
+                         ctx->ints + cap + r0, ids + r0);
         TE_LLAMA__LAUNCHED(sample);
     }
-    TE_LLAMA__CU(cudaMemcpyAsync(ids, ctx->ints, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, ctx->stream));
+    if (ctx->fp8) TE_LLAMA__CU(cudaStreamWaitEvent(ctx->stream, ctx->fp8_updated, 0)); /* the join */
     return TE_LLAMA_OK;
 }
 
@@ -3738,44 +3779,32 @@ static void te_llama__info(te_llama_model *m, const char *msg) {
 }
 
 /* The decode loop of a generation. The first step runs plainly (it makes the GEMM plans and grows the buffers),
-   the second is captured in a graph, the rest replay it; if the capture fails, the steps stay plain launches.
+   the next two are captured in graphs, the rest replay them; if a capture fails, its steps stay plain launches.
    Sampling is on the device, so a step needs nothing from the host: the loops keep the next step queued while
    the host reads a step's ids (te_llama__decode_launch, te_llama__decode_wait), and the GPU never waits for
-   the host between steps. Step j copies its ids to row 1 + (j & 1) of ctx->pinned_token, and the graph's copy
-   is pointed at that row before each replay. A queued step the host then finds unneeded (an end of sequence,
-   on_token's stop) computes one more position inside the cache and its ids are dropped. */
+   the host between steps. Step j's sampler writes its ids to row 1 + (j & 1) of ctx->pinned_token itself, so
+   steps alternate between two graphs, one for each row. One graph ending in a copy node to the row (pointed at
+   it before each replay) decoded the 8B shape as fast in BF16 and 0.15% slower in FP8 (bench/NOTES.md, run 19).
+   A queued step the host then finds unneeded (an end of sequence, on_token's stop) computes one more position
+   inside the cache and its ids are dropped. */
 typedef struct te_llama__decoder {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    cudaGraphNode_t copy;    /* the graph's copy of the ids to pinned memory */
-    int32_t *copy_ids;       /* where the instantiated graph's copy writes now */
+    cudaGraphExec_t exec[2]; /* step j replays exec[j & 1] */
     cudaEvent_t done[2];     /* recorded after step j in done[j & 1] */
     int launched, waited, graph_failed;
 } te_llama__decoder;
 
-/* The capture of one step (d->exec on success); the graph's copy node is found by its destination. */
-static void te_llama__decode_capture(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
-                                     const te_llama_sampler_options *s, te_llama__decoder *d, int32_t *ids) {
-    cudaGraphNode_t *nodes = NULL;
-    size_t n_nodes = 0, i;
+/* The capture of one step writing its ids to ids: an executable graph, or NULL. */
+static cudaGraphExec_t te_llama__decode_capture(te_llama_model *m, te_llama__cuda *ctx, te_llama_kv_cache *cache, int n,
+                                                const te_llama_sampler_options *s, int32_t *ids) {
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
     te_llama_result rc;
-    if (cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return;
+    if (cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return NULL;
     rc = te_llama__decode_step(m, ctx, cache, n, s, ids);
-    if (cudaStreamEndCapture(ctx->stream, &d->graph) != cudaSuccess || rc || !d->graph) return;
-    if (cudaGraphGetNodes(d->graph, NULL, &n_nodes) != cudaSuccess || !n_nodes ||
-        !(nodes = (cudaGraphNode_t *)te_llama__host_alloc(&m->allocator, sizeof(cudaGraphNode_t) * n_nodes)))
-        return;
-    if (cudaGraphGetNodes(d->graph, nodes, &n_nodes) != cudaSuccess) n_nodes = 0;
-    for (i = n_nodes; i-- > 0 && !d->copy;) {
-        cudaGraphNodeType type;
-        cudaMemcpy3DParms p;
-        if (cudaGraphNodeGetType(nodes[i], &type) == cudaSuccess && type == cudaGraphNodeTypeMemcpy &&
-            cudaGraphMemcpyNodeGetParams(nodes[i], &p) == cudaSuccess && p.dstPtr.ptr == (void *)ids)
-            d->copy = nodes[i];
-    }
-    te_llama__host_free(&m->allocator, nodes);
-    if (d->copy && cudaGraphInstantiate(&d->exec, d->graph, 0) == cudaSuccess) d->copy_ids = ids;
-    else d->exec = NULL;
+    if (cudaStreamEndCapture(ctx->stream, &graph) == cudaSuccess && !rc && graph && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess)
+        exec = NULL;
+    if (graph) cudaGraphDestroy(graph);
+    return exec;
 }
 
 /* Queue decode step d->launched of n sequences (te_llama__decode_step); its ids land in pinned row
@@ -3787,29 +3816,20 @@ static te_llama_result te_llama__decode_launch(te_llama_model *m, te_llama__cuda
     te_llama_result r;
     char msg[160];
     if (!d->done[slot]) TE_LLAMA__CU(cudaEventCreateWithFlags(&d->done[slot], cudaEventDisableTiming));
-    if (!d->exec && d->launched >= 1 && !d->graph_failed) {
-        te_llama__decode_capture(m, ctx, cache, n, s, d, ids);
-        if (!d->exec) {
+    if (!d->exec[slot] && d->launched >= 1 && !d->graph_failed) {
+        d->exec[slot] = te_llama__decode_capture(m, ctx, cache, n, s, ids);
+        if (!d->exec[slot]) {
             d->graph_failed = 1;
             (void)cudaGetLastError();
-            if (d->graph) { cudaGraphDestroy(d->graph); d->graph = NULL; }
             snprintf(msg, sizeof msg, "%s: decode graph capture failed (%.80s); plain launches", who, te_llama_last_error());
             te_llama__info(m, msg);
-        } else {
-            snprintf(msg, sizeof msg, "%s: decode step captured in a CUDA graph", who);
+        } else if (d->launched == 1) {
+            snprintf(msg, sizeof msg, "%s: decode step captured in CUDA graphs", who);
             te_llama__info(m, msg);
         }
     }
-    if (d->exec) {
-        if (d->copy_ids != ids) { /* launches already queued keep the destination they had */
-            TE_LLAMA__CU(cudaGraphExecMemcpyNodeSetParams1D(d->exec, d->copy, ids, ctx->ints, sizeof(int32_t) * (size_t)n,
-                                                            cudaMemcpyDeviceToHost));
-            d->copy_ids = ids;
-        }
-        TE_LLAMA__CU(cudaGraphLaunch(d->exec, ctx->stream));
-    } else if ((r = te_llama__decode_step(m, ctx, cache, n, s, ids))) {
-        return r;
-    }
+    if (d->exec[slot]) TE_LLAMA__CU(cudaGraphLaunch(d->exec[slot], ctx->stream));
+    else if ((r = te_llama__decode_step(m, ctx, cache, n, s, ids))) return r;
     TE_LLAMA__CU(cudaEventRecord(d->done[slot], ctx->stream));
     d->launched++;
     return TE_LLAMA_OK;
@@ -3834,8 +3854,8 @@ static te_llama_result te_llama__decode_fill(te_llama_model *m, te_llama__cuda *
 }
 
 static void te_llama__decoder_free(te_llama__decoder *d) {
-    if (d->exec) cudaGraphExecDestroy(d->exec);
-    if (d->graph) cudaGraphDestroy(d->graph);
+    if (d->exec[0]) cudaGraphExecDestroy(d->exec[0]);
+    if (d->exec[1]) cudaGraphExecDestroy(d->exec[1]);
     if (d->done[0]) cudaEventDestroy(d->done[0]);
     if (d->done[1]) cudaEventDestroy(d->done[1]);
     memset(d, 0, sizeof *d);
@@ -3891,13 +3911,13 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate(te_llama_model *m
     att = te_llama__att_choose(m, ctx, cache, n_prompt, n_tiles);
     rng = g.sampler.seed ^ 0x853c49e6748fea9bull; /* te_llama_sampler_init's seeding */
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, &rng, sizeof rng, cudaMemcpyHostToDevice, ctx->stream), done);
-    if ((r = te_llama__layers(m, ctx, cache, n_prompt, &att))) goto done;
+    if ((r = te_llama__layers(m, ctx, cache, n_prompt, &att)) || (r = te_llama__fp8_end_step_dev(ctx))) goto done;
     {
         const int32_t *last = ctx->ints + 3 * ctx->cap_tokens + (n_prompt - 1); /* rows[] holds 0..n-1 */
         if ((r = te_llama__head(m, ctx, last, 1))) goto done;
     }
     te_llama__sample(ctx, 1, m->config.vocab_size, g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng, ctx->ints,
-                     (int32_t *)NULL);
+                     (int32_t *)NULL, (int32_t *)NULL);
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     next_pos = n_prompt; /* the first new token sits right after the prompt; the sampler advances it from here */
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->ints + ctx->cap_tokens, &next_pos, sizeof next_pos, cudaMemcpyHostToDevice, ctx->stream), done);
@@ -4015,13 +4035,13 @@ extern "C" TE_LLAMA_API te_llama_result te_llama_cuda_generate_batch(te_llama_mo
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->rng, rng, sizeof(unsigned long long) * (size_t)n_seq, cudaMemcpyHostToDevice, ctx->stream), done);
     if ((r = te_llama__upload_batch(ctx, &batch, &n_rows, &n_tiles))) goto done;
     att = te_llama__att_choose(m, ctx, cache, (int)total, n_tiles);
-    if ((r = te_llama__layers(m, ctx, cache, (int)total, &att))) goto done;
+    if ((r = te_llama__layers(m, ctx, cache, (int)total, &att)) || (r = te_llama__fp8_end_step_dev(ctx))) goto done;
     /* first tokens: lm_head over each prompt's last row (indices at ints[3 cap + s]), sampled into ints[s] */
     for (r0 = 0; r0 < n_seq; r0 += TE_LLAMA__LOGIT_ROWS) {
         const int rows = n_seq - r0 < TE_LLAMA__LOGIT_ROWS ? n_seq - r0 : TE_LLAMA__LOGIT_ROWS;
         if ((r = te_llama__head(m, ctx, ctx->ints + 3 * tcap + r0, rows))) goto done;
         te_llama__sample(ctx, rows, m->config.vocab_size, g.sampler.temperature, g.sampler.top_k, g.sampler.top_p, ctx->rng + r0,
-                         ctx->ints + r0, (int32_t *)NULL);
+                         ctx->ints + r0, (int32_t *)NULL, (int32_t *)NULL);
         TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     }
     /* the decode state: positions right after each prompt (the sampler advances them), slots and rows 0..n_seq-1;
@@ -5256,7 +5276,7 @@ extern "C" te_llama_result te_llama_cuda_test_argmax(te_llama_model *model, cons
     if ((r = te_llama__ensure_rows(model, ctx, rows))) return r;
     TE_LLAMA__CU(cudaMalloc((void **)&d_ids, sizeof(int32_t) * (size_t)rows));
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ctx->logits, logits, sizeof(float) * (size_t)rows * (size_t)vocab, cudaMemcpyHostToDevice, ctx->stream), done);
-    te_llama__sample(ctx, rows, vocab, 0.0f, 0, 0.0f, NULL, d_ids, NULL);
+    te_llama__sample(ctx, rows, vocab, 0.0f, 0, 0.0f, NULL, d_ids, NULL, NULL);
     TE_LLAMA__CU_GOTO(cudaGetLastError(), done);
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(ids, d_ids, sizeof(int32_t) * (size_t)rows, cudaMemcpyDeviceToHost, ctx->stream), done);
     TE_LLAMA__CU_GOTO(cudaStreamSynchronize(ctx->stream), done);
@@ -5432,7 +5452,7 @@ done:
 
 #define TE_LLAMA__FP8_THREADS 256
 #define TE_LLAMA__FP8_MAX_BLOCKS 1024 /* grid-stride kernels: enough blocks to fill an H200, one atomic each */
-#define TE_LLAMA__FP8_UPDATE_THREADS 128
+#define TE_LLAMA__FP8_UPDATE_THREADS 256 /* a warp a state */
 #define TE_LLAMA__FP8_META_INDEX(l, g, t) (((size_t)(l) * TE_LLAMA_FP8_GEMMS + (size_t)(g)) * 3 + (size_t)(t))
 
 /* One GEMM's E4M3 weight. */
@@ -5457,6 +5477,10 @@ typedef struct te_llama__fp8_dev {
                                      bytes apart: cuBLASLt refuses FP8 scale pointers that are not 16-byte aligned
                                      (CUBLAS_STATUS_NOT_SUPPORTED from cublasLtMatmul, bench/fp8_gemm.cu), and a
                                      state's own scale_inv is not. The update kernel refreshes the input copies. */
+    float *act_amax_part;         /* device (n_layers, intermediate / 16) the one-launch E4M3 SwiGLU GEMV's amaxes
+                                     a block (te_llama__gemv_args.act_amax_part), fc2's input amax in parts; the
+                                     update kernel folds them into that state's and zeroes them */
+    int act_amax_parts;           /* parts a layer: intermediate / 16 */
 } te_llama__fp8_dev;
 #define TE_LLAMA__FP8_LT_SLOT(gemm_index, t) (((size_t)(gemm_index) * 2 + (size_t)(t)) * 4) /* t: 0 weight, 1 input */
 
@@ -5497,6 +5521,11 @@ static inline float *te_llama__fp8_scale_inv(const te_llama__cuda *ctx, int l, i
 }
 static inline float *te_llama__fp8_amax(const te_llama__cuda *ctx, int l, int g, int t) {
     return (float *)((char *)te_llama__fp8_meta_dev(ctx, l, g, t) + offsetof(te_llama_fp8_meta, amax));
+}
+/* Layer l's parts of fc2's input amax (te_llama__fp8_dev.act_amax_part). */
+static inline float *te_llama__fp8_act_amax_part(const te_llama__cuda *ctx, int l) {
+    const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
+    return f->act_amax_part + (size_t)l * (size_t)f->act_amax_parts;
 }
 /* The 16-byte aligned copy of scale_inv of the weight (t = TE_LLAMA_FP8_WEIGHT) or input state, for cuBLASLt. */
 static inline float *te_llama__fp8_lt_scale_inv(const te_llama__cuda *ctx, int l, int g, int t) {
@@ -5670,34 +5699,45 @@ te_llama__cast_fp8_kernel(const te_llama__bf16 *in, uint8_t *out, size_t n, cons
 
 /* The device twin of te_llama_fp8_meta_update(meta, meta->amax), for the input and output states of n_gemms
    GEMMs laid out as (n_gemms, 3: input, weight, output); weight states are left alone, as the CPU's
-   te_llama__fp8_end_step leaves them. One block per state (grid (n_gemms, 2)): thread 0 records a nonzero amax
-   in the ring (a zero one is not recorded), the block takes the history's fmaxf maximum (NaN passed over), and
-   thread 0 computes the scale with the host's float operations (the same bits; FLT_MAX when it overflows).
-   The history but its slot `next` (which the new amax replaces) is read before griddepcontrol.wait, into each
-   thread's hist_mx: only this kernel writes it (its launch after the previous forward, finished by then, since a
-   forward's first kernel waits for the one before it) and host uploads, copies ordered on the stream before any
-   kernel of the forward. After the wait only amax is read: one L2 round trip on the step's chain, not two. */
-__device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
-    const int len = m->history_len, next = m->next;
+   te_llama__fp8_end_step leaves them. One warp per state: lane 0 records a nonzero amax in the ring (a zero one
+   is not recorded), the warp takes the history's fmaxf maximum (NaN passed over), and lane 0 computes the scale
+   with the host's float operations (the same bits; FLT_MAX when it overflows). The history but its slot `next`
+   (which the new amax replaces) is read before griddepcontrol.wait, into each lane's hist_mx: only this kernel
+   writes it (its launch after the previous forward, finished by then, since a forward's first kernel waits for
+   the one before it) and host uploads, copies ordered on the stream before any kernel of the forward. After the
+   wait only amax is read (fc2's input state also folds the parts of its amax, te_llama__fp8_dev.act_amax_part):
+   one L2 round trip, not two. A warp a state needs no barrier: a block a state (256 blocks of 128 threads, three
+   barriers) took 5.8 to 6.2 us of the 8B step after its release, a warp a state 1.0 us (bench/NOTES.md, run 19). */
+__device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *parts, int n_parts) {
+    const int lane = threadIdx.x & 31, len = m->history_len, next = m->next;
     const bool use_history = m->algo == TE_LLAMA_FP8_AMAX_MAX && len >= 1 && len <= TE_LLAMA_FP8_MAX_HISTORY;
     float hist_mx = 0.0f;
     if (use_history)
-        for (int i = threadIdx.x; i < len; i += blockDim.x)
+#pragma unroll 8
+        for (int i = lane; i < len; i += 32)
             if (i != next) hist_mx = fmaxf(hist_mx, m->history[i]);
     te_llama__pdl_start();
-    const float amax = m->amax;
+    float amax = m->amax;
+    if (parts) { /* fc2's input: the SwiGLU GEMV's amaxes a block (never NaN, never negative), zeroed for the next
+                    step and folded as their atomics would have (a max on the bits: a NaN amax stays) */
+        float part_mx = 0.0f;
+#pragma unroll 8
+        for (int i = lane; i < n_parts; i += 32) part_mx = fmaxf(part_mx, parts[i]);
+        for (int i = lane; i < n_parts; i += 32) parts[i] = 0.0f;
+        amax = __uint_as_float(max(__float_as_uint(amax), __float_as_uint(te_llama__warp_max(part_mx))));
+    }
     float used = amax;
     if (len < 1 || len > TE_LLAMA_FP8_MAX_HISTORY) return; /* not initialised: as the host, nothing changes */
-    __syncthreads(); /* every thread has read amax before thread 0 resets it */
-    if (threadIdx.x == 0) m->amax = 0.0f;
-    if (amax == 0.0f) return; /* the whole block sees the same amax: nothing recorded, the scale stays */
-    if (threadIdx.x == 0) {
+    __syncwarp(); /* every lane has read amax before lane 0 resets it */
+    if (lane == 0) m->amax = 0.0f;
+    if (amax == 0.0f) return; /* the whole warp sees the same amax: nothing recorded, the scale stays */
+    if (lane == 0) {
         m->history[next] = amax;
         m->next = (next + 1) % len;
         m->n_updates++;
     }
-    if (use_history) used = te_llama__block_max(fmaxf(hist_mx, amax), red); /* the history with amax at next */
-    if (threadIdx.x == 0) {
+    if (use_history) used = te_llama__warp_max(fmaxf(hist_mx, amax)); /* the history with amax at next */
+    if (lane == 0) {
         const float fp8_max = m->dtype == TE_LLAMA_F8_E4M3 ? TE_LLAMA_FP8_E4M3_MAX
                               : m->dtype == TE_LLAMA_F8_E5M2 ? TE_LLAMA_FP8_E5M2_MAX : 0.0f; /* te_llama_fp8_max */
         float scale;
@@ -5708,18 +5748,23 @@ __device__ void te_llama__fp8_update_state(te_llama_fp8_meta *m, float *red) {
         m->scale_inv = __fdiv_rn(1.0f, scale);
     }
 }
-/* lt_scale_inv (may be NULL): the input states' aligned copies (te_llama__fp8_dev.lt_scale_inv) get the new
-   scale_inv. */
+/* Warp w of the grid updates state w of the (n_gemms, 2: input, output) states. lt_scale_inv (may be NULL): the
+   input states' aligned copies (te_llama__fp8_dev.lt_scale_inv) get the new scale_inv. */
 __global__ void __launch_bounds__(TE_LLAMA__FP8_UPDATE_THREADS)
-te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms, float *lt_scale_inv) {
-    __shared__ float red[32];
-    if ((int)blockIdx.x >= n_gemms) {
+te_llama__fp8_update_kernel(te_llama_fp8_meta *metas, int n_gemms, float *lt_scale_inv, float *act_amax_part, int parts) {
+    const int state = (int)(blockIdx.x * (TE_LLAMA__FP8_UPDATE_THREADS / 32) + threadIdx.x / 32), g = state >> 1, out = state & 1;
+    if (g >= n_gemms) {
         te_llama__pdl_start();
         return;
     }
-    te_llama_fp8_meta *m = metas + (size_t)blockIdx.x * 3 + (blockIdx.y ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
-    te_llama__fp8_update_state(m, red);
-    if (lt_scale_inv && blockIdx.y == 0 && threadIdx.x == 0) lt_scale_inv[TE_LLAMA__FP8_LT_SLOT(blockIdx.x, 1)] = m->scale_inv;
+    te_llama_fp8_meta *m = metas + (size_t)g * 3 + (out ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+    float *fc2_parts = act_amax_part && !out && g % TE_LLAMA_FP8_GEMMS == TE_LLAMA_FP8_FC2
+                           ? act_amax_part + (size_t)(g / TE_LLAMA_FP8_GEMMS) * parts : NULL;
+    te_llama__fp8_update_state(m, fc2_parts, parts);
+    if (lt_scale_inv && !out && (threadIdx.x & 31) == 0) lt_scale_inv[TE_LLAMA__FP8_LT_SLOT(g, 1)] = m->scale_inv;
+}
+static unsigned te_llama__fp8_update_blocks(int n_gemms) {
+    return (unsigned)((2 * n_gemms + TE_LLAMA__FP8_UPDATE_THREADS / 32 - 1) / (TE_LLAMA__FP8_UPDATE_THREADS / 32));
 }
 
 /* Every weight and input state's scale_inv into its aligned copy (after the states were uploaded). */
@@ -5792,8 +5837,9 @@ static te_llama_result te_llama__cast_fp8(te_llama__cuda *ctx, const te_llama__b
 static te_llama_result te_llama__fp8_end_step_dev(te_llama__cuda *ctx) {
     const te_llama__fp8_dev *f = (const te_llama__fp8_dev *)ctx->fp8;
     if (!f || f->n_layers < 1) return TE_LLAMA_OK;
-    te_llama__launch(ctx, te_llama__fp8_update_kernel, dim3((unsigned)(f->n_layers * TE_LLAMA_FP8_GEMMS), 2), dim3(TE_LLAMA__FP8_UPDATE_THREADS), 0,
-                     f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS, f->lt_scale_inv);
+    te_llama__launch(ctx, te_llama__fp8_update_kernel, dim3(te_llama__fp8_update_blocks(f->n_layers * TE_LLAMA_FP8_GEMMS)),
+                     dim3(TE_LLAMA__FP8_UPDATE_THREADS), 0, f->meta, f->n_layers * TE_LLAMA_FP8_GEMMS, f->lt_scale_inv, f->act_amax_part,
+                     f->act_amax_parts);
     TE_LLAMA__LAUNCHED(fp8_update);
     return TE_LLAMA_OK;
 }
@@ -5819,6 +5865,7 @@ static void te_llama__fp8_free(te_llama__cuda *ctx, te_llama__fp8_dev *f) {
     cudaFree(f->weights); /* cudaFree waits for the device work that may still read them */
     cudaFree(f->meta);
     cudaFree(f->lt_scale_inv);
+    cudaFree(f->act_amax_part);
     (void)cudaGetLastError();
     te_llama__host_free(&ctx->allocator, f->gemm);
     te_llama__host_free(&ctx->allocator, f->host_meta);
@@ -5937,6 +5984,10 @@ TE_LLAMA_API te_llama_result te_llama_cuda_fp8_enable(te_llama_model *m, const t
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->weights, off ? off : 1), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->meta, sizeof *f->meta * (size_t)count * 3), fail);
     TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->lt_scale_inv, sizeof(float) * TE_LLAMA__FP8_LT_SLOT(count, 0)), fail);
+    f->act_amax_parts = c->intermediate_size / 16;
+    TE_LLAMA__CU_GOTO(cudaMalloc((void **)&f->act_amax_part, sizeof(float) * (size_t)f->n_layers * (size_t)f->act_amax_parts), fail);
+    TE_LLAMA__CU_GOTO(cudaMemsetAsync(f->act_amax_part, 0, sizeof(float) * (size_t)f->n_layers * (size_t)f->act_amax_parts, ctx->stream),
+                      fail);
     if ((r = te_llama__fp8_quantize_weights(ctx, f))) goto fail;
     TE_LLAMA__CU_GOTO(cudaMemcpyAsync(f->meta, f->host_meta, sizeof *f->meta * (size_t)count * 3, cudaMemcpyHostToDevice, ctx->stream), fail);
     if ((r = te_llama__fp8_lt_copy(ctx, f))) goto fail;
@@ -6192,10 +6243,13 @@ int te_llama_cuda_test_fp8_calibrating(te_llama_model *m) {
 /* Which fusions an FP8 forward uses, so that a test can compare each with the separate kernel it replaces: bit 0
    (1) proj's input quantised (and, calibrating, its amax taken) by the attention kernels (te_llama__att_fp8; off:
    te_llama__cast_fp8), bit 1 (2) one token's rmsnorms folded into the GEMVs (te_llama__gemv_norm_fp8; off:
-   te_llama__rmsnorm_fp8). 3 is the default. */
+   te_llama__rmsnorm_fp8), bit 2 (4) the E4M3 SwiGLU GEMV's amax in per-block parts folded by the update kernel
+   (te_llama__gemv_args.act_amax_part; off: an atomic a block). 7 is the default. */
 te_llama_result te_llama_cuda_test_fp8_fused(te_llama_model *m, int fused) {
     if (!m || !m->backend) return TE_LLAMA__FAIL(TE_LLAMA_ERR_INVALID_ARGUMENT, "te_llama_cuda_test_fp8_fused: not a CUDA model");
-    ((te_llama__cuda *)m->backend)->fp8_unfused = (fused & 1 ? 0 : TE_LLAMA__FP8_UNFUSED_ATTENTION) | (fused & 2 ? 0 : TE_LLAMA__FP8_UNFUSED_NORMS);
+    ((te_llama__cuda *)m->backend)->fp8_unfused = (fused & 1 ? 0 : TE_LLAMA__FP8_UNFUSED_ATTENTION) |
+                                                  (fused & 2 ? 0 : TE_LLAMA__FP8_UNFUSED_NORMS) |
+                                                  (fused & 4 ? 0 : TE_LLAMA__FP8_UNFUSED_AMAX_PARTS);
     return TE_LLAMA_OK;
 }
 
@@ -6208,7 +6262,8 @@ te_llama_result te_llama_cuda_test_fp8_update(te_llama_model *m, te_llama_fp8_me
     if (b.r) return b.r;
     d = (te_llama_fp8_meta *)te_llama__test_put(&b, metas, bytes);
     if (!b.r && n_gemms > 0) {
-        te_llama__fp8_update_kernel<<<dim3((unsigned)n_gemms, 2), TE_LLAMA__FP8_UPDATE_THREADS, 0, ctx->stream>>>(d, n_gemms, NULL);
+        te_llama__fp8_update_kernel<<<te_llama__fp8_update_blocks(n_gemms), TE_LLAMA__FP8_UPDATE_THREADS, 0, ctx->stream>>>(d, n_gemms,
+                                                                                                                            NULL, NULL, 0);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) b.r = te_llama__cuda_error(e, "launch of the fp8_update kernel", __FILE__, __LINE__);
     }

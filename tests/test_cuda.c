@@ -1732,6 +1732,34 @@ static int fp8_same_states(te_llama_model *gpu, te_llama_model *cpu, const char 
     return same;
 }
 
+/* The input states (and with `outputs` the output states) of a's first `layers` layers (at most 8) against b's
+   (two models, or with b NULL a snapshot snap of a's): returns the largest relative difference of their scales;
+   *updates_differ counts the states whose numbers of recorded amaxes differ. With `fill`, fills snap instead. (The
+   CPU records its GEMMs' output amaxes; the device's forward does not.) */
+static double fp8_states_diff(te_llama_model *a, te_llama_model *b, te_llama_fp8_meta snap[8][TE_LLAMA_FP8_GEMMS][2], int layers,
+                              int outputs, int fill, int *updates_differ) {
+    double worst = 0;
+    int l, g, t;
+    *updates_differ = 0;
+    for (l = 0; l < layers && l < 8; l++)
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
+            for (t = 0; t < 1 + outputs; t++) {
+                const te_llama_fp8_tensor tt = t ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT;
+                te_llama_fp8_meta *x = te_llama_fp8_meta_of(a, l, (te_llama_fp8_gemm)g, tt), *y;
+                double d;
+                if (fill) {
+                    if (x) snap[l][g][t] = *x;
+                    continue;
+                }
+                y = b ? te_llama_fp8_meta_of(b, l, (te_llama_fp8_gemm)g, tt) : &snap[l][g][t];
+                if (!x || !y) { (*updates_differ)++; continue; }
+                *updates_differ += x->n_updates != y->n_updates;
+                d = fabs((double)x->scale - y->scale) / fabs((double)y->scale);
+                if (!(d <= worst)) worst = d;
+            }
+    return worst;
+}
+
 /* Every E4M3 weight of the device against the CPU's, byte for byte. */
 static int fp8_same_weights(te_llama_model *gpu, te_llama_model *cpu) {
     const te_llama__fp8_model *f = (const te_llama__fp8_model *)cpu->fp8;
@@ -1960,9 +1988,9 @@ static void check_fp8_decode_batch(const char *name, te_llama_model *cpu, te_lla
         if (!(e <= worst)) worst = e;
     }
     CHECK(worst < 0.9 * e_q, "%s: FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", name, worst, e_q);
-    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 2), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 6), TE_LLAMA_OK);
     ok = fp8_decode_batches(gpu, rc, cg, tokens, lens, S, STEPS, lu) && memcmp(lu, lg, sizeof(float) * count) == 0;
-    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
+    CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 7), TE_LLAMA_OK);
     CHECK(ok, "%s: FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits", name);
     printf("  fp8 forward: %s: %d FP8 decode steps of %d token%s: worst GPU vs CPU emulation rel L2 %.2e; with proj's "
            "input cast by a separate kernel: logits %s\n", name, STEPS, S, S > 1 ? "s" : "", worst,
@@ -1995,6 +2023,7 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     int32_t prompt[N + STEPS], ids_gen[16], ids_fwd[16];
     uint8_t want[N];
     float *lc = NULL, *lg = NULL, *lb = NULL, *steps = NULL;
+    static te_llama_fp8_meta gen_states[8][TE_LLAMA_FP8_GEMMS][2];
     double e_emu, e_q, worst = 0;
     int i, V, n_out = 0, same = 1;
     uint64_t x = 4242;
@@ -2036,6 +2065,13 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     }
     printf("  fp8 forward%s: %d FP8 decode steps (E4M3 GEMV): worst GPU vs CPU emulation rel L2 %.2e\n", tag, STEPS, worst);
     CHECK(worst < 0.9 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
+    { /* the states those steps left: every amax recorded (fc2's input from the SwiGLU GEMV's per-block parts) */
+        int differ;
+        const double d = fp8_states_diff(gpu, cpu, NULL, c.num_hidden_layers, 0, 0, &differ);
+        printf("  fp8 forward%s: FP8 input states after prefill and %d decode steps: %d of %d record a different number of "
+               "amaxes than the CPU's; scales within %.2e of the CPU's\n", tag, STEPS, differ, 4 * c.num_hidden_layers, d);
+        CHECK(differ == 0 && d < 0.1, "FP8 decode: states vs the CPU's: %d differ in updates, scales by %g", differ, d);
+    }
     /* Each fusion of the FP8 decode step against the separate kernel it replaces, from fresh states calibrated
        alike. proj's input quantised by the attention kernels (the prompt's tensor-core prefill, calibrating and
        in FP8, and every decode step's) against te_llama__cast_fp8 after them: the same arithmetic, so the same
@@ -2053,14 +2089,26 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
         for (l = 0; l < c.num_hidden_layers && l < 8; l++)
             for (t = 0; t < 2; t++)
                 if ((mt = te_llama_fp8_meta_of(gpu, l, t ? TE_LLAMA_FP8_FC1 : TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT))) ref[t][l] = *mt;
-        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 2), TE_LLAMA_OK);
+        fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 1, &k);
+        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK); /* fc1's amax by atomics, not per-block parts */
+        same = fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
+        {
+            int differ;
+            const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 0, &differ);
+            printf("  fp8 forward%s: the same %d steps with fc1's amax by atomics instead of per-block parts: logits %s, %d of %d "
+                   "states record a different number of amaxes, scales within %.2e\n", tag, STEPS, same ? "bit-identical" : "DIFFERENT",
+                   differ, 8 * c.num_hidden_layers, d);
+            CHECK(same && differ == 0 && d == 0, "FP8 decode: fc1's amax by atomics vs by parts: logits %s, %d states differ, scales by %g",
+                  same ? "same" : "differ", differ, d);
+        }
+        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 6), TE_LLAMA_OK);
         same = fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
         printf("  fp8 forward%s: the same %d steps with proj's input cast by a separate kernel: logits %s\n", tag, STEPS,
                same ? "bit-identical" : "DIFFERENT");
         CHECK(same, "FP8 decode: the attention kernels' quantised output and te_llama__cast_fp8's give different logits");
-        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 1), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 5), TE_LLAMA_OK);
         CHECK(fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb), "FP8 decode: %s", te_llama_last_error());
-        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK);
+        CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 7), TE_LLAMA_OK);
         for (i = 0; i < STEPS; i++) {
             const double e = rel_l2(lb + (size_t)i * V, steps + (size_t)i * V, (size_t)V, NULL);
             if (!(e <= e_fold)) e_fold = e;
@@ -2090,6 +2138,7 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     last_logits(gpu, prompt, N, lg);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, N, ids_gen, 16, &n_out), TE_LLAMA_OK);
+    fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 1, &i);
     CHECK_RESULT(te_llama_fp8_enable(gpu, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
     last_logits(gpu, prompt, N, lg);
@@ -2098,6 +2147,13 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     CHECK(n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0, "FP8: te_llama_generate (graph) and plain forwards differ");
     printf("  fp8 forward%s: te_llama_generate (captured FP8 decode) vs plain forwards: %s\n", tag,
            n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0 ? "16 of 16 ids identical" : "DIFFERENT");
+    { /* the graph's scale update, a branch beside lm_head, against the forwards' in line */
+        int differ;
+        const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 0, &differ);
+        printf("  fp8 forward%s: FP8 states after te_llama_generate vs after the plain forwards: %d of %d record a different "
+               "number of amaxes; scales within %.2e\n", tag, differ, 8 * c.num_hidden_layers, d);
+        CHECK(differ == 0 && d < 1e-3, "FP8: states after generate vs plain forwards: %d differ in updates, scales by %g", differ, d);
+    }
     { /* sequence s reads tokens[64 s ..]: the prompt's ids, one sequence's span after another */
         static const int one[1] = {3}, four[4] = {2, 40, 13, 27};
         int32_t tokens[64 * 4];
