@@ -221,7 +221,8 @@ def run_project(bench_bin, path):
     if "error" in k:
         out["fp8_error"] = k["error"]
         return out
-    out.update(prefill_b1_fp8_kept_tok_s=k["prefill_tok_s"], decode_b1_fp8_kept_tok_s=k["decode_tok_s"])
+    out.update(prefill_b1_fp8_kept_tok_s=k["prefill_tok_s"], decode_b1_fp8_kept_tok_s=k["decode_tok_s"],
+               fp8_kept_logits_rel_l2=k.get("fp8_logits_rel_l2"))
     return out
 
 
@@ -318,7 +319,7 @@ def print_table(result):
                   f"{p['prefill_b1_fp8_kept_tok_s']:.4g} tok/s = {fmt(p['prefill_b1_fp8_kept_tok_s'], h.get('prefill_b1_tok_s'))} "
                   f"HF bf16, {fmt(p['prefill_b1_fp8_kept_tok_s'], p.get('prefill_b1_tok_s'))} te_llama BF16; decode B1 "
                   f"{p['decode_b1_fp8_kept_tok_s']:.4g} tok/s = {fmt(p['decode_b1_fp8_kept_tok_s'], p.get('decode_b1_tok_s'))} "
-                  f"te_llama BF16")
+                  f"te_llama BF16; last-token logits rel L2 vs BF16 {p.get('fp8_kept_logits_rel_l2')}")
         if "fp8_error" in p:
             print(f"project FP8 error: {p['fp8_error']}")
         for k in ("project", "hf", "graph"):
