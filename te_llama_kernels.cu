@@ -208,7 +208,8 @@ typedef struct te_llama__cuda {
     int cap_seqs;            /* sequences rng and pinned_token hold; grown by te_llama__ensure_seqs */
     unsigned long long *rng; /* (cap_seqs) device: each sequence's sampler state */
     int32_t *pinned_token;   /* (3, cap_seqs) pinned host: the ids a prefill sampled, then a decode step's in row
-                                1 + (step & 1) (two steps may be in flight: te_llama__decoder) */
+                                1 + (step & 1) (two steps may be in flight: te_llama__decoder), which the samplers
+                                write through the host pointer (unified addressing maps cudaHostAlloc memory) */
     te_llama__plan plans[TE_LLAMA__MAX_PLANS];
     int n_plans, next_plan;
     void *fp8;               /* te_llama__fp8_dev (FP8 section) while FP8 is on, else NULL; model->fp8 is the same */
