@@ -2309,6 +2309,12 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
     const int s = blockIdx.x, row = blockIdx.y, S = gridDim.x, tid = threadIdx.x, lane = tid & 31;
     const float *lr = logits + (size_t)row * (size_t)vocab;
     const int lo = min(vocab, s * span), hi = min(vocab, lo + span);
+    const auto finish = [&](int best_id) { /* the row's id (a row of NaN gives 0) */
+        const int id = best_id < 0 ? 0 : best_id;
+        token[row] = id;
+        if (pos) pos[row] += 1;
+        if (host_token) host_token[row] = id;
+    };
     float best = -INFINITY;
     int bi = -1;
     /* each thread meets its ids in increasing order, so a strict > keeps its first maximum */
@@ -2334,11 +2340,7 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
     bi = lane < TE_LLAMA__ARGMAX_THREADS / 32 ? wi[lane] : -1;
     te_llama__argmax_warp(best, bi);
     if (S == 1) {
-        if (lane == 0) {
-            token[row] = bi < 0 ? 0 : bi;
-            if (pos) pos[row] += 1;
-            if (host_token) host_token[row] = bi < 0 ? 0 : bi;
-        }
+        if (lane == 0) finish(bi);
         return;
     }
     /* the last block of the row merges: every writer fences its (max, id) before the count goes up, the last
@@ -2357,11 +2359,7 @@ te_llama__argmax_kernel(const float *logits, int vocab, int span, float *part_v,
     bi = -1;
     for (int j = lane; j < S; j += 32) te_llama__argmax_merge(best, bi, __ldcg(part_v + (size_t)row * S + j), __ldcg(part_i + (size_t)row * S + j));
     te_llama__argmax_warp(best, bi);
-    if (lane == 0) {
-        token[row] = bi < 0 ? 0 : bi;
-        if (pos) pos[row] += 1;
-        if (host_token) host_token[row] = bi < 0 ? 0 : bi;
-    }
+    if (lane == 0) finish(bi);
 }
 
 /* One token from each row of logits by sampling (temperature > 0; greedy rows take te_llama__argmax_kernel), one

@@ -1732,12 +1732,23 @@ static int fp8_same_states(te_llama_model *gpu, te_llama_model *cpu, const char 
     return same;
 }
 
+/* The input and output states of m's first `layers` layers (at most 8) into snap. */
+static void fp8_snapshot(te_llama_model *m, te_llama_fp8_meta snap[8][TE_LLAMA_FP8_GEMMS][2], int layers) {
+    int l, g, t;
+    for (l = 0; l < layers && l < 8; l++)
+        for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
+            for (t = 0; t < 2; t++) {
+                te_llama_fp8_meta *x = te_llama_fp8_meta_of(m, l, (te_llama_fp8_gemm)g, t ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT);
+                if (x) snap[l][g][t] = *x;
+            }
+}
+
 /* The input states (and with `outputs` the output states) of a's first `layers` layers (at most 8) against b's
-   (two models, or with b NULL a snapshot snap of a's): returns the largest relative difference of their scales;
-   *updates_differ counts the states whose numbers of recorded amaxes differ. With `fill`, fills snap instead. (The
-   CPU records its GEMMs' output amaxes; the device's forward does not.) */
+   (two models, or with b NULL a snapshot snap from fp8_snapshot): returns the largest relative difference of their
+   scales; *updates_differ counts the states whose numbers of recorded amaxes differ. (The CPU records its GEMMs'
+   output amaxes; the device's forward does not.) */
 static double fp8_states_diff(te_llama_model *a, te_llama_model *b, te_llama_fp8_meta snap[8][TE_LLAMA_FP8_GEMMS][2], int layers,
-                              int outputs, int fill, int *updates_differ) {
+                              int outputs, int *updates_differ) {
     double worst = 0;
     int l, g, t;
     *updates_differ = 0;
@@ -1745,13 +1756,9 @@ static double fp8_states_diff(te_llama_model *a, te_llama_model *b, te_llama_fp8
         for (g = 0; g < TE_LLAMA_FP8_GEMMS; g++)
             for (t = 0; t < 1 + outputs; t++) {
                 const te_llama_fp8_tensor tt = t ? TE_LLAMA_FP8_OUTPUT : TE_LLAMA_FP8_INPUT;
-                te_llama_fp8_meta *x = te_llama_fp8_meta_of(a, l, (te_llama_fp8_gemm)g, tt), *y;
+                te_llama_fp8_meta *x = te_llama_fp8_meta_of(a, l, (te_llama_fp8_gemm)g, tt);
+                te_llama_fp8_meta *y = b ? te_llama_fp8_meta_of(b, l, (te_llama_fp8_gemm)g, tt) : &snap[l][g][t];
                 double d;
-                if (fill) {
-                    if (x) snap[l][g][t] = *x;
-                    continue;
-                }
-                y = b ? te_llama_fp8_meta_of(b, l, (te_llama_fp8_gemm)g, tt) : &snap[l][g][t];
                 if (!x || !y) { (*updates_differ)++; continue; }
                 *updates_differ += x->n_updates != y->n_updates;
                 d = fabs((double)x->scale - y->scale) / fabs((double)y->scale);
@@ -2067,7 +2074,7 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     CHECK(worst < 0.9 * e_q, "FP8 decode: GPU vs CPU emulation rel L2 %g (FP8 vs BF16 %g)", worst, e_q);
     { /* the states those steps left: every amax recorded (fc2's input from the SwiGLU GEMV's per-block parts) */
         int differ;
-        const double d = fp8_states_diff(gpu, cpu, NULL, c.num_hidden_layers, 0, 0, &differ);
+        const double d = fp8_states_diff(gpu, cpu, NULL, c.num_hidden_layers, 0, &differ);
         printf("  fp8 forward%s: FP8 input states after prefill and %d decode steps: %d of %d record a different number of "
                "amaxes than the CPU's; scales within %.2e of the CPU's\n", tag, STEPS, differ, 4 * c.num_hidden_layers, d);
         CHECK(differ == 0 && d < 0.1, "FP8 decode: states vs the CPU's: %d differ in updates, scales by %g", differ, d);
@@ -2089,12 +2096,12 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
         for (l = 0; l < c.num_hidden_layers && l < 8; l++)
             for (t = 0; t < 2; t++)
                 if ((mt = te_llama_fp8_meta_of(gpu, l, t ? TE_LLAMA_FP8_FC1 : TE_LLAMA_FP8_QKV, TE_LLAMA_FP8_INPUT))) ref[t][l] = *mt;
-        fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 1, &k);
+        fp8_snapshot(gpu, gen_states, c.num_hidden_layers);
         CHECK_RESULT(te_llama_cuda_test_fp8_fused(gpu, 3), TE_LLAMA_OK); /* fc1's amax by atomics, not per-block parts */
         same = fp8_decode_batches(gpu, rc, cg, prompt, &len, 1, STEPS, lb) && memcmp(lb, steps, sizeof(float) * V * STEPS) == 0;
         {
             int differ;
-            const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 0, &differ);
+            const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, &differ);
             printf("  fp8 forward%s: the same %d steps with fc1's amax by atomics instead of per-block parts: logits %s, %d of %d "
                    "states record a different number of amaxes, scales within %.2e\n", tag, STEPS, same ? "bit-identical" : "DIFFERENT",
                    differ, 8 * c.num_hidden_layers, d);
@@ -2138,7 +2145,7 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
     last_logits(gpu, prompt, N, lg);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 0), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_generate(gpu, &g, prompt, N, ids_gen, 16, &n_out), TE_LLAMA_OK);
-    fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 1, &i);
+    fp8_snapshot(gpu, gen_states, c.num_hidden_layers);
     CHECK_RESULT(te_llama_fp8_enable(gpu, rc), TE_LLAMA_OK);
     CHECK_RESULT(te_llama_fp8_calibrate(gpu, 1), TE_LLAMA_OK);
     last_logits(gpu, prompt, N, lg);
@@ -2149,7 +2156,7 @@ static void test_fp8_forward(const te_llama_fp8_recipe *rc, int layers, const ch
            n_out == 16 && memcmp(ids_gen, ids_fwd, sizeof ids_gen) == 0 ? "16 of 16 ids identical" : "DIFFERENT");
     { /* the graph's scale update, a branch beside lm_head, against the forwards' in line */
         int differ;
-        const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, 0, &differ);
+        const double d = fp8_states_diff(gpu, NULL, gen_states, c.num_hidden_layers, 1, &differ);
         printf("  fp8 forward%s: FP8 states after te_llama_generate vs after the plain forwards: %d of %d record a different "
                "number of amaxes; scales within %.2e\n", tag, differ, 8 * c.num_hidden_layers, d);
         CHECK(differ == 0 && d < 1e-3, "FP8: states after generate vs plain forwards: %d differ in updates, scales by %g", differ, d);
